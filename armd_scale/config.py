@@ -1,0 +1,420 @@
+"""Typed configuration tree for every part of the stack.
+
+One source of truth: a run is fully described by a `Config` (YAML preset + dotted overrides).
+The DeepSpeed dict, the data pipeline settings and the checkpoint metadata are all derived from it,
+so users never keep two files in sync.
+
+Validation happens at load time and names the offending key, the value and what is allowed, because
+a typo in a 3-day run's config should fail in the first second, not at step 40,000.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_PRESET = "tiny-cpu"
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key, the value and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The tree
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Shape and flavour of the network (DESIGN 2.4). Changing any of these changes the checkpoint."""
+
+    arch: Literal["armd", "ar", "mdlm"] = "armd"
+    vocab_size: int = 512
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    max_seq_len: int = 128
+    # Two-stream (strictly causal) layers at the bottom; None = n_layers // 2 as in the paper.
+    n_two_stream_layers: int | None = None
+    # Width of the learned positional table used by prefix aggregation.
+    d_pe: int = 64
+    prefix_agg: Literal["mean", "sum"] = "mean"
+    # Add a learned projection of the target's own PE row to the start vector s, so first-block
+    # queries know their position (see docs/ARCHITECTURE.md).
+    positional_start: bool = True
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    # Hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it per branch, rounded).
+    mlp_ratio: float = 4.0
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    attention_backend: Literal["sdpa", "flex", "flash", "auto"] = "sdpa"
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(
+                f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (RoPE)"
+            )
+        if self.n_two_stream_layers is not None and not 1 <= self.n_two_stream_layers <= self.n_layers:
+            raise ConfigError(
+                f"model.n_two_stream_layers={self.n_two_stream_layers} must be in "
+                f"[1, model.n_layers={self.n_layers}] or null (= n_layers // 2)"
+            )
+        if self.arch == "armd" and self.n_two_stream_layers is None and self.n_layers < 2:
+            raise ConfigError("model.n_layers must be >= 2 for arch=armd (half are two-stream layers)")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be > 0")
+
+    @property
+    def two_stream_layers(self) -> int:
+        if self.n_two_stream_layers is not None:
+            return self.n_two_stream_layers
+        return max(1, self.n_layers // 2)
+
+
+@dataclass
+class OrderConfig:
+    """Which generation orders training draws (DESIGN 2.5). Parameters unused by a kind are ignored."""
+
+    kind: Literal["l2r", "random", "progressive", "sbp", "diffusion"] = "l2r"
+    # progressive
+    ar_steps: int = 0
+    rho: int = 8
+    ramp_end: int = 1
+    reading: Literal["scatter", "window"] = "scatter"
+    # sbp: S is drawn uniformly from this set at every optimizer step
+    streams: list[int] = field(default_factory=lambda: [1, 2, 4])
+    # diffusion
+    steps: int = 8
+    schedule: Literal["loglinear", "cosine"] = "loglinear"
+
+    def validate(self) -> None:
+        if self.kind == "progressive":
+            if self.ar_steps < 0 or self.rho < 1 or self.ramp_end < self.ar_steps:
+                raise ConfigError(
+                    "train.order (progressive) needs ar_steps >= 0, rho >= 1 and ramp_end >= ar_steps; got "
+                    f"ar_steps={self.ar_steps}, rho={self.rho}, ramp_end={self.ramp_end}"
+                )
+        if self.kind == "sbp" and (not self.streams or any(s < 1 for s in self.streams)):
+            raise ConfigError(f"train.order.streams={self.streams} must be a non-empty list of integers >= 1")
+        if self.kind == "diffusion" and self.steps < 1:
+            raise ConfigError(f"train.order.steps={self.steps} must be >= 1")
+
+    def params(self) -> dict[str, Any]:
+        """The keyword arguments `make_order` takes for this kind."""
+        if self.kind == "progressive":
+            return dict(ar_steps=self.ar_steps, rho=self.rho, ramp_end=self.ramp_end, reading=self.reading)
+        if self.kind == "diffusion":
+            return dict(steps=self.steps, schedule=self.schedule)
+        return {}
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from (DESIGN 3.3)."""
+
+    # Shard-set URLs (local path, file://, s3://, memory://) or a built-in corpus like `builtin:pydoc`.
+    train: str = "builtin:pydoc"
+    val: str | None = None
+    # Tokenizer directory; built into `cache_dir` automatically for built-in corpora.
+    tokenizer: str | None = None
+    # Where built-in corpora are tokenized and sharded once; ~ is expanded.
+    cache_dir: str = "~/.cache/armd_scale"
+    seq_len: int = 128
+    # Vocabulary of tokenizers built automatically for built-in corpora.
+    vocab_size: int = 512
+    seed: int = 1234
+    num_workers: int = 0
+    prefetch: int = 2
+    on_bad_shard: Literal["error", "skip"] = "error"
+
+    def validate(self) -> None:
+        _positive(self, "seq_len", "vocab_size")
+        if self.num_workers < 0 or self.prefetch < 0:
+            raise ConfigError(
+                f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be >= 0"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpoint cadence and guards (DESIGN 3.4)."""
+
+    steps: int = 300
+    global_batch_size: int = 16
+    micro_batch_size: int = 8
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    order: OrderConfig = field(default_factory=OrderConfig)
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    # Also keep every M-th step forever (0 = off).
+    keep_every: int = 0
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    # Save and exit with code 75 after this many minutes (0 = no limit).
+    max_minutes: float = 0.0
+    # NaN/inf guard: skip up to this many consecutive bad steps, then stop.
+    max_bad_steps: int = 5
+    # A loss above spike_factor x its running mean is logged as a spike.
+    spike_factor: float = 3.0
+
+    def validate(self) -> None:
+        _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup_steps < 0 or self.eval_every < 0 or self.max_minutes < 0:
+            raise ConfigError("train.warmup_steps, train.eval_every and train.max_minutes must be >= 0")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last={self.keep_last} must be >= 1")
+        self.order.validate()
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is spread over devices (DeepSpeed ZeRO and AutoTP)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    tp: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    activation_checkpointing: bool = False
+    # Process-group backend; auto = nccl with CUDA, else gloo.
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def validate(self) -> None:
+        _positive(self, "tp")
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go (JSONL always; console on rank 0; wandb on rank 0)."""
+
+    wandb: Literal["off", "offline", "online", "auto"] = "auto"
+    project: str = "armd_scale"
+    name: str | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Identity of a run: its directory holds checkpoints, metrics and the resolved config."""
+
+    dir: str = "runs/tiny-cpu"
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        self.parallel.validate()
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
+        if self.train.global_batch_size % self.train.micro_batch_size:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
+                f"train.micro_batch_size={self.train.micro_batch_size}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(path: str | Path | None) -> Path:
+    """A preset name (`owt-small`) or a YAML path; None means the default preset."""
+    if path is None:
+        path = DEFAULT_PRESET
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    named = PRESET_DIR / f"{path}.yaml"
+    if named.is_file():
+        return named
+    raise ConfigError(
+        f"config '{path}' is neither a YAML file nor a preset name; presets: {', '.join(list_presets())}"
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a preset or YAML file, apply `key.sub=value` overrides, validate and return the tree."""
+    source = resolve_preset(path)
+    with open(source) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of config groups, got {type(raw).__name__}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw, origin=str(source))
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Build and validate a Config from a nested dict (a YAML file or a checkpoint's saved config)."""
+    try:
+        cfg = _build(Config, raw, prefix="")
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+    return cfg.validate()
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. model.n_layers=4)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a group")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}'; allowed keys under "
+            f"'{prefix.rstrip('.') or 'config'}': {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, prefix=f"{key}.")
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}'={value!r} matches none of {tp}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+            spellings = ("off", "false", "no") if value is False else ("on", "true", "yes")
+            value = next((a for a in allowed if a in spellings), value)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        raise ConfigError(f"'{key}'={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_tp is not str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}'={value!r} must be a list")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}'={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{key}'={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"'{key}'={value!r} must be a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"'{key}'={value!r} must be a string")
+    if tp is Any:
+        return copy.deepcopy(value)
+    raise ConfigError(f"'{key}': unsupported config type {tp}")  # pragma: no cover - programming error
+
+
+def _positive(obj: Any, *names: str) -> None:
+    group = type(obj).__name__.replace("Config", "").lower()
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{group}.{name}={value} must be > 0")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

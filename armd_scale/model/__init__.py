@@ -1,0 +1,26 @@
+"""ARMD and baseline models behind one contract: `logits = model(tokens, order, block)`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from .armd import ARMDModel, ARModel
+from .loss import order_loss, token_nll
+
+ARCHS = {"armd": ARMDModel, "ar": ARModel}
+
+
+def build_model(model_config: ModelConfig) -> nn.Module:
+    """Instantiate the architecture named by `model_config.arch` (weights initialised)."""
+    model_config.validate()
+    try:
+        cls = ARCHS[model_config.arch]
+    except KeyError:
+        raise ValueError(
+            f"model.arch='{model_config.arch}' is not available; choose one of {', '.join(ARCHS)}"
+        ) from None
+    return cls(model_config)
+
+
+__all__ = ["ARMDModel", "ARModel", "ARCHS", "build_model", "order_loss", "token_nll"]

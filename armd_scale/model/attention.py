@@ -1,0 +1,133 @@
+"""Attention backends over block masks (DESIGN 3.2).
+
+- sdpa:  torch SDPA with a dense boolean mask. Works everywhere; the reference in tests.
+- flex:  FlexAttention with a `BlockMask` (cached per pattern). GPU path for any block structure;
+         on CPU it runs forward only (eager), which is enough to test it against sdpa.
+- flash: flash-attn, single-token blocks only (Mc = causal; Msc = causal over shifted keys).
+- auto:  flash if installed and applicable, else flex on CUDA, else sdpa.
+
+A query row with no visible key (the first block under a strict mask) returns zeros, never NaN:
+that row's output then carries no information, which is exactly what "nothing to condition on" means.
+
+Masks are prepared once per forward (`prepare`) and shared by every layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .masks import BlockMaskSpec, flex_block_mask
+
+BACKENDS = ("sdpa", "flex", "flash", "auto")
+
+
+def flash_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+@dataclass
+class PreparedMask:
+    """A mask in the form one backend consumes; built once per forward and reused by every layer."""
+
+    backend: str
+    spec: BlockMaskSpec
+    dense: torch.Tensor | None = None  # [B, 1, Q, K] (sdpa), rows with no key unmasked
+    has_key: torch.Tensor | None = None  # [B, 1, Q, 1] False for rows that must output zeros
+    flex: Any = None
+
+
+def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype: torch.dtype) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend '{name}' is not one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    if (
+        device.type == "cuda"
+        and flash_available()
+        and spec.single_token_blocks
+        and spec.pattern != "general"
+        and dtype in (torch.float16, torch.bfloat16)
+    ):
+        return "flash"
+    if device.type == "cuda":
+        return "flex"
+    return "sdpa"
+
+
+def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torch.dtype) -> PreparedMask:
+    chosen = resolve_backend(backend, spec, device, dtype)
+    if chosen == "sdpa":
+        allowed = spec.dense()
+        has_key = allowed.any(dim=-1, keepdim=True)
+        return PreparedMask("sdpa", spec, dense=allowed | ~has_key, has_key=has_key)
+    if chosen == "flex":
+        return PreparedMask("flex", spec, flex=flex_block_mask(spec))
+    if chosen == "flash":
+        if not spec.single_token_blocks or spec.pattern == "general":
+            raise ValueError(
+                "attention backend 'flash' supports single-token blocks with causal/strict/two-stream "
+                f"patterns only; got pattern={spec.pattern}, single_token_blocks={spec.single_token_blocks}"
+            )
+        if not flash_available():
+            raise RuntimeError("attention backend 'flash' needs CUDA and flash-attn (pip install 'armd_scale[gpu]')")
+        return PreparedMask("flash", spec)
+    raise AssertionError(chosen)  # pragma: no cover
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask) -> torch.Tensor:
+    """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]."""
+    if mask.backend == "sdpa":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+        return out.masked_fill(~mask.has_key, 0.0)
+    if mask.backend == "flex":
+        return _flex_fn(q.device.type)(q, k, v, block_mask=mask.flex)
+    if mask.backend == "flash":
+        return _flash(q, k, v, mask.spec.pattern)
+    raise AssertionError(mask.backend)  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_fn(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+
+    def eager(q, k, v, block_mask):
+        # Eager FlexAttention is a reference implementation (CPU, forward only); silence its advice to compile.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return flex_attention(q, k, v, block_mask=block_mask)
+
+    return eager
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str) -> torch.Tensor:
+    from flash_attn import flash_attn_func  # optional dependency
+
+    def causal(qq, kk, vv):  # [B, H, T, D] -> flash layout [B, T, H, D] and back
+        out = flash_attn_func(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), causal=True)
+        return out.transpose(1, 2)
+
+    def strict(qq, kk, vv):
+        # query n sees keys 0..n-1: causal attention of queries 1..N-1 over keys 0..N-2; row 0 is zero
+        out = torch.zeros_like(qq)
+        if qq.shape[2] > 1:
+            out[:, :, 1:] = causal(qq[:, :, 1:], kk[:, :, :-1], vv[:, :, :-1])
+        return out
+
+    if pattern == "causal":
+        return causal(q, k, v)
+    if pattern == "strict":
+        return strict(q, k, v)
+    if pattern == "two_stream":
+        n = k.shape[2]
+        return torch.cat([causal(q[:, :, :n], k, v), strict(q[:, :, n:], k, v)], dim=2)
+    raise ValueError(f"flash cannot run pattern '{pattern}'")

@@ -1,0 +1,67 @@
+"""Training FLOPs per token, counted the way the implementation runs.
+
+Matmul FLOPs only (2 per multiply-add), with attention counted densely (every query against every
+key of its call), as SDPA with a mask and `FlopCounterMode` count them; a test checks this formula
+against `torch.utils.flop_counter.FlopCounterMode` within 5%. Training = 3x forward (the backward pass
+computes gradients for both inputs and weights of every matmul).
+
+ARMD vs AR: the two-stream layers (all but the last) run queries, output projection and MLP on 2N rows
+against N keys; the last two-stream layer runs only the query stream; prefix aggregation adds two
+N x N products. MFU uses these counts with a peak-FLOPs table keyed by device name.
+"""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .layers import mlp_hidden
+
+
+def _layer_flops(cfg: ModelConfig, q_rows: int, kv_rows: int, keys: int) -> float:
+    """Forward FLOPs of one Block call: q/o/MLP on q_rows, k/v on kv_rows, attention q_rows x keys."""
+    d, f = cfg.d_model, mlp_hidden(cfg.d_model, cfg.mlp_ratio, cfg.mlp)
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * 2 * d * f
+    return q_rows * (4 * d * d + mlp) + kv_rows * 4 * d * d + q_rows * keys * 4 * d
+
+
+def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs for one sequence of `seq_len` tokens."""
+    n, d = seq_len, cfg.d_model
+    head = 2 * n * d * cfg.vocab_size
+    if cfg.arch == "ar":
+        return cfg.n_layers * _layer_flops(cfg, n, n, n) + head
+    if cfg.arch == "armd":
+        two = cfg.two_stream_layers
+        total = (two - 1) * _layer_flops(cfg, 2 * n, n, n)  # both streams
+        total += _layer_flops(cfg, n, n, n)  # last two-stream layer: G queries only
+        total += (cfg.n_layers - two) * _layer_flops(cfg, n, n, n)  # block-causal layers
+        total += 2 * n * n * cfg.d_pe + 2 * n * n * d  # prefix aggregation
+        total += 2 * n * cfg.d_pe * d if cfg.positional_start else 0  # position-conditioned start
+        return total + head
+    if cfg.arch == "mdlm":
+        return cfg.n_layers * _layer_flops(cfg, n, n, n) + head
+    raise ValueError(f"no FLOP formula for model.arch='{cfg.arch}'")
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    return 3.0 * forward_flops(cfg, seq_len) / seq_len
+
+
+# Dense peak FLOP/s per device for MFU, by substring of torch.cuda.get_device_name() (no sparsity).
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    "A10G": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
+    "V100": {"bf16": 0.0, "fp16": 125e12, "fp32": 15.7e12},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """Peak dense FLOP/s for a device name and precision, or None when unknown (MFU not reported)."""
+    for key, table in PEAK_FLOPS.items():
+        if key in device_name:
+            value = table.get(precision)
+            return value or None
+    return None

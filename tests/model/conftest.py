@@ -1,0 +1,45 @@
+"""Small models and order helpers shared by the model tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armd_scale.config import ModelConfig
+from armd_scale.model import build_model
+from armd_scale.model.orders import make_order
+
+# (kind, params, step) for every order kind; progressive is drawn past its ramp so it shuffles.
+ORDER_CASES = [
+    ("l2r", {}, None),
+    ("random", {}, None),
+    ("progressive", dict(ar_steps=2, rho=6, ramp_end=4, reading="scatter"), 10),
+    ("progressive", dict(ar_steps=2, rho=3, ramp_end=4, reading="window"), 10),
+    ("sbp", dict(streams=2), None),
+    ("sbp", dict(streams=4), None),
+    ("diffusion", dict(steps=3), None),
+]
+ORDER_IDS = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items())}" for k, p, _ in ORDER_CASES]
+
+
+def tiny_model_config(arch: str = "armd", **overrides) -> ModelConfig:
+    values = dict(
+        arch=arch, vocab_size=11, n_layers=4, d_model=32, n_heads=2, max_seq_len=32, d_pe=8, init_std=0.2
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tiny_model(arch: str = "armd", seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(tiny_model_config(arch, **overrides)).eval()
+
+
+def draw_order(kind: str, params: dict, step, batch: int, n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return make_order(kind, batch, n, generator=gen, step=step, **params)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

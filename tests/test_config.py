@@ -1,0 +1,82 @@
+"""Config loading: presets, dotted overrides, and errors that name the key, the value and the choices."""
+
+import pytest
+
+from armd_scale.config import Config, ConfigError, config_from_dict, dump_config, list_presets, load_config
+
+
+def test_default_preset_loads_and_validates():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    for name in ("arch", "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "attention_backend"):
+        assert hasattr(cfg.model, name)
+    assert "tiny-cpu" in list_presets()
+
+
+def test_every_preset_loads():
+    for name in list_presets():
+        load_config(name)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(
+        overrides=["model.n_layers=6", "train.lr=1e-4", "train.order.kind=sbp", "train.order.streams=[1,2]",
+                   "log.wandb=off", "data.val=null", "model.tie_embeddings=false"]
+    )
+    assert cfg.model.n_layers == 6 and isinstance(cfg.model.n_layers, int)
+    assert cfg.train.lr == 1e-4
+    assert cfg.train.order.kind == "sbp" and cfg.train.order.streams == [1, 2]
+    assert cfg.log.wandb == "off" and cfg.data.val is None and cfg.model.tie_embeddings is False
+
+
+def test_yaml_file_path(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  n_layers: 2\n")
+    cfg = load_config(path)
+    assert cfg.model.n_layers == 2
+    assert load_config(path, ["model.n_layers=8"]).model.n_layers == 8
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(overrides=["model.d_model=64"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert "d_model: 64" in dump_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("model.n_layerz=4", "unknown key 'model.n_layerz'"),
+        ("modle.n_layers=4", "unknown key 'modle'"),
+        ("model.arch=gpt", "'model.arch'='gpt' is not allowed; choose one of 'armd', 'ar', 'mdlm'"),
+        ("model.n_layers=four", "'model.n_layers'='four' must be an integer"),
+        ("model.n_layers=2.5", "'model.n_layers'=2.5 must be an integer"),
+        ("model.d_model=130", "model.d_model=130 must be divisible by model.n_heads=4"),
+        ("model.n_heads=0", "model.n_heads=0 must be > 0"),
+        ("parallel.zero_stage=4", "'parallel.zero_stage'=4 is not allowed"),
+        ("train.micro_batch_size=5", "must be a multiple of train.micro_batch_size=5"),
+        ("train.order.kind=zigzag", "'train.order.kind'='zigzag' is not allowed"),
+        ("log.wandb=maybe", "choose one of 'off', 'offline', 'online', 'auto'"),
+        ("model.tie_embeddings=yes please", "must be true or false"),
+        ("data.seq_len=4096", "data.seq_len=4096 exceeds model.max_seq_len"),
+        ("model.n_layers", "must look like key.sub=value"),
+        ("model.n_layers.x=1", "'n_layers' is a value, not a group"),
+    ],
+)
+def test_invalid_values_name_key_value_and_choices(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ConfigError, match="presets: .*tiny-cpu"):
+        load_config("no-such-preset")
+
+
+def test_non_mapping_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
