@@ -178,6 +178,8 @@ class TrainConfig:
     log_every: int = 10
     # Save and exit with code 75 after this many minutes (0 = no limit).
     max_minutes: float = 0.0
+    # Save and exit with code 75 once this step is reached (0 = off): fixed-length job slots, tests.
+    stop_at_step: int = 0
     # NaN/inf guard: skip up to this many consecutive bad steps, then stop.
     max_bad_steps: int = 5
     # A loss above spike_factor x its running mean is logged as a spike.

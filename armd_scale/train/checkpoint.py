@@ -1,0 +1,236 @@
+"""Checkpoints that survive preemption and resizing.
+
+Layout of RUN_DIR/checkpoints/:
+
+    step_00000100/          one folder per saved step (DeepSpeed engine files + ours)
+      meta.json             our client state in JSON (step, loader cursor, config, topology, ...)
+      COMPLETE              written last, after every rank finished: only marked folders are loadable
+      universal/            DeepSpeed universal form, made once when a resume needs another topology
+    latest                  name of the newest complete folder, replaced atomically (for tools/humans)
+
+Resume takes the newest *complete* folder (a folder without COMPLETE is a save that was cut short).
+Same world size and TP degree: load directly. Otherwise convert to DeepSpeed's universal format once
+(cached in the folder) and load that. A model-shape change or another tokenizer is refused with a
+message naming what differs. Every file is checked to be loadable with `weights_only=True` first, so
+a tampered checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, ConfigError
+from .distributed import DistInfo, barrier, broadcast_object
+from .safe_load import assert_weights_only_loadable
+
+MARKER = "COMPLETE"
+META = "meta.json"
+UNIVERSAL = "universal"
+TAG_RE = re.compile(r"^step_(\d{8})$")
+
+# Model fields that change parameter shapes or semantics; a resume with a different value is refused.
+SHAPE_FIELDS = (
+    "arch", "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "n_two_stream_layers", "d_pe",
+    "mlp", "mlp_ratio", "tie_embeddings", "positional_start",
+)
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    m = TAG_RE.match(tag)
+    if not m:
+        raise ValueError(f"'{tag}' is not a checkpoint folder name like step_00000100")
+    return int(m.group(1))
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Complete checkpoint folders, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if TAG_RE.match(p.name) and (p / MARKER).is_file()]
+    return sorted(tags, key=step_of)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"model.{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+        for k in SHAPE_FIELDS
+        if saved.get(k) != current.get(k)
+    ]
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    tag: str | None = None
+    universal: bool = False
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, *, tokenizer_sha256: str):
+        self.dir = run_dir / "checkpoints"
+        self.cfg = cfg
+        self.dist = dist_info
+        self.tokenizer_sha256 = tokenizer_sha256
+
+    # -- topology ---------------------------------------------------------------------------------
+    def topology(self) -> dict[str, Any]:
+        p = self.cfg.parallel
+        return dict(world_size=self.dist.world_size, tp=p.tp, dp=self.dist.world_size // p.tp,
+                    zero_stage=p.zero_stage, precision=p.precision)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def plan_resume(self) -> ResumePlan:
+        """Pick the newest complete checkpoint and decide how to load it (same on every rank)."""
+        plan = ResumePlan()
+        if self.dist.is_main:
+            tags = complete_tags(self.dir)
+            if tags:
+                tag = tags[-1]
+                meta = read_meta(self.dir / tag)
+                self._check_compatible(tag, meta)
+                saved = meta["topology"]
+                same = saved["world_size"] == self.dist.world_size and saved["tp"] == self.cfg.parallel.tp
+                plan = ResumePlan(tag, universal=not same)
+                if plan.universal:
+                    self._ensure_universal(tag)
+        plan = broadcast_object(plan)
+        barrier()
+        return plan
+
+    def _check_compatible(self, tag: str, meta: dict[str, Any]) -> None:
+        diffs = shape_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {self.dir / tag}: the model shape changed ({'; '.join(diffs)}). "
+                "Use a new run.dir or restore these values."
+            )
+        if meta.get("tokenizer_sha256") != self.tokenizer_sha256:
+            raise ConfigError(
+                f"cannot resume {self.dir / tag}: it was trained with tokenizer {meta.get('tokenizer_sha256')} "
+                f"but the data now uses {self.tokenizer_sha256}"
+            )
+
+    def _ensure_universal(self, tag: str) -> Path:
+        from .universal import convert_to_universal
+
+        return convert_to_universal(self.dir / tag)
+
+    def load(self, engine, plan: ResumePlan) -> dict[str, Any]:
+        """Load engine state (weights, optimizer, scheduler) and return our client state."""
+        folder = self.dir / plan.tag
+        if plan.universal:
+            load_dir, load_tag = folder / UNIVERSAL, plan.tag
+        else:
+            load_dir, load_tag = self.dir, plan.tag
+        assert_weights_only_loadable(load_dir / load_tag if not plan.universal else folder / UNIVERSAL)
+        path, client = engine.load_checkpoint(str(load_dir), tag=load_tag, load_module_strict=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {folder}")
+        meta = read_meta(folder)
+        _restore_rng(client.get("rng"))
+        return {"trainer": meta["trainer"], "loader": meta["loader"]}
+
+    # -- save -------------------------------------------------------------------------------------
+    def save(self, engine, step: int, *, trainer: dict[str, Any], loader: dict[str, Any]) -> Path:
+        """Collective: every rank calls it. The folder is marked complete only after all ranks wrote."""
+        tag = tag_for(step)
+        folder = self.dir / tag
+        if self.dist.is_main:
+            if folder.exists():  # an earlier, interrupted save of the same step
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+        barrier()
+        meta = {
+            "format": "armd_scale-checkpoint-1",
+            "step": step,
+            "trainer": trainer,
+            "loader": loader,
+            "config": self.cfg.to_dict(),
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "wandb_run_id": trainer.get("wandb_run_id"),
+            "topology": self.topology(),
+            "saved_at": time.time(),
+        }
+        client_state = {
+            "armd_scale": {k: meta[k] for k in ("format", "step", "tokenizer_sha256", "topology")},
+            "rng": _rng_state(),
+            "universal_checkpoint_info": universal_checkpoint_info(),
+        }
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+        barrier()
+        if self.dist.is_main:
+            write_atomic(folder / META, json.dumps(meta, indent=1))
+            write_atomic(folder / MARKER, json.dumps({"step": step, "completed_at": time.time()}))
+            write_atomic(self.dir / "latest", tag + "\n")
+            self._apply_retention()
+        barrier()
+        return folder
+
+    def _apply_retention(self) -> None:
+        """Keep the newest `keep_last` complete checkpoints and every `keep_every`-th step."""
+        tags = complete_tags(self.dir)
+        keep = set(tags[-self.cfg.train.keep_last :])
+        every = self.cfg.train.keep_every
+        if every:
+            keep |= {t for t in tags if step_of(t) % every == 0}
+        newest = step_of(tags[-1]) if tags else 0
+        for path in self.dir.iterdir():
+            if not TAG_RE.match(path.name) or path.name in keep:
+                continue
+            # complete ones beyond retention, and incomplete ones older than the newest complete save
+            if (path / MARKER).is_file() or step_of(path.name) < newest:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def universal_checkpoint_info() -> dict[str, Any]:
+    """What DeepSpeed's universal converter needs to know about our parameters.
+
+    No parameter is a concatenation of sub-parameters that would need special TP merging rules, so the
+    version key is enough; AutoTP adds its own per-parameter metadata when tensor parallelism is on.
+    """
+    return {"universal_checkpoint_version": 0.2}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

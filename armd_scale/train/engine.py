@@ -1,0 +1,154 @@
+"""DeepSpeed engine built from our config: the DeepSpeed dict is generated, never hand-written.
+
+Choices:
+- The optimizer is torch's AdamW (fused on CUDA) wrapped in `GuardedAdamW`, so the NaN/inf guard can
+  skip an update from inside the optimizer whatever ZeRO stage wraps it.
+- Tensor parallelism is DeepSpeed AutoTP with the ARMD partition spec: q/k/v and the MLP up/gate
+  projections column-parallel, attention output and MLP down row-parallel; embeddings, the tied
+  LM head, norms and the prefix-aggregation table stay replicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import Config, ConfigError
+from .distributed import DistInfo
+from .schedule import build_scheduler
+
+ARMD_TP_LAYER_SPECS = [
+    {"patterns": [r".*\.attn\.w[qkv]\.weight$", r".*\.mlp\.(gate|up)\.weight$"], "partition_type": "column"},
+    {"patterns": [r".*\.attn\.wo\.weight$", r".*\.mlp\.down\.weight$"], "partition_type": "row"},
+]
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a global batch is split: data-parallel ranks x gradient-accumulation micro-batches."""
+
+    global_batch: int
+    micro_batch: int
+    dp_world: int
+    grad_accum: int
+
+    @property
+    def local_batch(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
+    tp = cfg.parallel.tp
+    if world_size % tp:
+        raise ConfigError(f"parallel.tp={tp} must divide the world size {world_size}")
+    dp = world_size // tp
+    per_step = cfg.train.micro_batch_size * dp
+    if cfg.train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={cfg.train.global_batch_size} must be a multiple of "
+            f"train.micro_batch_size x data-parallel ranks = {cfg.train.micro_batch_size} x {dp}"
+        )
+    return BatchLayout(cfg.train.global_batch_size, cfg.train.micro_batch_size, dp, cfg.train.global_batch_size // per_step)
+
+
+def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config dict for a run (one source of truth: our Config)."""
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": layout.micro_batch,
+        "gradient_accumulation_steps": layout.grad_accum,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
+    }
+    if cfg.parallel.tp == 1:  # with AutoTP DeepSpeed counts every rank in its batch check: leave it out
+        ds["train_batch_size"] = layout.global_batch
+    if cfg.parallel.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.parallel.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "hysteresis": 2}
+    if cfg.parallel.tp > 1:
+        ds["tensor_parallel"] = {
+            "autotp_size": cfg.parallel.tp,
+            "partition_config": {"use_default_specs": False, "layer_specs": ARMD_TP_LAYER_SPECS},
+        }
+    return ds
+
+
+class GuardedAdamW(torch.optim.AdamW):
+    """AdamW that can skip one update when the ranks agreed the step's loss was not finite.
+
+    `clip`, when set, clips gradients and returns their global norm before each step (used where
+    DeepSpeed would clip without recording the norm: ZeRO stage 0 in fp32).
+    """
+
+    skip_next: bool = False
+    clip: Callable[[], torch.Tensor | float] | None = None
+    _global_grad_norm: float | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.clip is not None:
+            self._global_grad_norm = float(self.clip())
+        if self.skip_next:
+            self.skip_next = False
+            return None
+        return super().step(closure)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (linear weights, embeddings); never norms, start vectors or the PE table."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and "pos_table" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False):
+    """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
+    import deepspeed
+
+    model.activation_checkpointing = cfg.parallel.activation_checkpointing
+    optimizer = GuardedAdamW(
+        param_groups(model, cfg.train.weight_decay),
+        lr=cfg.train.lr,
+        betas=(cfg.train.beta1, cfg.train.beta2),
+        eps=cfg.train.eps,
+        fused=dist_info.device.type == "cuda",
+    )
+    scheduler = build_scheduler(optimizer, cfg.train)
+    ds_config = deepspeed_config(cfg, layout, load_universal=load_universal)
+    self_clip = _clips_itself(cfg)
+    if self_clip:
+        ds_config["gradient_clipping"] = 0.0
+    engine, _, _, ds_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    if self_clip:
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        params = [p for p in engine.module.parameters() if p.requires_grad]
+        optimizer.clip = lambda: clip_grad_norm_(params, max_norm=cfg.train.grad_clip or float("inf"), mpu=engine.mpu)
+    return engine, optimizer, ds_scheduler
+
+
+def _clips_itself(cfg: Config) -> bool:
+    """Stage 0 in fp32: DeepSpeed clips but does not report the norm, so GuardedAdamW does both."""
+    return cfg.parallel.zero_stage == 0 and cfg.parallel.precision == "fp32"
+
+
+def data_parallel_coords(dist_info: DistInfo, tp: int) -> tuple[int, int]:
+    """(dp_rank, dp_world) of this process; ranks of one TP group read the same data."""
+    if tp == 1:
+        return dist_info.rank, dist_info.world_size
+    from deepspeed.utils import groups
+
+    return groups._get_data_parallel_rank(), groups._get_data_parallel_world_size()

@@ -1,0 +1,224 @@
+"""The training loop, top to bottom.
+
+    set up processes -> data -> model -> DeepSpeed engine -> resume -> for each optimizer step:
+        draw this step's orders -> micro-batches (forward, backward) -> agree on NaN -> optimizer step
+        -> metrics -> validation -> checkpoint -> stop if preempted or out of time
+
+Everything a step does is a function of (config, step, data cursor), so a run stopped at step k and
+resumed continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, dump_config
+from ..model import build_model, order_loss, token_nll
+from ..model.flops import peak_flops, training_flops_per_token
+from . import EXIT_PREEMPTED
+from .checkpoint import Checkpointer
+from .data import TrainData, open_train_data
+from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
+from .engine import batch_layout, build_engine, data_parallel_coords
+from .metrics import MetricsLogger
+from .order_schedule import draw_step_orders
+from .preemption import StopRequest
+from .schedule import set_lr_for_step
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss."""
+
+
+@dataclass
+class TrainerState:
+    step: int = 0  # optimizer steps completed
+    bad_steps: int = 0  # consecutive non-finite steps
+    loss_ema: float | None = None
+    wandb_run_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(step=self.step, bad_steps=self.bad_steps, loss_ema=self.loss_ema, wandb_run_id=self.wandb_run_id)
+
+
+def train(cfg: Config) -> int:
+    """Run (or resume) training as described by `cfg`. Returns the process exit code."""
+    dist_info = init_distributed(cfg.parallel)
+    layout = batch_layout(cfg, dist_info.world_size)
+    run_dir = Path(cfg.run.dir).expanduser()
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+
+    data = open_train_data(cfg, dist_info)
+    checkpointer = Checkpointer(run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256)
+    plan = checkpointer.plan_resume()
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (TP shards them)
+    model = build_model(cfg.model).to(dist_info.device)
+    engine, optimizer, scheduler = build_engine(cfg, model, dist_info, layout, load_universal=plan.universal)
+    dp_rank, dp_world = data_parallel_coords(dist_info, cfg.parallel.tp)
+    loader = data.train_loader(layout, dp_rank, dp_world)
+
+    state = TrainerState()
+    if plan.tag is not None:
+        client = checkpointer.load(engine, plan)
+        state = TrainerState(**client["trainer"])
+        loader.load_state_dict(client["loader"])
+        set_lr_for_step(optimizer, cfg.train, state.step)  # the schedule follows the config, e.g. a longer train.steps
+    metrics = MetricsLogger(cfg, run_dir, is_main=dist_info.is_main, start_step=state.step, wandb_id=state.wandb_run_id)
+    state.wandb_run_id = metrics.wandb_id
+    if plan.tag is not None:
+        metrics.message(f"resumed from {plan.tag} (step {state.step}){' via universal checkpoint' if plan.universal else ''}")
+    _announce(cfg, model, layout, dist_info, metrics)
+
+    stop = StopRequest(cfg.train.max_minutes)
+    flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = peak_flops(torch.cuda.get_device_name(), cfg.parallel.precision) if torch.cuda.is_available() else None
+    batches = iter(loader)
+    exit_code = 0
+    try:
+        while state.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            step = state.step
+            order, block, order_info = draw_step_orders(
+                cfg.train.order, step=step, global_batch=layout.global_batch, seq_len=cfg.data.seq_len, seed=cfg.train.seed
+            )
+            rows = slice(dp_rank * layout.local_batch, (dp_rank + 1) * layout.local_batch)
+            order, block = order[rows].to(dist_info.device), block[rows].to(dist_info.device)
+
+            engine.train()
+            nll_sum, data_wait, bad = 0.0, 0.0, False
+            for micro in range(layout.grad_accum):
+                tw = time.perf_counter()
+                tokens = next(batches).to(dist_info.device, non_blocking=True)
+                data_wait += time.perf_counter() - tw
+                mrows = slice(micro * layout.micro_batch, (micro + 1) * layout.micro_batch)
+                logits = engine(tokens, order[mrows], block[mrows])
+                # Per-micro mean; DeepSpeed divides by grad_accum and averages over data-parallel ranks,
+                # so the update is the mean over every token of the global batch.
+                loss = order_loss(logits, tokens, order[mrows])
+                bad |= not bool(torch.isfinite(loss))
+                nll_sum += float(loss.detach()) * tokens.numel()
+                if micro == layout.grad_accum - 1:
+                    # All ranks agree before the optimizer step whether to skip it.
+                    optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, dist_info.device) > 0
+                engine.backward(loss)
+                engine.step()
+            total_nll, total_tokens = all_reduce_sum([nll_sum, tokens.numel() * layout.grad_accum], dist_info.device)
+            # Every rank of a tensor-parallel group saw the same tokens: count each data-parallel slice once.
+            step_loss = total_nll / total_tokens
+            state.step += 1
+            metrics.advance()
+
+            if not math.isfinite(step_loss):
+                state.bad_steps += 1
+                metrics.message(f"step {state.step}: non-finite loss ({step_loss}); update skipped "
+                                f"({state.bad_steps}/{cfg.train.max_bad_steps})")
+                if state.bad_steps >= cfg.train.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
+                        "lower train.lr, check the data, or raise train.max_bad_steps"
+                    )
+            else:
+                state.bad_steps = 0
+                spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
+                if spike:
+                    metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
+                state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
+                if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps or spike:
+                    dt = time.perf_counter() - t0
+                    tokens_per_s = layout.global_batch * cfg.data.seq_len / dt
+                    values = {
+                        "loss": step_loss,
+                        "grad_norm": _grad_norm(engine),
+                        "lr": scheduler.get_last_lr()[0] if scheduler is not None else cfg.train.lr,
+                        "tokens_per_s": tokens_per_s,
+                        "tokens_per_s_per_device": tokens_per_s / dist_info.world_size,
+                        "step_time_s": dt,
+                        "data_wait_s": data_wait,
+                        "tokens_seen": state.step * layout.global_batch * cfg.data.seq_len,
+                        "loss_spike": spike,
+                        **order_info,
+                        **_memory(dist_info),
+                    }
+                    if peak:
+                        values["mfu"] = tokens_per_s * flops_per_token / (peak * dist_info.world_size)
+                    metrics.log(state.step, values)
+
+            if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps):
+                val = evaluate_l2r(engine, data, cfg, dist_info, dp_rank, dp_world)
+                if val is not None:
+                    metrics.log(state.step, {"val/nll": val, "val/ppl": math.exp(min(val, 50.0))})
+                    metrics.message(f"step {state.step}: validation l2r NLL {val:.4f}, perplexity {math.exp(min(val, 50.0)):.2f}")
+
+            finished = state.step >= cfg.train.steps
+            stopping = not finished and (stop.should_stop(dist_info.device) or state.step == cfg.train.stop_at_step)
+            if stopping and state.step == cfg.train.stop_at_step:
+                stop.reason = stop.reason or f"train.stop_at_step={cfg.train.stop_at_step}"
+            if finished or stopping or state.step % cfg.train.checkpoint_every == 0:
+                checkpointer.save(engine, state.step, trainer=state.to_dict(), loader=loader.state_dict())
+            if stopping:
+                metrics.message(f"stopping at step {state.step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}")
+                exit_code = EXIT_PREEMPTED
+                break
+    finally:
+        stop.restore()
+        metrics.close()
+        loader.close()
+    barrier()
+    return exit_code
+
+
+@torch.no_grad()
+def evaluate_l2r(engine, data: TrainData, cfg: Config, dist_info: DistInfo, dp_rank: int, dp_world: int) -> float | None:
+    """Exact left-to-right NLL per token on the first `train.eval_batches` validation micro-batches."""
+    loader = data.val_loader(cfg.train.micro_batch_size, dp_rank, dp_world)
+    if loader is None:
+        return None
+    engine.eval()
+    nll, count = 0.0, 0
+    try:
+        for i, tokens in enumerate(loader):
+            if i >= cfg.train.eval_batches:
+                break
+            tokens = tokens.to(dist_info.device)
+            n = tokens.shape[1]
+            order = torch.arange(n, device=tokens.device).expand_as(tokens)
+            block = order  # l2r: one token per block
+            nll += float(token_nll(engine(tokens, order, block), tokens, order).sum())
+            count += tokens.numel()
+    finally:
+        loader.close()
+        engine.train()
+    total, tokens_total = all_reduce_sum([nll, count], dist_info.device)
+    return total / tokens_total if tokens_total else None
+
+
+def _grad_norm(engine) -> float | None:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return None
+    return float(norm)
+
+
+def _memory(dist_info: DistInfo) -> dict[str, float]:
+    if dist_info.device.type == "cuda":
+        return {"memory/max_allocated_gb": torch.cuda.max_memory_allocated() / 2**30}
+    import psutil
+
+    return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
+
+
+def _announce(cfg: Config, model, layout, dist_info: DistInfo, metrics: MetricsLogger) -> None:
+    metrics.message(
+        f"armd_scale: arch={cfg.model.arch} params={model.num_params() / 1e6:.2f}M world={dist_info.world_size} "
+        f"tp={cfg.parallel.tp} zero={cfg.parallel.zero_stage} precision={cfg.parallel.precision} "
+        f"global_batch={layout.global_batch} micro={layout.micro_batch} grad_accum={layout.grad_accum} "
+        f"seq_len={cfg.data.seq_len} order={cfg.train.order.kind}"
+    )
