@@ -10,7 +10,9 @@ resumed continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ def train(cfg: Config) -> int:
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
+        write_exit_status(run_dir, -1, 0, "running")  # a crash leaves this, never a stale 75
 
     data = open_train_data(cfg, dist_info)
     checkpointer = Checkpointer(run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256)
@@ -172,7 +175,18 @@ def train(cfg: Config) -> int:
         metrics.close()
         loader.close()
     barrier()
+    if dist_info.is_main:
+        write_exit_status(run_dir, exit_code, state.step, stop.reason if exit_code else "finished")
     return exit_code
+
+
+def write_exit_status(run_dir: Path, code: int, step: int, reason: str) -> None:
+    """RUN_DIR/exit_status.json: how the last invocation ended, for launchers that cannot see our exit
+    code (torchrun reports its own). slurm/entrypoint.sh turns code 75 into a requeue."""
+    status = {"code": code, "step": step, "reason": reason, "time": time.time()}
+    tmp = run_dir / f".exit_status.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(status) + "\n")
+    os.replace(tmp, run_dir / "exit_status.json")
 
 
 @torch.no_grad()
