@@ -29,10 +29,22 @@ def assert_weights_only_loadable(folder: Path) -> None:
         safe_torch_load(path)
 
 
+def deepspeed_safe_globals() -> list:
+    """The few DeepSpeed classes its ZeRO optimizer files store: an enum, a plain record type and a
+    loss-scaler object whose state is restored by attribute assignment (no code runs)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]
+
+
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
-    """torch.load restricted to tensors and plain containers; raises UnsafeCheckpointError otherwise."""
+    """torch.load restricted to tensors, plain containers and `deepspeed_safe_globals`;
+    raises UnsafeCheckpointError for anything else."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains objects that are not tensors or plain containers "

@@ -1,0 +1,90 @@
+"""Tiny training runs as real subprocesses (`armd train`, or torchrun with 2 gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32", "model.vocab_size=128",
+    "model.d_pe=8", "data.seq_len=32", "data.vocab_size=128", "train.global_batch_size=8",
+    "train.micro_batch_size=2", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=0",
+    "train.checkpoint_every=3", "log.wandb=off", "log.progress_bar=false", "train.order.kind=progressive",
+    "train.order.ar_steps=2", "train.order.rho=4", "train.order.ramp_end=5", "train.steps=6",
+]
+
+
+@dataclass
+class Run:
+    dir: Path
+    returncode: int
+    output: str
+
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in self.records() if "loss" in r}
+
+    def records(self) -> list[dict]:
+        path = self.dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def checkpoints(self) -> list[str]:
+        ckpt = self.dir / "checkpoints"
+        return sorted(p.name for p in ckpt.glob("step_*") if (p / "COMPLETE").exists()) if ckpt.exists() else []
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """Tokenizer and shards of the built-in corpus, built once for every training test."""
+    from armd_scale.config import DataConfig
+    from armd_scale.data.builtin import ensure_builtin_dataset
+
+    cache = tmp_path_factory.mktemp("armd_cache")
+    ensure_builtin_dataset(DataConfig(cache_dir=str(cache), seq_len=32, vocab_size=128), build=True)
+    return cache
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_MAX_RESTARTS"):
+        env.pop(key, None)
+    env["OMP_NUM_THREADS"] = "1"
+    env["WANDB_MODE"] = env.get("WANDB_MODE", "offline")
+    return env
+
+
+def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    args = ["train", *TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", *overrides]
+    if nproc == 1:
+        return [sys.executable, "-m", "armd_scale.cli", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "armd_scale.cli", *args]
+
+
+def run_train(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, timeout: float = 300) -> Run:
+    proc = subprocess.run(command(run_dir, cache, *overrides, nproc=nproc), env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    return Run(run_dir, proc.returncode, proc.stdout + proc.stderr)
+
+
+def start_train(run_dir: Path, cache: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(command(run_dir, cache, *overrides), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+__all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY"]
