@@ -11,6 +11,8 @@ import json
 import math
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,12 @@ def wandb_mode(setting: str) -> str:
     except (netrc.NetrcParseError, OSError):
         pass
     return "offline"
+
+
+def new_run_id() -> str:
+    """An 8-character lowercase id, the form wandb uses for run ids."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 class MetricsLogger:
@@ -55,7 +63,7 @@ class MetricsLogger:
     def _start_wandb(self, cfg: Config, run_dir: Path, mode: str) -> None:
         import wandb
 
-        self.wandb_id = self.wandb_id or wandb.util.generate_id()
+        self.wandb_id = self.wandb_id or new_run_id()
         os.environ.setdefault("WANDB_SILENT", "true")
         self.wandb_run = wandb.init(
             project=cfg.log.project,
