@@ -1,0 +1,353 @@
+"""Writing shard sets (text or a synthetic source -> packed sequences -> WebDataset tars) and
+verifying them against their manifest.
+
+Layout of a build into OUT:
+    OUT/train/shard-000000.tar ... OUT/train/manifest.json
+    OUT/val/shard-000000.tar   ... OUT/val/manifest.json      (only with a validation fraction)
+Each split is a self-contained shard set; a loader is pointed at one split directory.
+
+Determinism: documents are read in input order, tokenized in order-preserving chunks (by a process
+pool with `workers > 1`), packed the same way, and tar members carry fixed metadata (mtime 0,
+owner armd, mode 0444). The same inputs and settings therefore give byte-identical shards whatever
+the worker count. The last partial sequence of each split is dropped (counted in the manifest).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from armd_scale import __version__
+from armd_scale.data.errors import BadShardError, DataError
+from armd_scale.data.manifest import MANIFEST_FILE, Manifest, ShardEntry, dtype_for_vocab, read_manifest, write_manifest
+from armd_scale.data.order import holdout
+from armd_scale.data.shardio import FIELD_BY_DTYPE, NUMPY_DTYPE, load_shard
+from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
+from armd_scale.data.tokenizer import Tokenizer, encode_groups_in_worker, init_encode_worker
+from armd_scale.data.urls import StorageOptions, exists, join_url, remove, sha256_bytes, url_to_fs, write_atomic
+
+log = logging.getLogger(__name__)
+
+SHARD_NAME = "shard-{:06d}.tar"
+# Lines of one document are sent to tokenizer workers in chunks of about this many characters,
+# so one huge document (a whole book) is still tokenized in parallel.
+CHUNK_CHARS = 1 << 16
+SPLITS = ("train", "val")
+
+
+def samples_for_size(seq_len: int, dtype: str, shard_size_mb: float) -> int:
+    """How many samples fit a shard of about `shard_size_mb` MiB (tar header + padded payload each)."""
+    payload = seq_len * np.dtype(NUMPY_DTYPE[dtype]).itemsize
+    record = 512 + math.ceil(payload / 512) * 512
+    return max(1, int(shard_size_mb * (1 << 20)) // record)
+
+
+def encode_shard(samples: np.ndarray, first_index: int, dtype: str) -> bytes:
+    """Tar bytes of one shard; member i is `<first_index + i>.tokens.<u16|u32>`."""
+    from webdataset import TarWriter  # imports torch: only the writer pays for it
+
+    buf = io.BytesIO()
+    field_name = FIELD_BY_DTYPE[dtype]
+    raw = np.ascontiguousarray(samples, dtype=NUMPY_DTYPE[dtype])
+    with TarWriter(buf, encoder=False, mtime=0, user="armd", group="armd", mode=0o444) as writer:
+        for i, row in enumerate(raw):
+            writer.write({"__key__": f"{first_index + i:010d}", field_name: row.tobytes()})
+    return buf.getvalue()
+
+
+@dataclass
+class ShardSetWriter:
+    """Packs a token stream into seq_len samples and writes full shards as they fill.
+
+    `finish()` writes the last (smaller) shard and then the manifest; until then the split is
+    incomplete by construction.
+    """
+
+    url: str
+    split: str
+    seq_len: int
+    vocab_size: int
+    tokenizer_sha256: str
+    samples_per_shard: int
+    eos_id: int | None
+    build: dict[str, Any] = field(default_factory=dict)
+    tokenizer_meta: dict[str, Any] = field(default_factory=dict)
+    storage_options: StorageOptions = None
+
+    def __post_init__(self) -> None:
+        self.dtype = dtype_for_vocab(self.vocab_size)
+        self.entries: list[ShardEntry] = []
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._samples = 0
+        self.documents = 0
+
+    def add_document(self, tokens: np.ndarray) -> None:
+        """Append one document followed by EOS."""
+        self.documents += 1
+        self._append(np.asarray(tokens, dtype=np.int64))
+        if self.eos_id is not None:
+            self._append(np.array([self.eos_id], dtype=np.int64))
+
+    def add_samples(self, samples: np.ndarray) -> None:
+        """Append ready-made sequences (synthetic sources): rows are not joined with EOS."""
+        self._append(np.asarray(samples, dtype=np.int64).reshape(-1))
+
+    def _append(self, tokens: np.ndarray) -> None:
+        self._pending.append(tokens)
+        self._pending_len += len(tokens)
+        if self._pending_len >= self.seq_len * self.samples_per_shard:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        stream = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.int64)
+        per_shard = self.seq_len * self.samples_per_shard
+        start = 0
+        while len(stream) - start >= per_shard or (final and len(stream) - start >= self.seq_len):
+            n = min(self.samples_per_shard, (len(stream) - start) // self.seq_len)
+            self._write_shard(stream[start : start + n * self.seq_len].reshape(n, self.seq_len))
+            start += n * self.seq_len
+        self._pending = [stream[start:]]
+        self._pending_len = len(stream) - start
+
+    def _write_shard(self, samples: np.ndarray) -> None:
+        if samples.size and (samples.min() < 0 or samples.max() >= self.vocab_size):
+            raise DataError(f"token id outside [0, {self.vocab_size}) while writing {self.url}")
+        name = SHARD_NAME.format(len(self.entries))
+        data = encode_shard(samples, self._samples, self.dtype)
+        write_atomic(join_url(self.url, name), data, self.storage_options)
+        self.entries.append(ShardEntry(name, len(samples), sha256_bytes(data), len(data)))
+        self._samples += len(samples)
+
+    def finish(self) -> Manifest:
+        self._flush(final=True)
+        dropped = self._pending_len
+        manifest = Manifest(
+            split=self.split, tokenizer_sha256=self.tokenizer_sha256, vocab_size=self.vocab_size,
+            seq_len=self.seq_len, dtype=self.dtype, shards=self.entries, build=self.build,
+            tokenizer=self.tokenizer_meta, url=self.url.rstrip("/"),
+            totals={
+                "shards": len(self.entries), "samples": self._samples,
+                "tokens": self._samples * self.seq_len, "documents": self.documents,
+                "dropped_tail_tokens": dropped, "bytes": sum(e.bytes for e in self.entries),
+            },
+        )
+        write_manifest(manifest, self.storage_options)
+        return manifest
+
+
+def _prepare_out(out: str, overwrite: bool, storage_options: StorageOptions) -> None:
+    """Refuse to replace a finished shard set unless asked; when replacing, drop its manifests first
+    so a crash midway leaves an incomplete set rather than a stale manifest over new shards."""
+    manifests = [join_url(out, s, MANIFEST_FILE) for s in SPLITS] + [join_url(out, MANIFEST_FILE)]
+    found = [m for m in manifests if exists(m, storage_options)]
+    if found and not overwrite:
+        raise DataError(f"a shard set already exists at {out} ({found[0]}); pass --overwrite or choose another --out")
+    for m in found:
+        remove(m, storage_options)
+    fs, path = url_to_fs(out, storage_options)
+    fs.makedirs(path, exist_ok=True)
+
+
+def _ordered_map(tok: Tokenizer, tasks: Iterable[tuple[Any, list[list[str]]]], workers: int) -> Iterator[tuple[Any, list[np.ndarray]]]:
+    """(meta, token ids of each line group) for each (meta, line groups) task, in task order;
+    parallel with workers > 1. A bounded window of futures keeps memory flat (Pool.imap would
+    read the whole corpus ahead)."""
+    if workers <= 1:
+        for meta, groups in tasks:
+            yield meta, [tok.encode_lines(g) for g in groups]
+        return
+    ctx = get_context("spawn")  # no fork of a process that may hold threads (tqdm's monitor)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_encode_worker, initargs=(tok.model_proto,)) as pool:
+        window: deque[tuple[Any, Future]] = deque()
+        for meta, groups in tasks:
+            window.append((meta, pool.submit(encode_groups_in_worker, groups)))
+            if len(window) >= 4 * workers:
+                m, fut = window.popleft()
+                yield m, fut.result()
+        while window:
+            m, fut = window.popleft()
+            yield m, fut.result()
+
+
+def _tasks(docs: Iterable[str], split_docs: bool) -> Iterator[tuple[list[tuple[int, bool]], list[list[str]]]]:
+    """Encoding tasks of about CHUNK_CHARS characters, in document order. A task is a list of line
+    groups with, per group, (document index, is the document's last group): small documents are
+    batched into one task, large ones are cut at line boundaries across tasks."""
+    meta: list[tuple[int, bool]] = []
+    groups: list[list[str]] = []
+    size = 0
+    for index, doc in enumerate(docs):
+        group: list[str] = []
+        for line in doc.split("\n"):
+            if split_docs and size >= CHUNK_CHARS:
+                meta.append((index, False))
+                groups.append(group)
+                yield meta, groups
+                meta, groups, group, size = [], [], [], 0
+            group.append(line)
+            size += len(line) + 1
+        meta.append((index, True))
+        groups.append(group)
+        if size >= CHUNK_CHARS:
+            yield meta, groups
+            meta, groups, size = [], [], 0
+    if groups:
+        yield meta, groups
+
+
+def build_shards(
+    inputs: Sequence[str],
+    out: str,
+    tokenizer: str | Tokenizer,
+    *,
+    seq_len: int,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    workers: int = 1,
+    samples_per_shard: int | None = None,
+    shard_size_mb: float = 64.0,
+    text_field: str = "text",
+    doc_split: DocSplit = "file",
+    overwrite: bool = False,
+    progress: bool = False,
+    storage_options: StorageOptions = None,
+) -> dict[str, Manifest]:
+    """Tokenize `inputs` and write `out/train` (and `out/val` when val_fraction > 0).
+
+    Whole documents are held out for validation (a seeded choice of round(val_fraction * docs)).
+    Returns the manifests by split."""
+    if seq_len < 1:
+        raise DataError(f"seq_len={seq_len} must be >= 1")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer, storage_options)
+    sources = expand_inputs(inputs, storage_options)
+    read = dict(text_field=text_field, doc_split=doc_split, storage_options=storage_options)
+    n_docs = sum(1 for _ in tqdm(iter_corpus(sources, **read), desc="shards: scanning", unit="doc", disable=not progress))
+    if n_docs == 0:
+        raise DataError(f"inputs {list(inputs)} contain no documents")
+    if val_fraction > 0 and n_docs < 2:
+        raise DataError(f"val_fraction={val_fraction} needs at least 2 documents, inputs have {n_docs}; try doc_split='paragraph'")
+    is_val = holdout(n_docs, val_fraction, seed)
+    dtype = dtype_for_vocab(tok.vocab_size)
+    per_shard = samples_per_shard or samples_for_size(seq_len, dtype, shard_size_mb)
+    _prepare_out(out, overwrite, storage_options)
+    build = {
+        "inputs": list(inputs), "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
+        "doc_split": doc_split, "samples_per_shard": per_shard, "eos_id": tok.eos_id,
+        "tool": f"armd_scale {__version__}",
+    }
+    splits = ["train", "val"] if is_val.any() else ["train"]
+    writers = {
+        s: ShardSetWriter(join_url(out, s), s, seq_len, tok.vocab_size, tok.sha256, per_shard, tok.eos_id,
+                          build=build, tokenizer_meta={"kind": "sentencepiece"}, storage_options=storage_options)
+        for s in splits
+    }
+    bar = tqdm(total=n_docs, desc="shards: tokenizing", unit="doc", disable=not progress)
+    pieces: list[np.ndarray] = []
+    nl = np.array([tok.newline_id if tok.newline_id is not None else tok.unk_id], dtype=np.int64)
+    tasks = _tasks(iter_corpus(sources, **read), split_docs=tok.newline_id is not None)
+    for metas, encoded in _ordered_map(tok, tasks, workers):
+        for (index, last), ids in zip(metas, encoded):
+            if pieces:
+                pieces.append(nl)
+            pieces.append(ids)
+            if last:
+                writers["val" if is_val[index] else "train"].add_document(np.concatenate(pieces))
+                pieces = []
+                bar.update(1)
+    bar.close()
+    # val first: the train manifest, the one a run needs, is the very last file written
+    return {s: writers[s].finish() for s in reversed(splits)}
+
+
+def build_synthetic_shards(
+    spec: str,
+    out: str,
+    *,
+    seq_len: int,
+    seed: int = 0,
+    samples_per_shard: int | None = None,
+    shard_size_mb: float = 64.0,
+    overwrite: bool = False,
+    storage_options: StorageOptions = None,
+) -> dict[str, Manifest]:
+    """Shards of independent stationary sequences from `synthetic:markov?...` (ids shifted past the
+    special ids), plus `out/tokenizer/tokenizer.json` describing the source and its entropy rate."""
+    from armd_scale.data.corpora import SYNTHETIC_TOKEN_OFFSET, parse_synthetic
+    from armd_scale.data.tokenizer import INFO_FORMAT, write_tokenizer_info
+
+    source, sizes = parse_synthetic(spec)
+    vocab = source.vocab_size + SYNTHETIC_TOKEN_OFFSET
+    info = {
+        "format": INFO_FORMAT, "kind": "synthetic", "source": spec, "sha256": source.identity(),
+        "vocab_size": vocab, "token_offset": SYNTHETIC_TOKEN_OFFSET, "params": source.params,
+        "entropy_rate_nats": source.entropy_rate(),
+        "sequence_entropy_nats": source.sequence_entropy(seq_len),
+    }
+    dtype = dtype_for_vocab(vocab)
+    per_shard = samples_per_shard or samples_for_size(seq_len, dtype, shard_size_mb)
+    _prepare_out(out, overwrite, storage_options)
+    write_tokenizer_info(join_url(out, "tokenizer"), info, storage_options)
+    build = {"inputs": [spec], "seed": seed, "samples_per_shard": per_shard, "tool": f"armd_scale {__version__}"}
+    manifests = {}
+    for split, count, stream in (("val", sizes["val_samples"], 2 * seed + 1), ("train", sizes["samples"], 2 * seed)):
+        if count <= 0:
+            continue
+        writer = ShardSetWriter(join_url(out, split), split, seq_len, vocab, source.identity(), per_shard, None,
+                                build=build, tokenizer_meta={"kind": "synthetic", "source": spec},
+                                storage_options=storage_options)
+        writer.add_samples(source.sample(count, seq_len, seed=stream) + SYNTHETIC_TOKEN_OFFSET)
+        manifests[split] = writer.finish()
+    return manifests
+
+
+@dataclass
+class VerifyReport:
+    url: str
+    shards: int
+    samples: int
+    bad: list[tuple[str, str]]  # (shard URL, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def verify_shards(url: str, *, progress: bool = False, storage_options: StorageOptions = None) -> list[VerifyReport]:
+    """Check every shard of the set at `url` (or of its train/ and val/ splits) against the
+    manifest: presence, size, SHA-256, tar structure, sample count and token ids < vocab_size."""
+    url = url.rstrip("/")
+    if exists(join_url(url, MANIFEST_FILE), storage_options):
+        targets = [url]
+    else:
+        targets = [join_url(url, s) for s in SPLITS if exists(join_url(url, s, MANIFEST_FILE), storage_options)]
+        if not targets:
+            read_manifest(url, storage_options)  # raises the explanatory error
+    reports = []
+    for target in targets:
+        m = read_manifest(target, storage_options)
+        bad: list[tuple[str, str]] = []
+        samples = 0
+        for i, entry in enumerate(tqdm(m.shards, desc=f"verify {m.split}", unit="shard", disable=not progress)):
+            shard_url = m.shard_url(i)
+            try:
+                arr = load_shard(shard_url, entry, seq_len=m.seq_len, dtype=m.dtype, storage_options=storage_options)
+                if arr.size and int(arr.max()) >= m.vocab_size:
+                    raise BadShardError(shard_url, f"token id {int(arr.max())} >= vocab_size {m.vocab_size}")
+                samples += len(arr)
+            except BadShardError as e:
+                bad.append((shard_url, e.reason))
+        reports.append(VerifyReport(target, len(m.shards), samples, bad))
+    return reports

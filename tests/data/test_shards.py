@@ -1,0 +1,139 @@
+"""Shard writer: token stream fidelity, whole-document validation split, determinism, verify."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from armd_scale.cli import main
+from armd_scale.data.errors import DataError
+from armd_scale.data.loader import ShardLoader
+from armd_scale.data.manifest import dtype_for_vocab, read_manifest
+from armd_scale.data.order import holdout
+from armd_scale.data.shards import ShardSetWriter, build_shards, verify_shards
+from armd_scale.data.textio import expand_inputs, iter_corpus
+from armd_scale.data.tokenizer import Tokenizer
+from tests.data.conftest import DOC_GZ, DOCS_JSONL, DOCS_TXT, shard_stream
+
+
+def document_stream(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    return np.array([t for d in docs for t in tok.encode(d) + [tok.eos_id]], dtype=np.int64)
+
+
+def test_text_to_shards_to_loader_reproduces_the_token_stream(tmp_path: Path, corpus_dir: Path, tokenizer: Tokenizer) -> None:
+    out = str(tmp_path / "set")
+    m = build_shards([str(corpus_dir)], out, tokenizer, seq_len=8, samples_per_shard=3, text_field="body",
+                     doc_split="paragraph")["train"]
+    docs = list(iter_corpus(expand_inputs([str(corpus_dir)]), text_field="body", doc_split="paragraph"))
+    assert docs == DOCS_TXT + DOCS_JSONL + [DOC_GZ]  # folder order a.txt, b.jsonl, c.txt.gz; README/.md ignored
+    expected = document_stream(tokenizer, docs)
+    n = len(expected) // 8
+    assert m.totals["samples"] == n and m.totals["dropped_tail_tokens"] == len(expected) - 8 * n
+    assert (shard_stream(out + "/train") == expected[: 8 * n]).all()
+    # the text comes back: EOS separates documents, newlines and indentation survive
+    text = tokenizer.decode(expected[: 8 * n])
+    assert text.startswith(DOCS_TXT[0] + DOCS_TXT[1])
+    # the loader serves exactly these samples (in its own order) when nothing is dropped
+    loader = ShardLoader(out + "/train", global_batch_size=1, micro_batch_size=1, rank=0, world_size=1, seed=3, loop=False)
+    served = np.concatenate([b.numpy() for b in loader])
+    chunks = expected[: 8 * n].reshape(n, 8)
+    assert sorted(map(tuple, served)) == sorted(map(tuple, chunks))
+    assert not (served == chunks).all(), "loader order should be shuffled"
+
+
+def test_validation_holds_out_whole_documents(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    docs = [f"document number {i} says {'la ' * (i % 5)}" for i in range(40)]
+    src = tmp_path / "docs.txt"
+    src.write_text("\n\n".join(docs))
+    out = str(tmp_path / "set")
+    ms = build_shards([str(src)], out, tokenizer, seq_len=4, val_fraction=0.25, seed=5, doc_split="paragraph")
+    mask = holdout(40, 0.25, 5)
+    assert mask.sum() == 10 and ms["val"].totals["documents"] == 10 and ms["train"].totals["documents"] == 30
+    for split, chosen in (("val", mask), ("train", ~mask)):
+        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen) if c])
+        stream = shard_stream(f"{out}/{split}")
+        assert (stream == expected[: len(stream)]).all() and len(expected) - len(stream) < 4
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_builds_are_byte_identical_with_any_worker_count(tmp_path: Path, tokenizer_dir: Path) -> None:
+    kw = dict(seq_len=16, val_fraction=0.1, samples_per_shard=50, doc_split="paragraph")
+    build_shards(["builtin:pydoc"], str(tmp_path / "a"), str(tokenizer_dir), workers=1, **kw)
+    build_shards(["builtin:pydoc"], str(tmp_path / "b"), str(tokenizer_dir), workers=2, **kw)
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert len(a) > 10 and a == b
+    assert not any(".tmp-" in name for name in a), "temporary files left behind"
+
+
+def test_manifest_records_what_was_built(tmp_path: Path, corpus_dir: Path, tokenizer: Tokenizer) -> None:
+    out = tmp_path / "set"
+    build_shards([str(corpus_dir / "a.txt")], str(out), tokenizer, seq_len=4, samples_per_shard=5, seed=9, doc_split="line")
+    m = read_manifest(str(out / "train"))
+    assert m.tokenizer_sha256 == tokenizer.sha256 and m.vocab_size == 256 and m.seq_len == 4 and m.dtype == "uint16"
+    assert m.build["seed"] == 9 and m.build["val_fraction"] == 0.0 and m.build["doc_split"] == "line"
+    assert [s.samples for s in m.shards[:-1]] == [5] * (len(m.shards) - 1) and 0 < m.shards[-1].samples <= 5
+    for entry in m.shards:
+        data = (out / "train" / entry.name).read_bytes()
+        assert len(data) == entry.bytes and hashlib.sha256(data).hexdigest() == entry.sha256
+    assert m.totals["samples"] == m.num_samples and m.totals["tokens"] == 4 * m.num_samples
+    assert not (out / "val").exists()
+
+
+def test_wide_vocabularies_use_uint32(tmp_path: Path) -> None:
+    assert dtype_for_vocab(65536) == "uint16" and dtype_for_vocab(65537) == "uint32"
+    w = ShardSetWriter(str(tmp_path / "wide"), "train", 3, 100_000, "x" * 64, 2, None)
+    rows = np.array([[70_000, 1, 99_999], [5, 65_536, 0], [7, 8, 9]])
+    w.add_samples(rows)
+    m = w.finish()
+    assert m.dtype == "uint32" and (shard_stream(str(tmp_path / "wide")).reshape(3, 3) == rows).all()
+
+
+def test_existing_set_is_not_overwritten_by_accident(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    out = str(tmp_path / "set")
+    build_shards(["builtin:pydoc"], out, tokenizer, seq_len=64)
+    with pytest.raises(DataError, match="already exists"):
+        build_shards(["builtin:pydoc"], out, tokenizer, seq_len=64)
+    m = build_shards(["builtin:pydoc"], out, tokenizer, seq_len=32, overwrite=True)["train"]
+    assert read_manifest(out + "/train").seq_len == 32 == m.seq_len
+
+
+def test_bad_inputs_name_the_problem(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        build_shards([str(tmp_path / "nope.txt")], str(tmp_path / "o"), tokenizer, seq_len=8)
+    one = tmp_path / "one.txt"
+    one.write_text("just one document")
+    with pytest.raises(DataError, match="at least 2 documents"):
+        build_shards([str(one)], str(tmp_path / "o"), tokenizer, seq_len=8, val_fraction=0.5)
+    with pytest.raises(DataError, match="tokenizer.json not found"):
+        build_shards([str(one)], str(tmp_path / "o"), str(tmp_path), seq_len=8)
+
+
+def test_verify_names_each_bad_shard(tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "set"
+    build_shards(["builtin:pydoc"], str(out), str(tokenizer_dir), seq_len=32, val_fraction=0.1, samples_per_shard=100)
+    assert all(r.ok for r in verify_shards(str(out)))
+    assert main(["shards", "--verify", str(out), "--no-progress"]) == 0
+    train = out / "train"
+    (train / "shard-000001.tar").unlink()
+    data = (train / "shard-000002.tar").read_bytes()
+    (train / "shard-000002.tar").write_bytes(data[:-1000])
+    flipped = bytearray((train / "shard-000004.tar").read_bytes())
+    flipped[1000] ^= 1
+    (train / "shard-000004.tar").write_bytes(bytes(flipped))
+    reports = {r.url: r for r in verify_shards(str(out))}
+    bad = dict(reports[str(train)].bad)
+    assert reports[str(out / "val")].ok
+    assert set(bad) == {str(train / f"shard-00000{i}.tar") for i in (1, 2, 4)}
+    assert "missing" in bad[str(train / "shard-000001.tar")]
+    assert "truncated" in bad[str(train / "shard-000002.tar")]
+    assert "checksum" in bad[str(train / "shard-000004.tar")]
+    capsys.readouterr()
+    assert main(["shards", "--verify", str(out), "--no-progress"]) == 1
+    printed = capsys.readouterr().out
+    assert all(f"BAD {url}" in printed for url in bad)
