@@ -22,6 +22,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from armd_scale.data.errors import BadShardError, DataError, DataMismatchError
 from armd_scale.data.manifest import check_expectations, read_manifest
 from armd_scale.data.order import GlobalOrder
-from armd_scale.data.prefetch import Background, ShardCache
+from armd_scale.data.prefetch import Background, ShardCache, make_executor
 from armd_scale.data.shardio import load_shard
 from armd_scale.data.urls import StorageOptions, protocol_of
 
@@ -100,6 +101,7 @@ class ShardLoader:
         self.bad_shards: dict[int, str] = {}
         self.skipped_samples = 0
         self._active: Iterator[torch.Tensor] | None = None
+        self._executor: Executor | None = None  # started on first use, kept across iterators
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -166,7 +168,7 @@ class ShardLoader:
         if state.get("global_batch_size", self.global_batch_size) != self.global_batch_size:
             log.warning("global batch size changed from %s to %d on resume; continuing at sample %d of epoch %d",
                         state["global_batch_size"], self.global_batch_size, cursor, epoch)
-        self.close()
+        self._stop_active()
         self.epoch, self.cursor = self._normalise(epoch, cursor)
 
     def _normalise(self, epoch: int, cursor: int) -> tuple[int, int]:
@@ -178,15 +180,27 @@ class ShardLoader:
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Micro-batches from the current state on (only one iterator is active at a time)."""
-        self.close()
+        self._stop_active()
         self._active = self._iterate()
         return self._active
 
-    def close(self) -> None:
-        """Stop the active iterator and its background thread and workers."""
+    def _stop_active(self) -> None:
         if self._active is not None:
             self._active.close()  # type: ignore[attr-defined]
             self._active = None
+
+    def close(self) -> None:
+        """Stop the active iterator, its background thread and the worker processes."""
+        self._stop_active()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "ShardLoader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _iterate(self) -> Iterator[torch.Tensor]:
         self.epoch, self.cursor = self._normalise(self.epoch, self.cursor)
@@ -222,13 +236,10 @@ class ShardLoader:
         return epoch, self.order.locate(epoch, start, start + local)
 
     def _produce(self, epoch: int, cursor: int) -> Iterator[np.ndarray]:
-        cache = ShardCache(
-            self._shard_task,
-            workers=self.num_workers,
+        if self._executor is None and self.num_workers > 0:
             # the memory:// filesystem lives in this process: worker processes would not see it
-            processes=protocol_of(self.url) != "memory",
-            capacity=self.num_workers + 3,
-        )
+            self._executor = make_executor(self.num_workers, processes=protocol_of(self.url) != "memory")
+        cache = ShardCache(self._shard_task, executor=self._executor, capacity=self.num_workers + 3)
         plans = (self._plan(e, c) for e, c in self._steps(epoch, cursor))
         window: deque[tuple[int, list[tuple[int, int, np.ndarray]]]] = deque()
         ahead = self.num_workers + 1

@@ -75,21 +75,17 @@ class _Raise:
 
 
 class ShardCache:
-    """Loads shards by running `task(index)()`, optionally ahead of need in worker processes or
-    threads; `task` returns a picklable callable (a `functools.partial` of a module-level function)
-    so only one shard's arguments cross the process boundary per load.
+    """Loads shards by running `task(index)()`, ahead of need on `executor` (worker processes or
+    threads; None loads on demand in the calling thread). `task` returns a picklable callable (a
+    `functools.partial` of a module-level function), so only one shard's arguments cross the
+    process boundary per load.
 
     `want(indices)` announces the shards needed next (in order); `get(index)` returns one, waiting
     for it if necessary. Errors (a bad shard) are raised by `get`, in the consumer's order."""
 
-    def __init__(self, task: Callable[[int], Callable[[], np.ndarray]], *, workers: int, processes: bool, capacity: int):
+    def __init__(self, task: Callable[[int], Callable[[], np.ndarray]], *, executor: Executor | None, capacity: int):
         self._task = task
-        self._executor: Executor | None = None
-        if workers > 0:
-            if processes:
-                self._executor = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-            else:
-                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="armd-shard")
+        self._executor = executor
         self._capacity = max(2, capacity)
         self._entries: OrderedDict[int, Future | np.ndarray] = OrderedDict()
 
@@ -118,7 +114,18 @@ class ShardCache:
                 old.cancel()
 
     def close(self) -> None:
+        """Drop cached shards and cancel loads not yet started (the executor stays up)."""
+        for entry in self._entries.values():
+            if isinstance(entry, Future):
+                entry.cancel()
         self._entries.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+
+
+def make_executor(workers: int, processes: bool) -> Executor | None:
+    """Worker processes (spawned, so no forked copies of the trainer's threads or CUDA state) or,
+    where processes cannot see the data (memory://), threads; None for workers == 0."""
+    if workers <= 0:
+        return None
+    if processes:
+        return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    return ThreadPoolExecutor(workers, thread_name_prefix="armd-shard")

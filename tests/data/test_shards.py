@@ -137,3 +137,28 @@ def test_verify_names_each_bad_shard(tmp_path: Path, tokenizer_dir: Path, capsys
     assert main(["shards", "--verify", str(out), "--no-progress"]) == 1
     printed = capsys.readouterr().out
     assert all(f"BAD {url}" in printed for url in bad)
+
+
+def test_shards_from_other_tar_writers_still_decode(tmp_path: Path) -> None:
+    """The vectorised reader only accepts our exact layout; anything else goes through tarfile."""
+    import io
+    import tarfile
+
+    from armd_scale.data.errors import BadShardError
+    from armd_scale.data.shardio import decode_shard
+    from armd_scale.data.shards import encode_shard
+
+    rows = np.arange(30, dtype=np.uint16).reshape(5, 6)
+    ours = encode_shard(rows, 0, "uint16")
+    assert (decode_shard(ours, url="u", seq_len=6, dtype="uint16", expected_samples=5) == rows).all()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, row in enumerate(rows):
+            info = tarfile.TarInfo(f"sample-{i}.tokens.u16")
+            info.size = row.nbytes
+            tar.addfile(info, io.BytesIO(row.tobytes()))
+    assert (decode_shard(buf.getvalue(), url="u", seq_len=6, dtype="uint16", expected_samples=5) == rows).all()
+    with pytest.raises(BadShardError, match="holds 5 samples, the manifest says 4"):
+        decode_shard(ours, url="u", seq_len=6, dtype="uint16", expected_samples=4)
+    with pytest.raises(BadShardError, match="has 12 bytes, expected 14"):
+        decode_shard(ours, url="u", seq_len=7, dtype="uint16", expected_samples=5)
