@@ -269,7 +269,13 @@ def build_shards(
                 bar.update(1)
     bar.close()
     # val first: the train manifest, the one a run needs, is the very last file written
-    return {s: writers[s].finish() for s in reversed(splits)}
+    manifests = {s: writers[s].finish() for s in reversed(splits)}
+    if "val" in manifests:
+        share = manifests["val"].totals["tokens"] / max(1, sum(m.totals["tokens"] for m in manifests.values()))
+        if share > 2 * val_fraction + 0.02:
+            log.warning("the validation split holds %.0f%% of the tokens for val_fraction=%g: the inputs have few, "
+                        "large documents; doc_split='paragraph' holds out finer units", 100 * share, val_fraction)
+    return manifests
 
 
 def build_synthetic_shards(
