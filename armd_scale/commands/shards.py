@@ -71,6 +71,9 @@ def _build(args: argparse.Namespace) -> int:
     if synthetic:
         if len(args.input) != 1:
             parser.error("a synthetic source is sharded on its own: pass exactly one --input")
+        if args.val_fraction or args.tokenizer:
+            parser.error("a synthetic source sets its split sizes in the URL (samples=, val_samples=) and needs "
+                         "no tokenizer: drop --val-fraction/--tokenizer")
         manifests = build_synthetic_shards(args.input[0], args.out, seq_len=args.seq_len, seed=args.seed,
                                            overwrite=args.overwrite, **size)
     else:

@@ -38,6 +38,9 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main(["shards", "--input", "x.txt", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--seq-len, --tokenizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["shards", "--input", "synthetic:markov", "--seq-len", "8", "--out", str(tmp_path), "--val-fraction", "0.1"])
+    assert "val_samples=" in capsys.readouterr().err
     assert main(["shards", "--verify", str(tmp_path / "nothing")]) == 1
     assert "no manifest.json" in capsys.readouterr().err
     assert main(["tokenizer", "--input", str(tmp_path / "missing"), "--vocab-size", "100", "--out", str(tmp_path / "t")]) == 1
