@@ -56,7 +56,8 @@ class StepLayer:
 
     Small decoding steps are dominated by per-op overhead, so q/k/v are one matmul and the SwiGLU
     gate/up another, and the module call machinery is skipped. The arithmetic mirrors
-    `Block.forward` term by term (the teacher-forcing tests hold the two together).
+    `Block.forward` term by term (the teacher-forcing tests hold the two together). The fused
+    weights are a snapshot: build a new decoder after the model's weights change.
     """
 
     def __init__(self, layer: Block):
@@ -232,11 +233,13 @@ class ARMDDecoder(_Decoder):
         rope_xg = model.rope.tables(torch.cat([cpos, g_pos], dim=1), self.dtype) if c else rope_g
 
         # Relative block ids for cold masks: cache 0, commit block 1, target block 2.
-        two_mask = causal_mask = None
+        # Query rows: X commit (Mc), G commit (Msc: cache only), G targets (cache + commit).
+        two_mask = last_mask = causal_mask = None
         if not warm:
-            two_mask = _general_mask([1] * c + [0] * c + [1] * t, [0] * n + [1] * c, self.batch_size, g)
-            causal_mask = _general_mask([1] * c + [2] * t, [0] * n + [1] * c + [2] * t, self.batch_size, g)
-        last_mask = None if two_mask is None else _general_mask([0] * c + [1] * t, [0] * n + [1] * c, self.batch_size, g)
+            x_keys, g_keys = [0] * n + [1] * c, [0] * n + [1] * c + [2] * t
+            two_mask = _general_mask([1] * c + [0] * c + [1] * t, x_keys, self.batch_size, g)
+            last_mask = _general_mask([0] * c + [1] * t, x_keys, self.batch_size, g)  # G rows only
+            causal_mask = _general_mask([1] * c + [2] * t, g_keys, self.batch_size, g)
 
         # Two-stream layers: rows [X (commit); G], keys/values from the X rows only.
         keys = slice(0, c)
