@@ -151,24 +151,26 @@ class _Decoder:
         self.forward_calls = 0
 
     def _buffers(self, count: int) -> list[_KVBuffer]:
-        heads = self.model.cfg.n_heads
-        return [
-            _KVBuffer(self.batch_size, heads, self.max_len, self.head_dim, self.device, self.dtype) for _ in range(count)
-        ]
+        shape = (self.batch_size, self.model.cfg.n_heads, self.max_len, self.head_dim)
+        return [_KVBuffer(*shape, self.device, self.dtype) for _ in range(count)]
 
-    def _check(self, commit_tokens, commit_positions, target_positions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _check(self, commit_tokens, commit_positions, target_positions) -> tuple[torch.Tensor, ...]:
+        """Default missing parts to empty [B, 0], move to the model's device, validate shapes and positions."""
         empty = torch.empty(self.batch_size, 0, dtype=torch.long, device=self.device)
         commit_tokens = empty if commit_tokens is None else commit_tokens.to(self.device)
         commit_positions = empty if commit_positions is None else commit_positions.to(self.device)
         target_positions = empty if target_positions is None else target_positions.to(self.device)
-        for name, t in (("commit_tokens", commit_tokens), ("commit_positions", commit_positions),
-                        ("target_positions", target_positions)):
+        named = (
+            ("commit_tokens", commit_tokens),
+            ("commit_positions", commit_positions),
+            ("target_positions", target_positions),
+        )
+        for name, t in named:
             if t.dim() != 2 or t.shape[0] != self.batch_size:
                 raise ValueError(f"{name} must be [batch={self.batch_size}, k], got {tuple(t.shape)}")
         if commit_tokens.shape != commit_positions.shape:
-            raise ValueError(
-                f"commit_tokens {tuple(commit_tokens.shape)} and commit_positions {tuple(commit_positions.shape)} differ"
-            )
+            shapes = f"{tuple(commit_tokens.shape)} and {tuple(commit_positions.shape)}"
+            raise ValueError(f"commit_tokens and commit_positions shapes differ: {shapes}")
         limit = self.model.cfg.max_seq_len
         for name, t in (("commit_positions", commit_positions), ("target_positions", target_positions)):
             if t.numel() and ((t < 0) | (t >= limit)).any():

@@ -63,18 +63,19 @@ def test_sbp_one_stream_equals_sequential_l2r(armd):
     assert not torch.equal(seq.tokens, sample_sequential(armd, N, batch_size=3, seed=8).tokens)
 
 
-@pytest.mark.parametrize(
-    "arch,plan",
-    [
-        pytest.param("armd", lambda: sequential_plan(N, 2, order=torch.randperm(N, generator=torch.Generator().manual_seed(0))), id="armd-random-order"),
-        pytest.param("armd", lambda: sbp_plan(N, 4, 2, prompt=torch.tensor([1, 2, 3, 4])), id="armd-sbp4-prompt"),
-        pytest.param("armd", lambda: infill_plan(torch.zeros(2, N, dtype=torch.long), torch.arange(N) % 3 == 0, streams=2), id="armd-infill-sbp2"),
-        pytest.param("armd", lambda: order_plan(*draw_order("diffusion", dict(steps=4), None, 1, N)), id="armd-diffusion"),
-        pytest.param("ar", lambda: sequential_plan(N, 2, prompt=torch.tensor([3, 1, 4])), id="ar-l2r-prompt"),
-    ],
-)
-def test_cache_and_reference_sample_the_same_tokens(arch, plan, armd, ar):
-    model, plan = (armd if arch == "armd" else ar), plan()
+RANDOM_ORDER = torch.tensor([5, 0, 9, 3, 14, 1, 7, 12, 2, 10, 15, 4, 8, 13, 6, 11])
+PLANS = {
+    "armd-random-order": lambda: sequential_plan(N, 2, order=RANDOM_ORDER),
+    "armd-sbp4-prompt": lambda: sbp_plan(N, 4, 2, prompt=torch.tensor([1, 2, 3, 4])),
+    "armd-infill-sbp2": lambda: infill_plan(torch.zeros(2, N, dtype=torch.long), torch.arange(N) % 3 == 0, streams=2),
+    "armd-diffusion": lambda: order_plan(*draw_order("diffusion", dict(steps=4), None, 1, N)),
+    "ar-l2r-prompt": lambda: sequential_plan(N, 2, prompt=torch.tensor([3, 1, 4])),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANS))
+def test_cache_and_reference_sample_the_same_tokens(case, armd, ar):
+    model, plan = (armd if case.startswith("armd") else ar), PLANS[case]()
     cached = generate(model, plan, seed=11)
     reference = sample_reference(model, plan, seed=11)
     assert torch.equal(cached.tokens, reference.tokens)
@@ -158,7 +159,8 @@ def test_plan_errors():
     with pytest.raises(ValueError, match="longer than the sample length"):
         sbp_plan(4, 1, prompt=torch.arange(5))
     with pytest.raises(ValueError, match="same number of known positions"):
-        infill_plan(torch.zeros(2, 4, dtype=torch.long), torch.tensor([[True, False, False, False], [True, True, False, False]]))
+        known = torch.tensor([[True, False, False, False], [True, True, False, False]])
+        infill_plan(torch.zeros(2, 4, dtype=torch.long), known)
     with pytest.raises(ValueError, match="exactly once"):
         sequential_plan(4, order=torch.tensor([0, 1, 1, 2]))
     order, block = draw_order("diffusion", dict(steps=4), None, 2, N, seed=1)
