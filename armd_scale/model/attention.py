@@ -64,6 +64,8 @@ def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype:
 def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torch.dtype) -> PreparedMask:
     chosen = resolve_backend(backend, spec, device, dtype)
     if chosen == "sdpa":
+        if spec.single_token_blocks and spec.pattern != "general":
+            return PreparedMask("sdpa", spec)  # causal kernels (see attend); no O(N^2) mask in memory
         allowed = spec.dense()
         has_key = allowed.any(dim=-1, keepdim=True)
         return PreparedMask("sdpa", spec, dense=allowed | ~has_key, has_key=has_key)
@@ -84,12 +86,14 @@ def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torc
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask) -> torch.Tensor:
     """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]."""
     if mask.backend == "sdpa":
+        if mask.dense is None:  # single-token blocks: causal kernels, no mask tensor
+            return _single_token_blocks(q, k, v, mask.spec.pattern, _sdpa_causal)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
         return out.masked_fill(~mask.has_key, 0.0)
     if mask.backend == "flex":
         return _flex_fn(q.device.type)(q, k, v, block_mask=mask.flex)
     if mask.backend == "flash":
-        return _flash(q, k, v, mask.spec.pattern)
+        return _single_token_blocks(q, k, v, mask.spec.pattern, _flash_causal)
     raise AssertionError(mask.backend)  # pragma: no cover
 
 
@@ -109,25 +113,31 @@ def _flex_fn(device_type: str):
     return eager
 
 
-def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str) -> torch.Tensor:
-    from flash_attn import flash_attn_func  # optional dependency
+def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def causal(qq, kk, vv):  # [B, H, T, D] -> flash layout [B, T, H, D] and back
-        out = flash_attn_func(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), causal=True)
-        return out.transpose(1, 2)
 
-    def strict(qq, kk, vv):
-        # query n sees keys 0..n-1: causal attention of queries 1..N-1 over keys 0..N-2; row 0 is zero
+def _flash_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn import flash_attn_func  # optional dependency; layout [B, T, H, D]
+
+    return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
+
+
+def _single_token_blocks(q, k, v, pattern: str, causal) -> torch.Tensor:
+    """With one token per block, Mc is the causal mask and Msc is causal attention of queries 1..N-1
+    over keys 0..N-2 (row 0 sees nothing and is zero), so fused causal kernels do all the work."""
+
+    def strict(qq):
         out = torch.zeros_like(qq)
         if qq.shape[2] > 1:
-            out[:, :, 1:] = causal(qq[:, :, 1:], kk[:, :, :-1], vv[:, :, :-1])
+            out[:, :, 1:] = causal(qq[:, :, 1:], k[:, :, :-1], v[:, :, :-1])
         return out
 
     if pattern == "causal":
         return causal(q, k, v)
     if pattern == "strict":
-        return strict(q, k, v)
+        return strict(q)
     if pattern == "two_stream":
         n = k.shape[2]
-        return torch.cat([causal(q[:, :, :n], k, v), strict(q[:, :, n:], k, v)], dim=2)
-    raise ValueError(f"flash cannot run pattern '{pattern}'")
+        return torch.cat([causal(q[:, :, :n], k, v), strict(q[:, :, n:])], dim=2)
+    raise ValueError(f"no single-token-block kernel for pattern '{pattern}'")
