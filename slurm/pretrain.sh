@@ -44,6 +44,7 @@ export PYTHONPATH="$ARMD_HOME${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's arm
 export CONFIG="${CONFIG:-}" OVERRIDES="${OVERRIDES:-}" MIN_NODES="${MIN_NODES:-$SLURM_NNODES}"
 export MAX_RESTARTS="${MAX_RESTARTS:-3}" PYTHON="${PYTHON:-python3}"
 mkdir -p "$RUN_DIR"
+run_start="$(date +%s)"
 
 echo "pretrain.sh: job $SLURM_JOB_ID run ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NODELIST at $(date -Is)" \
   "run_dir=$RUN_DIR config=${CONFIG:-default} overrides=[$OVERRIDES]"
@@ -58,12 +59,25 @@ forward_usr1() {
   [[ -n "$srun_pid" ]] && kill -USR1 "$srun_pid" 2>/dev/null || true
 }
 trap forward_usr1 USR1
-srun --ntasks-per-node=1 --kill-on-bad-exit=0 "$ARMD_HOME/slurm/entrypoint.sh" &
+# --kill-on-bad-exit=0 --wait=0: a failed node does not take the others down (elastic restarts).
+srun --ntasks-per-node=1 --kill-on-bad-exit=0 --wait=0 "$ARMD_HOME/slurm/entrypoint.sh" &
 srun_pid=$!
 # A trap cuts `wait` short; wait again until srun has ended, then take its exit status (the highest
 # of the entrypoints': 75 if the trainers stopped early), which bash keeps for a finished job.
 while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || true; done
 wait "$srun_pid" && rc=0 || rc=$?
+
+# srun returns the highest exit code of the nodes. After an elastic restart without a node (see
+# MIN_NODES) that node's entrypoint failed while the trainers carried on, so then the trainer's own
+# record of this run decides: RUN_DIR/exit_status.json, if written since this script started.
+if [[ "$rc" -ne 0 && "$rc" -ne 75 ]]; then
+  status="$("$PYTHON" -c 'import json, sys; s = json.load(open(sys.argv[1]))
+print(s["code"] if s["time"] >= float(sys.argv[2]) else "stale")' "$RUN_DIR/exit_status.json" "$run_start" 2>/dev/null || echo none)"
+  if [[ "$status" == 0 || "$status" == 75 ]]; then
+    echo "pretrain.sh: srun exited $rc (a node failed), but the trainer recorded exit $status"
+    rc="$status"
+  fi
+fi
 
 if [[ "$rc" -eq 75 ]]; then
   # Stopped early after saving a checkpoint: queue the job again; it resumes from that checkpoint

@@ -34,9 +34,10 @@ EXTRA_STEPS = 10  # steps added when a finished run is continued
 JOB_TIMEOUT = 300.0  # generous: a job takes ~15 s here, but CI machines can be much slower
 LOSS_TOL = 1e-5  # absolute; resume is bit-identical in one process and ~1e-6 across processes
 
-# The tiny model: ~30k parameters, ~15 ms per step on 2 CPU processes.
+# The tiny model: ~30k parameters, ~15 ms per step on 2 CPU processes. ZeRO-1, so that a resume on
+# another world size goes through DeepSpeed's universal checkpoint (ZeRO-0 files load directly).
 TINY = (
-    "model.n_layers=2 model.d_model=32 model.n_heads=2 model.max_seq_len=32 model.vocab_size=128 model.d_pe=8 "
+    "parallel.zero_stage=1 model.n_layers=2 model.d_model=32 model.n_heads=2 model.max_seq_len=32 model.vocab_size=128 model.d_pe=8 "
     "data.seq_len=32 data.vocab_size=128 train.global_batch_size=8 train.micro_batch_size=2 "
     "train.warmup_steps=2 train.log_every=1 train.eval_every=0 train.checkpoint_every=30 "
     "log.wandb=off log.progress_bar=false train.order.kind=progressive train.order.ar_steps=2 "
