@@ -9,8 +9,9 @@ Layout of RUN_DIR/checkpoints/:
     latest                  name of the newest complete folder, replaced atomically (for tools/humans)
 
 Resume takes the newest *complete* folder (a folder without COMPLETE is a save that was cut short).
-Same world size and TP degree: load directly. Otherwise convert to DeepSpeed's universal format once
-(cached in the folder) and load that. A model-shape change or another tokenizer is refused with a
+Same world size and TP degree (or ZeRO-0 on another data-parallel size): load directly. Otherwise
+convert to DeepSpeed's universal format once (cached in the folder) and load that (see universal.py
+for what DeepSpeed can reshard). A model-shape change or another tokenizer is refused with a
 message naming what differs. Every file is checked to be loadable with `weights_only=True` first, so
 a tampered checkpoint cannot run code.
 """
@@ -32,10 +33,10 @@ import torch
 from ..config import Config, ConfigError
 from .distributed import DistInfo, barrier, broadcast_object
 from .safe_load import assert_weights_only_loadable
+from .universal import UNIVERSAL, check_reshard, convert_to_universal, weights_only_loading
 
 MARKER = "COMPLETE"
 META = "meta.json"
-UNIVERSAL = "universal"
 TAG_RE = re.compile(r"^step_(\d{8})$")
 
 # Model fields that change parameter shapes or semantics; a resume with a different value is refused.
@@ -110,21 +111,32 @@ class Checkpointer:
     # -- resume -----------------------------------------------------------------------------------
     def plan_resume(self) -> ResumePlan:
         """Pick the newest complete checkpoint and decide how to load it (same on every rank)."""
-        plan = ResumePlan()
+        plan: ResumePlan | str = ResumePlan()
         if self.dist.is_main:
-            tags = complete_tags(self.dir)
-            if tags:
-                tag = tags[-1]
-                meta = read_meta(self.dir / tag)
-                self._check_compatible(tag, meta)
-                saved = meta["topology"]
-                same = saved["world_size"] == self.dist.world_size and saved["tp"] == self.cfg.parallel.tp
-                plan = ResumePlan(tag, universal=not same)
-                if plan.universal:
-                    self._ensure_universal(tag)
+            try:
+                plan = self._plan_on_main()
+            except (ConfigError, OSError, ValueError) as e:
+                plan = f"{type(e).__name__}: {e}"  # every rank must learn of the failure, not hang
         plan = broadcast_object(plan)
         barrier()
+        if isinstance(plan, str):
+            raise ConfigError(plan)
         return plan
+
+    def _plan_on_main(self) -> ResumePlan:
+        tags = complete_tags(self.dir)
+        if not tags:
+            return ResumePlan()
+        tag = tags[-1]
+        meta = read_meta(self.dir / tag)
+        self._check_compatible(tag, meta)
+        universal = check_reshard(
+            meta["topology"], world_size=self.dist.world_size, tp=self.cfg.parallel.tp,
+            zero_stage=self.cfg.parallel.zero_stage,
+        )
+        if universal:
+            convert_to_universal(self.dir / tag)
+        return ResumePlan(tag, universal=universal)
 
     def _check_compatible(self, tag: str, meta: dict[str, Any]) -> None:
         diffs = shape_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
@@ -139,20 +151,13 @@ class Checkpointer:
                 f"but the data now uses {self.tokenizer_sha256}"
             )
 
-    def _ensure_universal(self, tag: str) -> Path:
-        from .universal import convert_to_universal
-
-        return convert_to_universal(self.dir / tag)
-
     def load(self, engine, plan: ResumePlan) -> dict[str, Any]:
         """Load engine state (weights, optimizer, scheduler) and return our client state."""
         folder = self.dir / plan.tag
-        if plan.universal:
-            load_dir, load_tag = folder / UNIVERSAL, plan.tag
-        else:
-            load_dir, load_tag = self.dir, plan.tag
-        assert_weights_only_loadable(load_dir / load_tag if not plan.universal else folder / UNIVERSAL)
-        path, client = engine.load_checkpoint(str(load_dir), tag=load_tag, load_module_strict=True)
+        load_dir = folder / UNIVERSAL if plan.universal else self.dir
+        assert_weights_only_loadable(load_dir / plan.tag)  # names the offending file, if any
+        with weights_only_loading():
+            path, client = engine.load_checkpoint(str(load_dir), tag=plan.tag, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {folder}")
         meta = read_meta(folder)
@@ -183,7 +188,6 @@ class Checkpointer:
         client_state = {
             "armd_scale": {k: meta[k] for k in ("format", "step", "tokenizer_sha256", "topology")},
             "rng": _rng_state(),
-            "universal_checkpoint_info": universal_checkpoint_info(),
         }
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         barrier()
@@ -209,15 +213,6 @@ class Checkpointer:
             # complete ones beyond retention, and incomplete ones older than the newest complete save
             if (path / MARKER).is_file() or step_of(path.name) < newest:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def universal_checkpoint_info() -> dict[str, Any]:
-    """What DeepSpeed's universal converter needs to know about our parameters.
-
-    No parameter is a concatenation of sub-parameters that would need special TP merging rules, so the
-    version key is enough; AutoTP adds its own per-parameter metadata when tensor parallelism is on.
-    """
-    return {"universal_checkpoint_version": 0.2}
 
 
 def _rng_state() -> dict[str, Any]:

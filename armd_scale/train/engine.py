@@ -116,7 +116,12 @@ def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, layout: Bat
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
 
+    from .universal import UNIVERSAL_CHECKPOINT_INFO
+
     model.activation_checkpointing = cfg.parallel.activation_checkpointing
+    # Saved by the engine with every checkpoint (AutoTP overwrites it with its own under TP; passing
+    # it in client_state instead would override AutoTP's and corrupt a TP conversion).
+    model.universal_checkpoint_info = dict(UNIVERSAL_CHECKPOINT_INFO)
     optimizer = GuardedAdamW(
         param_groups(model, cfg.train.weight_decay),
         lr=cfg.train.lr,
@@ -143,6 +148,21 @@ def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, layout: Bat
 def _clips_itself(cfg: Config) -> bool:
     """Stage 0 in fp32: DeepSpeed clips but does not report the norm, so GuardedAdamW does both."""
     return cfg.parallel.zero_stage == 0 and cfg.parallel.precision == "fp32"
+
+
+def repair_optimizer_after_universal_load(optimizer: torch.optim.Optimizer, train_cfg) -> None:
+    """Undo two side effects of DeepSpeed's ZeRO-3 universal load (measured: without this the loss
+    two steps after a 2 -> 1 rank resume drifts by 1e-4).
+
+    It copies group 0's hyper-parameters into every group (the no-decay group would get weight
+    decay) and gives every parameter the *same* Adam step tensor, which AdamW then increments once
+    per group per step. Hyper-parameters come back from the config; step tensors are un-shared.
+    """
+    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0)):
+        group["weight_decay"] = decay
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
 
 
 def data_parallel_coords(dist_info: DistInfo, tp: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
 from .data import TrainData, open_train_data
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
-from .engine import batch_layout, build_engine, data_parallel_coords
+from .engine import batch_layout, build_engine, data_parallel_coords, repair_optimizer_after_universal_load
 from .metrics import MetricsLogger
 from .order_schedule import draw_step_orders
 from .preemption import StopRequest
@@ -74,6 +74,8 @@ def train(cfg: Config) -> int:
         state = TrainerState(**client["trainer"])
         loader.load_state_dict(client["loader"])
         set_lr_for_step(optimizer, cfg.train, state.step)  # the schedule follows the config, e.g. a longer train.steps
+        if plan.universal:
+            repair_optimizer_after_universal_load(optimizer, cfg.train)
     metrics = MetricsLogger(cfg, run_dir, is_main=dist_info.is_main, start_step=state.step, wandb_id=state.wandb_run_id)
     state.wandb_run_id = metrics.wandb_id
     if plan.tag is not None:

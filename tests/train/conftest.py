@@ -28,6 +28,10 @@ class Run:
     returncode: int
     output: str
 
+    def status(self) -> dict:
+        """RUN_DIR/exit_status.json (under torchrun the process exit code is torchrun's own)."""
+        return json.loads((self.dir / "exit_status.json").read_text())
+
     def losses(self) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in self.records() if "loss" in r}
 

@@ -28,3 +28,41 @@ def test_two_processes_match_one(overrides, single, tmp_path, data_cache):
     assert sorted(losses) == sorted(single) and len(losses) >= 5
     for step, loss in single.items():
         assert abs(losses[step] - loss) <= TOLERANCE, f"step {step}: {losses[step]} vs {loss}"
+
+
+@pytest.mark.parametrize(
+    "stage,first,second",
+    [(1, 2, 1), (1, 1, 2), (0, 2, 1), (3, 2, 1), (1, "tp2", 1), (2, 1, "tp2")],
+    ids=["zero1-2to1", "zero1-1to2", "zero0-2to1", "zero3-2to1", "zero1-tp2to1", "zero2-1totp2"],
+)
+def test_resume_on_another_topology(stage, first, second, single, tmp_path, data_cache):
+    """Saved on one topology, resumed on another: same weights and optimizer state (the next three
+    losses match the uninterrupted run) and the data continues where it stopped."""
+
+    def topology(spec):
+        return (2, ["parallel.tp=2"]) if spec == "tp2" else (spec, [])
+
+    run_dir = tmp_path / "run"
+    zero = f"parallel.zero_stage={stage}"
+    nproc, extra = topology(first)
+    a = run_train(run_dir, data_cache, zero, "train.stop_at_step=3", *extra, nproc=nproc)
+    assert a.status()["code"] == 75, a.output[-3000:]
+    nproc, extra = topology(second)
+    b = run_train(run_dir, data_cache, zero, *extra, nproc=nproc)
+    assert b.returncode == 0, b.output[-3000:]
+    assert "resumed from step_00000003" in b.output
+    if stage > 0:
+        assert "via universal checkpoint" in b.output
+        assert (run_dir / "checkpoints" / "step_00000003" / "universal" / "step_00000003").is_dir()
+    losses = b.losses()
+    for step in (4, 5, 6):
+        assert abs(losses[step] - single[step]) <= TOLERANCE, f"step {step}: {losses[step]} vs {single[step]}"
+
+
+def test_impossible_reshard_is_refused_with_a_reason(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    a = run_train(run_dir, data_cache, "train.stop_at_step=3", nproc=1)
+    assert a.returncode == 75 and a.status()["code"] == 75, a.output[-3000:]
+    b = run_train(run_dir, data_cache, "parallel.zero_stage=2", nproc=1)
+    assert b.returncode == 1
+    assert "parallel.zero_stage=0 and the run asks for 2" in b.output
