@@ -96,11 +96,13 @@ class ResumePlan:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, *, tokenizer_sha256: str):
+    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, *, tokenizer_sha256: str,
+                 tokenizer_dir: str | None = None):
         self.dir = run_dir / "checkpoints"
         self.cfg = cfg
         self.dist = dist_info
         self.tokenizer_sha256 = tokenizer_sha256
+        self.tokenizer_dir = tokenizer_dir
 
     # -- topology ---------------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
@@ -181,6 +183,7 @@ class Checkpointer:
             "loader": loader,
             "config": self.cfg.to_dict(),
             "tokenizer_sha256": self.tokenizer_sha256,
+            "tokenizer_dir": self.tokenizer_dir,
             "wandb_run_id": trainer.get("wandb_run_id"),
             "topology": self.topology(),
             "saved_at": time.time(),

@@ -59,7 +59,9 @@ def train(cfg: Config) -> int:
         write_exit_status(run_dir, -1, 0, "running")  # a crash leaves this, never a stale 75
 
     data = open_train_data(cfg, dist_info)
-    checkpointer = Checkpointer(run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256)
+    checkpointer = Checkpointer(
+        run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256, tokenizer_dir=data.tokenizer_dir
+    )
     plan = checkpointer.plan_resume()
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (TP shards them)
