@@ -3,6 +3,7 @@
 Wherever a command takes `--checkpoint PATH`, PATH may be
 - a run directory (RUN_DIR): its newest complete checkpoint;
 - one checkpoint folder (RUN_DIR/checkpoints/step_N, with COMPLETE and meta.json);
+- a universal folder written by `armd convert --to universal` (meta.json, COMPLETE, universal/);
 - an export directory (model.safetensors + config.json [+ tokenizer/]), written by `armd convert --to export`.
 
 DeepSpeed folders are read with torch's restricted unpickler only (see train/safe_load.py).
@@ -75,7 +76,12 @@ def checkpoint_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         from safetensors.torch import load_file
 
         meta = json.loads((resolved.folder / EXPORT_CONFIG).read_text())
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ValueError(f"{resolved.folder / EXPORT_CONFIG} has no 'config' (the resolved run config)")
         state = load_file(str(resolved.folder / EXPORT_WEIGHTS))
+        for alias, canonical in (meta.get("tied") or {}).items():  # tied tensors are stored once
+            if alias not in state and canonical in state:
+                state[alias] = state[canonical]
         tok = resolved.folder / EXPORT_TOKENIZER
         meta["tokenizer_dir"] = str(tok) if tok.is_dir() else None
         return state, meta, resolved

@@ -9,6 +9,8 @@ file and the offending global named, and nothing from it is executed.
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,8 +18,11 @@ import torch
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint file holds objects other than tensors and plain containers."""
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds objects other than tensors and plain containers.
+
+    A ValueError (bad input), so the resume planner, which turns ValueErrors on rank 0 into one error
+    every rank raises, reports it instead of leaving the other ranks waiting."""
 
 
 def assert_weights_only_loadable(folder: Path) -> None:
@@ -42,11 +47,22 @@ def deepspeed_safe_globals() -> list:
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
     """torch.load restricted to tensors, plain containers and `deepspeed_safe_globals`;
     raises UnsafeCheckpointError for anything else."""
+    # Memory-map torch's zip format; a legacy (bare pickle) file cannot be mapped but must still meet
+    # the restricted unpickler, not fail on the mmap option before anything is checked.
+    mmap = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains objects that are not tensors or plain containers "
-            f"({str(e).splitlines()[0]})"
+            f"({_reason(e)})"
         ) from None
+
+
+def _reason(error: Exception) -> str:
+    """The restricted unpickler's own finding (e.g. "Unsupported global: GLOBAL builtins.open"), without
+    torch's advice to retry with full unpickling, which is exactly what must not be done here."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)", text)
+    return found.group(1).strip() if found else text.strip().splitlines()[-1]

@@ -8,6 +8,9 @@ What works with DeepSpeed 0.19 (each case measured: weights exact, resumed losse
 - Changing the ZeRO stage across a resume and ZeRO-3 moving to a *higher* TP degree do not work; they
   are refused with a message saying what to do.
 
+A folder written by `armd convert --to universal` holds only the universal form (its meta.json says
+`topology.layout: universal`); it is always loaded through `load_universal`, on any topology above.
+
 Every DeepSpeed load here runs under `weights_only_loading()`, which forces torch's restricted
 unpickler even where DeepSpeed asks for full unpickling.
 """
@@ -19,14 +22,17 @@ import contextlib
 import glob
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError
-from .safe_load import deepspeed_safe_globals, safe_torch_load
+from .safe_load import assert_weights_only_loadable, deepspeed_safe_globals, safe_torch_load
 
 UNIVERSAL = "universal"
+LATEST_UNIVERSAL = "latest_universal"  # written by ds_to_universal beside the converted tag
 # Universal-checkpoint metadata for our parameters: none is a fused concatenation that would need
 # special TP merge rules. Set on the module before deepspeed.initialize; AutoTP replaces it with its
 # own (per-parameter row/column and replication patterns) when tensor parallelism is on.
@@ -61,7 +67,8 @@ def check_reshard(saved: dict, *, world_size: int, tp: int, zero_stage: int) -> 
             f"{zero_stage}; DeepSpeed cannot change the ZeRO stage on resume. Resume with "
             f"parallel.zero_stage={saved['zero_stage']}, or export the weights (armd convert --to export) and start a new run"
         )
-    if same:
+    universal_only = saved.get("layout") == UNIVERSAL  # no per-rank files left to load directly
+    if same and not universal_only:
         return False
     if saved["zero_stage"] == 0:
         if saved["tp"] != tp:
@@ -84,28 +91,67 @@ def convert_to_universal(folder: Path) -> Path:
 
     Returns the directory to pass to `engine.load_checkpoint` (with tag = folder name).
     """
-    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-
     folder = Path(folder)
     target = folder / UNIVERSAL
-    if (target / folder.name).is_dir() and (target / "latest_universal").is_file():
+    if (target / folder.name).is_dir() and (target / LATEST_UNIVERSAL).is_file():
         return target
+    converted = universal_tag_dir(folder)
+    if converted is not None and not glob.glob(str(folder / "*model_states.pt")):
+        # written by `armd convert --to universal` (nothing left to convert) but copied under another name
+        raise ReshardError(
+            f"{folder} holds the universal checkpoint '{converted.name}' but is named '{folder.name}'; DeepSpeed "
+            f"loads it by that tag: rename the folder to {converted.name}"
+        )
     staging = folder / f".{UNIVERSAL}.tmp{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    args = argparse.Namespace(
-        input_folder=str(folder), output_folder=str(staging / folder.name), num_extract_workers=1,
-        num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
-    )
-    with weights_only_loading():
-        ds_to_universal(args)
+    write_universal(folder, staging / folder.name)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     return target
 
 
+def write_universal(folder: Path, output: Path) -> None:
+    """Run DeepSpeed's `ds_to_universal` on checkpoint `folder`, writing the tag folder `output`
+    (and `latest_universal` beside it). Every input file is first checked to be weights-only
+    loadable, so a tampered file is refused by name before DeepSpeed opens anything.
+
+    DeepSpeed collects its input files recursively, so a converted `universal/` subfolder (or the
+    staging folder of an interrupted conversion) would be counted as extra ranks; it reads a view of
+    the folder's own files instead (symlinks in a temporary directory)."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    folder = Path(folder).absolute()
+    assert_weights_only_loadable(folder)
+    with tempfile.TemporaryDirectory(prefix="armd-ds-input-") as view:
+        for path in folder.iterdir():
+            if path.is_file():
+                os.symlink(path, Path(view) / path.name)
+        args = argparse.Namespace(
+            input_folder=view, output_folder=str(output), num_extract_workers=1,
+            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
+        )
+        # ds_to_universal reports on stdout; keep stdout for the commands' own results (inspect --json).
+        with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+            ds_to_universal(args)
+
+
+def universal_tag_dir(folder: Path) -> Path | None:
+    """`folder/universal/<tag>` named by `latest_universal`, if the folder holds a converted checkpoint."""
+    latest = Path(folder) / UNIVERSAL / LATEST_UNIVERSAL
+    if not latest.is_file():
+        return None
+    tag_dir = latest.parent / latest.read_text().strip()
+    return tag_dir if tag_dir.is_dir() else None
+
+
 def full_state_dict(folder: Path, topology: dict) -> dict[str, torch.Tensor]:
     """Complete fp32 weights of a checkpoint folder, with no DeepSpeed engine (tied aliases included)."""
     folder = Path(folder)
+    if topology.get("layout") == UNIVERSAL:
+        tag_dir = universal_tag_dir(folder)
+        if tag_dir is None:
+            raise FileNotFoundError(f"{folder} is marked universal but has no {UNIVERSAL}/{LATEST_UNIVERSAL} naming its tag")
+        return read_universal(tag_dir)
     if topology["zero_stage"] == 0 and not glob.glob(str(folder / "*optim_states.pt")):
         shards = [safe_torch_load(folder / f"mp_rank_{r:02d}_model_states.pt") for r in range(topology["tp"])]
         state = merge_tp_shards([s["module"] for s in shards])

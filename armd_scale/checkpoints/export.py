@@ -1,0 +1,139 @@
+"""Any checkpoint -> an export directory that loads without DeepSpeed.
+
+    OUT/
+      model.safetensors   full weights (fp32 by default), each tied tensor stored once
+      config.json         {"format", "config" (resolved run config), "step", "tokenizer_sha256", "dtype",
+                           "tied", "parameters", provenance (topology, loader, trainer, wandb run id,
+                           source) and "conversion" (the validation record)}
+      tokenizer/          tokenizer.model + tokenizer.json (+ tokenizer.vocab), as trained
+
+safetensors holds raw tensors and a JSON header, nothing executable, so an export is safe to load
+from anywhere. `armd_scale.pretrained.load_pretrained(OUT)` reads it; the validation below goes
+through that same function, so a passing conversion proves the loader users will call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_pretrained
+from .atomic import atomic_dir, check_out, refuse_overlap
+from .model_io import config_of, parameter_count, tied_aliases, without_aliases
+from .report import ConversionError, ConversionReport, Progress
+from .source import full_state, open_source
+from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
+
+EXPORT_FORMAT = "armd_scale-export-1"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+REFERENCE = {
+    "deepspeed": "the source's full fp32 weights (universal.full_state_dict)",
+    "universal": "the source's fp32 weights (universal.read_universal)",
+}
+
+
+def export(path: str | Path, out: str | Path, *, dtype: str = "fp32", tokenizer: bool = True,
+           overwrite: bool = False, progress: Progress | None = None) -> ConversionReport:
+    """Write the export directory `out` for checkpoint `path`, validated against the source weights."""
+    progress = progress or Progress()
+    out = check_out(out, overwrite=overwrite)
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    source = open_source(path)
+    refuse_overlap(source.folder, out)
+    if source.kind == "export":
+        raise ConversionError(f"{source.folder} is already an export directory")
+    cfg = config_of(source.config, str(source.meta_file))
+    progress(f"reading the full weights of {source.folder} ({source.kind}, step {source.step})")
+    state = full_state(source)
+    reference = model_from_state(cfg, state, str(source.folder))
+    batch = fixed_batch(cfg)
+    expected = logits_of(reference, cfg, batch)
+    aliases = tied_aliases(reference)
+    weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in without_aliases(state, aliases).items()}
+    notes: list[str] = []
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        from safetensors.torch import save_file
+
+        size = sum(t.numel() * t.element_size() for t in weights.values())
+        progress(f"writing {EXPORT_WEIGHTS}: {len(weights)} tensors, {size / 2**20:.1f} MiB, {dtype}")
+        save_file(weights, str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt", "armd_scale": EXPORT_FORMAT})
+        has_tokenizer = tokenizer and _copy_tokenizer(source.meta, tmp / EXPORT_TOKENIZER, notes, progress)
+        if not tokenizer:
+            notes.append("tokenizer left out (--no-tokenizer)")
+        if dtype != "fp32":
+            notes.append(f"weights rounded to {dtype}: the logit difference is that rounding")
+        config = {
+            "format": EXPORT_FORMAT,
+            "config": source.config,
+            "step": source.step,
+            "tokenizer_sha256": source.meta.get("tokenizer_sha256"),
+            "tokenizer": EXPORT_TOKENIZER if has_tokenizer else None,
+            "dtype": dtype,
+            "tied": aliases,
+            "parameters": parameter_count(reference),
+            "topology": source.topology,
+            "loader": source.meta.get("loader"),
+            "trainer": source.meta.get("trainer"),
+            "wandb_run_id": source.meta.get("wandb_run_id"),
+            "saved_at": source.meta.get("saved_at"),
+            "source": {"path": str(source.folder), "kind": source.kind},
+        }
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))
+
+        progress("validating: load_pretrained on the new directory, both models on the fixed batch")
+        loaded = load_pretrained(tmp)
+        diff = max_abs_diff(expected, logits_of(loaded.model, loaded.config, batch))
+        report = ConversionReport(
+            to="export", source=str(source.folder), source_kind=source.kind, out=str(out), step=source.step,
+            reference=REFERENCE[source.kind],
+            batch=batch.to_dict(), max_abs_logit_diff=diff, exact_required=dtype == "fp32", dtype=dtype,
+            parameters=config["parameters"], seconds=progress.elapsed, notes=notes,
+        )
+        if report.exact_required and diff != 0:
+            raise ConversionError(
+                f"the fp32 export of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
+            )
+        config["conversion"] = report.to_dict()
+        (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))
+    progress(f"done: {out}")
+    return report
+
+
+def _copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress: Progress) -> bool:
+    """Copy the run's tokenizer (model + its JSON identity record) after checking it is the one the
+    checkpoint was trained with; a tokenizer that changed since would silently garble every output."""
+    from ..data.errors import DataError
+    from ..data.tokenizer import INFO_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer, tokenizer_info
+    from ..data.urls import exists, join_url, read_bytes
+
+    src = meta.get("tokenizer_dir")
+    if not src:
+        notes.append("the checkpoint names no tokenizer directory; the export has none (pass token ids)")
+        return False
+    try:
+        info = tokenizer_info(src)
+        if info.get("kind") != "sentencepiece":
+            notes.append(f"{src} is a {info.get('kind')} token source without a text tokenizer; none exported")
+            return False
+        tok = Tokenizer.load(src)
+    except DataError as e:
+        raise ConversionError(f"cannot copy the run's tokenizer: {e} (pass --no-tokenizer to export without it)") from None
+    expected = meta.get("tokenizer_sha256")
+    if expected and tok.sha256 != expected:
+        raise ConversionError(
+            f"tokenizer {src} has sha256 {tok.sha256} but the checkpoint was trained with {expected}: the directory "
+            "changed since training (pass --no-tokenizer to export without it)"
+        )
+    progress(f"copying tokenizer {src} (sha256 {tok.sha256[:12]})")
+    dest.mkdir()
+    (dest / MODEL_FILE).write_bytes(tok.model_proto)
+    (dest / INFO_FILE).write_text(json.dumps({**info, "model": MODEL_FILE}, indent=2) + "\n")
+    vocab = join_url(src, VOCAB_FILE)
+    if exists(vocab):
+        (dest / VOCAB_FILE).write_bytes(read_bytes(vocab))
+    return True

@@ -1,0 +1,91 @@
+"""DeepSpeed checkpoint folder -> a folder holding only DeepSpeed's universal form.
+
+    OUT/
+      meta.json        the source's meta.json, with topology.layout = "universal" and a "conversion" record
+      COMPLETE         completion marker, as in a training checkpoint
+      universal/
+        latest_universal   names the tag
+        step_N/            DeepSpeed's universal layout: mp_rank_00_model_states.pt and
+                           zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt
+
+OUT is a complete training checkpoint: copied to RUN_DIR/checkpoints/step_N (the folder name must be
+the tag) it is resumed by `armd train` on any data-parallel size and any TP degree DeepSpeed can
+reshard to (see train/universal.py), always through `load_universal`, with the step, data cursor,
+RNG and wandb run id of the source. The optimizer state travels with the weights.
+
+ZeRO-0 checkpoints have no optimizer partitions for DeepSpeed to convert; they already load directly
+on another data-parallel size, so this refuses them and points to `--to export` for the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..train.checkpoint import MARKER, META, tag_for
+from ..train.universal import UNIVERSAL, read_universal, write_universal
+from .atomic import atomic_dir, check_out, refuse_overlap
+from .model_io import config_of, parameter_count
+from .report import ConversionError, ConversionReport, Progress
+from .source import full_state, open_source, saved_module_state
+from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
+
+
+def to_universal(path: str | Path, out: str | Path, *, overwrite: bool = False,
+                 progress: Progress | None = None) -> ConversionReport:
+    """Write the universal folder `out` for DeepSpeed checkpoint `path`, validated against the source."""
+    progress = progress or Progress()
+    out = check_out(out, overwrite=overwrite)
+    source = open_source(path)
+    refuse_overlap(source.folder, out)
+    if source.kind != "deepspeed":
+        what = "already universal" if source.kind == "universal" else "an export"
+        raise ConversionError(f"{source.folder} is {what}; --to universal takes a DeepSpeed checkpoint or run directory")
+    topology = source.topology or {}
+    if topology.get("zero_stage") == 0:
+        raise ConversionError(
+            f"{source.folder} was trained with ZeRO-0: it has no optimizer partitions to convert, and it already "
+            "resumes directly on another data-parallel size (same TP degree). Use --to export for the weights"
+        )
+    if source.step is None:
+        raise ConversionError(f"{source.meta_file} has no 'step'")
+    cfg = config_of(source.config, str(source.meta_file))
+    tag = tag_for(source.step)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        progress(f"converting {source.folder} (ZeRO-{topology['zero_stage']}, world size {topology['world_size']}, "
+                 f"TP {topology['tp']}) with DeepSpeed's ds_to_universal")
+        tag_dir = tmp / UNIVERSAL / tag
+        write_universal(source.folder, tag_dir)
+
+        progress("validating: universal weights vs the source's, both models on the fixed batch")
+        reference_state = saved_module_state(source)
+        reference = "the module weights DeepSpeed saved (mp_rank_*_model_states.pt)"
+        if reference_state is None:
+            reference_state = full_state(source)
+            reference = "the source's cached universal form (ZeRO-3 saves no full module weights)"
+        batch = fixed_batch(cfg)
+        expected_model = model_from_state(cfg, reference_state, f"{source.folder} ({reference})")
+        result_model = model_from_state(cfg, read_universal(tag_dir), str(tag_dir))
+        diff = max_abs_diff(logits_of(expected_model, cfg, batch), logits_of(result_model, cfg, batch))
+        precision = topology.get("precision", "fp32")
+        notes = [] if precision == "fp32" else [
+            f"trained in {precision}: the saved module weights are rounded copies of the fp32 master weights"
+        ]
+        report = ConversionReport(
+            to="universal", source=str(source.folder), source_kind=source.kind, out=str(out), step=source.step,
+            reference=reference, batch=batch.to_dict(), max_abs_logit_diff=diff, exact_required=precision == "fp32",
+            dtype="fp32", parameters=parameter_count(result_model), seconds=progress.elapsed, notes=notes,
+        )
+        if report.exact_required and diff != 0:
+            raise ConversionError(
+                f"the universal form of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
+            )
+
+        meta = {**source.meta, "topology": {**topology, "layout": UNIVERSAL},
+                "converted_from": str(source.folder), "conversion": report.to_dict()}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        (tmp / MARKER).write_text(json.dumps({"step": source.step, "completed_at": time.time()}))
+    progress(f"done: {out}; to resume from it, copy it to RUN_DIR/checkpoints/{tag}")
+    return report

@@ -1,0 +1,141 @@
+"""DeepSpeed (ZeRO-0, ZeRO-1 on 2 ranks, TP=2) and universal checkpoints -> export directories that
+reproduce the source logits exactly and load without DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from armd_scale.checkpoints import export as export_module
+from armd_scale.checkpoints.model_io import config_of
+from armd_scale.checkpoints.report import ConversionError
+from armd_scale.checkpoints.source import full_state, open_source
+from armd_scale.checkpoints.validate import fixed_batch, logits_of, model_from_state
+from armd_scale.cli import main
+from armd_scale.pretrained import load_pretrained
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def convert(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["convert", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("run_name", ["zero0_run", "zero1_run", "tp2_run"])
+def test_fp32_export_reproduces_the_source_exactly(run_name, request, tmp_path, capsys):
+    run = request.getfixturevalue(run_name)
+    out = tmp_path / "export"
+    code, stdout, err = convert(capsys, "--checkpoint", str(run.dir), "--to", "export", "--out", str(out), "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["max_abs_logit_diff"] == 0.0 and report["exact_required"] and report["step"] == 6
+    assert "validating" in err  # progress lines go to stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert not list(tmp_path.glob(".export.tmp*"))  # the temp dir was renamed, not left behind
+
+    config = json.loads((out / "config.json").read_text())
+    source = open_source(run.dir)
+    assert config["config"] == source.config and config["step"] == 6
+    assert config["tokenizer_sha256"] == source.meta["tokenizer_sha256"]
+    assert config["conversion"]["max_abs_logit_diff"] == 0.0
+    assert config["tied"] == {"lm_head.weight": "embed.weight"}
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        assert "embed.weight" in names and "lm_head.weight" not in names  # the tied matrix is stored once
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in names)
+    info = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
+    assert info["sha256"] == config["tokenizer_sha256"] and (out / "tokenizer" / "tokenizer.model").is_file()
+
+    # Independently of the converter's own check: same logits from the export as from the source.
+    cfg = config_of(source.config, "test")
+    batch = fixed_batch(cfg)
+    expected = logits_of(model_from_state(cfg, full_state(source), "source"), cfg, batch)
+    assert torch.equal(logits_of(load_pretrained(out).model, cfg, batch), expected)
+
+
+def test_export_from_a_universal_checkpoint(zero1_run, tmp_path, capsys):
+    universal = tmp_path / "universal"
+    code, _, err = convert(capsys, "--checkpoint", str(zero1_run.dir), "--to", "universal", "--out", str(universal))
+    assert code == 0, err
+    code, stdout, err = convert(capsys, "--checkpoint", str(universal), "--to", "export", "--out", str(tmp_path / "e"))
+    assert code == 0, err
+    assert "max abs logit difference 0 (exact)" in stdout and "(universal, step 6)" in stdout
+    direct = load_pretrained(zero1_run.dir).model.state_dict()
+    exported = load_pretrained(tmp_path / "e").model.state_dict()
+    assert direct.keys() == exported.keys() and all(torch.equal(direct[k], exported[k]) for k in direct)
+
+
+def test_bf16_export_reports_its_rounding(zero0_run, tmp_path, capsys):
+    code, stdout, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out",
+                                str(tmp_path / "e"), "--dtype", "bf16", "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert not report["exact_required"] and 0 < report["max_abs_logit_diff"] < 0.1
+    with safe_open(str(tmp_path / "e" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("embed.weight").dtype == torch.bfloat16
+
+
+def test_a_failed_validation_writes_nothing(zero0_run, tmp_path, monkeypatch):
+    """The exactness bar is enforced: a result that differs from its source is not published."""
+
+    def perturbed(path):
+        loaded = load_pretrained(path)
+        with torch.no_grad():
+            loaded.model.final_norm.weight.add_(1e-3)
+        return loaded
+
+    monkeypatch.setattr(export_module, "load_pretrained", perturbed)
+    out = tmp_path / "e"
+    with pytest.raises(ConversionError, match="does not reproduce it: max abs logit difference"):
+        export_module.export(zero0_run.dir, out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_existing_output_and_overlap_are_refused(zero0_run, tmp_path, capsys):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(out))
+    assert code == 1 and "is not empty" in err and (out / "keep.txt").exists()
+    code, _, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(zero0_run.dir),
+                           "--overwrite")
+    assert code == 1 and "overlaps the checkpoint" in err and zero0_run.checkpoints() == ["step_00000003", "step_00000006"]
+
+
+BLOCKED = """
+import json, sys
+sys.modules["deepspeed"] = None  # any `import deepspeed` now raises ImportError
+from armd_scale.pretrained import load_pretrained
+from armd_scale.checkpoints.validate import fixed_batch, logits_of
+loaded = load_pretrained(sys.argv[1])
+logits = logits_of(loaded.model, loaded.config, fixed_batch(loaded.config))
+tok = loaded.tokenizer()
+import torch
+torch.save(logits, sys.argv[2])
+print(json.dumps({"step": loaded.step, "text": tok.decode(tok.encode("def f(x):")),
+                  "deepspeed": sorted(m for m in sys.modules if m.startswith("deepspeed") and sys.modules[m])}))
+"""
+
+
+def test_export_loads_where_deepspeed_cannot_be_imported(zero1_run, tmp_path, capsys):
+    out = tmp_path / "e"
+    code, _, err = convert(capsys, "--checkpoint", str(zero1_run.dir), "--to", "export", "--out", str(out))
+    assert code == 0, err
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, str(out), str(tmp_path / "logits.pt")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"step": 6, "text": "def f(x):", "deepspeed": []}
+    loaded = load_pretrained(zero1_run.dir)
+    expected = logits_of(loaded.model, loaded.config, fixed_batch(loaded.config))
+    assert torch.equal(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
