@@ -47,7 +47,10 @@ class ModelConfig:
     n_two_stream_layers: int | None = None
     # Width of the learned positional table used by prefix aggregation.
     d_pe: int = 64
-    prefix_agg: Literal["mean", "sum"] = "mean"
+    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), or a mean.
+    prefix_agg: Literal["mean", "sum"] = "sum"
+    # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
+    pe_init_tau: float = 2.0
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
     # queries know their position (see docs/ARCHITECTURE.md).
     positional_start: bool = True
@@ -178,6 +181,8 @@ class TrainConfig:
     log_every: int = 10
     # Save and exit with code 75 after this many minutes (0 = no limit).
     max_minutes: float = 0.0
+    # Tokens of a sample printed when training finishes (0 = off; small runs only, see train/sample_report.py).
+    sample_at_end: int = 64
     # Save and exit with code 75 once this step is reached (0 = off): fixed-length job slots, tests.
     stop_at_step: int = 0
     # NaN/inf guard: skip up to this many consecutive bad steps, then stop.

@@ -1,0 +1,42 @@
+"""A short sample printed when training finishes, so a run shows what the model learned.
+
+Only where rank 0 holds the whole model (no tensor parallelism, ZeRO below 3); larger runs sample
+offline with `armd generate`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Config
+
+
+def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str | None, say) -> None:
+    tokens = cfg.train.sample_at_end
+    if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
+        return
+    if cfg.model.arch not in ("armd", "ar"):
+        return
+    from ..data.tokenizer import Tokenizer
+    from ..generate import sample_sbp, sample_sequential
+
+    try:
+        tokenizer = Tokenizer.load(tokenizer_dir)
+    except Exception as e:  # e.g. a synthetic source: its "tokenizer" is an id map, not sentencepiece
+        say(f"(no sample printed: {e})")
+        return
+    length = min(tokens, cfg.data.seq_len)
+    was_training = model.training
+    model.eval()
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+        seq = sample_sequential(model, length, generator=gen, temperature=0.8)
+        say(f"sample (left to right, {seq.forward_calls} forward calls):\n{tokenizer.decode(seq.tokens[0].tolist())}\n")
+        streams = 4 if cfg.model.arch == "armd" and length % 4 == 0 else 0
+        if streams:
+            gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
+            par = sample_sbp(model, length, streams, generator=gen, temperature=0.8)
+            say(f"sample (SBP, {streams} streams, {par.forward_calls} forward calls):\n"
+                f"{tokenizer.decode(par.tokens[0].tolist())}\n")
+    finally:
+        model.train(was_training)
