@@ -178,6 +178,13 @@ class TrainConfig:
     keep_every: int = 0
     eval_every: int = 100
     eval_batches: int = 8
+    # arch=mdlm: validation reports the negative ELBO with this many diffusion steps T (0 = continuous
+    # time, the bound the training loss estimates). A bound on the NLL, logged as val/elbo.
+    eval_elbo_steps: int = 0
+    # Start a *new* run from these weights (a run dir, checkpoint folder or export dir; e.g. SBP
+    # fine-tuning from a pretrained run). Only weights are taken: optimizer, LR schedule, step and data
+    # cursor start fresh. Ignored once run.dir has its own checkpoint (resuming wins).
+    init_from: str | None = None
     log_every: int = 10
     # Save and exit with code 75 after this many minutes (0 = no limit).
     max_minutes: float = 0.0
@@ -196,8 +203,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup_steps < 0 or self.eval_every < 0 or self.max_minutes < 0:
-            raise ConfigError("train.warmup_steps, train.eval_every and train.max_minutes must be >= 0")
+        if self.warmup_steps < 0 or self.eval_every < 0 or self.max_minutes < 0 or self.eval_elbo_steps < 0:
+            raise ConfigError(
+                "train.warmup_steps, train.eval_every, train.max_minutes and train.eval_elbo_steps must be >= 0"
+            )
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last={self.keep_last} must be >= 1")
         self.order.validate()

@@ -7,8 +7,9 @@ from torch import nn
 from ..config import ModelConfig
 from .armd import ARMDModel, ARModel
 from .loss import order_loss, token_nll
+from .mdlm import MDLMModel
 
-ARCHS = {"armd": ARMDModel, "ar": ARModel}
+ARCHS = {"armd": ARMDModel, "ar": ARModel, "mdlm": MDLMModel}
 
 
 def build_model(model_config: ModelConfig) -> nn.Module:
@@ -23,4 +24,4 @@ def build_model(model_config: ModelConfig) -> nn.Module:
     return cls(model_config)
 
 
-__all__ = ["ARMDModel", "ARModel", "ARCHS", "build_model", "order_loss", "token_nll"]
+__all__ = ["ARMDModel", "ARModel", "ARCHS", "MDLMModel", "build_model", "order_loss", "token_nll"]

@@ -6,6 +6,8 @@
 - flash: flash-attn, single-token blocks only (Mc = causal; Msc = causal over shifted keys).
 - auto:  flash if installed and applicable, else flex on CUDA, else sdpa.
 
+The `full` pattern (bidirectional, arch `mdlm`) runs every backend's unmasked kernel.
+
 A query row with no visible key (the first block under a strict mask) returns zeros, never NaN:
 that row's output then carries no information, which is exactly what "nothing to condition on" means.
 
@@ -51,7 +53,7 @@ def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype:
     if (
         device.type == "cuda"
         and flash_available()
-        and spec.single_token_blocks
+        and (spec.single_token_blocks or spec.pattern == "full")
         and spec.pattern != "general"
         and dtype in (torch.float16, torch.bfloat16)
     ):
@@ -63,6 +65,10 @@ def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype:
 
 def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torch.dtype) -> PreparedMask:
     chosen = resolve_backend(backend, spec, device, dtype)
+    if spec.pattern == "full":  # unmasked kernels; nothing to build
+        if chosen == "flash" and not flash_available():
+            raise RuntimeError("attention backend 'flash' needs CUDA and flash-attn (pip install 'armd_scale[gpu]')")
+        return PreparedMask(chosen, spec)
     if chosen == "sdpa":
         if spec.single_token_blocks and spec.pattern != "general":
             return PreparedMask("sdpa", spec)  # causal kernels (see attend); no O(N^2) mask in memory
@@ -85,6 +91,8 @@ def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torc
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask) -> torch.Tensor:
     """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]."""
+    if mask.spec.pattern == "full":
+        return _full(q, k, v, mask.backend)
     if mask.backend == "sdpa":
         if mask.dense is None:  # single-token blocks: causal kernels, no mask tensor
             return _single_token_blocks(q, k, v, mask.spec.pattern, _sdpa_causal)
@@ -111,6 +119,17 @@ def _flex_fn(device_type: str):
             return flex_attention(q, k, v, block_mask=block_mask)
 
     return eager
+
+
+def _full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """Bidirectional attention: every query sees every key."""
+    if backend == "flex":
+        return _flex_fn(q.device.type)(q, k, v, block_mask=None)
+    if backend == "flash":
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

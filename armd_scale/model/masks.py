@@ -9,6 +9,10 @@ So one representation covers both, and any mix of them in one call: a per-query 
 (`block[q]` for causal rows, `block[q] - 1` for strict rows) and per-key block ids. A key is visible
 iff `k_block <= q_limit`. The two-stream layer (queries [X; G] against keys X) is then a single
 mask, and so is cached decoding (new queries against cached keys).
+
+The bidirectional baseline (arch `mdlm`) uses the same representation with every key in block 0 and
+every limit 0 (`full_spec`): all keys visible. Backends recognise that pattern and run unmasked
+kernels, so no N x N mask is ever built for it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 
 import torch
 
-Pattern = Literal["causal", "strict", "two_stream", "general"]
+Pattern = Literal["causal", "strict", "two_stream", "full", "general"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ class BlockMaskSpec:
     k_block: [B, K] block index of each key.
     pattern: what the rows are, so backends with fixed patterns (flash) can recognise them:
       causal (Q == K, causal rows), strict (Q == K, strict rows), two_stream (Q == 2K: causal rows
-      then strict rows), general (anything else, e.g. cached decoding).
+      then strict rows), full (every key visible to every query: bidirectional attention),
+      general (anything else, e.g. cached decoding).
     single_token_blocks: every block holds one token and blocks are 0..K-1 in key order.
     """
 
@@ -49,7 +54,7 @@ class BlockMaskSpec:
 
     def cache_key(self) -> tuple:
         """Content key for reusing a compiled mask across steps with the same block pattern."""
-        if self.single_token_blocks:  # the pattern is fully determined by its shape
+        if self.single_token_blocks or self.pattern == "full":  # the pattern is fully determined by its shape
             return (self.pattern, tuple(self.q_limit.shape), tuple(self.k_block.shape), str(self.q_limit.device))
         return (
             self.pattern,
@@ -80,6 +85,12 @@ def two_stream_spec(block: torch.Tensor) -> BlockMaskSpec:
     """Queries [X; G] (length 2N) against keys X (length N): Mc rows for X, Msc rows for G."""
     q_limit = torch.cat([block, block - 1], dim=1)
     return BlockMaskSpec(q_limit, block, "two_stream", is_single_token_blocks(block))
+
+
+def full_spec(batch: int, length: int, device: torch.device | str = "cpu") -> BlockMaskSpec:
+    """Every query sees every key (bidirectional attention over one sequence of `length` tokens)."""
+    zeros = torch.zeros(batch, length, dtype=torch.long, device=device)
+    return BlockMaskSpec(zeros, zeros, "full", False)
 
 
 def dense_causal(block: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """The training loop, top to bottom.
 
     set up processes -> data -> model -> DeepSpeed engine -> resume -> for each optimizer step:
-        draw this step's orders -> micro-batches (forward, backward) -> agree on NaN -> optimizer step
-        -> metrics -> validation -> checkpoint -> stop if preempted or out of time
+        draw this step's orders or noise -> micro-batches (forward, backward) -> agree on NaN
+        -> optimizer step -> metrics -> validation -> checkpoint -> stop if preempted or out of time
+
+What a step minimises and what validation reports depend on the architecture family and live in
+`objective.py` (orders and exact l2r NLL for armd/ar; masked-diffusion loss and ELBO for mdlm).
 
 Everything a step does is a function of (config, step, data cursor), so a run stopped at step k and
 resumed continues exactly as if it had never stopped.
@@ -20,16 +23,18 @@ from pathlib import Path
 import torch
 
 from ..config import Config, dump_config
-from ..model import build_model, order_loss, token_nll
+from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
 from .data import TrainData, open_train_data
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from .engine import batch_layout, build_engine, data_parallel_coords, repair_optimizer_after_universal_load
+from .init_from import initialize_from
 from .metrics import MetricsLogger
-from .order_schedule import draw_step_orders
+from .objective import Objective, make_objective
 from .preemption import StopRequest
+from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
 
 
@@ -66,6 +71,9 @@ def train(cfg: Config) -> int:
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (TP shards them)
     model = build_model(cfg.model).to(dist_info.device)
+    init_message = None
+    if plan.tag is None and cfg.train.init_from:  # a new run starting from trained weights (resume wins)
+        init_message = initialize_from(model, cfg, data.tokenizer_sha256, dist_info)
     engine, optimizer, scheduler = build_engine(cfg, model, dist_info, layout, load_universal=plan.universal)
     dp_rank, dp_world = data_parallel_coords(dist_info, cfg.parallel.tp)
     loader = data.train_loader(layout, dp_rank, dp_world)
@@ -82,7 +90,10 @@ def train(cfg: Config) -> int:
     state.wandb_run_id = metrics.wandb_id
     if plan.tag is not None:
         metrics.message(f"resumed from {plan.tag} (step {state.step}){' via universal checkpoint' if plan.universal else ''}")
-    _announce(cfg, model, layout, dist_info, metrics)
+    if init_message:
+        metrics.message(init_message)
+    objective = make_objective(cfg, layout.global_batch)
+    _announce(cfg, model, layout, dist_info, metrics, objective)
 
     stop = StopRequest(cfg.train.max_minutes)
     flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
@@ -92,12 +103,8 @@ def train(cfg: Config) -> int:
     try:
         while state.step < cfg.train.steps:
             t0 = time.perf_counter()
-            step = state.step
-            order, block, order_info = draw_step_orders(
-                cfg.train.order, step=step, global_batch=layout.global_batch, seq_len=cfg.data.seq_len, seed=cfg.train.seed
-            )
             rows = slice(dp_rank * layout.local_batch, (dp_rank + 1) * layout.local_batch)
-            order, block = order[rows].to(dist_info.device), block[rows].to(dist_info.device)
+            step_info = objective.begin_step(state.step, rows, dist_info.device)  # orders or noise, this rank's rows
 
             engine.train()
             nll_sum, data_wait, bad = 0.0, 0.0, False
@@ -106,10 +113,9 @@ def train(cfg: Config) -> int:
                 tokens = next(batches).to(dist_info.device, non_blocking=True)
                 data_wait += time.perf_counter() - tw
                 mrows = slice(micro * layout.micro_batch, (micro + 1) * layout.micro_batch)
-                logits = engine(tokens, order[mrows], block[mrows])
                 # Per-micro mean; DeepSpeed divides by grad_accum and averages over data-parallel ranks,
                 # so the update is the mean over every token of the global batch.
-                loss = order_loss(logits, tokens, order[mrows])
+                loss = objective.micro_loss(engine, tokens, mrows)
                 bad |= not bool(torch.isfinite(loss))
                 nll_sum += float(loss.detach()) * tokens.numel()
                 if micro == layout.grad_accum - 1:
@@ -151,7 +157,7 @@ def train(cfg: Config) -> int:
                         "data_wait_s": data_wait,
                         "tokens_seen": state.step * layout.global_batch * cfg.data.seq_len,
                         "loss_spike": spike,
-                        **order_info,
+                        **step_info,
                         **_memory(dist_info),
                     }
                     if peak:
@@ -159,10 +165,10 @@ def train(cfg: Config) -> int:
                     metrics.log(state.step, values)
 
             if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps):
-                val = evaluate_l2r(engine, data, cfg, dist_info, dp_rank, dp_world)
+                val = evaluate(engine, objective, data, cfg, dist_info, dp_rank, dp_world)
                 if val is not None:
-                    metrics.log(state.step, {"val/nll": val, "val/ppl": math.exp(min(val, 50.0))})
-                    metrics.message(f"step {state.step}: validation l2r NLL {val:.4f}, perplexity {math.exp(min(val, 50.0)):.2f}")
+                    metrics.log(state.step, objective.val_metrics(val))
+                    metrics.message(f"step {state.step}: {objective.val_message(val)}")
 
             finished = state.step >= cfg.train.steps
             stopping = not finished and (stop.should_stop(dist_info.device) or state.step == cfg.train.stop_at_step)
@@ -180,6 +186,8 @@ def train(cfg: Config) -> int:
         loader.close()
     barrier()
     if dist_info.is_main:
+        if exit_code == 0:
+            print_final_sample(engine.module, cfg, data.tokenizer_dir, print)
         write_exit_status(run_dir, exit_code, state.step, stop.reason if exit_code else "finished")
     return exit_code
 
@@ -194,9 +202,13 @@ def write_exit_status(run_dir: Path, code: int, step: int, reason: str) -> None:
 
 
 @torch.no_grad()
-def evaluate_l2r(engine, data: TrainData, cfg: Config, dist_info: DistInfo, dp_rank: int, dp_world: int) -> float | None:
-    """Exact left-to-right NLL per token on the first `train.eval_batches` validation micro-batches."""
-    loader = data.val_loader(cfg.train.micro_batch_size, dp_rank, dp_world)
+def evaluate(
+    engine, objective: Objective, data: TrainData, cfg: Config, dist_info: DistInfo, dp_rank: int, dp_world: int
+) -> float | None:
+    """The objective's validation loss per token (exact l2r NLL, or a negative ELBO for mdlm) on the
+    first `train.eval_batches` validation micro-batches of every rank."""
+    micro = cfg.train.micro_batch_size
+    loader = data.val_loader(micro, dp_rank, dp_world)
     if loader is None:
         return None
     engine.eval()
@@ -205,12 +217,10 @@ def evaluate_l2r(engine, data: TrainData, cfg: Config, dist_info: DistInfo, dp_r
         for i, tokens in enumerate(loader):
             if i >= cfg.train.eval_batches:
                 break
-            tokens = tokens.to(dist_info.device)
-            n = tokens.shape[1]
-            order = torch.arange(n, device=tokens.device).expand_as(tokens)
-            block = order  # l2r: one token per block
-            nll += float(token_nll(engine(tokens, order, block), tokens, order).sum())
-            count += tokens.numel()
+            first_index = (i * dp_world + dp_rank) * micro  # this batch's position in the validation order
+            batch_nll, batch_count = objective.eval_batch(engine, tokens.to(dist_info.device), first_index)
+            nll += batch_nll
+            count += batch_count
     finally:
         loader.close()
         engine.train()
@@ -233,10 +243,10 @@ def _memory(dist_info: DistInfo) -> dict[str, float]:
     return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
 
 
-def _announce(cfg: Config, model, layout, dist_info: DistInfo, metrics: MetricsLogger) -> None:
+def _announce(cfg: Config, model, layout, dist_info: DistInfo, metrics: MetricsLogger, objective: Objective) -> None:
     metrics.message(
         f"armd_scale: arch={cfg.model.arch} params={model.num_params() / 1e6:.2f}M world={dist_info.world_size} "
         f"tp={cfg.parallel.tp} zero={cfg.parallel.zero_stage} precision={cfg.parallel.precision} "
         f"global_batch={layout.global_batch} micro={layout.micro_batch} grad_accum={layout.grad_accum} "
-        f"seq_len={cfg.data.seq_len} order={cfg.train.order.kind}"
+        f"seq_len={cfg.data.seq_len} {objective.describe()}"
     )

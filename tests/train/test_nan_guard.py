@@ -23,9 +23,9 @@ def clean_process_env():
 
 def _poison(monkeypatch, bad_steps):
     """Make the loss non-finite on the micro-batches of the given optimizer steps (1-based)."""
-    import armd_scale.train.loop as loop
+    import armd_scale.train.objective as objective  # computes the armd/ar micro-batch loss for the loop
 
-    real = loop.order_loss
+    real = objective.order_loss
     calls = {"n": 0}
 
     def poisoned(logits, tokens, order, **kw):
@@ -34,7 +34,7 @@ def _poison(monkeypatch, bad_steps):
         loss = real(logits, tokens, order, **kw)
         return loss * float("nan") if step in bad_steps else loss
 
-    monkeypatch.setattr(loop, "order_loss", poisoned)
+    monkeypatch.setattr(objective, "order_loss", poisoned)
 
 
 def test_bad_steps_are_skipped_and_training_continues(tmp_path, data_cache, monkeypatch, clean_process_env):

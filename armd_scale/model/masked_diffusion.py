@@ -1,0 +1,184 @@
+"""Masked (absorbing-state) diffusion math for the `mdlm` baseline, independent of any network.
+
+Everything here takes a *denoiser*: a callable from noisy tokens [B, N] (the mask id at masked
+positions) to logits [B, N, V] over the real vocabulary. The trainer passes the DeepSpeed engine
+(so ZeRO-3 gathers weights), tests pass the bare model, and the math never knows the difference.
+
+Forward process, log-linear schedule (MDLM, Sahoo et al. 2024): at time s in [0, 1] each token is
+masked independently with probability 1 - alpha(s) = s. With SUBS parameterisation (no mask token
+is ever predicted; unmasked tokens are carried over unchanged) the bounds are:
+
+- continuous time:   NELBO(x) = E_{s ~ U(0,1)} E_{z_s} [ (1/s) * sum_{j masked in z_s} -log p(x_j | z_s) ]
+- T discrete steps:  NELBO_T(x) = sum_{t=1..T} (1/t) * E_{z_t} [ sum_{j masked in z_t} -log p(x_j | z_t) ]
+  where z_t masks each token with probability t/T, and 1/t = (alpha_{t-1} - alpha_t) / (1 - alpha_t).
+
+Both are upper bounds on -log p(x) (NELBO_T >= NELBO >= NLL; T=1 is the product of the
+all-masked marginals). The single-draw estimator `(1/s) * masked NLL` is unbiased for both: for
+NELBO_T draw s on the grid {1/T, ..., 1} instead of the interval, since T * (1/t) = 1/(t/T).
+
+Nothing here draws from a global RNG: every function takes its uniforms or a generator, so the
+trainer can make noise a pure function of (seed, step, sample index).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Denoiser = Callable[[torch.Tensor], torch.Tensor]
+
+# Smallest continuous mask rate: the weight 1/s is bounded by 1/EPS (MDLM's sampling_eps).
+EPS = 1e-3
+# Golden-ratio increment of the low-discrepancy (Kronecker) sequence used for per-sample rates.
+_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def rates_from_uniform(v: torch.Tensor, steps: int, eps: float = EPS) -> torch.Tensor:
+    """Mask rates s from uniforms v in [0, 1): continuous (steps=0, s in [eps, 1]) or the T-step grid."""
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0 (0 = continuous time)")
+    v = v.double()
+    if steps == 0:
+        return eps + (1.0 - eps) * v
+    return (torch.floor(v * steps).clamp(max=steps - 1) + 1.0) / steps
+
+
+def stratified_rates(batch: int, steps: int, generator: torch.Generator | None, eps: float = EPS) -> torch.Tensor:
+    """Antithetic rates for a batch: v_i = (u + i / batch) mod 1 with one shared u (MDLM's low-discrepancy
+    sampler). Every v_i is still uniform, so the estimator stays unbiased, and one batch covers [0, 1)
+    evenly, which cuts the variance the 1/s weight otherwise brings."""
+    u = torch.rand((), generator=generator, dtype=torch.float64)
+    v = torch.remainder(u + torch.arange(batch, dtype=torch.float64) / batch, 1.0)
+    return rates_from_uniform(v, steps, eps)
+
+
+def kronecker_rate(index: int, offset: float, steps: int, eps: float = EPS) -> torch.Tensor:
+    """Rate of sample `index` in a low-discrepancy sequence v_i = (offset + i * phi) mod 1: a function of
+    the index alone, so validation noise does not depend on how samples are batched or sharded."""
+    v = torch.tensor(math.fmod(offset + index * _PHI, 1.0), dtype=torch.float64)
+    return rates_from_uniform(v, steps, eps)
+
+
+def corrupt(tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z_s: token j of row b is masked iff uniforms[b, j] < rates[b]. Returns (noisy tokens, masked)."""
+    masked = uniforms.to(tokens.device) < rates.to(tokens.device, torch.float64)[:, None]
+    return tokens.masked_fill(masked, mask_id), masked
+
+
+def masked_nll(logits: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """-log p(x_j | z) at masked positions, 0 elsewhere, [B, N] in fp32 (fp64 for fp64 logits)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    nll = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view_as(tokens)
+    return nll * masked
+
+
+def nelbo_estimate(
+    denoise: Denoiser, tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int
+) -> torch.Tensor:
+    """One-draw unbiased estimate of the negative ELBO of each sequence, [B] in nats (summed over tokens).
+
+    rates from `rates_from_uniform(v, 0)` estimate the continuous-time bound (the training loss);
+    rates on the T-step grid estimate NELBO_T.
+    """
+    noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
+    nll = masked_nll(denoise(noisy), tokens, masked).sum(dim=1)
+    return nll / rates.to(tokens.device, nll.dtype)
+
+
+def discrete_nelbo(
+    denoise: Denoiser, tokens: torch.Tensor, steps: int, mask_id: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """NELBO_T estimated with every step's term (one z_t per step): T forward calls, lower variance than
+    `nelbo_estimate`. [B] nats per sequence."""
+    if steps < 1:
+        raise ValueError(f"discrete_nelbo needs steps >= 1, got {steps}")
+    total = torch.zeros(tokens.shape[0], dtype=torch.float64, device=tokens.device)
+    for t in range(1, steps + 1):
+        rates = torch.full((tokens.shape[0],), t / steps, dtype=torch.float64)
+        uniforms = torch.rand(tokens.shape, generator=generator, dtype=torch.float64)
+        noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
+        total += masked_nll(denoise(noisy), tokens, masked).sum(dim=1) / t
+    return total
+
+
+def exact_nelbo(denoise: Denoiser, tokens: torch.Tensor, steps: int, mask_id: int) -> torch.Tensor:
+    """The bound computed exactly by enumerating all 2^N masks (N <= 12): the reference that the
+    estimators and the bound tests are checked against. [B] nats per sequence, float64.
+
+    A mask M of k tokens has probability s^k (1-s)^(N-k) at rate s, and its loss S(M) = sum_{j in M}
+    -log p(x_j | x with M masked) does not depend on s, so NELBO = sum_M S(M) * c_k with
+    c_k = sum_{t=1..T} (1/t) (t/T)^k (1 - t/T)^(N-k) for T steps, and for continuous time (steps=0)
+    c_k = int_0^1 s^(k-1) (1-s)^(N-k) ds = (k-1)! (N-k)! / N! (the any-order autoregressive average).
+    """
+    b, n = tokens.shape
+    if n > 12 or steps < 0:
+        raise ValueError(f"exact_nelbo enumerates 2^N masks: needs N <= 12 and steps >= 0, got N={n}, steps={steps}")
+    masks = torch.tensor(list(itertools.product([False, True], repeat=n)), device=tokens.device)[1:]  # [2^N - 1, N]
+    coef = torch.zeros(n + 1, dtype=torch.float64)
+    for k in range(1, n + 1):
+        if steps == 0:
+            coef[k] = math.factorial(k - 1) * math.factorial(n - k) / math.factorial(n)
+        else:
+            coef[k] = sum((t / steps) ** k * (1 - t / steps) ** (n - k) / t for t in range(1, steps + 1))
+    weights = coef[masks.sum(dim=1).cpu()]
+    x = tokens[:, None, :].expand(b, len(masks), n).reshape(-1, n)  # every (sequence, mask) pair in one call
+    all_masks = masks.repeat(b, 1)
+    loss = masked_nll(denoise(x.masked_fill(all_masks, mask_id)).double(), x, all_masks).sum(dim=1).cpu()
+    return (loss.view(b, len(masks)) * weights).sum(dim=1)
+
+
+@torch.no_grad()
+def ancestral_sample(
+    denoise: Denoiser,
+    *,
+    mask_id: int,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    init: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+):
+    """Ancestral sampling with T steps of the reverse process (MDLM's SUBS sampler).
+
+    Start from all-mask (or `init`: known tokens, mask id where to generate). At step t = T..1 every
+    still-masked token is revealed with probability (alpha_{t-1} - alpha_t) / (1 - alpha_t) = 1/t, its
+    value drawn from p(x_j | z_t); revealed tokens never change again (carry-over). At t = 1 the
+    probability is 1, so no mask is left. When a step reveals nothing the next input is unchanged and
+    its logits are reused, so forward calls <= T. Tokens are drawn in float64 (DESIGN 2.7). Uniforms
+    come from `generator` (a CPU generator) whatever the device, so samples are reproducible.
+    Returns a `generate.SampleResult`.
+    """
+    from ..generate.sampler import SampleResult, sample_logits  # generate imports model: import late
+
+    if steps < 1:
+        raise ValueError(f"the sampler needs steps >= 1, got {steps}")
+    start = time.perf_counter()
+    if init is None:
+        x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
+    else:
+        if init.shape != (batch_size, seq_len):
+            raise ValueError(f"init must be [batch_size={batch_size}, seq_len={seq_len}], got {tuple(init.shape)}")
+        x = init.to(device=device, dtype=torch.long).clone()
+    calls, logits = 0, None
+    for t in range(steps, 0, -1):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        if logits is None:
+            logits = denoise(x)
+            calls += 1
+        reveal = masked & (torch.rand(x.shape, generator=generator, dtype=torch.float64) < 1.0 / t).to(x.device)
+        if bool(reveal.any()):
+            drawn = sample_logits(logits[reveal].cpu(), temperature=temperature, top_p=top_p, generator=generator,
+                                  dtype=torch.float64)
+            x[reveal] = drawn.to(x.device)
+            logits = None  # the input changed: the next step needs a new forward call
+    return SampleResult(tokens=x, forward_calls=calls, seconds=time.perf_counter() - start)
