@@ -64,7 +64,9 @@ def kronecker_rate(index: int, offset: float, steps: int, eps: float = EPS) -> t
     return rates_from_uniform(v, steps, eps)
 
 
-def corrupt(tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def corrupt(
+    tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """z_s: token j of row b is masked iff uniforms[b, j] < rates[b]. Returns (noisy tokens, masked)."""
     masked = uniforms.to(tokens.device) < rates.to(tokens.device, torch.float64)[:, None]
     return tokens.masked_fill(masked, mask_id), masked

@@ -63,6 +63,8 @@ def load_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> str:
         state["lm_head.weight"] = state["embed.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"train.init_from={source!r}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise ConfigError(
+            f"train.init_from={source!r}: weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
     step = meta.get("step")
     return f"initialised weights from {resolved.folder}" + (f" (step {step})" if step is not None else "")
