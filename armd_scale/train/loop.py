@@ -107,7 +107,9 @@ def train(cfg: Config) -> int:
             step_info = objective.begin_step(state.step, rows, dist_info.device)  # orders or noise, this rank's rows
 
             engine.train()
-            nll_sum, data_wait, bad = 0.0, 0.0, False
+            # Summed on the device: one host sync per step, not per micro-batch.
+            nll_sum = torch.zeros((), dtype=torch.float64, device=dist_info.device)
+            data_wait = 0.0
             for micro in range(layout.grad_accum):
                 tw = time.perf_counter()
                 tokens = next(batches).to(dist_info.device, non_blocking=True)
@@ -116,14 +118,14 @@ def train(cfg: Config) -> int:
                 # Per-micro mean; DeepSpeed divides by grad_accum and averages over data-parallel ranks,
                 # so the update is the mean over every token of the global batch.
                 loss = objective.micro_loss(engine, tokens, mrows)
-                bad |= not bool(torch.isfinite(loss))
-                nll_sum += float(loss.detach()) * tokens.numel()
+                nll_sum += loss.detach().double() * tokens.numel()
                 if micro == layout.grad_accum - 1:
-                    # All ranks agree before the optimizer step whether to skip it.
+                    # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere).
+                    bad = not bool(torch.isfinite(nll_sum))
                     optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, dist_info.device) > 0
                 engine.backward(loss)
                 engine.step()
-            total_nll, total_tokens = all_reduce_sum([nll_sum, tokens.numel() * layout.grad_accum], dist_info.device)
+            total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens.numel() * layout.grad_accum], dist_info.device)
             # Every rank of a tensor-parallel group saw the same tokens: count each data-parallel slice once.
             step_loss = total_nll / total_tokens
             state.step += 1
