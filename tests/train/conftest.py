@@ -64,17 +64,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1) -> list[str]:
+def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, launcher: str = "torchrun") -> list[str]:
     args = ["train", *TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", *overrides]
     if nproc == 1:
         return [sys.executable, "-m", "armd_scale.cli", *args]
+    if launcher == "deepspeed":
+        from .._ports import free_port
+
+        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}",
+                f"--master_port={free_port()}", "--module", "armd_scale.cli", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "armd_scale.cli", *args]
 
 
-def run_train(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, timeout: float = 300) -> Run:
-    proc = subprocess.run(command(run_dir, cache, *overrides, nproc=nproc), env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+def run_train(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, timeout: float = 300,
+              launcher: str = "torchrun") -> Run:
+    proc = subprocess.run(command(run_dir, cache, *overrides, nproc=nproc, launcher=launcher), env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
     return Run(run_dir, proc.returncode, proc.stdout + proc.stderr)
 
 

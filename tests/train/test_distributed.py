@@ -30,6 +30,15 @@ def test_two_processes_match_one(overrides, single, tmp_path, data_cache):
         assert abs(losses[step] - loss) <= TOLERANCE, f"step {step}: {losses[step]} vs {loss}"
 
 
+def test_deepspeed_launcher_matches_one_process(single, tmp_path, data_cache):
+    """The `deepspeed` launcher (which adds --local_rank=N to our arguments) runs the same training."""
+    run = run_train(tmp_path / "run", data_cache, "parallel.zero_stage=2", nproc=2, launcher="deepspeed")
+    assert run.returncode == 0, run.output[-3000:]
+    losses = run.losses()
+    for step, loss in single.items():
+        assert abs(losses[step] - loss) <= TOLERANCE, f"step {step}: {losses[step]} vs {loss}"
+
+
 @pytest.mark.parametrize(
     "stage,first,second",
     [(1, 2, 1), (1, 1, 2), (0, 2, 1), (3, 2, 1), (1, "tp2", 1), (2, 1, "tp2")],
