@@ -26,6 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, metavar="N",
                         help="tokens per sample, prompt included (default: the run's seq_len; ignored with --infill)")
     parser.add_argument("--streams", type=int, default=1, metavar="S", help="SBP streams (1 = left to right)")
+    parser.add_argument("--steps", type=int, default=None, metavar="T",
+                        help="arch mdlm: denoising steps of the ancestral sampler (default: the length)")
     parser.add_argument("--num-samples", type=int, default=1, metavar="K", help="samples, decoded as one batch")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -92,21 +94,31 @@ def generate_samples(args: argparse.Namespace) -> dict:
     codec = codec_for(pre)
     max_len = pre.config.model.max_seq_len
     kw = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed, sample_dtype=dtype)
+    mdlm = pre.config.model.arch == "mdlm"
     if args.infill is not None:
         ids, known = parse_infill(args.infill, codec)
         length, known_count = len(ids), sum(known)
         if length > max_len:
             raise ValueError(f"--infill text is {length} tokens, more than the model's max_seq_len={max_len}")
         tokens = torch.tensor(ids).expand(args.num_samples, -1).clone()
-        out = sample_infill(pre.model, tokens, torch.tensor(known), streams=args.streams, **kw)
+        if mdlm:
+            out = _mdlm_sample(pre.model, tokens, torch.tensor(known), args)
+        else:
+            out = sample_infill(pre.model, tokens, torch.tensor(known), streams=args.streams, **kw)
     else:
         length = args.length or min(pre.config.data.seq_len, max_len)
         if length > max_len:
             raise ValueError(f"--length {length} exceeds the model's max_seq_len={max_len}")
         prompt = codec.encode(args.prompt) if args.prompt else []
         known_count = len(prompt)
-        out = sample_sbp(pre.model, length, args.streams, batch_size=args.num_samples,
-                         prompt=torch.tensor(prompt, dtype=torch.long) if prompt else None, **kw)
+        if mdlm:
+            tokens = torch.zeros(args.num_samples, length, dtype=torch.long)
+            tokens[:, :known_count] = torch.tensor(prompt, dtype=torch.long)
+            known = torch.arange(length) < known_count
+            out = _mdlm_sample(pre.model, tokens, known, args)
+        else:
+                out = sample_sbp(pre.model, length, args.streams, batch_size=args.num_samples,
+                             prompt=torch.tensor(prompt, dtype=torch.long) if prompt else None, **kw)
     rows = out.tokens.cpu()
     generated = (length - known_count) * args.num_samples
     return {
@@ -116,4 +128,18 @@ def generate_samples(args: argparse.Namespace) -> dict:
         "checkpoint": str(pre.source), "step": pre.step, "prompt_tokens": known_count if args.infill is None else 0,
         "known_tokens": known_count, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
         "sample_dtype": str(dtype).removeprefix("torch."), "mode": "infill" if args.infill is not None else "sample",
+        "arch": pre.config.model.arch, **({"diffusion_steps": args.steps or length} if mdlm else {}),
     }
+
+
+def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
+    """The masked-diffusion baseline's ancestral sampler: known tokens stay, the rest start masked."""
+    import torch
+
+    steps = args.steps or tokens.shape[1]
+    if steps < 1:
+        raise ValueError(f"--steps {steps} must be >= 1")
+    init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
+    gen = torch.Generator().manual_seed(args.seed)
+    return model.sample(tokens.shape[0], tokens.shape[1], steps, generator=gen, temperature=args.temperature,
+                        top_p=args.top_p, init=init)

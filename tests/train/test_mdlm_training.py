@@ -41,6 +41,24 @@ def test_a_trained_mdlm_loads_and_samples(mdlm_run):
     assert int(out.tokens.max()) < model.mask_id == 128
 
 
+def test_armd_generate_samples_mdlm_with_its_own_sampler(mdlm_run, tmp_path):
+    """`armd generate` on an mdlm checkpoint: T denoising steps bound the forward calls; a prompt stays."""
+    import json
+
+    from armd_scale.cli import main
+    from armd_scale.eval import validate
+
+    out = tmp_path / "gen.json"
+    assert main(["generate", "--checkpoint", str(mdlm_run.dir), "--length", "32", "--steps", "6",
+                 "--num-samples", "2", "--prompt", "The", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    validate(doc, "generate")
+    assert doc["arch"] == "mdlm" and doc["diffusion_steps"] == 6 and 1 <= doc["forward_calls"] <= 6
+    prompt = doc["prompt_tokens"]
+    assert prompt >= 1 and all(s["tokens"][:prompt] == doc["samples"][0]["tokens"][:prompt] for s in doc["samples"])
+    assert all(max(s["tokens"]) < 128 for s in doc["samples"])  # no mask token left
+
+
 @pytest.mark.distributed
 def test_mdlm_two_processes_zero2_match_one(mdlm_run, tmp_path, data_cache):
     run = run_train(tmp_path / "run", data_cache, *MDLM, "parallel.zero_stage=2", "train.stop_at_step=5",
