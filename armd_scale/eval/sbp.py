@@ -96,13 +96,19 @@ def markdown_table(doc: dict[str, Any]) -> str:
         f"{doc['sample_dtype']}. Judge: {judge['kind']} `{judge.get('path', '')}` ({judge.get('tokenizer')} "
         f"tokens, {judge.get('dtype')}).",
         "",
-        "| S | forward calls | seconds | tokens/s | gen PPL | judge NLL/token | entropy (nats) |",
-        "|---|---|---|---|---|---|---|",
+        *results_table(doc["results"], "streams", "S"),
     ]
-    for r in doc["results"]:
-        lines.append(f"| {r['streams']} | {r['forward_calls']} | {r['seconds']:.3f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['gen_ppl']:.3f} | {r['gen_nll_per_token']:.4f} | {r['entropy']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def results_table(results: list[dict[str, Any]], setting_key: str, setting_label: str) -> list[str]:
+    """Markdown rows of scored generation results, one per setting (S streams, or T steps for mdlm)."""
+    lines = [f"| {setting_label} | forward calls | seconds | tokens/s | gen PPL | judge NLL/token | entropy (nats) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r[setting_key]} | {r['forward_calls']} | {r['seconds']:.3f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['gen_ppl']:.3f} | {r['gen_nll_per_token']:.4f} | {r['entropy']:.3f} |")
+    return lines
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

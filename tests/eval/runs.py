@@ -8,6 +8,7 @@ asks first, so tests/eval and tests/generate share them.
 - `text`: a 2-layer ARMD on the built-in pydoc corpus with a 128-piece tokenizer, 20 steps: a
   checkpoint with a real text tokenizer, for bits per byte, text input, generation and the sweep.
 - `text_ar`: the `ar` baseline with the same tokenizer, 10 steps: a judge.
+- `text_mdlm`: the `mdlm` baseline with the same tokenizer, 10 steps: for the study's mdlm tools.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ RUNS: dict[str, list[str]] = {
              "train.lr=3e-3", "train.steps=20", "train.checkpoint_every=20"],
     "text_ar": [*TINY_MODEL, *COMMON, "model.arch=ar", "model.vocab_size=128", "data.vocab_size=128",
                 "data.train=builtin:pydoc", "train.lr=3e-3", "train.steps=10", "train.checkpoint_every=10"],
+    "text_mdlm": [*TINY_MODEL, *COMMON, "model.arch=mdlm", "model.vocab_size=128", "data.vocab_size=128",
+                  "data.train=builtin:pydoc", "train.lr=3e-3", "train.steps=10", "train.checkpoint_every=10"],
 }
 
 
@@ -97,6 +100,11 @@ def text_run(tmp_path_factory) -> TinyRun:
 @pytest.fixture(scope="session")
 def text_ar_run(tmp_path_factory) -> TinyRun:
     return tiny_run(tmp_path_factory, "text_ar")
+
+
+@pytest.fixture(scope="session")
+def text_mdlm_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text_mdlm")
 
 
 @pytest.fixture(autouse=True, scope="module")
