@@ -43,3 +43,29 @@ def draw_order(kind: str, params: dict, step, batch: int, n: int, seed: int = 0)
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+def assert_no_leakage(model: torch.nn.Module, order: torch.Tensor, block: torch.Tensor, vocab: int) -> None:
+    """The contract `logits = model(tokens, order, block)` (DESIGN 2.2): changing the tokens of the same or
+    a later block than generation index k leaves logits[:, k] bit-identical; changing one earlier-block
+    token changes them."""
+    batch, n = order.shape
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (batch, n), generator=gen)
+    with torch.no_grad():
+        base = model(tokens, order, block)
+        for k in range(n):
+            changed = tokens.clone()
+            for b in range(batch):
+                later = order[b, block[b] >= block[b, k]]
+                shift = 1 + torch.randint(0, vocab - 1, later.shape, generator=gen)
+                changed[b, later] = (tokens[b, later] + shift) % vocab
+            assert torch.equal(model(changed, order, block)[:, k], base[:, k]), f"leak into generation index {k}"
+            for b in range(batch):
+                earlier = order[b, block[b] < block[b, k]]
+                if len(earlier) == 0:
+                    continue
+                changed = tokens.clone()
+                changed[b, earlier[0]] = (tokens[b, earlier[0]] + 1) % vocab
+                diff = (model(changed, order, block)[b, k] - base[b, k]).abs().max()
+                assert diff > 1e-6, f"logits at index {k} ignore an earlier-block token"
