@@ -16,11 +16,20 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("armd_scale.commands.train", "train or resume a model (single process, torchrun, deepspeed, srun)"),
     "tokenizer": ("armd_scale.commands.tokenizer", "train the SentencePiece tokenizer (its SHA-256 is its identity)"),
-    "shards": ("armd_scale.commands.shards", "tokenize text into WebDataset shards + manifest, or --verify a shard set"),
-    "convert": ("armd_scale.commands.convert", "DeepSpeed checkpoint -> universal checkpoint or a DeepSpeed-free export, validated"),
+    "shards": (
+        "armd_scale.commands.shards",
+        "tokenize text into WebDataset shards + manifest, or --verify a shard set",
+    ),
+    "convert": (
+        "armd_scale.commands.convert",
+        "DeepSpeed checkpoint -> universal checkpoint or a DeepSpeed-free export, validated",
+    ),
     "inspect": ("armd_scale.commands.inspect", "summarize a run, checkpoint or export; --diff A B compares two"),
     "eval": ("armd_scale.commands.eval", "likelihoods (exact l2r/random, diffusion ELBO, bits/byte) and the SBP sweep"),
-    "generate": ("armd_scale.commands.generate", "sample text with a KV cache: left to right, SBP streams, prompts, infilling"),
+    "generate": (
+        "armd_scale.commands.generate",
+        "sample text with a KV cache: left to right, SBP streams, prompts, infilling",
+    ),
 }
 
 

@@ -14,9 +14,10 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
@@ -66,13 +67,9 @@ class ModelConfig:
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
-            )
+            raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
-            raise ConfigError(
-                f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (RoPE)"
-            )
+            raise ConfigError(f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (RoPE)")
         if self.n_two_stream_layers is not None and not 1 <= self.n_two_stream_layers <= self.n_layers:
             raise ConfigError(
                 f"model.n_two_stream_layers={self.n_two_stream_layers} must be in "
@@ -149,9 +146,7 @@ class DataConfig:
     def validate(self) -> None:
         _positive(self, "seq_len", "vocab_size")
         if self.num_workers < 0 or self.prefetch < 0:
-            raise ConfigError(
-                f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be >= 0"
-            )
+            raise ConfigError(f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be >= 0")
 
 
 @dataclass
@@ -254,15 +249,13 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
         self.parallel.validate()
         if self.data.seq_len > self.model.max_seq_len:
-            raise ConfigError(
-                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
-            )
+            raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.train.global_batch_size % self.train.micro_batch_size:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} must be a multiple of "
@@ -293,9 +286,7 @@ def resolve_preset(path: str | Path | None) -> Path:
     named = PRESET_DIR / f"{path}.yaml"
     if named.is_file():
         return named
-    raise ConfigError(
-        f"config '{path}' is neither a YAML file nor a preset name; presets: {', '.join(list_presets())}"
-    )
+    raise ConfigError(f"config '{path}' is neither a YAML file nor a preset name; presets: {', '.join(list_presets())}")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

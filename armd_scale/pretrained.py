@@ -93,7 +93,9 @@ def checkpoint_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return state, meta, resolved
 
 
-def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Pretrained:
+def load_pretrained(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Pretrained:
     from .model import build_model
 
     state, meta, resolved = checkpoint_state(path)
@@ -103,7 +105,9 @@ def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu", dty
         state["lm_head.weight"] = state["embed.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{resolved.folder}: weights do not fit model.{cfg.model.arch}: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{resolved.folder}: weights do not fit model.{cfg.model.arch}: missing {missing}, unexpected {unexpected}"
+        )
     model = model.to(device=device, dtype=dtype).eval()
     return Pretrained(
         model=model,

@@ -44,8 +44,17 @@ def one_epoch(url: str, *, workers: int, prefetch: int, world: int, gbs: int, mb
 
     start = time.perf_counter()
     mbs = min(mbs, gbs // world)
-    with ShardLoader(url, global_batch_size=gbs, micro_batch_size=mbs, rank=0, world_size=world, seed=0,
-                     num_workers=workers, prefetch=prefetch, loop=False) as loader:
+    with ShardLoader(
+        url,
+        global_batch_size=gbs,
+        micro_batch_size=mbs,
+        rank=0,
+        world_size=world,
+        seed=0,
+        num_workers=workers,
+        prefetch=prefetch,
+        loop=False,
+    ) as loader:
         it = iter(loader)
         next(it)
         first = time.perf_counter()
@@ -81,9 +90,11 @@ def main() -> None:
             ("rank 0 of 8, 2 workers, prefetch 4", dict(workers=2, prefetch=4, world=8)),
         ]
         cpu = f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()})"
-        print(f"Shards: {shards} x {args.samples_per_shard} samples x {args.seq_len} tokens (uint16), "
-              f"{size_mb:.0f} MiB, written in {write_s:.1f}s. Global batch {args.global_batch}, micro-batch "
-              f"{args.micro_batch} (8 with 8 ranks); median of {args.repeats} epochs; machine: {cpu}.\n")
+        print(
+            f"Shards: {shards} x {args.samples_per_shard} samples x {args.seq_len} tokens (uint16), "
+            f"{size_mb:.0f} MiB, written in {write_s:.1f}s. Global batch {args.global_batch}, micro-batch "
+            f"{args.micro_batch} (8 with 8 ranks); median of {args.repeats} epochs; machine: {cpu}.\n"
+        )
         print("| configuration | tokens/s after the first batch (rank 0) | first batch after (s) |")
         print("| --- | ---: | ---: |")
         for name, cfg in configs:

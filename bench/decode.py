@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds for the cached methods (best is kept)")
     parser.add_argument("--no-cache-repeats", type=int, default=1, help="rounds for the slow no-cache baseline")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch intra-op threads (default 1: decoding steps are too small to gain from more)",
     )
     args = parser.parse_args()

@@ -48,8 +48,11 @@ from armd_scale.model.orders import diffusion_order, l2r_order, random_order, sb
 
 def cmd_env(_args) -> int:
     if not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device is visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
-              "this check needs an NVIDIA GPU, nothing was run", file=sys.stderr)
+        print(
+            f"gpu_check: no CUDA device is visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
+            "this check needs an NVIDIA GPU, nothing was run",
+            file=sys.stderr,
+        )
         return 2
     try:
         import flash_attn
@@ -107,8 +110,10 @@ def cmd_kernels(args) -> int:
     for label, spec in cases:
         q_len, k_len = spec.shape[1], spec.shape[2]
         # bf16-rounded inputs, so the reference sees exactly what the bf16 kernels see
-        q, k, v = (torch.randn(b, h, t, d, device=device, generator=gen).to(torch.bfloat16).float()
-                   for t in (q_len, k_len, k_len))
+        q, k, v = (
+            torch.randn(b, h, t, d, device=device, generator=gen).to(torch.bfloat16).float()
+            for t in (q_len, k_len, k_len)
+        )
         grad_out = torch.randn(b, h, q_len, d, device=device, generator=gen).to(torch.bfloat16).float()
         ref_out, ref_grads = run_backend(q, k, v, grad_out, spec, "sdpa", torch.float32)
         flash_ok = spec.pattern == "full" or (spec.single_token_blocks and spec.pattern != "general")
@@ -125,8 +130,12 @@ def cmd_kernels(args) -> int:
             nan = any(torch.isnan(t).any().item() for t in (out, *grads))
             bad = nan or max(errs) > args.tol
             failures += bad
-            print(f"{label:24s} {backend:6s} " + " ".join(f"{e:9.2e}" for e in errs)
-                  + ("  NaN" if nan else "") + ("  MISMATCH" if bad else "  ok"))
+            print(
+                f"{label:24s} {backend:6s} "
+                + " ".join(f"{e:9.2e}" for e in errs)
+                + ("  NaN" if nan else "")
+                + ("  MISMATCH" if bad else "  ok")
+            )
     failures += whole_model(device, backends, args.tol)
     print(f"kernel checks: {'all passed' if not failures else f'{failures} FAILED'} (tolerance {args.tol:g})")
     return 1 if failures else 0
@@ -141,8 +150,11 @@ def whole_model(device: torch.device, backends: list[str], tol: float) -> int:
     ref_model = build_model(cfg).to(device).eval()
     tokens = torch.randint(0, cfg.vocab_size, (b, n), device=device)
     gen = torch.Generator().manual_seed(1)
-    cases = {"l2r": l2r_order(b, n), "sbp4": sbp_order(b, n, streams=4),
-             "diffusion64": diffusion_order(b, n, steps=64, generator=gen)}
+    cases = {
+        "l2r": l2r_order(b, n),
+        "sbp4": sbp_order(b, n, streams=4),
+        "diffusion64": diffusion_order(b, n, steps=64, generator=gen),
+    }
     failures = 0
     print(f"whole ARMD model (L={cfg.n_layers}, d={cfg.d_model}, N={n}) in bf16 vs float32 sdpa: relative logit error")
     for kind, (order, block) in cases.items():
@@ -186,20 +198,35 @@ def cmd_report(args) -> int:
         peak = peak_flops(device, cfg.parallel.precision)
         mfu = tokens_per_s * flops / peak if peak else None
         step_time[(arch, backend)] = median
-        rows.append({"arch": arch, "backend": backend, "steps_timed": len(times), "median_step_s": median,
-                     "tokens_per_s": tokens_per_s, "mfu": mfu, "train_flops_per_token": flops})
+        rows.append(
+            {
+                "arch": arch,
+                "backend": backend,
+                "steps_timed": len(times),
+                "median_step_s": median,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu,
+                "train_flops_per_token": flops,
+            }
+        )
     for row in rows:
         ar = step_time.get(("ar", row["backend"]))
         row["armd_over_ar"] = step_time[("armd", row["backend"])] / ar if row["arch"] == "armd" and ar else None
     m = cfg.model
-    lines = [f"Device: {device}. Model {m.n_layers} x {m.d_model} x {m.n_heads} heads, vocab {m.vocab_size}, "
-             f"{cfg.parallel.precision}, ZeRO-{cfg.parallel.zero_stage}, global batch {cfg.train.global_batch_size} x "
-             f"{cfg.data.seq_len}, micro-batch {cfg.train.micro_batch_size}; median over steps > {args.skip}.", "",
-             "| backend | arch | median step (s) | tokens/s | MFU | armd/ar step time |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Device: {device}. Model {m.n_layers} x {m.d_model} x {m.n_heads} heads, vocab {m.vocab_size}, "
+        f"{cfg.parallel.precision}, ZeRO-{cfg.parallel.zero_stage}, global batch {cfg.train.global_batch_size} x "
+        f"{cfg.data.seq_len}, micro-batch {cfg.train.micro_batch_size}; median over steps > {args.skip}.",
+        "",
+        "| backend | arch | median step (s) | tokens/s | MFU | armd/ar step time |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["backend"], r["arch"])):
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
         ratio = f"{r['armd_over_ar']:.2f}x" if r["armd_over_ar"] else ""
-        lines.append(f"| {r['backend']} | {r['arch']} | {r['median_step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} |")
+        lines.append(
+            f"| {r['backend']} | {r['arch']} | {r['median_step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     (args.runs.parent / "report.md").write_text(text)

@@ -61,8 +61,9 @@ def bound(model, val: torch.Tensor, steps: int, draws: int) -> float:
     total = torch.zeros(len(val), dtype=torch.float64)
     for _ in range(draws):
         rates = md.stratified_rates(len(val), steps, gen)
-        total += md.nelbo_estimate(model, val, rates, torch.rand(val.shape, generator=gen, dtype=torch.float64),
-                                   model.mask_id).double()
+        total += md.nelbo_estimate(
+            model, val, rates, torch.rand(val.shape, generator=gen, dtype=torch.float64), model.mask_id
+        ).double()
     return (total / draws).mean().item() / N
 
 
@@ -76,18 +77,25 @@ def main() -> None:
     data = torch.from_numpy(source.sample(20000, N, seed=1))
     val = torch.from_numpy(source.sample(512, N, seed=2))
     nll = source_nll(source, val).mean().item() / N
-    print(f"source: entropy rate {source.entropy_rate():.4f}, "
-          f"sequence entropy / N {source.sequence_entropy(N) / N:.4f}, exact NLL of the 512 validation sequences {nll:.4f} nats/token\n")
-    print("| steps | train loss (last 50) | NELBO cont. | NELBO T=128 | NELBO T=16 | NELBO T=4 "
-          "| cont. - source NLL | s |")
+    print(
+        f"source: entropy rate {source.entropy_rate():.4f}, "
+        f"sequence entropy / N {source.sequence_entropy(N) / N:.4f}, exact NLL of the 512 validation sequences {nll:.4f} nats/token\n"
+    )
+    print(
+        "| steps | train loss (last 50) | NELBO cont. | NELBO T=128 | NELBO T=16 | NELBO T=4 | cont. - source NLL | s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         start = time.perf_counter()
         model, losses = train(steps, data)
         cont = bound(model, val, 0, args.draws)
         row = [bound(model, val, t, args.draws) for t in (128, 16, 4)]
-        print(f"| {steps} | {sum(losses[-50:]) / len(losses[-50:]):.4f} | {cont:.4f} | " + " | ".join(f"{r:.4f}" for r in row)
-              + f" | {cont - nll:+.4f} | {time.perf_counter() - start:.0f} |", flush=True)
+        print(
+            f"| {steps} | {sum(losses[-50:]) / len(losses[-50:]):.4f} | {cont:.4f} | "
+            + " | ".join(f"{r:.4f}" for r in row)
+            + f" | {cont - nll:+.4f} | {time.perf_counter() - start:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ from armd_scale.pretrained import load_pretrained  # noqa: E402
 
 
 @torch.no_grad()
-def continuous_nelbo(checkpoint: str, data: list[str], *, max_tokens: int | None, draws: int, seed: int,
-                     batch_size: int, doc_split: str) -> dict:
+def continuous_nelbo(
+    checkpoint: str, data: list[str], *, max_tokens: int | None, draws: int, seed: int, batch_size: int, doc_split: str
+) -> dict:
     pre = load_pretrained(checkpoint, dtype=torch.float32)
     if pre.config.model.arch != "mdlm":
         raise SystemExit(f"error: {checkpoint} is arch '{pre.config.model.arch}'; this bound is for mdlm runs")
@@ -65,12 +66,23 @@ def continuous_nelbo(checkpoint: str, data: list[str], *, max_tokens: int | None
     per_token = per_draw / tokens
     mean = float(per_token.mean())
     return {
-        "kind": "continuous", "likelihood": "elbo", "tokens": tokens, "windows": windows.num_windows,
-        "seq_len": seq_len, "nll_per_token": mean, "ppl": math.exp(mean),
+        "kind": "continuous",
+        "likelihood": "elbo",
+        "tokens": tokens,
+        "windows": windows.num_windows,
+        "seq_len": seq_len,
+        "nll_per_token": mean,
+        "ppl": math.exp(mean),
         "bits_per_byte": bits_per_byte(mean * tokens, num_bytes if table is not None else None),
-        "bytes": num_bytes if table is not None else None, "draws": draws,
-        "nll_std": float(per_token.std(ddof=1)) if draws > 1 else 0.0, "nll_per_draw": per_token.tolist(),
-        "checkpoint": str(pre.source), "step": pre.step, "dtype": "float32", "seed": seed, "data": windows.sources,
+        "bytes": num_bytes if table is not None else None,
+        "draws": draws,
+        "nll_std": float(per_token.std(ddof=1)) if draws > 1 else 0.0,
+        "nll_per_draw": per_token.tolist(),
+        "checkpoint": str(pre.source),
+        "step": pre.step,
+        "dtype": "float32",
+        "seed": seed,
+        "data": windows.sources,
     }
 
 
@@ -85,13 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc-split", default="file", choices=("file", "paragraph", "line"))
     ap.add_argument("--json", required=True, type=Path)
     args = ap.parse_args(argv)
-    doc = continuous_nelbo(args.checkpoint, args.data, max_tokens=args.max_tokens, draws=args.draws,
-                           seed=args.seed, batch_size=args.batch_size, doc_split=args.doc_split)
+    doc = continuous_nelbo(
+        args.checkpoint,
+        args.data,
+        max_tokens=args.max_tokens,
+        draws=args.draws,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        doc_split=args.doc_split,
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     bpb = doc["bits_per_byte"]
-    print(f"continuous-time NELBO (bound): {doc['nll_per_token']:.4f} nats/token (std over {args.draws} draws "
-          f"{doc['nll_std']:.4f}), bits/byte {bpb if bpb is None else round(bpb, 4)} over {doc['tokens']} tokens")
+    print(
+        f"continuous-time NELBO (bound): {doc['nll_per_token']:.4f} nats/token (std over {args.draws} draws "
+        f"{doc['nll_std']:.4f}), bits/byte {bpb if bpb is None else round(bpb, 4)} over {doc['tokens']} tokens"
+    )
     return 0
 
 

@@ -33,8 +33,18 @@ from armd_scale.eval.text import codec_for  # noqa: E402
 from armd_scale.pretrained import load_pretrained  # noqa: E402
 
 
-def sweep(checkpoint: str, judge: str, *, length: int, steps: list[int], num_samples: int, batch_size: int,
-          seed: int, temperature: float, top_p: float) -> dict:
+def sweep(
+    checkpoint: str,
+    judge: str,
+    *,
+    length: int,
+    steps: list[int],
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    temperature: float,
+    top_p: float,
+) -> dict:
     """Sample and score for every T; returns the results document."""
     pre = load_pretrained(checkpoint, dtype=torch.float32)
     if pre.config.model.arch != "mdlm":
@@ -56,19 +66,37 @@ def sweep(checkpoint: str, judge: str, *, length: int, steps: list[int], num_sam
             calls.append(out.forward_calls)
         samples = np.concatenate(chunks)
         score = scorer.score(samples, codec)
-        rows.append({
-            "steps": t, "forward_calls": max(calls), "seconds": seconds,
-            "tokens_per_s": samples.size / seconds, "gen_ppl": score.ppl,
-            "gen_nll_per_token": score.nll_per_token, "judge_tokens": score.tokens,
-            "judge_truncated": score.truncated, "entropy": unigram_entropy(samples),
-            "samples": [{"tokens": row.tolist(), "text": codec.decode(row)} for row in samples],
-        })
-        print(f"mdlm T={t}: {max(calls)} forward calls, {samples.size / seconds:.1f} tokens/s, "
-              f"gen PPL {score.ppl:.2f}, entropy {rows[-1]['entropy']:.3f}", flush=True)
+        rows.append(
+            {
+                "steps": t,
+                "forward_calls": max(calls),
+                "seconds": seconds,
+                "tokens_per_s": samples.size / seconds,
+                "gen_ppl": score.ppl,
+                "gen_nll_per_token": score.nll_per_token,
+                "judge_tokens": score.tokens,
+                "judge_truncated": score.truncated,
+                "entropy": unigram_entropy(samples),
+                "samples": [{"tokens": row.tolist(), "text": codec.decode(row)} for row in samples],
+            }
+        )
+        print(
+            f"mdlm T={t}: {max(calls)} forward calls, {samples.size / seconds:.1f} tokens/s, "
+            f"gen PPL {score.ppl:.2f}, entropy {rows[-1]['entropy']:.3f}",
+            flush=True,
+        )
     return {
-        "checkpoint": str(pre.source), "step": pre.step, "judge": scorer.describe(), "length": length,
-        "num_samples": num_samples, "temperature": temperature, "top_p": top_p, "seed": seed,
-        "sample_dtype": "float64", "generator_dtype": "float32", "threads": torch.get_num_threads(),
+        "checkpoint": str(pre.source),
+        "step": pre.step,
+        "judge": scorer.describe(),
+        "length": length,
+        "num_samples": num_samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "sample_dtype": "float64",
+        "generator_dtype": "float32",
+        "threads": torch.get_num_threads(),
         "results": rows,
     }
 
@@ -97,9 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    doc = sweep(args.checkpoint, args.judge, length=args.length, steps=[int(s) for s in args.steps.split(",")],
-                num_samples=args.num_samples, batch_size=args.batch_size or args.num_samples, seed=args.seed,
-                temperature=args.temperature, top_p=args.top_p)
+    doc = sweep(
+        args.checkpoint,
+        args.judge,
+        length=args.length,
+        steps=[int(s) for s in args.steps.split(",")],
+        num_samples=args.num_samples,
+        batch_size=args.batch_size or args.num_samples,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(doc))

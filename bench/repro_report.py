@@ -31,8 +31,11 @@ from armd_scale.config import load_config  # noqa: E402
 from armd_scale.model import build_model  # noqa: E402
 from armd_scale.model.flops import training_flops_per_token  # noqa: E402
 
-SETS = {"val": "in-domain validation (held-out paragraphs)", "lm1b": "LM1B dev (out of domain)",
-        "wt2": "WikiText-2 validation (out of domain)"}
+SETS = {
+    "val": "in-domain validation (held-out paragraphs)",
+    "lm1b": "LM1B dev (out of domain)",
+    "wt2": "WikiText-2 validation (out of domain)",
+}
 # (model label, eval-file prefix, run name, which checkpoint)
 MODELS = [
     ("AR", "ar-eqsteps", "ar", "equal steps"),
@@ -42,8 +45,12 @@ MODELS = [
     ("MDLM", "mdlm-eqsteps", "mdlm", "equal steps"),
     ("MDLM", "mdlm", "mdlm", "final = equal FLOPs"),
 ]
-COLUMNS = [("l2r", "l2r NLL (exact)"), ("random", "random-order NLL, 4 orders (exact each)"),
-           ("diffusion", "diffusion(T) ELBO (bound)"), ("continuous", "continuous-time ELBO (bound)")]
+COLUMNS = [
+    ("l2r", "l2r NLL (exact)"),
+    ("random", "random-order NLL, 4 orders (exact each)"),
+    ("diffusion", "diffusion(T) ELBO (bound)"),
+    ("continuous", "continuous-time ELBO (bound)"),
+]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -83,17 +90,24 @@ class Study:
         self.batch = self.cfg.train.global_batch_size
         self.tokens_per_step = self.batch * self.seq_len
         self.val_windows = self.cfg.train.eval_batches * self.batch  # what each training-time validation reads
-        self.flops_per_token = {a: training_flops_per_token(dataclasses.replace(self.cfg.model, arch=a), self.seq_len)
-                                for a in ("ar", "armd", "mdlm")}
-        self.params = {a: sum(p.numel() for p in build_model(dataclasses.replace(self.cfg.model, arch=a)).parameters())
-                       for a in ("ar", "armd", "mdlm")}
-        self.metrics = {name: read_jsonl(root / "runs" / name / "metrics.jsonl")
-                        for name in ("ar", "armd", "mdlm", "armd-sbp")}
+        self.flops_per_token = {
+            a: training_flops_per_token(dataclasses.replace(self.cfg.model, arch=a), self.seq_len)
+            for a in ("ar", "armd", "mdlm")
+        }
+        self.params = {
+            a: sum(p.numel() for p in build_model(dataclasses.replace(self.cfg.model, arch=a)).parameters())
+            for a in ("ar", "armd", "mdlm")
+        }
+        self.metrics = {
+            name: read_jsonl(root / "runs" / name / "metrics.jsonl") for name in ("ar", "armd", "mdlm", "armd-sbp")
+        }
         self.timings = [line.split("\t") for line in (root / "timings.tsv").read_text().splitlines()[1:]]
         machine = root / "machine.txt"
         self.machine = machine.read_text().strip().splitlines() if machine.exists() else []
         self.evals = {p.stem: json.loads(p.read_text()) for p in sorted((root / "eval").glob("*.json"))}
-        self.sweeps = {name: read_json(root / "sbp" / name / "results.json") for name in ("armd", "armd-sbp", "ar", "mdlm")}
+        self.sweeps = {
+            name: read_json(root / "sbp" / name / "results.json") for name in ("armd", "armd-sbp", "ar", "mdlm")
+        }
         manifest = read_json(root / "shards" / "train" / "manifest.json") or {}
         val_manifest = read_json(root / "shards" / "val" / "manifest.json") or {}
         self.train_tokens = manifest.get("totals", {}).get("tokens")
@@ -131,22 +145,47 @@ class Study:
 
 def setup_table(s: Study) -> str:
     rows = []
-    steps = {"ar": s.settings["AR_STEPS"], "armd": s.settings["ARMD_STEPS"], "mdlm": s.settings["AR_STEPS"],
-             "armd-sbp": s.settings["SBP_STEPS"]}
+    steps = {
+        "ar": s.settings["AR_STEPS"],
+        "armd": s.settings["ARMD_STEPS"],
+        "mdlm": s.settings["AR_STEPS"],
+        "armd-sbp": s.settings["SBP_STEPS"],
+    }
     labels = {"ar": "AR (l2r)", "armd": "ARMD (progressive)", "mdlm": "MDLM", "armd-sbp": "ARMD SBP fine-tune"}
     stage = {"ar": "train_ar", "armd": "train_armd", "mdlm": "train_mdlm", "armd-sbp": "finetune_sbp"}
     for run in ("ar", "armd", "mdlm", "armd-sbp"):
         arch = s.arch(run)
         n = steps[run]
         st = s.step_time(run)
-        rows.append([
-            labels[run], f"{s.params[arch] / 1e6:.2f}M", f"{s.flops_per_token[arch] / 1e6:.1f}",
-            f"{s.flops_per_token[arch] / s.flops_per_token['ar']:.3f}", str(n), f"{n * s.tokens_per_step / 1e6:.2f}M",
-            f"{n * s.tokens_per_step * s.flops_per_token[arch] / 1e12:.1f}", fmt(st, 2),
-            fmt(s.tokens_per_step / st, 0) if st else "–", str(s.stage_seconds(stage[run]) or "–"),
-        ])
-    return table(["run", "params", "train MFLOP/token", "vs AR", "steps", "tokens", "train TFLOP",
-                  "median step (s)", "tokens/s", "wall (s)"], rows)
+        rows.append(
+            [
+                labels[run],
+                f"{s.params[arch] / 1e6:.2f}M",
+                f"{s.flops_per_token[arch] / 1e6:.1f}",
+                f"{s.flops_per_token[arch] / s.flops_per_token['ar']:.3f}",
+                str(n),
+                f"{n * s.tokens_per_step / 1e6:.2f}M",
+                f"{n * s.tokens_per_step * s.flops_per_token[arch] / 1e12:.1f}",
+                fmt(st, 2),
+                fmt(s.tokens_per_step / st, 0) if st else "–",
+                str(s.stage_seconds(stage[run]) or "–"),
+            ]
+        )
+    return table(
+        [
+            "run",
+            "params",
+            "train MFLOP/token",
+            "vs AR",
+            "steps",
+            "tokens",
+            "train TFLOP",
+            "median step (s)",
+            "tokens/s",
+            "wall (s)",
+        ],
+        rows,
+    )
 
 
 def likelihood_table(s: Study, set_name: str) -> tuple[str, list[dict]]:
@@ -174,8 +213,13 @@ def likelihood_table(s: Study, set_name: str) -> tuple[str, list[dict]]:
             if kind in ("random", "continuous") and spread:
                 text += f" ± {spread:.3f}"
             row.append(f"{text} ({fmt(bpb)})")
-            record[kind] = {"nll_per_token": nll, "bits_per_byte": bpb, "nll_std": spread,
-                            "likelihood": doc["likelihood"], "tokens": doc["tokens"]}
+            record[kind] = {
+                "nll_per_token": nll,
+                "bits_per_byte": bpb,
+                "nll_std": spread,
+                "likelihood": doc["likelihood"],
+                "tokens": doc["tokens"],
+            }
         rows.append(row)
         records.append(record)
     header = ["model", "checkpoint", "step", "train TFLOP"] + [c for _, c in COLUMNS]
@@ -190,10 +234,29 @@ def curve_table(s: Study) -> str:
     rows = []
     for step in sorted(by_step):
         v = by_step[step]
-        rows.append([str(step), f"{step * s.tokens_per_step / 1e6:.2f}M", fmt(v.get("ar")), fmt(v.get("armd")),
-                     fmt(v.get("mdlm")), f"{s.flops_at('ar', step) / 1e12:.1f}", f"{s.flops_at('armd', step) / 1e12:.1f}"])
-    return table(["step", "tokens", "AR val/nll (exact l2r)", "ARMD val/nll (exact l2r)", "MDLM val/elbo (bound)",
-                  "AR/MDLM TFLOP", "ARMD TFLOP"], rows)
+        rows.append(
+            [
+                str(step),
+                f"{step * s.tokens_per_step / 1e6:.2f}M",
+                fmt(v.get("ar")),
+                fmt(v.get("armd")),
+                fmt(v.get("mdlm")),
+                f"{s.flops_at('ar', step) / 1e12:.1f}",
+                f"{s.flops_at('armd', step) / 1e12:.1f}",
+            ]
+        )
+    return table(
+        [
+            "step",
+            "tokens",
+            "AR val/nll (exact l2r)",
+            "ARMD val/nll (exact l2r)",
+            "MDLM val/elbo (bound)",
+            "AR/MDLM TFLOP",
+            "ARMD TFLOP",
+        ],
+        rows,
+    )
 
 
 def sbp_finetune_curve(s: Study) -> str:
@@ -207,21 +270,51 @@ def generation_rows(s: Study) -> list[dict]:
     for name in ("ar", "armd", "armd-sbp"):
         doc = s.sweeps.get(name)
         for r in (doc or {}).get("results", []):
-            out.append({"model": labels[name], "setting": f"S={r['streams']}", "forward_calls": r["forward_calls"],
-                        "tokens_per_s": r["tokens_per_s"], "gen_ppl": r["gen_ppl"], "entropy": r["entropy"],
-                        "seconds": r["seconds"], "name": name})
+            out.append(
+                {
+                    "model": labels[name],
+                    "setting": f"S={r['streams']}",
+                    "forward_calls": r["forward_calls"],
+                    "tokens_per_s": r["tokens_per_s"],
+                    "gen_ppl": r["gen_ppl"],
+                    "entropy": r["entropy"],
+                    "seconds": r["seconds"],
+                    "name": name,
+                }
+            )
     doc = s.sweeps.get("mdlm")
     for r in (doc or {}).get("results", []):
-        out.append({"model": "MDLM (ancestral)", "setting": f"T={r['steps']}", "forward_calls": r["forward_calls"],
-                    "tokens_per_s": r["tokens_per_s"], "gen_ppl": r["gen_ppl"], "entropy": r["entropy"],
-                    "seconds": r["seconds"], "name": "mdlm"})
+        out.append(
+            {
+                "model": "MDLM (ancestral)",
+                "setting": f"T={r['steps']}",
+                "forward_calls": r["forward_calls"],
+                "tokens_per_s": r["tokens_per_s"],
+                "gen_ppl": r["gen_ppl"],
+                "entropy": r["entropy"],
+                "seconds": r["seconds"],
+                "name": "mdlm",
+            }
+        )
     return out
 
 
 def generation_table(rows: list[dict]) -> str:
-    return table(["model", "S / T", "forward calls", "decode s", "tokens/s", "gen PPL (AR judge)", "entropy (nats)"],
-                 [[r["model"], r["setting"], str(r["forward_calls"]), fmt(r["seconds"], 2), fmt(r["tokens_per_s"], 0),
-                   fmt(r["gen_ppl"], 1), fmt(r["entropy"], 3)] for r in rows])
+    return table(
+        ["model", "S / T", "forward calls", "decode s", "tokens/s", "gen PPL (AR judge)", "entropy (nats)"],
+        [
+            [
+                r["model"],
+                r["setting"],
+                str(r["forward_calls"]),
+                fmt(r["seconds"], 2),
+                fmt(r["tokens_per_s"], 0),
+                fmt(r["gen_ppl"], 1),
+                fmt(r["entropy"], 3),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def timings_table(s: Study) -> str:
@@ -238,10 +331,12 @@ def plot_curves(s: Study, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"ar": ("AR: val NLL (exact, l2r)", "tab:blue", "-"),
-              "armd": ("ARMD: val NLL (exact, l2r)", "tab:red", "-"),
-              "mdlm": ("MDLM: val ELBO (bound)", "tab:green", "--"),
-              "armd-sbp": ("ARMD + SBP fine-tune: val NLL (exact, l2r)", "tab:purple", ":")}
+    styles = {
+        "ar": ("AR: val NLL (exact, l2r)", "tab:blue", "-"),
+        "armd": ("ARMD: val NLL (exact, l2r)", "tab:red", "-"),
+        "mdlm": ("MDLM: val ELBO (bound)", "tab:green", "--"),
+        "armd-sbp": ("ARMD + SBP fine-tune: val NLL (exact, l2r)", "tab:purple", ":"),
+    }
     for run, (label, color, ls) in styles.items():
         curve = s.val_curve(run)
         if not curve:
@@ -250,7 +345,9 @@ def plot_curves(s: Study, path: Path) -> None:
         steps = [c[0] + offset for c in curve]
         vals = [c[2] for c in curve]
         axes[0].plot(steps, vals, ls, color=color, marker="o", ms=3, label=label)
-        axes[1].plot([s.flops_at(run, c[0]) / 1e12 for c in curve], vals, ls, color=color, marker="o", ms=3, label=label)
+        axes[1].plot(
+            [s.flops_at(run, c[0]) / 1e12 for c in curve], vals, ls, color=color, marker="o", ms=3, label=label
+        )
     for ax, xlabel in zip(axes, ("optimizer steps", "cumulative training TFLOP (flops.py)")):
         ax.set(xlabel=xlabel, ylabel="nats / token")
         ax.grid(alpha=0.3)
@@ -261,8 +358,9 @@ def plot_curves(s: Study, path: Path) -> None:
     for ax in axes:
         ax.set_ylim(lo - 0.2, lo + 2.5)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Validation on held-out prose ({s.val_windows} windows of {s.seq_len} tokens; "
-                 "exact NLL solid, bound dashed)")
+    fig.suptitle(
+        f"Validation on held-out prose ({s.val_windows} windows of {s.seq_len} tokens; exact NLL solid, bound dashed)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -285,12 +383,21 @@ def plot_generation(rows: list[dict], path: Path) -> None:
         axes[0].plot(x, [r["gen_ppl"] for r in sel], "o-", color=colors[name], label=label)
         axes[1].plot(x, [r["tokens_per_s"] for r in sel], "o-", color=colors[name], label=label)
         for r in sel:
-            axes[0].annotate(r["setting"], (r["forward_calls"], r["gen_ppl"]), fontsize=7, xytext=(3, 3),
-                             textcoords="offset points")
-    axes[0].set(xlabel="forward calls per sample batch", ylabel="gen PPL under the study's AR", yscale="log",
-                title="quality (lower is better; read with entropy)")
-    axes[1].set(xlabel="forward calls per sample batch", ylabel="generated tokens/s (1 CPU thread)", yscale="log",
-                title="decoding speed (KV cache for ARMD/AR, none for MDLM)")
+            axes[0].annotate(
+                r["setting"], (r["forward_calls"], r["gen_ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    axes[0].set(
+        xlabel="forward calls per sample batch",
+        ylabel="gen PPL under the study's AR",
+        yscale="log",
+        title="quality (lower is better; read with entropy)",
+    )
+    axes[1].set(
+        xlabel="forward calls per sample batch",
+        ylabel="generated tokens/s (1 CPU thread)",
+        yscale="log",
+        title="decoding speed (KV cache for ARMD/AR, none for MDLM)",
+    )
     calls = sorted({r["forward_calls"] for r in rows})
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -328,25 +435,49 @@ def main(argv: list[str] | None = None) -> int:
         text, records = likelihood_table(s, set_name)
         likelihood[set_name] = records
         tokens = next((r[k]["tokens"] for r in records for k in r if isinstance(r[k], dict)), None)
-        parts += [f"## Likelihoods: {title}", "",
-                  f"nats/token (bits/byte in parentheses), {tokens} tokens. `±` is the spread between orders or "
-                  "noise draws (sample std).", "", text, ""]
-    parts += [f"## Validation curves (during training, {s.val_windows} windows of {s.seq_len} tokens)", "",
-              curve_table(s), "",
-              "## SBP fine-tuning: left-to-right validation NLL", "", sbp_finetune_curve(s), "",
-              f"## Generation: {s.sweeps['armd']['num_samples'] if s.sweeps.get('armd') else '?'} unconditional samples of "
-              f"{s.sweeps['armd']['length'] if s.sweeps.get('armd') else '?'} tokens per row", "",
-              generation_table(gen_rows), "",
-              "## Stage timings", "", timings_table(s), ""]
+        parts += [
+            f"## Likelihoods: {title}",
+            "",
+            f"nats/token (bits/byte in parentheses), {tokens} tokens. `±` is the spread between orders or "
+            "noise draws (sample std).",
+            "",
+            text,
+            "",
+        ]
+    parts += [
+        f"## Validation curves (during training, {s.val_windows} windows of {s.seq_len} tokens)",
+        "",
+        curve_table(s),
+        "",
+        "## SBP fine-tuning: left-to-right validation NLL",
+        "",
+        sbp_finetune_curve(s),
+        "",
+        f"## Generation: {s.sweeps['armd']['num_samples'] if s.sweeps.get('armd') else '?'} unconditional samples of "
+        f"{s.sweeps['armd']['length'] if s.sweeps.get('armd') else '?'} tokens per row",
+        "",
+        generation_table(gen_rows),
+        "",
+        "## Stage timings",
+        "",
+        timings_table(s),
+        "",
+    ]
     (args.out / "results.md").write_text("\n".join(parts))
     plot_curves(s, args.out / "curves.png")
     plot_generation(gen_rows, args.out / "generation.png")
     summary = {
-        "settings": s.settings, "flops_per_token": s.flops_per_token, "params": s.params,
-        "train_tokens": s.train_tokens, "val_tokens": s.val_tokens,
+        "settings": s.settings,
+        "flops_per_token": s.flops_per_token,
+        "params": s.params,
+        "train_tokens": s.train_tokens,
+        "val_tokens": s.val_tokens,
         "median_step_time_s": {run: s.step_time(run) for run in s.metrics},
-        "val_curves": {run: s.val_curve(run) for run in s.metrics}, "likelihood": likelihood,
-        "generation": gen_rows, "timings": {r[0]: int(r[2]) for r in s.timings}, "machine": s.machine,
+        "val_curves": {run: s.val_curve(run) for run in s.metrics},
+        "likelihood": likelihood,
+        "generation": gen_rows,
+        "timings": {r[0]: int(r[2]) for r in s.timings},
+        "machine": s.machine,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.out}/results.md, curves.png, generation.png, summary.json")

@@ -23,7 +23,11 @@ from armd_scale.model.orders import make_order
 
 SETTINGS = {
     "tiny-cpu (L=4, d=128, N=128, B=8)": (["model.max_seq_len=128"], 128, 8),
-    "L=6, d=256, N=256, B=4": (["model.n_layers=6", "model.d_model=256", "model.n_heads=8", "model.max_seq_len=256"], 256, 4),
+    "L=6, d=256, N=256, B=4": (
+        ["model.n_layers=6", "model.d_model=256", "model.n_heads=8", "model.max_seq_len=256"],
+        256,
+        4,
+    ),
 }
 
 
@@ -52,7 +56,9 @@ def measure(overrides: list[str], seq_len: int, batch: int, repeats: int, warmup
             if i >= warmup:
                 times[arch].append(t)
     armd, ar = statistics.median(times["armd"]), statistics.median(times["ar"])
-    flops = training_flops_per_token(models["armd"][0].model, seq_len) / training_flops_per_token(models["ar"][0].model, seq_len)
+    flops = training_flops_per_token(models["armd"][0].model, seq_len) / training_flops_per_token(
+        models["ar"][0].model, seq_len
+    )
     return {"armd_s": armd, "ar_s": ar, "ratio": armd / ar, "flop_ratio": flops}
 
 

@@ -20,8 +20,15 @@ def test_every_preset_loads():
 
 def test_dotted_overrides_are_typed():
     cfg = load_config(
-        overrides=["model.n_layers=6", "train.lr=1e-4", "train.order.kind=sbp", "train.order.streams=[1,2]",
-                   "log.wandb=off", "data.val=null", "model.tie_embeddings=false"]
+        overrides=[
+            "model.n_layers=6",
+            "train.lr=1e-4",
+            "train.order.kind=sbp",
+            "train.order.streams=[1,2]",
+            "log.wandb=off",
+            "data.val=null",
+            "model.tie_embeddings=false",
+        ]
     )
     assert cfg.model.n_layers == 6 and isinstance(cfg.model.n_layers, int)
     assert cfg.train.lr == 1e-4

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a checkpoint; the same as `armd convert` (see armd_scale/commands/convert.py).
 
-    python tools/convert_checkpoint.py --checkpoint RUN_DIR --to export --out exports/my-model
+python tools/convert_checkpoint.py --checkpoint RUN_DIR --to export --out exports/my-model
 """
 
 import sys

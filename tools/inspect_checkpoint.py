@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Inspect or diff checkpoints; the same as `armd inspect` (see armd_scale/commands/inspect.py).
 
-    python tools/inspect_checkpoint.py RUN_DIR
-    python tools/inspect_checkpoint.py --diff RUN_A/checkpoints/step_00000100 RUN_B --json
+python tools/inspect_checkpoint.py RUN_DIR
+python tools/inspect_checkpoint.py --diff RUN_A/checkpoints/step_00000100 RUN_B --json
 """
 
 import sys

@@ -92,8 +92,10 @@ def format_diff(d: dict[str, Any]) -> str:
         lines.append(f"{section}: {'identical' if not items else f'{len(items)} difference(s)'}")
         lines += [f"  {x['key']}: A {x['a']!r}, B {x['b']!r}" for x in items]
     w = d["weights"]
-    lines.append(f"weights: {w['compared']} compared, {w['identical']} identical, {len(w['differ'])} differ, "
-                 f"{len(w['shape_mismatch'])} shape mismatch(es)")
+    lines.append(
+        f"weights: {w['compared']} compared, {w['identical']} identical, {len(w['differ'])} differ, "
+        f"{len(w['shape_mismatch'])} shape mismatch(es)"
+    )
     lines += [f"  {x['name']}: max abs diff {x['max_abs_diff']:.6g}" for x in w["differ"]]
     lines += [f"  {x['name']}: shape A {tuple(x['a'])}, B {tuple(x['b'])}" for x in w["shape_mismatch"]]
     if w["only_in_a"]:

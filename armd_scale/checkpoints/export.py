@@ -35,8 +35,15 @@ REFERENCE = {
 }
 
 
-def export(path: str | Path, out: str | Path, *, dtype: str = "fp32", tokenizer: bool = True,
-           overwrite: bool = False, progress: Progress | None = None) -> ConversionReport:
+def export(
+    path: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "fp32",
+    tokenizer: bool = True,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> ConversionReport:
     """Write the export directory `out` for checkpoint `path`, validated against the source weights."""
     progress = progress or Progress()
     out = check_out(out, overwrite=overwrite)
@@ -89,10 +96,19 @@ def export(path: str | Path, out: str | Path, *, dtype: str = "fp32", tokenizer:
         loaded = load_pretrained(tmp)
         diff = max_abs_diff(expected, logits_of(loaded.model, loaded.config, batch))
         report = ConversionReport(
-            to="export", source=str(source.folder), source_kind=source.kind, out=str(out), step=source.step,
+            to="export",
+            source=str(source.folder),
+            source_kind=source.kind,
+            out=str(out),
+            step=source.step,
             reference=REFERENCE[source.kind],
-            batch=batch.to_dict(), max_abs_logit_diff=diff, exact_required=dtype == "fp32", dtype=dtype,
-            parameters=config["parameters"], seconds=progress.elapsed, notes=notes,
+            batch=batch.to_dict(),
+            max_abs_logit_diff=diff,
+            exact_required=dtype == "fp32",
+            dtype=dtype,
+            parameters=config["parameters"],
+            seconds=progress.elapsed,
+            notes=notes,
         )
         if report.exact_required and diff != 0:
             raise ConversionError(
@@ -122,7 +138,9 @@ def _copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress
             return False
         tok = Tokenizer.load(src)
     except DataError as e:
-        raise ConversionError(f"cannot copy the run's tokenizer: {e} (pass --no-tokenizer to export without it)") from None
+        raise ConversionError(
+            f"cannot copy the run's tokenizer: {e} (pass --no-tokenizer to export without it)"
+        ) from None
     expected = meta.get("tokenizer_sha256")
     if expected and tok.sha256 != expected:
         raise ConversionError(

@@ -64,8 +64,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) 
         if alias not in state and canonical in state:
             state[alias] = state[canonical]
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {shape}"
-              for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {shape}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if shapes or missing or unexpected:

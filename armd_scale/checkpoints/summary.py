@@ -112,13 +112,19 @@ def format_summary(info: dict[str, Any]) -> str:
     if "checkpoints" in info:
         tags = [f"{x['tag']}{'' if x['complete'] else ' (incomplete)'}" for x in info["checkpoints"]]
         rows.append(("checkpoints", ", ".join(tags)))
-    model = (f"{c['arch']}, {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads, "
-             f"seq len {c['seq_len']} (max {c['max_seq_len']}), vocab {c['vocab_size']}"
-             f"{', tied embeddings' if c['tie_embeddings'] else ''}")
-    topology = (f"world size {t['world_size']} (dp {t['dp']} x tp {t['tp']}), ZeRO-{t['zero_stage']}, "
-                f"{t['precision']}{', universal layout' if t.get('layout') else ''}")
-    loader = (f"epoch {ld['epoch']}, cursor {ld['cursor']} of {ld['num_samples']} samples "
-              f"(global batch {ld['global_batch_size']})")
+    model = (
+        f"{c['arch']}, {c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads, "
+        f"seq len {c['seq_len']} (max {c['max_seq_len']}), vocab {c['vocab_size']}"
+        f"{', tied embeddings' if c['tie_embeddings'] else ''}"
+    )
+    topology = (
+        f"world size {t['world_size']} (dp {t['dp']} x tp {t['tp']}), ZeRO-{t['zero_stage']}, "
+        f"{t['precision']}{', universal layout' if t.get('layout') else ''}"
+    )
+    loader = (
+        f"epoch {ld['epoch']}, cursor {ld['cursor']} of {ld['num_samples']} samples "
+        f"(global batch {ld['global_batch_size']})"
+    )
     rows += [
         ("kind", f"{info['kind']}: {info['folder']}"),
         ("step", info["step"]),
@@ -135,8 +141,9 @@ def format_summary(info: dict[str, Any]) -> str:
         rows.append(("dtype", info["dtype"]))
     if "conversion" in info:
         conv = info["conversion"]
-        rows.append(("conversion", f"to {conv['to']} from {conv['source']}: "
-                                   f"max abs logit diff {conv['max_abs_logit_diff']:g}"))
+        rows.append(
+            ("conversion", f"to {conv['to']} from {conv['source']}: max abs logit diff {conv['max_abs_logit_diff']:g}")
+        )
     rows.append(("safety", info["safety"]))
     rows.append(("files", f"{len(info['files'])} files, {_size(info['total_bytes'])}"))
     return "\n".join([f"{k:<14}{v}" for k, v in rows] + _file_lines(info["files"]))

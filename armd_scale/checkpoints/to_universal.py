@@ -32,8 +32,9 @@ from .source import full_state, open_source, saved_module_state
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 
 
-def to_universal(path: str | Path, out: str | Path, *, overwrite: bool = False,
-                 progress: Progress | None = None) -> ConversionReport:
+def to_universal(
+    path: str | Path, out: str | Path, *, overwrite: bool = False, progress: Progress | None = None
+) -> ConversionReport:
     """Write the universal folder `out` for DeepSpeed checkpoint `path`, validated against the source."""
     progress = progress or Progress()
     out = check_out(out, overwrite=overwrite)
@@ -41,7 +42,9 @@ def to_universal(path: str | Path, out: str | Path, *, overwrite: bool = False,
     refuse_overlap(source.folder, out)
     if source.kind != "deepspeed":
         what = "already universal" if source.kind == "universal" else "an export"
-        raise ConversionError(f"{source.folder} is {what}; --to universal takes a DeepSpeed checkpoint or run directory")
+        raise ConversionError(
+            f"{source.folder} is {what}; --to universal takes a DeepSpeed checkpoint or run directory"
+        )
     topology = source.topology or {}
     if topology.get("zero_stage") == 0:
         raise ConversionError(
@@ -54,8 +57,10 @@ def to_universal(path: str | Path, out: str | Path, *, overwrite: bool = False,
     tag = tag_for(source.step)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        progress(f"converting {source.folder} (ZeRO-{topology['zero_stage']}, world size {topology['world_size']}, "
-                 f"TP {topology['tp']}) with DeepSpeed's ds_to_universal")
+        progress(
+            f"converting {source.folder} (ZeRO-{topology['zero_stage']}, world size {topology['world_size']}, "
+            f"TP {topology['tp']}) with DeepSpeed's ds_to_universal"
+        )
         tag_dir = tmp / UNIVERSAL / tag
         write_universal(source.folder, tag_dir)
 
@@ -70,21 +75,37 @@ def to_universal(path: str | Path, out: str | Path, *, overwrite: bool = False,
         result_model = model_from_state(cfg, read_universal(tag_dir), str(tag_dir))
         diff = max_abs_diff(logits_of(expected_model, cfg, batch), logits_of(result_model, cfg, batch))
         precision = topology.get("precision", "fp32")
-        notes = [] if precision == "fp32" else [
-            f"trained in {precision}: the saved module weights are rounded copies of the fp32 master weights"
-        ]
+        notes = (
+            []
+            if precision == "fp32"
+            else [f"trained in {precision}: the saved module weights are rounded copies of the fp32 master weights"]
+        )
         report = ConversionReport(
-            to="universal", source=str(source.folder), source_kind=source.kind, out=str(out), step=source.step,
-            reference=reference, batch=batch.to_dict(), max_abs_logit_diff=diff, exact_required=precision == "fp32",
-            dtype="fp32", parameters=parameter_count(result_model), seconds=progress.elapsed, notes=notes,
+            to="universal",
+            source=str(source.folder),
+            source_kind=source.kind,
+            out=str(out),
+            step=source.step,
+            reference=reference,
+            batch=batch.to_dict(),
+            max_abs_logit_diff=diff,
+            exact_required=precision == "fp32",
+            dtype="fp32",
+            parameters=parameter_count(result_model),
+            seconds=progress.elapsed,
+            notes=notes,
         )
         if report.exact_required and diff != 0:
             raise ConversionError(
                 f"the universal form of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
             )
 
-        meta = {**source.meta, "topology": {**topology, "layout": UNIVERSAL},
-                "converted_from": str(source.folder), "conversion": report.to_dict()}
+        meta = {
+            **source.meta,
+            "topology": {**topology, "layout": UNIVERSAL},
+            "converted_from": str(source.folder),
+            "conversion": report.to_dict(),
+        }
         (tmp / META).write_text(json.dumps(meta, indent=1))
         (tmp / MARKER).write_text(json.dumps({"step": source.step, "completed_at": time.time()}))
     progress(f"done: {out}; to resume from it, copy it to RUN_DIR/checkpoints/{tag}")

@@ -24,12 +24,20 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="run dir, checkpoint folder (step_N), universal folder, or .../universal/step_N")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="run dir, checkpoint folder (step_N), universal folder, or .../universal/step_N",
+    )
     parser.add_argument("--to", required=True, choices=("universal", "export"), help="what to write")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="export only: dtype of model.safetensors (default fp32, validated exact)")
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="export only: dtype of model.safetensors (default fp32, validated exact)",
+    )
     parser.add_argument("--no-tokenizer", action="store_true", help="export only: do not copy the tokenizer")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert(args: argparse.Namespace, progress: "Progress") -> "ConversionReport":
+def _convert(args: argparse.Namespace, progress: Progress) -> ConversionReport:
     if args.to == "universal":
         from ..checkpoints.report import ConversionError
         from ..checkpoints.to_universal import to_universal
@@ -64,5 +72,11 @@ def _convert(args: argparse.Namespace, progress: "Progress") -> "ConversionRepor
         return to_universal(args.checkpoint, args.out, overwrite=args.overwrite, progress=progress)
     from ..checkpoints.export import export
 
-    return export(args.checkpoint, args.out, dtype=args.dtype, tokenizer=not args.no_tokenizer,
-                  overwrite=args.overwrite, progress=progress)
+    return export(
+        args.checkpoint,
+        args.out,
+        dtype=args.dtype,
+        tokenizer=not args.no_tokenizer,
+        overwrite=args.overwrite,
+        progress=progress,
+    )

@@ -17,12 +17,18 @@ from armd_scale.data.textio import DOC_SPLITS
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp}", required=True)
-    ppl = sub.add_parser("ppl", help="NLL / perplexity / bits per byte of shards or text",
-                         description="Exact l2r NLL, random-order NLL over K orders, or the diffusion(T) ELBO.")
+    ppl = sub.add_parser(
+        "ppl",
+        help="NLL / perplexity / bits per byte of shards or text",
+        description="Exact l2r NLL, random-order NLL over K orders, or the diffusion(T) ELBO.",
+    )
     add_ppl_args(ppl)
     ppl.set_defaults(func=run_ppl)
-    sbp = sub.add_parser("sbp", help="sweep SBP streams: forward calls, tokens/s, gen PPL, entropy",
-                         description="Offline SBP sweep; writes results.json, results.md and results.png.")
+    sbp = sub.add_parser(
+        "sbp",
+        help="sweep SBP streams: forward calls, tokens/s, gen PPL, entropy",
+        description="Offline SBP sweep; writes results.json, results.md and results.png.",
+    )
     add_sbp_args(sbp)
     sbp.set_defaults(func=run_sbp)
     parser.set_defaults(func=run)
@@ -42,20 +48,35 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_ppl_args(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                   help="shard-set directories (with manifest.json) and/or text inputs, as `armd shards --input` "
-                        "reads them")
-    p.add_argument("--order", choices=("l2r", "random", "diffusion"), default="l2r",
-                   help="l2r: exact; random: exact per order, mean over --orders; diffusion: ELBO with --steps")
-    p.add_argument("--orders", type=int, default=None, metavar="K",
-                   help="random orders / diffusion trajectories (default 8 for random and diffusion)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="shard-set directories (with manifest.json) and/or text inputs, as `armd shards --input` reads them",
+    )
+    p.add_argument(
+        "--order",
+        choices=("l2r", "random", "diffusion"),
+        default="l2r",
+        help="l2r: exact; random: exact per order, mean over --orders; diffusion: ELBO with --steps",
+    )
+    p.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        metavar="K",
+        help="random orders / diffusion trajectories (default 8 for random and diffusion)",
+    )
     p.add_argument("--steps", type=int, metavar="T", help="diffusion steps T (needed for --order diffusion)")
-    p.add_argument("--schedule", choices=("loglinear", "cosine"), default="loglinear",
-                   help="diffusion masking schedule")
+    p.add_argument(
+        "--schedule", choices=("loglinear", "cosine"), default="loglinear", help="diffusion masking schedule"
+    )
     p.add_argument("--max-tokens", type=int, metavar="N", help="score only the first N // seq_len windows")
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass")
-    p.add_argument("--seq-len", type=int,
-                   help="window length for text input (default: the shard set's, else the run's)")
+    p.add_argument(
+        "--seq-len", type=int, help="window length for text input (default: the shard set's, else the run's)"
+    )
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     p.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
     p.add_argument("--doc-split", choices=DOC_SPLITS, default="file", help="what a document is in .txt inputs")
@@ -68,12 +89,19 @@ def add_sbp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, required=True, metavar="N", help="tokens per sample (every S must divide it)")
     p.add_argument("--num-samples", type=int, default=16, metavar="K", help="samples per S (default 16)")
     p.add_argument("--batch-size", type=int, metavar="B", help="samples decoded together (default: all K)")
-    p.add_argument("--judge", metavar="PATH",
-                   help="armd checkpoint or local transformers causal-LM directory (default: the generator itself)")
+    p.add_argument(
+        "--judge",
+        metavar="PATH",
+        help="armd checkpoint or local transformers causal-LM directory (default: the generator itself)",
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--sample-dtype", choices=("float64", "float32"), default="float64",
-                   help="precision of the sampling softmax (default float64: float32 shifts gen PPL)")
+    p.add_argument(
+        "--sample-dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the sampling softmax (default float64: float32 shifts gen PPL)",
+    )
     p.add_argument("--float64", action="store_true", help="run the generator's forward passes in float64 too")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/results.json, results.md, results.png")
 
@@ -108,9 +136,20 @@ def run_ppl(args: argparse.Namespace) -> int:
     orders = args.orders if args.orders is not None else (1 if args.order == "l2r" else 8)
     try:
         doc = eval_ppl(
-            args.checkpoint, args.data, kind=args.order, orders=orders, steps=args.steps, schedule=args.schedule,
-            max_tokens=args.max_tokens, batch_size=args.batch_size, seed=args.seed, float64=args.float64,
-            seq_len=args.seq_len, device=args.device, text_field=args.text_field, doc_split=args.doc_split,
+            args.checkpoint,
+            args.data,
+            kind=args.order,
+            orders=orders,
+            steps=args.steps,
+            schedule=args.schedule,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            float64=args.float64,
+            seq_len=args.seq_len,
+            device=args.device,
+            text_field=args.text_field,
+            doc_split=args.doc_split,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as e:
@@ -121,8 +160,10 @@ def run_ppl(args: argparse.Namespace) -> int:
         k = doc.get("orders", doc.get("trajectories"))
         spread = f", K={k}: std {doc['nll_std']:.4f}, min {doc['nll_min']:.4f}, max {doc['nll_max']:.4f}"
     label = f"diffusion(T={doc['steps']}) ELBO" if doc["kind"] == "diffusion" else f"{doc['kind']} exact NLL"
-    print(f"{label}: {doc['nll_per_token']:.4f} nats/token, ppl {doc['ppl']:.3f}, bits/byte {bpb} "
-          f"over {doc['tokens']} tokens{spread}")
+    print(
+        f"{label}: {doc['nll_per_token']:.4f} nats/token, ppl {doc['ppl']:.3f}, bits/byte {bpb} "
+        f"over {doc['tokens']} tokens{spread}"
+    )
     if args.json:
         write_json(args.json, doc)
     return 0
@@ -133,9 +174,19 @@ def run_sbp(args: argparse.Namespace) -> int:
 
     try:
         doc = run_sbp_eval(
-            args.checkpoint, args.out, streams=args.streams, length=args.length, num_samples=args.num_samples,
-            judge=args.judge, batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
-            seed=args.seed, sample_dtype=args.sample_dtype, float64=args.float64, device=args.device,
+            args.checkpoint,
+            args.out,
+            streams=args.streams,
+            length=args.length,
+            num_samples=args.num_samples,
+            judge=args.judge,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            sample_dtype=args.sample_dtype,
+            float64=args.float64,
+            device=args.device,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as e:

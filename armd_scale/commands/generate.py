@@ -23,11 +23,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--prompt", metavar="TEXT", help="text the samples continue")
     what.add_argument("--infill", metavar="TEXT", help="text with [MASK] / [MASK:k] spans to fill")
-    parser.add_argument("--length", type=int, metavar="N",
-                        help="tokens per sample, prompt included (default: the run's seq_len; ignored with --infill)")
+    parser.add_argument(
+        "--length",
+        type=int,
+        metavar="N",
+        help="tokens per sample, prompt included (default: the run's seq_len; ignored with --infill)",
+    )
     parser.add_argument("--streams", type=int, default=1, metavar="S", help="SBP streams (1 = left to right)")
-    parser.add_argument("--steps", type=int, default=None, metavar="T",
-                        help="arch mdlm: denoising steps of the ancestral sampler (default: the length)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="T",
+        help="arch mdlm: denoising steps of the ancestral sampler (default: the length)",
+    )
     parser.add_argument("--num-samples", type=int, default=1, metavar="K", help="samples, decoded as one batch")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -70,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
         if many:
             print(f"=== sample {i} ===")
         print(sample["text"])
-    print(f"[{doc['forward_calls']} forward calls, {doc['seconds']:.2f} s, {doc['tokens_per_s']:.1f} tokens/s]",
-          file=sys.stderr)
+    print(
+        f"[{doc['forward_calls']} forward calls, {doc['seconds']:.2f} s, {doc['tokens_per_s']:.1f} tokens/s]",
+        file=sys.stderr,
+    )
     if args.json:
         from .eval import write_json
 
@@ -117,18 +128,34 @@ def generate_samples(args: argparse.Namespace) -> dict:
             known = torch.arange(length) < known_count
             out = _mdlm_sample(pre.model, tokens, known, args)
         else:
-                out = sample_sbp(pre.model, length, args.streams, batch_size=args.num_samples,
-                             prompt=torch.tensor(prompt, dtype=torch.long) if prompt else None, **kw)
+            out = sample_sbp(
+                pre.model,
+                length,
+                args.streams,
+                batch_size=args.num_samples,
+                prompt=torch.tensor(prompt, dtype=torch.long) if prompt else None,
+                **kw,
+            )
     rows = out.tokens.cpu()
     generated = (length - known_count) * args.num_samples
     return {
-        "streams": args.streams, "length": length, "forward_calls": out.forward_calls, "seconds": out.seconds,
+        "streams": args.streams,
+        "length": length,
+        "forward_calls": out.forward_calls,
+        "seconds": out.seconds,
         "tokens_per_s": generated / out.seconds if out.seconds > 0 else float("inf"),
         "samples": [{"tokens": row.tolist(), "text": codec.decode(row.tolist())} for row in rows],
-        "checkpoint": str(pre.source), "step": pre.step, "prompt_tokens": known_count if args.infill is None else 0,
-        "known_tokens": known_count, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
-        "sample_dtype": str(dtype).removeprefix("torch."), "mode": "infill" if args.infill is not None else "sample",
-        "arch": pre.config.model.arch, **({"diffusion_steps": args.steps or length} if mdlm else {}),
+        "checkpoint": str(pre.source),
+        "step": pre.step,
+        "prompt_tokens": known_count if args.infill is None else 0,
+        "known_tokens": known_count,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "sample_dtype": str(dtype).removeprefix("torch."),
+        "mode": "infill" if args.infill is not None else "sample",
+        "arch": pre.config.model.arch,
+        **({"diffusion_steps": args.steps or length} if mdlm else {}),
     }
 
 
@@ -141,5 +168,12 @@ def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
         raise ValueError(f"--steps {steps} must be >= 1")
     init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
     gen = torch.Generator().manual_seed(args.seed)
-    return model.sample(tokens.shape[0], tokens.shape[1], steps, generator=gen, temperature=args.temperature,
-                        top_p=args.top_p, init=init)
+    return model.sample(
+        tokens.shape[0],
+        tokens.shape[1],
+        steps,
+        generator=gen,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        init=init,
+    )

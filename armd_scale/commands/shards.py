@@ -11,23 +11,33 @@ from armd_scale.data.textio import DOC_SPLITS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verify", metavar="URL",
-                        help="check every shard of URL (or URL/train and URL/val) against its manifest")
+    parser.add_argument(
+        "--verify", metavar="URL", help="check every shard of URL (or URL/train and URL/val) against its manifest"
+    )
     parser.add_argument("--tokenizer", help="tokenizer directory from `armd tokenizer`")
-    parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="files, folders, globs (.txt, .jsonl, optionally .gz), builtin:pydoc, "
-                             "or one synthetic:markov?vocab=..&order=.. source (needs no tokenizer)")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="files, folders, globs (.txt, .jsonl, optionally .gz), builtin:pydoc, "
+        "or one synthetic:markov?vocab=..&order=.. source (needs no tokenizer)",
+    )
     parser.add_argument("--seq-len", type=int, help="tokens per packed sample")
     parser.add_argument("--out", help="output URL (local path, file://, s3://, memory://)")
-    parser.add_argument("--val-fraction", type=float, default=0.0,
-                        help="fraction of whole documents held out into OUT/val (default 0)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.0, help="fraction of whole documents held out into OUT/val (default 0)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes; output is identical for any value")
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out documents")
     parser.add_argument("--samples-per-shard", type=int, help="default: as many as fit --shard-size-mb")
     parser.add_argument("--shard-size-mb", type=float, default=64.0)
     parser.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
-    parser.add_argument("--doc-split", choices=DOC_SPLITS, default="file",
-                        help="what a document is in .txt inputs: the whole file, a paragraph or a line")
+    parser.add_argument(
+        "--doc-split",
+        choices=DOC_SPLITS,
+        default="file",
+        help="what a document is in .txt inputs: the whole file, a paragraph or a line",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set at --out")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run, _parser=parser)
@@ -62,8 +72,16 @@ def _build(args: argparse.Namespace) -> int:
 
     parser: argparse.ArgumentParser = args._parser
     synthetic = bool(args.input) and args.input[0].startswith("synthetic:")
-    missing = [flag for flag, value in (("--input", args.input), ("--seq-len", args.seq_len), ("--out", args.out),
-                                        ("--tokenizer", args.tokenizer or synthetic)) if not value]
+    missing = [
+        flag
+        for flag, value in (
+            ("--input", args.input),
+            ("--seq-len", args.seq_len),
+            ("--out", args.out),
+            ("--tokenizer", args.tokenizer or synthetic),
+        )
+        if not value
+    ]
     if missing:
         parser.error(f"building shards needs {', '.join(missing)} (or use --verify URL)")
     start = time.perf_counter()
@@ -72,19 +90,33 @@ def _build(args: argparse.Namespace) -> int:
         if len(args.input) != 1:
             parser.error("a synthetic source is sharded on its own: pass exactly one --input")
         if args.val_fraction or args.tokenizer:
-            parser.error("a synthetic source sets its split sizes in the URL (samples=, val_samples=) and needs "
-                         "no tokenizer: drop --val-fraction/--tokenizer")
-        manifests = build_synthetic_shards(args.input[0], args.out, seq_len=args.seq_len, seed=args.seed,
-                                           overwrite=args.overwrite, **size)
+            parser.error(
+                "a synthetic source sets its split sizes in the URL (samples=, val_samples=) and needs "
+                "no tokenizer: drop --val-fraction/--tokenizer"
+            )
+        manifests = build_synthetic_shards(
+            args.input[0], args.out, seq_len=args.seq_len, seed=args.seed, overwrite=args.overwrite, **size
+        )
     else:
         manifests = build_shards(
-            args.input, args.out, args.tokenizer, seq_len=args.seq_len, val_fraction=args.val_fraction,
-            seed=args.seed, workers=args.workers, text_field=args.text_field, doc_split=args.doc_split,
-            overwrite=args.overwrite, progress=not args.no_progress, **size,
+            args.input,
+            args.out,
+            args.tokenizer,
+            seq_len=args.seq_len,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            workers=args.workers,
+            text_field=args.text_field,
+            doc_split=args.doc_split,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            **size,
         )
     for split, m in manifests.items():
         t = m.totals
-        print(f"{m.url}: {t['shards']} shards, {t['samples']} samples x {m.seq_len} tokens ({m.dtype}), "
-              f"{t['documents']} documents, {t['dropped_tail_tokens']} tail tokens dropped")
+        print(
+            f"{m.url}: {t['shards']} shards, {t['samples']} samples x {m.seq_len} tokens ({m.dtype}), "
+            f"{t['documents']} documents, {t['dropped_tail_tokens']} tail tokens dropped"
+        )
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0

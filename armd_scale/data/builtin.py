@@ -43,12 +43,22 @@ def is_builtin(url: str) -> bool:
 
 def _settings(data_cfg: Any) -> dict[str, Any]:
     spec = data_cfg.train
-    base = {"spec": spec, "seq_len": data_cfg.seq_len, "formats": [MANIFEST_FORMAT, INFO_FORMAT],
-            "samples_per_shard": BUILTIN_SAMPLES_PER_SHARD, "seed": BUILD_SEED}
+    base = {
+        "spec": spec,
+        "seq_len": data_cfg.seq_len,
+        "formats": [MANIFEST_FORMAT, INFO_FORMAT],
+        "samples_per_shard": BUILTIN_SAMPLES_PER_SHARD,
+        "seed": BUILD_SEED,
+    }
     if spec.startswith(SYNTHETIC_PREFIX):
         return base
-    return {**base, "corpus_sha256": builtin_fingerprint(spec), "vocab_size": data_cfg.vocab_size,
-            "val_fraction": BUILTIN_VAL_FRACTION, "sentencepiece": sentencepiece.__version__}
+    return {
+        **base,
+        "corpus_sha256": builtin_fingerprint(spec),
+        "vocab_size": data_cfg.vocab_size,
+        "val_fraction": BUILTIN_VAL_FRACTION,
+        "sentencepiece": sentencepiece.__version__,
+    }
 
 
 def builtin_cache_dir(data_cfg: Any) -> Path:
@@ -71,13 +81,31 @@ def _build(data_cfg: Any, root: Path, progress: bool) -> None:
     tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
     try:
         if data_cfg.train.startswith(SYNTHETIC_PREFIX):
-            build_synthetic_shards(data_cfg.train, str(tmp), seq_len=data_cfg.seq_len, seed=BUILD_SEED,
-                                   samples_per_shard=BUILTIN_SAMPLES_PER_SHARD)
+            build_synthetic_shards(
+                data_cfg.train,
+                str(tmp),
+                seq_len=data_cfg.seq_len,
+                seed=BUILD_SEED,
+                samples_per_shard=BUILTIN_SAMPLES_PER_SHARD,
+            )
         else:
-            tok = train_tokenizer([data_cfg.train], str(tmp / "tokenizer"), vocab_size=data_cfg.vocab_size,
-                                  seed=BUILD_SEED, progress=progress)
-            build_shards([data_cfg.train], str(tmp), tok, seq_len=data_cfg.seq_len, val_fraction=BUILTIN_VAL_FRACTION,
-                         seed=BUILD_SEED, samples_per_shard=BUILTIN_SAMPLES_PER_SHARD, progress=progress)
+            tok = train_tokenizer(
+                [data_cfg.train],
+                str(tmp / "tokenizer"),
+                vocab_size=data_cfg.vocab_size,
+                seed=BUILD_SEED,
+                progress=progress,
+            )
+            build_shards(
+                [data_cfg.train],
+                str(tmp),
+                tok,
+                seq_len=data_cfg.seq_len,
+                val_fraction=BUILTIN_VAL_FRACTION,
+                seed=BUILD_SEED,
+                samples_per_shard=BUILTIN_SAMPLES_PER_SHARD,
+                progress=progress,
+            )
         (tmp / "settings.json").write_text(json.dumps(_settings(data_cfg), indent=2) + "\n")
         try:
             os.rename(tmp, root)
@@ -112,7 +140,9 @@ def ensure_builtin_dataset(
             deadline = time.monotonic() + wait_timeout_s
             while not _complete(root):
                 if time.monotonic() > deadline:
-                    raise DataError(f"waited {wait_timeout_s:.0f}s for {root} to be built by local rank 0; it never appeared")
+                    raise DataError(
+                        f"waited {wait_timeout_s:.0f}s for {root} to be built by local rank 0; it never appeared"
+                    )
                 time.sleep(0.5)
     val = data_cfg.val
     if val is None and (root / "val" / MANIFEST_FILE).is_file():

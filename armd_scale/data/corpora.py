@@ -75,12 +75,14 @@ class MarkovSource:
         self._init(table, order, dict(vocab=vocab_size, order=order, seed=seed, concentration=concentration))
 
     @classmethod
-    def from_transitions(cls, transitions: np.ndarray, order: int = 1) -> "MarkovSource":
+    def from_transitions(cls, transitions: np.ndarray, order: int = 1) -> MarkovSource:
         """A chain with a given table [vocab**order, vocab] of P(next | context); rows must sum to 1."""
         table = np.asarray(transitions, dtype=np.float64)
         vocab = table.shape[-1]
         if table.ndim != 2 or table.shape[0] != vocab**order:
-            raise DataError(f"transition table shape {table.shape} != (vocab**order, vocab) = ({vocab**order}, {vocab})")
+            raise DataError(
+                f"transition table shape {table.shape} != (vocab**order, vocab) = ({vocab**order}, {vocab})"
+            )
         if (table < 0).any() or not np.allclose(table.sum(1), 1.0):
             raise DataError("transition table rows must be probabilities summing to 1")
         self = cls.__new__(cls)
@@ -95,7 +97,9 @@ class MarkovSource:
         self.params = params
         self._cdf = np.cumsum(table, axis=1)
         # successor context of (context c, symbol x) = (c * V + x) mod V**k
-        self._next = (np.arange(self.num_contexts)[:, None] * self.vocab_size + np.arange(self.vocab_size)) % self.num_contexts
+        self._next = (
+            np.arange(self.num_contexts)[:, None] * self.vocab_size + np.arange(self.vocab_size)
+        ) % self.num_contexts
         self._stationary: np.ndarray | None = None
 
     def stationary(self) -> np.ndarray:
@@ -182,5 +186,7 @@ def parse_synthetic(url: str) -> tuple[MarkovSource, dict[str, int]]:
             values[key] = float(text) if key == "concentration" else int(text)
         except ValueError:
             raise DataError(f"'{url}': {key}={text!r} is not a number") from None
-    source = MarkovSource(int(values["vocab"]), int(values["order"]), int(values["seed"]), float(values["concentration"]))
+    source = MarkovSource(
+        int(values["vocab"]), int(values["order"]), int(values["seed"]), float(values["concentration"])
+    )
     return source, dict(samples=int(values["samples"]), val_samples=int(values["val_samples"]))

@@ -65,7 +65,9 @@ class ShardLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank={rank} must be in [0, world_size={world_size})")
         if global_batch_size < 1 or micro_batch_size < 1:
-            raise DataError(f"global_batch_size={global_batch_size} and micro_batch_size={micro_batch_size} must be >= 1")
+            raise DataError(
+                f"global_batch_size={global_batch_size} and micro_batch_size={micro_batch_size} must be >= 1"
+            )
         if global_batch_size % world_size:
             raise DataError(f"global_batch_size={global_batch_size} is not divisible by world_size={world_size}")
         if (global_batch_size // world_size) % micro_batch_size:
@@ -160,14 +162,25 @@ class ShardLoader:
             )
         epoch, cursor, seed = int(state["epoch"]), int(state["cursor"]), int(state["seed"])
         if not (epoch >= 0 and 0 <= cursor <= self.num_samples):
-            raise DataError(f"loader state epoch={epoch} cursor={cursor} is outside the shard set of {self.num_samples} samples")
+            raise DataError(
+                f"loader state epoch={epoch} cursor={cursor} is outside the shard set of {self.num_samples} samples"
+            )
         if seed != self.seed:
-            log.warning("data seed %d from the loader state replaces the configured seed %d, so the "
-                        "interrupted epoch continues in its own order", seed, self.seed)
+            log.warning(
+                "data seed %d from the loader state replaces the configured seed %d, so the "
+                "interrupted epoch continues in its own order",
+                seed,
+                self.seed,
+            )
             self.order = GlobalOrder([s.samples for s in self.manifest.shards], seed)
         if state.get("global_batch_size", self.global_batch_size) != self.global_batch_size:
-            log.warning("global batch size changed from %s to %d on resume; continuing at sample %d of epoch %d",
-                        state["global_batch_size"], self.global_batch_size, cursor, epoch)
+            log.warning(
+                "global batch size changed from %s to %d on resume; continuing at sample %d of epoch %d",
+                state["global_batch_size"],
+                self.global_batch_size,
+                cursor,
+                epoch,
+            )
         self._stop_active()
         self.epoch, self.cursor = self._normalise(epoch, cursor)
 
@@ -196,7 +209,7 @@ class ShardLoader:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def __enter__(self) -> "ShardLoader":
+    def __enter__(self) -> ShardLoader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -277,7 +290,11 @@ class ShardLoader:
     def _shard_task(self, index: int) -> functools.partial:
         m = self.manifest
         return functools.partial(
-            load_shard, m.shard_url(index), m.shards[index], seq_len=m.seq_len, dtype=m.dtype,
+            load_shard,
+            m.shard_url(index),
+            m.shards[index],
+            seq_len=m.seq_len,
+            dtype=m.dtype,
             storage_options=self.storage_options,
         )
 

@@ -79,7 +79,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, raw: Any, url: str = "") -> "Manifest":
+    def from_json(cls, raw: Any, url: str = "") -> Manifest:
         where = join_url(url, MANIFEST_FILE) if url else MANIFEST_FILE
         if not isinstance(raw, dict):
             raise DataError(f"{where}: top level must be an object")
@@ -87,7 +87,9 @@ class Manifest:
             raise DataError(f"{where}: format {raw.get('format')!r} is not {MANIFEST_FORMAT!r}")
         try:
             tok = dict(raw["tokenizer"])
-            shards = [ShardEntry(str(s["name"]), int(s["samples"]), str(s["sha256"]), int(s["bytes"])) for s in raw["shards"]]
+            shards = [
+                ShardEntry(str(s["name"]), int(s["samples"]), str(s["sha256"]), int(s["bytes"])) for s in raw["shards"]
+            ]
             m = cls(
                 split=str(raw["split"]),
                 tokenizer_sha256=str(tok.pop("sha256")),
@@ -105,7 +107,9 @@ class Manifest:
         if m.dtype not in DTYPES:
             raise DataError(f"{where}: dtype {m.dtype!r} is not one of {', '.join(DTYPES)}")
         if "fingerprint" in raw and raw["fingerprint"] != m.fingerprint:
-            raise DataError(f"{where}: stored fingerprint {raw['fingerprint']} does not match its content ({m.fingerprint}); the manifest was edited")
+            raise DataError(
+                f"{where}: stored fingerprint {raw['fingerprint']} does not match its content ({m.fingerprint}); the manifest was edited"
+            )
         return m
 
 

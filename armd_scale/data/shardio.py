@@ -83,7 +83,10 @@ def decode_shard(data: bytes, *, url: str, seq_len: int, dtype: str, expected_sa
                 if not member.name.endswith("." + field):
                     raise BadShardError(url, f"member {member.name} is not a '{field}' sample")
                 if member.size != width:
-                    raise BadShardError(url, f"member {member.name} has {member.size} bytes, expected {width} (seq_len={seq_len}, {dtype})")
+                    raise BadShardError(
+                        url,
+                        f"member {member.name} has {member.size} bytes, expected {width} (seq_len={seq_len}, {dtype})",
+                    )
                 f = tar.extractfile(member)
                 assert f is not None
                 rows.append(f.read())
@@ -96,7 +99,12 @@ def decode_shard(data: bytes, *, url: str, seq_len: int, dtype: str, expected_sa
 
 
 def load_shard(
-    url: str, entry: ShardEntry, *, seq_len: int, dtype: str, storage_options: StorageOptions = None,
+    url: str,
+    entry: ShardEntry,
+    *,
+    seq_len: int,
+    dtype: str,
+    storage_options: StorageOptions = None,
     verify: bool = True,
 ) -> np.ndarray:
     """Fetch, verify and decode one shard. Raises BadShardError naming the shard URL."""

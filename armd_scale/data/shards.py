@@ -133,13 +133,22 @@ class ShardSetWriter:
         self._flush(final=True)
         dropped = self._pending_len
         manifest = Manifest(
-            split=self.split, tokenizer_sha256=self.tokenizer_sha256, vocab_size=self.vocab_size,
-            seq_len=self.seq_len, dtype=self.dtype, shards=self.entries, build=self.build,
-            tokenizer=self.tokenizer_meta, url=self.url.rstrip("/"),
+            split=self.split,
+            tokenizer_sha256=self.tokenizer_sha256,
+            vocab_size=self.vocab_size,
+            seq_len=self.seq_len,
+            dtype=self.dtype,
+            shards=self.entries,
+            build=self.build,
+            tokenizer=self.tokenizer_meta,
+            url=self.url.rstrip("/"),
             totals={
-                "shards": len(self.entries), "samples": self._samples,
-                "tokens": self._samples * self.seq_len, "documents": self.documents,
-                "dropped_tail_tokens": dropped, "bytes": sum(e.bytes for e in self.entries),
+                "shards": len(self.entries),
+                "samples": self._samples,
+                "tokens": self._samples * self.seq_len,
+                "documents": self.documents,
+                "dropped_tail_tokens": dropped,
+                "bytes": sum(e.bytes for e in self.entries),
             },
         )
         write_manifest(manifest, self.storage_options)
@@ -159,7 +168,9 @@ def _prepare_out(out: str, overwrite: bool, storage_options: StorageOptions) -> 
     fs.makedirs(path, exist_ok=True)
 
 
-def _ordered_map(tok: Tokenizer, tasks: Iterable[tuple[Any, list[list[str]]]], workers: int) -> Iterator[tuple[Any, list[np.ndarray]]]:
+def _ordered_map(
+    tok: Tokenizer, tasks: Iterable[tuple[Any, list[list[str]]]], workers: int
+) -> Iterator[tuple[Any, list[np.ndarray]]]:
     """(meta, token ids of each line group) for each (meta, line groups) task, in task order;
     parallel with workers > 1. A bounded window of futures keeps memory flat (Pool.imap would
     read the whole corpus ahead)."""
@@ -168,7 +179,9 @@ def _ordered_map(tok: Tokenizer, tasks: Iterable[tuple[Any, list[list[str]]]], w
             yield meta, [tok.encode_lines(g) for g in groups]
         return
     ctx = get_context("spawn")  # no fork of a process that may hold threads (tqdm's monitor)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_encode_worker, initargs=(tok.model_proto,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=init_encode_worker, initargs=(tok.model_proto,)
+    ) as pool:
         window: deque[tuple[Any, Future]] = deque()
         for meta, groups in tasks:
             window.append((meta, pool.submit(encode_groups_in_worker, groups)))
@@ -234,24 +247,43 @@ def build_shards(
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer, storage_options)
     sources = expand_inputs(inputs, storage_options)
     read = dict(text_field=text_field, doc_split=doc_split, storage_options=storage_options)
-    n_docs = sum(1 for _ in tqdm(iter_corpus(sources, **read), desc="shards: scanning", unit="doc", disable=not progress))
+    n_docs = sum(
+        1 for _ in tqdm(iter_corpus(sources, **read), desc="shards: scanning", unit="doc", disable=not progress)
+    )
     if n_docs == 0:
         raise DataError(f"inputs {list(inputs)} contain no documents")
     if val_fraction > 0 and n_docs < 2:
-        raise DataError(f"val_fraction={val_fraction} needs at least 2 documents, inputs have {n_docs}; try doc_split='paragraph'")
+        raise DataError(
+            f"val_fraction={val_fraction} needs at least 2 documents, inputs have {n_docs}; try doc_split='paragraph'"
+        )
     is_val = holdout(n_docs, val_fraction, seed)
     dtype = dtype_for_vocab(tok.vocab_size)
     per_shard = samples_per_shard or samples_for_size(seq_len, dtype, shard_size_mb)
     _prepare_out(out, overwrite, storage_options)
     build = {
-        "inputs": list(inputs), "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
-        "doc_split": doc_split, "samples_per_shard": per_shard, "eos_id": tok.eos_id,
+        "inputs": list(inputs),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "text_field": text_field,
+        "doc_split": doc_split,
+        "samples_per_shard": per_shard,
+        "eos_id": tok.eos_id,
         "tool": f"armd_scale {__version__}",
     }
     splits = ["train", "val"] if is_val.any() else ["train"]
     writers = {
-        s: ShardSetWriter(join_url(out, s), s, seq_len, tok.vocab_size, tok.sha256, per_shard, tok.eos_id,
-                          build=build, tokenizer_meta={"kind": "sentencepiece"}, storage_options=storage_options)
+        s: ShardSetWriter(
+            join_url(out, s),
+            s,
+            seq_len,
+            tok.vocab_size,
+            tok.sha256,
+            per_shard,
+            tok.eos_id,
+            build=build,
+            tokenizer_meta={"kind": "sentencepiece"},
+            storage_options=storage_options,
+        )
         for s in splits
     }
     bar = tqdm(total=n_docs, desc="shards: tokenizing", unit="doc", disable=not progress)
@@ -273,8 +305,12 @@ def build_shards(
     if "val" in manifests:
         share = manifests["val"].totals["tokens"] / max(1, sum(m.totals["tokens"] for m in manifests.values()))
         if share > 2 * val_fraction + 0.02:
-            log.warning("the validation split holds %.0f%% of the tokens for val_fraction=%g: the inputs have few, "
-                        "large documents; doc_split='paragraph' holds out finer units", 100 * share, val_fraction)
+            log.warning(
+                "the validation split holds %.0f%% of the tokens for val_fraction=%g: the inputs have few, "
+                "large documents; doc_split='paragraph' holds out finer units",
+                100 * share,
+                val_fraction,
+            )
     return manifests
 
 
@@ -297,8 +333,13 @@ def build_synthetic_shards(
     source, sizes = parse_synthetic(spec)
     vocab = source.vocab_size + SYNTHETIC_TOKEN_OFFSET
     info = {
-        "format": INFO_FORMAT, "kind": "synthetic", "source": spec, "sha256": source.identity(),
-        "vocab_size": vocab, "token_offset": SYNTHETIC_TOKEN_OFFSET, "params": source.params,
+        "format": INFO_FORMAT,
+        "kind": "synthetic",
+        "source": spec,
+        "sha256": source.identity(),
+        "vocab_size": vocab,
+        "token_offset": SYNTHETIC_TOKEN_OFFSET,
+        "params": source.params,
         "entropy_rate_nats": source.entropy_rate(),
         "sequence_entropy_nats": source.sequence_entropy(seq_len),
     }
@@ -311,9 +352,18 @@ def build_synthetic_shards(
     for split, count, stream in (("val", sizes["val_samples"], 2 * seed + 1), ("train", sizes["samples"], 2 * seed)):
         if count <= 0:
             continue
-        writer = ShardSetWriter(join_url(out, split), split, seq_len, vocab, source.identity(), per_shard, None,
-                                build=build, tokenizer_meta={"kind": "synthetic", "source": spec},
-                                storage_options=storage_options)
+        writer = ShardSetWriter(
+            join_url(out, split),
+            split,
+            seq_len,
+            vocab,
+            source.identity(),
+            per_shard,
+            None,
+            build=build,
+            tokenizer_meta={"kind": "synthetic", "source": spec},
+            storage_options=storage_options,
+        )
         writer.add_samples(source.sample(count, seq_len, seed=stream) + SYNTHETIC_TOKEN_OFFSET)
         manifests[split] = writer.finish()
     return manifests

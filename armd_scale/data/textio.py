@@ -135,9 +135,7 @@ def _iter_jsonl(source: str, text_field: str, storage_options: StorageOptions) -
             )
         value = record[text_field]
         if not isinstance(value, str):
-            raise DataError(
-                f"{source}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string"
-            )
+            raise DataError(f"{source}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string")
         value = value.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
         if value.strip():
             yield value
@@ -170,9 +168,7 @@ def iter_corpus(
 ) -> Iterator[str]:
     """All documents of all sources, in order: the document order that shards are built in."""
     for source in sources:
-        yield from iter_documents(
-            source, text_field=text_field, doc_split=doc_split, storage_options=storage_options
-        )
+        yield from iter_documents(source, text_field=text_field, doc_split=doc_split, storage_options=storage_options)
 
 
 def source_bytes(source: str, storage_options: StorageOptions = None) -> int | None:

@@ -69,7 +69,7 @@ class Tokenizer:
         return self.sp.get_piece_size()
 
     @classmethod
-    def load(cls, url: str, storage_options: StorageOptions = None) -> "Tokenizer":
+    def load(cls, url: str, storage_options: StorageOptions = None) -> Tokenizer:
         """Load a tokenizer directory (checking the model against the SHA-256 in tokenizer.json) or a
         bare `.model` file (its identity is then computed)."""
         if url.endswith(".model"):
@@ -119,9 +119,7 @@ def tokenizer_info(url: str, storage_options: StorageOptions = None) -> dict[str
     """The tokenizer.json of a tokenizer directory (identity, vocab size, how it was built)."""
     info_url = join_url(url, INFO_FILE)
     if not exists(info_url, storage_options):
-        raise DataError(
-            f"{info_url} not found: '{url}' is not a tokenizer directory (train one with `armd tokenizer`)"
-        )
+        raise DataError(f"{info_url} not found: '{url}' is not a tokenizer directory (train one with `armd tokenizer`)")
     try:
         info = json.loads(read_bytes(info_url, storage_options))
     except json.JSONDecodeError as e:
@@ -139,7 +137,11 @@ def write_tokenizer_info(url: str, info: dict[str, Any], storage_options: Storag
 
 
 def _training_lines(
-    sources: Sequence[str], stats: dict[str, int], bar: Any, text_field: str, doc_split: DocSplit,
+    sources: Sequence[str],
+    stats: dict[str, int],
+    bar: Any,
+    text_field: str,
+    doc_split: DocSplit,
     storage_options: StorageOptions,
 ) -> Iterator[str]:
     """Non-empty lines of every document; counts documents, lines and bytes as SentencePiece reads."""
@@ -198,14 +200,18 @@ def train_tokenizer(
     start = time.perf_counter()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_training_lines(sources, stats, bar if progress else None, text_field, doc_split, storage_options),
+            sentence_iterator=_training_lines(
+                sources, stats, bar if progress else None, text_field, doc_split, storage_options
+            ),
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
             byte_fallback=byte_fallback,
-            pad_id=SPECIAL_IDS["pad"], unk_id=SPECIAL_IDS["unk"],
-            bos_id=SPECIAL_IDS["bos"], eos_id=SPECIAL_IDS["eos"],
+            pad_id=SPECIAL_IDS["pad"],
+            unk_id=SPECIAL_IDS["unk"],
+            bos_id=SPECIAL_IDS["bos"],
+            eos_id=SPECIAL_IDS["eos"],
             user_defined_symbols=[NEWLINE],
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
@@ -249,8 +255,14 @@ def train_tokenizer(
     }
     write_tokenizer_info(out, info, storage_options)
     tok.info = info
-    log.info("trained %s tokenizer (vocab %d) on %d documents in %.1fs: %s", model_type, tok.vocab_size,
-             stats["documents"], elapsed, out)
+    log.info(
+        "trained %s tokenizer (vocab %d) on %d documents in %.1fs: %s",
+        model_type,
+        tok.vocab_size,
+        stats["documents"],
+        elapsed,
+        out,
+    )
     return tok
 
 

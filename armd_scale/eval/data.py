@@ -83,8 +83,13 @@ def is_shard_set(url: str) -> bool:
 
 
 def pack_text(
-    inputs: Sequence[str], codec: TextCodec, seq_len: int, *, text_field: str = "text",
-    doc_split: DocSplit = "file", max_windows: int | None = None,
+    inputs: Sequence[str],
+    codec: TextCodec,
+    seq_len: int,
+    *,
+    text_field: str = "text",
+    doc_split: DocSplit = "file",
+    max_windows: int | None = None,
 ) -> np.ndarray:
     """[windows, seq_len] token ids of text inputs, packed as `armd shards` packs them."""
     if codec.kind != "sentencepiece":
@@ -111,8 +116,13 @@ def pack_text(
 
 
 def open_eval_data(
-    paths: Sequence[str], codec: TextCodec, *, seq_len: int, max_tokens: int | None = None,
-    text_field: str = "text", doc_split: DocSplit = "file",
+    paths: Sequence[str],
+    codec: TextCodec,
+    *,
+    seq_len: int,
+    max_tokens: int | None = None,
+    text_field: str = "text",
+    doc_split: DocSplit = "file",
 ) -> EvalData:
     """Shard sets (in the order given) then all text inputs together as one packed stream.
 

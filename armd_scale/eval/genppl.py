@@ -76,9 +76,14 @@ class CheckpointJudge:
 
     def describe(self) -> dict[str, Any]:
         tokenizer = {None: "unknown", True: "retokenized", False: "same"}[self.retokenized]
-        return {"kind": self.kind, "arch": self.pre.config.model.arch, "path": str(self.pre.source),
-                "step": self.pre.step, "tokenizer": tokenizer,
-                "dtype": str(self.dtype).removeprefix("torch.")}
+        return {
+            "kind": self.kind,
+            "arch": self.pre.config.model.arch,
+            "path": str(self.pre.source),
+            "step": self.pre.step,
+            "tokenizer": tokenizer,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     def _inputs(self, samples: np.ndarray, codec: TextCodec) -> list[list[int]]:
         same = codec.sha256 is not None and codec.sha256 == self.codec.sha256
@@ -135,8 +140,12 @@ class TransformersJudge:
         self.max_len = int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "transformers", "path": self.path, "tokenizer": "retokenized",
-                "dtype": str(self.dtype).removeprefix("torch.")}
+        return {
+            "kind": "transformers",
+            "path": self.path,
+            "tokenizer": "retokenized",
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     @torch.no_grad()
     def score(self, samples: np.ndarray, codec: TextCodec) -> JudgeScore:

@@ -56,8 +56,9 @@ SCHEDULES = ("loglinear", "cosine")
 Order = tuple[torch.Tensor, torch.Tensor]  # (order [N], block [N])
 
 
-def draw_orders(kind: str, count: int, seq_len: int, *, seed: int = 0, steps: int | None = None,
-                schedule: str = "loglinear") -> list[Order]:
+def draw_orders(
+    kind: str, count: int, seq_len: int, *, seed: int = 0, steps: int | None = None, schedule: str = "loglinear"
+) -> list[Order]:
     """The K orders (random) or trajectories (diffusion) an evaluation uses; l2r has exactly one.
 
     Deterministic in `seed`, so two evaluations with the same seed score the same orders.
@@ -83,8 +84,13 @@ def draw_orders(kind: str, count: int, seq_len: int, *, seed: int = 0, steps: in
 
 
 @torch.no_grad()
-def window_nll(model: torch.nn.Module, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def window_nll(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    order: torch.Tensor,
+    block: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """-log p(window) in nats per row of tokens [B, N] under one (order [N], block [N]): float64 [B].
 
     The log-softmax runs in `dtype` (the model's own dtype should match: load it in float64 for
@@ -135,15 +141,23 @@ class LikelihoodResult:
     def to_json(self) -> dict[str, Any]:
         """The `armd eval ppl` JSON fields that depend only on the scores (see eval/schema.py)."""
         out: dict[str, Any] = {
-            "kind": self.kind, "likelihood": self.likelihood, "tokens": self.tokens, "windows": self.windows,
-            "seq_len": self.seq_len, "nll_per_token": self.nll_per_token, "ppl": self.ppl,
-            "bits_per_byte": self.bits_per_byte, "bytes": self.num_bytes,
+            "kind": self.kind,
+            "likelihood": self.likelihood,
+            "tokens": self.tokens,
+            "windows": self.windows,
+            "seq_len": self.seq_len,
+            "nll_per_token": self.nll_per_token,
+            "ppl": self.ppl,
+            "bits_per_byte": self.bits_per_byte,
+            "bytes": self.num_bytes,
         }
         if self.kind != "l2r":
             per = self.per_order
             out.update(
                 nll_std=float(per.std(ddof=1)) if len(per) > 1 else 0.0,
-                nll_min=float(per.min()), nll_max=float(per.max()), nll_per_order=per.tolist(),
+                nll_min=float(per.min()),
+                nll_max=float(per.max()),
+                nll_per_order=per.tolist(),
             )
             out["orders" if self.kind == "random" else "trajectories"] = len(per)
         if self.kind == "diffusion":
@@ -152,9 +166,15 @@ class LikelihoodResult:
 
 
 def score_orders(
-    model: torch.nn.Module, batches: Iterable[np.ndarray], orders: list[Order], *,
-    dtype: torch.dtype = torch.float32, byte_table: np.ndarray | None = None,
-    total_windows: int | None = None, progress: bool = True, desc: str = "eval",
+    model: torch.nn.Module,
+    batches: Iterable[np.ndarray],
+    orders: list[Order],
+    *,
+    dtype: torch.dtype = torch.float32,
+    byte_table: np.ndarray | None = None,
+    total_windows: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
 ) -> tuple[np.ndarray, int, int, int | None]:
     """Total NLL (nats) of all windows under each order: ([K] float64, windows, tokens, bytes or None)."""
     device = next(model.parameters()).device
@@ -178,24 +198,47 @@ def score_orders(
 
 
 def evaluate_likelihood(
-    model: torch.nn.Module, batches: Iterable[np.ndarray], *, kind: str, seq_len: int, orders: int = 1,
-    steps: int | None = None, schedule: str = "loglinear", seed: int = 0, dtype: torch.dtype = torch.float32,
-    byte_table: np.ndarray | None = None, total_windows: int | None = None, progress: bool = True,
+    model: torch.nn.Module,
+    batches: Iterable[np.ndarray],
+    *,
+    kind: str,
+    seq_len: int,
+    orders: int = 1,
+    steps: int | None = None,
+    schedule: str = "loglinear",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    byte_table: np.ndarray | None = None,
+    total_windows: int | None = None,
+    progress: bool = True,
 ) -> LikelihoodResult:
     """l2r NLL, random-order NLL over `orders` permutations, or diffusion(steps) ELBO over `orders` trajectories."""
     arch = getattr(getattr(model, "cfg", None), "arch", None)
     if arch == "ar" and kind == "diffusion":
-        raise ValueError("arch 'ar' predicts one token at a time; the diffusion ELBO needs multi-token blocks "
-                         "(arch armd)")
+        raise ValueError(
+            "arch 'ar' predicts one token at a time; the diffusion ELBO needs multi-token blocks (arch armd)"
+        )
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule '{schedule}' is not one of {', '.join(SCHEDULES)}")
     drawn = draw_orders(kind, orders, seq_len, seed=seed, steps=steps, schedule=schedule)
     desc = kind if kind == "l2r" else f"{kind} x{len(drawn)}"
     totals, windows, tokens, num_bytes = score_orders(
-        model, batches, drawn, dtype=dtype, byte_table=byte_table, total_windows=total_windows,
-        progress=progress, desc=f"eval {desc}",
+        model,
+        batches,
+        drawn,
+        dtype=dtype,
+        byte_table=byte_table,
+        total_windows=total_windows,
+        progress=progress,
+        desc=f"eval {desc}",
     )
     return LikelihoodResult(
-        kind=kind, tokens=tokens, windows=windows, seq_len=seq_len, order_nll=totals.tolist(), num_bytes=num_bytes,
-        steps=steps if kind == "diffusion" else None, schedule=schedule if kind == "diffusion" else None,
+        kind=kind,
+        tokens=tokens,
+        windows=windows,
+        seq_len=seq_len,
+        order_nll=totals.tolist(),
+        num_bytes=num_bytes,
+        steps=steps if kind == "diffusion" else None,
+        schedule=schedule if kind == "diffusion" else None,
     )

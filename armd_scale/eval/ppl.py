@@ -23,10 +23,22 @@ def default_seq_len(paths: Sequence[str], model_seq_len: int) -> int:
 
 
 def eval_ppl(
-    checkpoint: str, data: Sequence[str], *, kind: str = "l2r", orders: int = 1, steps: int | None = None,
-    schedule: str = "loglinear", max_tokens: int | None = None, batch_size: int = 8, seed: int = 0,
-    float64: bool = False, seq_len: int | None = None, device: str = "cpu", text_field: str = "text",
-    doc_split: str = "file", progress: bool = True,
+    checkpoint: str,
+    data: Sequence[str],
+    *,
+    kind: str = "l2r",
+    orders: int = 1,
+    steps: int | None = None,
+    schedule: str = "loglinear",
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    float64: bool = False,
+    seq_len: int | None = None,
+    device: str = "cpu",
+    text_field: str = "text",
+    doc_split: str = "file",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score `data` with the checkpoint at `checkpoint` (run dir, checkpoint folder or export dir)."""
     from ..pretrained import load_pretrained
@@ -41,14 +53,29 @@ def eval_ppl(
     seq_len = seq_len or default_seq_len(data, pre.config.data.seq_len)
     if seq_len > pre.config.model.max_seq_len:
         raise DataError(f"windows of seq_len={seq_len} exceed the model's max_seq_len={pre.config.model.max_seq_len}")
-    windows = open_eval_data(data, codec, seq_len=seq_len, max_tokens=max_tokens, text_field=text_field,
-                             doc_split=doc_split)
+    windows = open_eval_data(
+        data, codec, seq_len=seq_len, max_tokens=max_tokens, text_field=text_field, doc_split=doc_split
+    )
     result = evaluate_likelihood(
-        pre.model, windows.batches(batch_size), kind=kind, seq_len=seq_len, orders=orders, steps=steps,
-        schedule=schedule, seed=seed, dtype=dtype, byte_table=codec.byte_lengths(),
-        total_windows=windows.num_windows, progress=progress,
+        pre.model,
+        windows.batches(batch_size),
+        kind=kind,
+        seq_len=seq_len,
+        orders=orders,
+        steps=steps,
+        schedule=schedule,
+        seed=seed,
+        dtype=dtype,
+        byte_table=codec.byte_lengths(),
+        total_windows=windows.num_windows,
+        progress=progress,
     )
     out = result.to_json()
-    out.update(checkpoint=str(pre.source), step=pre.step, dtype=str(dtype).removeprefix("torch."), seed=seed,
-               data=windows.sources)
+    out.update(
+        checkpoint=str(pre.source),
+        step=pre.step,
+        dtype=str(dtype).removeprefix("torch."),
+        seed=seed,
+        data=windows.sources,
+    )
     return out

@@ -36,9 +36,20 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def sweep(
-    checkpoint: str, *, streams: Sequence[int], length: int, num_samples: int, judge: str | None = None,
-    batch_size: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-    sample_dtype: str = "float64", float64: bool = False, device: str = "cpu", progress: bool = True,
+    checkpoint: str,
+    *,
+    streams: Sequence[int],
+    length: int,
+    num_samples: int,
+    judge: str | None = None,
+    batch_size: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    sample_dtype: str = "float64",
+    float64: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and return the `sbp` JSON document (see `write_results` to save it)."""
     from ..pretrained import load_pretrained
@@ -65,26 +76,49 @@ def sweep(
         tokens, seconds, calls = [], 0.0, 0
         for start in range(0, num_samples, batch):
             b = min(batch, num_samples - start)
-            out = sample_sbp(pre.model, length, s, batch_size=b, temperature=temperature, top_p=top_p,
-                             generator=gen, sample_dtype=DTYPES[sample_dtype])
+            out = sample_sbp(
+                pre.model,
+                length,
+                s,
+                batch_size=b,
+                temperature=temperature,
+                top_p=top_p,
+                generator=gen,
+                sample_dtype=DTYPES[sample_dtype],
+            )
             tokens.append(out.tokens.cpu().numpy())
             seconds += out.seconds
             calls = out.forward_calls
             bar.update(b)
         samples = np.concatenate(tokens)
         score = scorer.score(samples, codec)
-        rows.append({
-            "streams": s, "forward_calls": calls, "seconds": seconds,
-            "tokens_per_s": samples.size / seconds if seconds > 0 else float("inf"),
-            "gen_ppl": score.ppl, "gen_nll_per_token": score.nll_per_token, "judge_tokens": score.tokens,
-            "judge_truncated": score.truncated, "entropy": unigram_entropy(samples),
-            "samples": [{"tokens": row.tolist(), "text": codec.decode(row)} for row in samples],
-        })
+        rows.append(
+            {
+                "streams": s,
+                "forward_calls": calls,
+                "seconds": seconds,
+                "tokens_per_s": samples.size / seconds if seconds > 0 else float("inf"),
+                "gen_ppl": score.ppl,
+                "gen_nll_per_token": score.nll_per_token,
+                "judge_tokens": score.tokens,
+                "judge_truncated": score.truncated,
+                "entropy": unigram_entropy(samples),
+                "samples": [{"tokens": row.tolist(), "text": codec.decode(row)} for row in samples],
+            }
+        )
     bar.close()
     return {
-        "checkpoint": str(pre.source), "step": pre.step, "judge": scorer.describe(), "length": length,
-        "num_samples": num_samples, "temperature": temperature, "top_p": top_p, "seed": seed,
-        "sample_dtype": sample_dtype, "generator_dtype": "float64" if float64 else "float32", "results": rows,
+        "checkpoint": str(pre.source),
+        "step": pre.step,
+        "judge": scorer.describe(),
+        "length": length,
+        "num_samples": num_samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "sample_dtype": sample_dtype,
+        "generator_dtype": "float64" if float64 else "float32",
+        "results": rows,
     }
 
 
@@ -103,11 +137,15 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
 def results_table(results: list[dict[str, Any]], setting_key: str, setting_label: str) -> list[str]:
     """Markdown rows of scored generation results, one per setting (S streams, or T steps for mdlm)."""
-    lines = [f"| {setting_label} | forward calls | seconds | tokens/s | gen PPL | judge NLL/token | entropy (nats) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| {setting_label} | forward calls | seconds | tokens/s | gen PPL | judge NLL/token | entropy (nats) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r[setting_key]} | {r['forward_calls']} | {r['seconds']:.3f} | {r['tokens_per_s']:.1f} | "
-                     f"{r['gen_ppl']:.3f} | {r['gen_nll_per_token']:.4f} | {r['entropy']:.3f} |")
+        lines.append(
+            f"| {r[setting_key]} | {r['forward_calls']} | {r['seconds']:.3f} | {r['tokens_per_s']:.1f} | "
+            f"{r['gen_ppl']:.3f} | {r['gen_nll_per_token']:.4f} | {r['entropy']:.3f} |"
+        )
     return lines
 
 

@@ -19,7 +19,7 @@ class Field:
     types: tuple[type, ...]
     doc: str
     choices: tuple[Any, ...] | None = None
-    items: dict[str, "Field"] | type | None = None  # for lists: a nested schema or an element type
+    items: dict[str, Field] | type | None = None  # for lists: a nested schema or an element type
 
 
 def _f(types, doc: str, choices=None, items=None) -> Field:
@@ -31,8 +31,9 @@ OPT_NUMBER = (float, int, NoneType)
 
 PPL_COMMON: dict[str, Field] = {
     "kind": _f(str, "which likelihood: l2r, random or diffusion", ("l2r", "random", "diffusion")),
-    "likelihood": _f(str, "exact (l2r, random: each order is an exact factorization) or elbo (diffusion: a bound)",
-                     ("exact", "elbo")),
+    "likelihood": _f(
+        str, "exact (l2r, random: each order is an exact factorization) or elbo (diffusion: a bound)", ("exact", "elbo")
+    ),
     "tokens": _f(int, "tokens scored (windows x seq_len)"),
     "nll_per_token": _f(NUMBER, "mean NLL in nats per token (for random/diffusion: the mean over orders/trajectories)"),
     "ppl": _f(NUMBER, "exp(nll_per_token); for diffusion an upper bound on the sampler's perplexity"),
@@ -100,8 +101,10 @@ SBP_ROW: dict[str, Field] = {
 SBP: dict[str, Field] = {
     "checkpoint": _f(str, "the generator's checkpoint folder"),
     "step": _f((int, NoneType), "its training step"),
-    "judge": _f(dict, "{kind: checkpoint|transformers|self, path, tokenizer: same|retokenized, dtype; "
-                      "arch, step for checkpoints}"),
+    "judge": _f(
+        dict,
+        "{kind: checkpoint|transformers|self, path, tokenizer: same|retokenized, dtype; arch, step for checkpoints}",
+    ),
     "length": _f(int, "N, tokens per sample"),
     "num_samples": _f(int, "K, samples per S"),
     "temperature": _f(NUMBER, "sampling temperature"),

@@ -128,9 +128,7 @@ def _sbp_blocks(positions: torch.Tensor, streams: int) -> list[torch.Tensor]:
     if m == 0:
         return []
     if streams < 1 or m % streams:
-        raise ValueError(
-            f"SBP needs the number of generated positions ({m}) to be a multiple of streams={streams}"
-        )
+        raise ValueError(f"SBP needs the number of generated positions ({m}) to be a multiple of streams={streams}")
     order, block = sbp_pattern(m, streams)
     ordered = positions[:, order]
     return [ordered[:, block == b] for b in range(int(block.max()) + 1)]

@@ -105,7 +105,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask
     raise AssertionError(mask.backend)  # pragma: no cover
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flex_fn(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -179,8 +179,9 @@ def ancestral_sample(
             calls += 1
         reveal = masked & (torch.rand(x.shape, generator=generator, dtype=torch.float64) < 1.0 / t).to(x.device)
         if bool(reveal.any()):
-            drawn = sample_logits(logits[reveal].cpu(), temperature=temperature, top_p=top_p, generator=generator,
-                                  dtype=torch.float64)
+            drawn = sample_logits(
+                logits[reveal].cpu(), temperature=temperature, top_p=top_p, generator=generator, dtype=torch.float64
+            )
             x[reveal] = drawn.to(x.device)
             logits = None  # the input changed: the next step needs a new forward call
     return SampleResult(tokens=x, forward_calls=calls, seconds=time.perf_counter() - start)

@@ -50,7 +50,7 @@ class BlockMaskSpec:
 
     def dense(self) -> torch.Tensor:
         """Boolean [B, 1, Q, K] mask, True where attention is allowed."""
-        return (self.k_block[:, None, None, :] <= self.q_limit[:, None, :, None])
+        return self.k_block[:, None, None, :] <= self.q_limit[:, None, :, None]
 
     def cache_key(self) -> tuple:
         """Content key for reusing a compiled mask across steps with the same block pattern."""
@@ -107,7 +107,7 @@ def dense_strict(block: torch.Tensor) -> torch.Tensor:
 # FlexAttention BlockMask, cached per pattern
 # --------------------------------------------------------------------------------------------------
 
-_FLEX_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
+_FLEX_CACHE: OrderedDict[tuple, object] = OrderedDict()
 _FLEX_CACHE_SIZE = 32
 
 

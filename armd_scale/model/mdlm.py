@@ -117,6 +117,14 @@ class MDLMModel(_Transformer):
         masked_diffusion.ancestral_sample. `init` holds known tokens and `mask_id` where to generate."""
         device = self.embed.weight.device
         return md.ancestral_sample(
-            self, mask_id=self.mask_id, batch_size=batch_size, seq_len=seq_len, steps=steps, generator=generator,
-            temperature=temperature, top_p=top_p, init=init, device=device,
+            self,
+            mask_id=self.mask_id,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            steps=steps,
+            generator=generator,
+            temperature=temperature,
+            top_p=top_p,
+            init=init,
+            device=device,
         )

@@ -10,7 +10,7 @@ new order kind needs no model change.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

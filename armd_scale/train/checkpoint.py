@@ -41,8 +41,18 @@ TAG_RE = re.compile(r"^step_(\d{8})$")
 
 # Model fields that change parameter shapes or semantics; a resume with a different value is refused.
 SHAPE_FIELDS = (
-    "arch", "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "n_two_stream_layers", "d_pe",
-    "mlp", "mlp_ratio", "tie_embeddings", "positional_start",
+    "arch",
+    "vocab_size",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "max_seq_len",
+    "n_two_stream_layers",
+    "d_pe",
+    "mlp",
+    "mlp_ratio",
+    "tie_embeddings",
+    "positional_start",
 )
 
 
@@ -96,8 +106,15 @@ class ResumePlan:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, cfg: Config, dist_info: DistInfo, *, tokenizer_sha256: str,
-                 tokenizer_dir: str | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        dist_info: DistInfo,
+        *,
+        tokenizer_sha256: str,
+        tokenizer_dir: str | None = None,
+    ):
         self.dir = run_dir / "checkpoints"
         self.cfg = cfg
         self.dist = dist_info
@@ -107,8 +124,13 @@ class Checkpointer:
     # -- topology ---------------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
         p = self.cfg.parallel
-        return dict(world_size=self.dist.world_size, tp=p.tp, dp=self.dist.world_size // p.tp,
-                    zero_stage=p.zero_stage, precision=p.precision)
+        return dict(
+            world_size=self.dist.world_size,
+            tp=p.tp,
+            dp=self.dist.world_size // p.tp,
+            zero_stage=p.zero_stage,
+            precision=p.precision,
+        )
 
     # -- resume -----------------------------------------------------------------------------------
     def plan_resume(self) -> ResumePlan:
@@ -133,7 +155,9 @@ class Checkpointer:
         meta = read_meta(self.dir / tag)
         self._check_compatible(tag, meta)
         universal = check_reshard(
-            meta["topology"], world_size=self.dist.world_size, tp=self.cfg.parallel.tp,
+            meta["topology"],
+            world_size=self.dist.world_size,
+            tp=self.cfg.parallel.tp,
             zero_stage=self.cfg.parallel.zero_stage,
         )
         if universal:

@@ -10,8 +10,9 @@ Choices:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,9 @@ def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
             f"train.global_batch_size={cfg.train.global_batch_size} must be a multiple of "
             f"train.micro_batch_size x data-parallel ranks = {cfg.train.micro_batch_size} x {dp}"
         )
-    return BatchLayout(cfg.train.global_batch_size, cfg.train.micro_batch_size, dp, cfg.train.global_batch_size // per_step)
+    return BatchLayout(
+        cfg.train.global_batch_size, cfg.train.micro_batch_size, dp, cfg.train.global_batch_size // per_step
+    )
 
 
 def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool = False) -> dict[str, Any]:
@@ -112,7 +115,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False):
+def build_engine(
+    cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False
+):
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
 

@@ -89,7 +89,9 @@ def train(cfg: Config) -> int:
     metrics = MetricsLogger(cfg, run_dir, is_main=dist_info.is_main, start_step=state.step, wandb_id=state.wandb_run_id)
     state.wandb_run_id = metrics.wandb_id
     if plan.tag is not None:
-        metrics.message(f"resumed from {plan.tag} (step {state.step}){' via universal checkpoint' if plan.universal else ''}")
+        metrics.message(
+            f"resumed from {plan.tag} (step {state.step}){' via universal checkpoint' if plan.universal else ''}"
+        )
     if init_message:
         metrics.message(init_message)
     objective = make_objective(cfg, layout.global_batch)
@@ -125,7 +127,9 @@ def train(cfg: Config) -> int:
                     optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, dist_info.device) > 0
                 engine.backward(loss)
                 engine.step()
-            total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens.numel() * layout.grad_accum], dist_info.device)
+            total_nll, total_tokens = all_reduce_sum(
+                [float(nll_sum), tokens.numel() * layout.grad_accum], dist_info.device
+            )
             # Every rank of a tensor-parallel group saw the same tokens: count each data-parallel slice once.
             step_loss = total_nll / total_tokens
             state.step += 1
@@ -133,8 +137,10 @@ def train(cfg: Config) -> int:
 
             if not math.isfinite(step_loss):
                 state.bad_steps += 1
-                metrics.message(f"step {state.step}: non-finite loss ({step_loss}); update skipped "
-                                f"({state.bad_steps}/{cfg.train.max_bad_steps})")
+                metrics.message(
+                    f"step {state.step}: non-finite loss ({step_loss}); update skipped "
+                    f"({state.bad_steps}/{cfg.train.max_bad_steps})"
+                )
                 if state.bad_steps >= cfg.train.max_bad_steps:
                     raise TrainingDiverged(
                         f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
@@ -144,7 +150,9 @@ def train(cfg: Config) -> int:
                 state.bad_steps = 0
                 spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
                 if spike:
-                    metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
+                    metrics.message(
+                        f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}"
+                    )
                 state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
                 if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps or spike:
                     dt = time.perf_counter() - t0
@@ -179,7 +187,9 @@ def train(cfg: Config) -> int:
             if finished or stopping or state.step % cfg.train.checkpoint_every == 0:
                 checkpointer.save(engine, state.step, trainer=state.to_dict(), loader=loader.state_dict())
             if stopping:
-                metrics.message(f"stopping at step {state.step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}")
+                metrics.message(
+                    f"stopping at step {state.step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}"
+                )
                 exit_code = EXIT_PREEMPTED
                 break
     finally:

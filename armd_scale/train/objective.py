@@ -143,8 +143,10 @@ class MaskedDiffusionObjective(Objective):
         return {"val/elbo": mean, "val/ppl_bound": math.exp(min(mean, 50.0))}
 
     def val_message(self, mean: float) -> str:
-        return (f"validation {self.bound_name} {mean:.4f} nats/token, perplexity <= {math.exp(min(mean, 50.0)):.2f} "
-                "(a bound, not an exact NLL)")
+        return (
+            f"validation {self.bound_name} {mean:.4f} nats/token, perplexity <= {math.exp(min(mean, 50.0)):.2f} "
+            "(a bound, not an exact NLL)"
+        )
 
     def describe(self) -> str:
         return "objective=mdlm (continuous-time MDLM loss; train.order ignored)"

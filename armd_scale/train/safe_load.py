@@ -55,8 +55,7 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: it contains objects that are not tensors or plain containers "
-            f"({_reason(e)})"
+            f"refusing to load {path}: it contains objects that are not tensors or plain containers ({_reason(e)})"
         ) from None
 
 

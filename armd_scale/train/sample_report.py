@@ -36,7 +36,9 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
         if streams:
             gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
             par = sample_sbp(model, length, streams, generator=gen, temperature=0.8)
-            say(f"sample (SBP, {streams} streams, {par.forward_calls} forward calls):\n"
-                f"{tokenizer.decode(par.tokens[0].tolist())}\n")
+            say(
+                f"sample (SBP, {streams} streams, {par.forward_calls} forward calls):\n"
+                f"{tokenizer.decode(par.tokens[0].tolist())}\n"
+            )
     finally:
         model.train(was_training)

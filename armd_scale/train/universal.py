@@ -127,8 +127,13 @@ def write_universal(folder: Path, output: Path) -> None:
             if path.is_file():
                 os.symlink(path, Path(view) / path.name)
         args = argparse.Namespace(
-            input_folder=view, output_folder=str(output), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False,
+            input_folder=view,
+            output_folder=str(output),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=False,
         )
         # ds_to_universal reports on stdout; keep stdout for the commands' own results (inspect --json).
         with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
@@ -150,7 +155,9 @@ def full_state_dict(folder: Path, topology: dict) -> dict[str, torch.Tensor]:
     if topology.get("layout") == UNIVERSAL:
         tag_dir = universal_tag_dir(folder)
         if tag_dir is None:
-            raise FileNotFoundError(f"{folder} is marked universal but has no {UNIVERSAL}/{LATEST_UNIVERSAL} naming its tag")
+            raise FileNotFoundError(
+                f"{folder} is marked universal but has no {UNIVERSAL}/{LATEST_UNIVERSAL} naming its tag"
+            )
         return read_universal(tag_dir)
     if topology["zero_stage"] == 0 and not glob.glob(str(folder / "*optim_states.pt")):
         shards = [safe_torch_load(folder / f"mp_rank_{r:02d}_model_states.pt") for r in range(topology["tp"])]
@@ -171,7 +178,11 @@ def merge_tp_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     merged = {}
     for name, first in shards[0].items():
         dim = next(
-            (dims[spec["partition_type"]] for spec in ARMD_TP_LAYER_SPECS if any(re.match(p, name) for p in spec["patterns"])),
+            (
+                dims[spec["partition_type"]]
+                for spec in ARMD_TP_LAYER_SPECS
+                if any(re.match(p, name) for p in spec["patterns"])
+            ),
             None,
         )
         merged[name] = first if dim is None else torch.cat([s[name] for s in shards], dim=dim)

@@ -31,9 +31,13 @@ def gpu_check():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_without_cuda_the_script_says_so_and_runs_nothing(tmp_path):
     scratch = tmp_path / "scratch"
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
-                          env={"PATH": __import__("os").environ["PATH"], "GPU_CHECK_DIR": str(scratch),
-                               "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": __import__("os").environ["PATH"], "GPU_CHECK_DIR": str(scratch), "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no CUDA device" in proc.stderr and "nothing was run" in proc.stderr
     assert not scratch.exists()
@@ -43,8 +47,15 @@ def fake_run(root: Path, arch: str, backend: str, step_times: list[float]) -> No
     """A run folder as `armd train` leaves it: resolved config plus one metrics line per step."""
     run = root / f"{arch}-{backend}"
     run.mkdir(parents=True)
-    cfg = load_config("owt-small", [f"model.arch={arch}", f"model.attention_backend={backend}",
-                                    "train.global_batch_size=64", "train.micro_batch_size=16"])
+    cfg = load_config(
+        "owt-small",
+        [
+            f"model.arch={arch}",
+            f"model.attention_backend={backend}",
+            "train.global_batch_size=64",
+            "train.micro_batch_size=16",
+        ],
+    )
     (run / "config.yaml").write_text(dump_config(cfg))
     lines = [json.dumps({"step": i + 1, "step_time_s": t, "train/loss": 5.0}) for i, t in enumerate(step_times)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -67,7 +78,8 @@ def test_report_gives_tokens_per_second_and_the_armd_over_ar_ratio(tmp_path, cap
     assert rows[("ar", "sdpa")]["tokens_per_s"] == pytest.approx(64 * 1024 / 1.0)
     cfg = load_config("owt-small")
     assert rows[("armd", "sdpa")]["train_flops_per_token"] == pytest.approx(
-        training_flops_per_token(cfg.model, cfg.data.seq_len))
+        training_flops_per_token(cfg.model, cfg.data.seq_len)
+    )
     text = (tmp_path / "report.md").read_text()
     assert "| flex | armd | 1.500 |" in text and "1.50x" in text and "1.20x" in text
 

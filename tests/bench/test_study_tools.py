@@ -31,8 +31,25 @@ def test_continuous_bound_matches_the_random_order_average(text_mdlm_run, tmp_pa
     elbo = load_script("repro_mdlm_elbo")
     train, _, _ = text_mdlm_run.data_urls()
     out = tmp_path / "continuous.json"
-    assert elbo.main(["--checkpoint", str(text_mdlm_run.dir), "--data", train, "--max-tokens", "512",
-                      "--draws", "64", "--seed", "0", "--json", str(out)]) == 0
+    assert (
+        elbo.main(
+            [
+                "--checkpoint",
+                str(text_mdlm_run.dir),
+                "--data",
+                train,
+                "--max-tokens",
+                "512",
+                "--draws",
+                "64",
+                "--seed",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["kind"] == "continuous" and doc["likelihood"] == "elbo" and doc["draws"] == 64
     assert doc["tokens"] == 512 and len(doc["nll_per_draw"]) == 64
@@ -40,8 +57,30 @@ def test_continuous_bound_matches_the_random_order_average(text_mdlm_run, tmp_pa
     assert doc["bits_per_byte"] == pytest.approx(doc["nll_per_token"] * doc["tokens"] / (doc["bytes"] * math.log(2)))
 
     rand = tmp_path / "random.json"
-    assert armd_main(["eval", "ppl", "--checkpoint", str(text_mdlm_run.dir), "--data", train, "--max-tokens", "512",
-                      "--order", "random", "--orders", "16", "--seed", "1", "--no-progress", "--json", str(rand)]) == 0
+    assert (
+        armd_main(
+            [
+                "eval",
+                "ppl",
+                "--checkpoint",
+                str(text_mdlm_run.dir),
+                "--data",
+                train,
+                "--max-tokens",
+                "512",
+                "--order",
+                "random",
+                "--orders",
+                "16",
+                "--seed",
+                "1",
+                "--no-progress",
+                "--json",
+                str(rand),
+            ]
+        )
+        == 0
+    )
     reference = json.loads(rand.read_text())
     standard_error = reference["nll_std"] / math.sqrt(16) + doc["nll_std"] / math.sqrt(64)  # of the two means
     assert abs(doc["nll_per_token"] - reference["nll_per_token"]) < 4 * standard_error + 0.02, (doc, reference)
@@ -50,8 +89,27 @@ def test_continuous_bound_matches_the_random_order_average(text_mdlm_run, tmp_pa
 def test_mdlm_samples_are_scored_like_an_sbp_sweep(text_mdlm_run, text_ar_run, tmp_path):
     samples = load_script("repro_mdlm_samples")
     out = tmp_path / "mdlm"
-    assert samples.main(["--checkpoint", str(text_mdlm_run.dir), "--judge", str(text_ar_run.dir), "--length", "16",
-                         "--steps", "16,4", "--num-samples", "3", "--seed", "0", "--out", str(out)]) == 0
+    assert (
+        samples.main(
+            [
+                "--checkpoint",
+                str(text_mdlm_run.dir),
+                "--judge",
+                str(text_ar_run.dir),
+                "--length",
+                "16",
+                "--steps",
+                "16,4",
+                "--num-samples",
+                "3",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "results.json").read_text())
     assert [r["steps"] for r in doc["results"]] == [16, 4]
     for row in doc["results"]:
@@ -71,8 +129,9 @@ def test_mdlm_tools_refuse_other_archs(text_ar_run, tmp_path):
 
 def test_repro_sh_skips_cleanly_without_the_corpora(tmp_path):
     env = {**os.environ, "CORPORA": str(tmp_path / "absent"), "REPRO_DIR": str(tmp_path / "repro")}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "repro.sh")], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "repro.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "SKIPPED" in proc.stdout and str(tmp_path / "absent") in proc.stdout
     assert not (tmp_path / "repro").exists()  # nothing was made
@@ -80,14 +139,23 @@ def test_repro_sh_skips_cleanly_without_the_corpora(tmp_path):
 
 def test_repro_sh_refuses_a_folder_it_did_not_make(tmp_path):
     corpora = tmp_path / "corpora"
-    for name in ("gutenberg_nltk", "janeausten", "brown", "state_union", "inaugural", "tinyshakespeare", "lm1b",
-                 "wikitext-2"):
+    for name in (
+        "gutenberg_nltk",
+        "janeausten",
+        "brown",
+        "state_union",
+        "inaugural",
+        "tinyshakespeare",
+        "lm1b",
+        "wikitext-2",
+    ):
         (corpora / name).mkdir(parents=True)
     precious = tmp_path / "mine"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     env = {**os.environ, "CORPORA": str(corpora), "REPRO_DIR": str(precious)}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "repro.sh")], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "repro.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "not made by this script" in proc.stderr
     assert (precious / "notes.txt").read_text() == "keep me"

@@ -75,8 +75,18 @@ def test_export_from_a_universal_checkpoint(zero1_run, tmp_path, capsys):
 
 
 def test_bf16_export_reports_its_rounding(zero0_run, tmp_path, capsys):
-    code, stdout, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out",
-                                str(tmp_path / "e"), "--dtype", "bf16", "--json")
+    code, stdout, err = convert(
+        capsys,
+        "--checkpoint",
+        str(zero0_run.dir),
+        "--to",
+        "export",
+        "--out",
+        str(tmp_path / "e"),
+        "--dtype",
+        "bf16",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(stdout)
     assert not report["exact_required"] and 0 < report["max_abs_logit_diff"] < 0.1
@@ -106,9 +116,12 @@ def test_existing_output_and_overlap_are_refused(zero0_run, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     code, _, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(out))
     assert code == 1 and "is not empty" in err and (out / "keep.txt").exists()
-    code, _, err = convert(capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(zero0_run.dir),
-                           "--overwrite")
-    assert code == 1 and "overlaps the checkpoint" in err and zero0_run.checkpoints() == ["step_00000003", "step_00000006"]
+    code, _, err = convert(
+        capsys, "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(zero0_run.dir), "--overwrite"
+    )
+    assert (
+        code == 1 and "overlaps the checkpoint" in err and zero0_run.checkpoints() == ["step_00000003", "step_00000006"]
+    )
 
 
 BLOCKED = """
@@ -131,8 +144,13 @@ def test_export_loads_where_deepspeed_cannot_be_imported(zero1_run, tmp_path, ca
     code, _, err = convert(capsys, "--checkpoint", str(zero1_run.dir), "--to", "export", "--out", str(out))
     assert code == 0, err
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", BLOCKED, str(out), str(tmp_path / "logits.pt")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED, str(out), str(tmp_path / "logits.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"step": 6, "text": "def f(x):", "deepspeed": []}

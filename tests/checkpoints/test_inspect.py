@@ -31,14 +31,27 @@ def test_run_dir_fields(zero1_run, capsys):
     assert info["kind"] == "deepspeed" and info["step"] == 6
     assert info["folder"] == str(zero1_run.dir / "checkpoints" / "step_00000006")
     assert [c["tag"] for c in info["checkpoints"]] == ["step_00000003", "step_00000006"]
-    assert info["config"] == {"arch": "armd", "n_layers": 2, "d_model": 32, "n_heads": 2, "seq_len": 32,
-                              "max_seq_len": 32, "vocab_size": 128, "tie_embeddings": True, "order": "progressive"}
+    assert info["config"] == {
+        "arch": "armd",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "seq_len": 32,
+        "max_seq_len": 32,
+        "vocab_size": 128,
+        "tie_embeddings": True,
+        "order": "progressive",
+    }
     assert info["tokenizer_sha256"] == meta["tokenizer_sha256"] and len(info["tokenizer_sha256"]) == 64
     assert info["topology"] == {"world_size": 2, "dp": 2, "tp": 1, "zero_stage": 1, "precision": "fp32"}
     model = build_model(config_from_dict(meta["config"]).model)
     assert info["parameters"] == model.num_params() == sum(p.numel() for p in model.parameters())
-    assert info["loader"] == {"epoch": 0, "cursor": 6 * 8, "num_samples": meta["loader"]["num_samples"],
-                              "global_batch_size": 8}
+    assert info["loader"] == {
+        "epoch": 0,
+        "cursor": 6 * 8,
+        "num_samples": meta["loader"]["num_samples"],
+        "global_batch_size": 8,
+    }
     assert info["wandb_run_id"] is None  # log.wandb=off in the tiny runs
     sizes = {f["path"]: f["bytes"] for f in info["files"]}
     folder = Path(info["folder"])
@@ -48,8 +61,14 @@ def test_run_dir_fields(zero1_run, capsys):
 
     code, text, _ = inspect(capsys, str(zero1_run.dir))
     assert code == 0
-    for fragment in ("step          6", "world size 2 (dp 2 x tp 1), ZeRO-1, fp32", "armd, 2 layers, d_model 32",
-                     "cursor 48", "order         progressive", f"{info['parameters']:,}"):
+    for fragment in (
+        "step          6",
+        "world size 2 (dp 2 x tp 1), ZeRO-1, fp32",
+        "armd, 2 layers, d_model 32",
+        "cursor 48",
+        "order         progressive",
+        f"{info['parameters']:,}",
+    ):
         assert fragment in text
 
 
@@ -108,14 +127,20 @@ def test_diff_of_runs_with_another_config_and_topology(zero0_run, tp2_run, capsy
 
     code, text, _ = inspect(capsys, "--diff", str(zero0_run.dir), str(tp2_run.dir))
     assert code == 0
-    for fragment in ("model.mlp_ratio: A 4.0, B 2.0", "world_size: A 1, B 2",
-                     "layers.1.mlp.down.weight: shape A (32, 88), B (32, 48)", "6 shape mismatch(es)"):
+    for fragment in (
+        "model.mlp_ratio: A 4.0, B 2.0",
+        "world_size: A 1, B 2",
+        "layers.1.mlp.down.weight: shape A (32, 88), B (32, 48)",
+        "6 shape mismatch(es)",
+    ):
         assert fragment in text
 
 
 def test_diff_against_an_export_of_the_same_checkpoint(zero0_run, tmp_path, capsys):
     out_dir = tmp_path / "e"
-    assert main(["convert", "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(out_dir), "--quiet"]) == 0
+    assert (
+        main(["convert", "--checkpoint", str(zero0_run.dir), "--to", "export", "--out", str(out_dir), "--quiet"]) == 0
+    )
     capsys.readouterr()
     code, out, err = inspect(capsys, "--diff", str(zero0_run.dir), str(out_dir), "--json")
     assert code == 0, err

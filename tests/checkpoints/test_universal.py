@@ -10,7 +10,13 @@ import torch
 
 from armd_scale.cli import main
 from armd_scale.train.checkpoint import read_meta
-from armd_scale.train.universal import ReshardError, check_reshard, convert_to_universal, full_state_dict, read_universal
+from armd_scale.train.universal import (
+    ReshardError,
+    check_reshard,
+    convert_to_universal,
+    full_state_dict,
+    read_universal,
+)
 
 from .conftest import run_train
 
@@ -60,7 +66,9 @@ def test_a_misnamed_universal_folder_is_refused_on_resume(zero1_run, tmp_path, c
     assert main(["convert", "--checkpoint", str(zero1_run.dir), "--to", "universal", "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
     assert check_reshard(read_meta(out)["topology"], world_size=2, tp=1, zero_stage=1)  # same topology: still universal
-    with pytest.raises(ReshardError, match="holds the universal checkpoint 'step_00000006' but is named 'step_00000009'"):
+    with pytest.raises(
+        ReshardError, match="holds the universal checkpoint 'step_00000006' but is named 'step_00000009'"
+    ):
         convert_to_universal(out)
     out.rename(out.with_name("step_00000006"))
     assert convert_to_universal(out.with_name("step_00000006")) == out.with_name("step_00000006") / "universal"

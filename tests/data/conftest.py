@@ -52,8 +52,15 @@ def tokenizer(tokenizer_dir: Path) -> Tokenizer:
     return Tokenizer.load(str(tokenizer_dir))
 
 
-def write_indexed_set(url: str, num_samples: int, *, seq_len: int = 4, samples_per_shard: int = 64,
-                      vocab_size: int = 5000, tokenizer_sha: str = "t" * 64) -> Manifest:
+def write_indexed_set(
+    url: str,
+    num_samples: int,
+    *,
+    seq_len: int = 4,
+    samples_per_shard: int = 64,
+    vocab_size: int = 5000,
+    tokenizer_sha: str = "t" * 64,
+) -> Manifest:
     """A shard set whose sample i is [i, i, ..., i]: content says which sample it is."""
     assert num_samples < vocab_size
     writer = ShardSetWriter(url, "train", seq_len, vocab_size, tokenizer_sha, samples_per_shard, None)

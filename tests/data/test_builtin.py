@@ -17,7 +17,9 @@ from armd_scale.data.tokenizer import Tokenizer, tokenizer_info
 
 def cfg(tmp_path: Path, **kw) -> DataConfig:
     kw.setdefault("train", "builtin:pydoc")
-    return DataConfig(cache_dir=str(tmp_path / "cache"), seq_len=kw.pop("seq_len", 64), vocab_size=kw.pop("vocab_size", 200), **kw)
+    return DataConfig(
+        cache_dir=str(tmp_path / "cache"), seq_len=kw.pop("seq_len", 64), vocab_size=kw.pop("vocab_size", 200), **kw
+    )
 
 
 def test_pydoc_is_built_once_and_matches_its_settings(tmp_path: Path) -> None:
@@ -34,8 +36,16 @@ def test_pydoc_is_built_once_and_matches_its_settings(tmp_path: Path) -> None:
     other = ensure_builtin_dataset(cfg(tmp_path, seq_len=32))
     assert other[0] != train and manifest_info(other[0])["seq_len"] == 32
     assert ensure_builtin_dataset(cfg(tmp_path, val="/explicit/val"))[1] == "/explicit/val"
-    loader = ShardLoader(train, global_batch_size=8, micro_batch_size=4, rank=0, world_size=1, seed=0,
-                         expect_tokenizer_sha=tok.sha256, expect_seq_len=64)
+    loader = ShardLoader(
+        train,
+        global_batch_size=8,
+        micro_batch_size=4,
+        rank=0,
+        world_size=1,
+        seed=0,
+        expect_tokenizer_sha=tok.sha256,
+        expect_seq_len=64,
+    )
     assert tuple(next(iter(loader)).shape) == (4, 64)
     loader.close()
 

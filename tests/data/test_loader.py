@@ -169,7 +169,9 @@ def _damage(url: str, shard: int, how: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("how,reason", [("missing", "missing"), ("truncated", "truncated"), ("checksum", "checksum mismatch")])
+@pytest.mark.parametrize(
+    "how,reason", [("missing", "missing"), ("truncated", "truncated"), ("checksum", "checksum mismatch")]
+)
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_shard_raises_naming_the_shard(indexed_set: str, how: str, reason: str, workers: int) -> None:
     bad = _damage(indexed_set, 3, how)
@@ -192,7 +194,8 @@ def test_skip_mode_counts_bad_shards_and_keeps_batch_shapes(indexed_set: str) ->
 def test_memory_filesystem_with_workers_uses_threads() -> None:
     url = "memory://armd-test/indexed"
     write_indexed_set(url, 300, samples_per_shard=32)
-    loader = ShardLoader(url, global_batch_size=8, micro_batch_size=4, rank=0, world_size=1, seed=0,
-                         num_workers=2, loop=False)
+    loader = ShardLoader(
+        url, global_batch_size=8, micro_batch_size=4, rank=0, world_size=1, seed=0, num_workers=2, loop=False
+    )
     ids = [i for b in loader for i in sample_ids(b)]
     assert len(ids) == len(set(ids)) == 296 and np.max(ids) < 300

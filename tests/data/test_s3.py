@@ -57,11 +57,16 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     # the server logs every request: to a file, since an unread pipe would fill up and stall it
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     try:
         _wait_until_serving(endpoint, proc, log, timeout_s=30)
@@ -93,7 +98,9 @@ def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> No
     assert Tokenizer.load(tok_url).sha256 == tok.sha256
     out = f"s3://{BUCKET}/sets/pydoc"
     manifests = build_shards(["builtin:pydoc"], out, tok_url, seq_len=32, val_fraction=0.1, samples_per_shard=200)
-    local = build_shards(["builtin:pydoc"], str(tmp_path / "local"), tok, seq_len=32, val_fraction=0.1, samples_per_shard=200)
+    local = build_shards(
+        ["builtin:pydoc"], str(tmp_path / "local"), tok, seq_len=32, val_fraction=0.1, samples_per_shard=200
+    )
     assert manifests["train"].fingerprint == local["train"].fingerprint  # same bytes wherever they live
     assert all(r.ok for r in verify_shards(out))
     assert (shard_stream(out + "/train") == shard_stream(str(tmp_path / "local" / "train"))).all()
@@ -101,8 +108,18 @@ def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> No
     assert not [p for p in fs.find(path) if ".tmp-" in p], "temporary objects left behind"
 
     def batches(url: str, workers: int) -> list:
-        loader = ShardLoader(url, global_batch_size=16, micro_batch_size=8, rank=0, world_size=1, seed=0,
-                             num_workers=workers, loop=False, expect_tokenizer_sha=tok.sha256, expect_seq_len=32)
+        loader = ShardLoader(
+            url,
+            global_batch_size=16,
+            micro_batch_size=8,
+            rank=0,
+            world_size=1,
+            seed=0,
+            num_workers=workers,
+            loop=False,
+            expect_tokenizer_sha=tok.sha256,
+            expect_seq_len=32,
+        )
         return [b.tolist() for b in loader]
 
     on_s3 = batches(out + "/train", workers=1)  # a worker process reads from S3 with the same settings

@@ -23,10 +23,13 @@ def document_stream(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     return np.array([t for d in docs for t in tok.encode(d) + [tok.eos_id]], dtype=np.int64)
 
 
-def test_text_to_shards_to_loader_reproduces_the_token_stream(tmp_path: Path, corpus_dir: Path, tokenizer: Tokenizer) -> None:
+def test_text_to_shards_to_loader_reproduces_the_token_stream(
+    tmp_path: Path, corpus_dir: Path, tokenizer: Tokenizer
+) -> None:
     out = str(tmp_path / "set")
-    m = build_shards([str(corpus_dir)], out, tokenizer, seq_len=8, samples_per_shard=3, text_field="body",
-                     doc_split="paragraph")["train"]
+    m = build_shards(
+        [str(corpus_dir)], out, tokenizer, seq_len=8, samples_per_shard=3, text_field="body", doc_split="paragraph"
+    )["train"]
     docs = list(iter_corpus(expand_inputs([str(corpus_dir)]), text_field="body", doc_split="paragraph"))
     assert docs == DOCS_TXT + DOCS_JSONL + [DOC_GZ]  # folder order a.txt, b.jsonl, c.txt.gz; README/.md ignored
     expected = document_stream(tokenizer, docs)
@@ -37,7 +40,9 @@ def test_text_to_shards_to_loader_reproduces_the_token_stream(tmp_path: Path, co
     text = tokenizer.decode(expected[: 8 * n])
     assert text.startswith(DOCS_TXT[0] + DOCS_TXT[1])
     # the loader serves exactly these samples (in its own order) when nothing is dropped
-    loader = ShardLoader(out + "/train", global_batch_size=1, micro_batch_size=1, rank=0, world_size=1, seed=3, loop=False)
+    loader = ShardLoader(
+        out + "/train", global_batch_size=1, micro_batch_size=1, rank=0, world_size=1, seed=3, loop=False
+    )
     served = np.concatenate([b.numpy() for b in loader])
     chunks = expected[: 8 * n].reshape(n, 8)
     assert sorted(map(tuple, served)) == sorted(map(tuple, chunks))
@@ -59,7 +64,11 @@ def test_validation_holds_out_whole_documents(tmp_path: Path, tokenizer: Tokeniz
 
 
 def _files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_builds_are_byte_identical_with_any_worker_count(tmp_path: Path, tokenizer_dir: Path) -> None:
@@ -73,7 +82,9 @@ def test_builds_are_byte_identical_with_any_worker_count(tmp_path: Path, tokeniz
 
 def test_manifest_records_what_was_built(tmp_path: Path, corpus_dir: Path, tokenizer: Tokenizer) -> None:
     out = tmp_path / "set"
-    build_shards([str(corpus_dir / "a.txt")], str(out), tokenizer, seq_len=4, samples_per_shard=5, seed=9, doc_split="line")
+    build_shards(
+        [str(corpus_dir / "a.txt")], str(out), tokenizer, seq_len=4, samples_per_shard=5, seed=9, doc_split="line"
+    )
     m = read_manifest(str(out / "train"))
     assert m.tokenizer_sha256 == tokenizer.sha256 and m.vocab_size == 256 and m.seq_len == 4 and m.dtype == "uint16"
     assert m.build["seed"] == 9 and m.build["val_fraction"] == 0.0 and m.build["doc_split"] == "line"

@@ -68,7 +68,7 @@ def test_decoding_falls_back_to_latin1_and_normalises_newlines(tmp_path: Path) -
     assert decode_text("caf\xe9\r\nline\rend".encode("latin-1")) == "caf\xe9\nline\nend"
     assert decode_text("\ufeffna\u00efve\r\n".encode("utf-8")) == "na\u00efve\n"
     gz = tmp_path / "x.txt.gz"
-    gz.write_bytes(gzip.compress("one\r\n\r\ntwo".encode()))
+    gz.write_bytes(gzip.compress(b"one\r\n\r\ntwo"))
     assert list(iter_corpus([str(gz)], doc_split="paragraph")) == ["one", "two"]
 
 
@@ -94,9 +94,14 @@ def test_input_errors_name_file_line_and_key(tmp_path: Path) -> None:
         train_tokenizer(["builtin:pydoc"], str(tmp_path / "big"), vocab_size=100_000)
 
 
-@pytest.mark.skipif(not (CORPORA / "tinyshakespeare").is_dir(), reason="../shared/corpora/tinyshakespeare is not present (optional real-text check)")
+@pytest.mark.skipif(
+    not (CORPORA / "tinyshakespeare").is_dir(),
+    reason="../shared/corpora/tinyshakespeare is not present (optional real-text check)",
+)
 def test_real_corpus_round_trip(tmp_path: Path) -> None:
-    tok = train_tokenizer([str(CORPORA / "tinyshakespeare")], str(tmp_path / "t"), vocab_size=1000, character_coverage=1.0)
+    tok = train_tokenizer(
+        [str(CORPORA / "tinyshakespeare")], str(tmp_path / "t"), vocab_size=1000, character_coverage=1.0
+    )
     text = next(iter_corpus(expand_inputs([str(CORPORA / "tinyshakespeare")])))[:20_000]
     ids = tok.encode(text)
     assert tok.decode(ids) == text and len(ids) < len(text) / 2  # merges do compress

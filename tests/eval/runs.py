@@ -24,19 +24,67 @@ import pytest
 
 MARKOV = "synthetic:markov?vocab=8&order=1&seed=0&samples=4096&val_samples=256"
 SEQ_LEN = 32
-TINY_MODEL = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", f"model.max_seq_len={SEQ_LEN}",
-              "model.d_pe=8", f"data.seq_len={SEQ_LEN}"]
-COMMON = ["train.global_batch_size=16", "train.micro_batch_size=16", "train.warmup_steps=10", "train.log_every=50",
-          "train.eval_every=0", "log.wandb=off", "log.progress_bar=false", "train.order.kind=l2r"]
+TINY_MODEL = [
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    f"model.max_seq_len={SEQ_LEN}",
+    "model.d_pe=8",
+    f"data.seq_len={SEQ_LEN}",
+]
+COMMON = [
+    "train.global_batch_size=16",
+    "train.micro_batch_size=16",
+    "train.warmup_steps=10",
+    "train.log_every=50",
+    "train.eval_every=0",
+    "log.wandb=off",
+    "log.progress_bar=false",
+    "train.order.kind=l2r",
+]
 RUNS: dict[str, list[str]] = {
-    "markov": [*TINY_MODEL, *COMMON, "model.vocab_size=12", "data.vocab_size=12", f"data.train={MARKOV}",
-               "train.lr=1e-2", "train.steps=300", "train.checkpoint_every=300"],
-    "text": [*TINY_MODEL, *COMMON, "model.vocab_size=128", "data.vocab_size=128", "data.train=builtin:pydoc",
-             "train.lr=3e-3", "train.steps=20", "train.checkpoint_every=20"],
-    "text_ar": [*TINY_MODEL, *COMMON, "model.arch=ar", "model.vocab_size=128", "data.vocab_size=128",
-                "data.train=builtin:pydoc", "train.lr=3e-3", "train.steps=10", "train.checkpoint_every=10"],
-    "text_mdlm": [*TINY_MODEL, *COMMON, "model.arch=mdlm", "model.vocab_size=128", "data.vocab_size=128",
-                  "data.train=builtin:pydoc", "train.lr=3e-3", "train.steps=10", "train.checkpoint_every=10"],
+    "markov": [
+        *TINY_MODEL,
+        *COMMON,
+        "model.vocab_size=12",
+        "data.vocab_size=12",
+        f"data.train={MARKOV}",
+        "train.lr=1e-2",
+        "train.steps=300",
+        "train.checkpoint_every=300",
+    ],
+    "text": [
+        *TINY_MODEL,
+        *COMMON,
+        "model.vocab_size=128",
+        "data.vocab_size=128",
+        "data.train=builtin:pydoc",
+        "train.lr=3e-3",
+        "train.steps=20",
+        "train.checkpoint_every=20",
+    ],
+    "text_ar": [
+        *TINY_MODEL,
+        *COMMON,
+        "model.arch=ar",
+        "model.vocab_size=128",
+        "data.vocab_size=128",
+        "data.train=builtin:pydoc",
+        "train.lr=3e-3",
+        "train.steps=10",
+        "train.checkpoint_every=10",
+    ],
+    "text_mdlm": [
+        *TINY_MODEL,
+        *COMMON,
+        "model.arch=mdlm",
+        "model.vocab_size=128",
+        "data.vocab_size=128",
+        "data.train=builtin:pydoc",
+        "train.lr=3e-3",
+        "train.steps=10",
+        "train.checkpoint_every=10",
+    ],
 }
 
 
@@ -51,8 +99,9 @@ class TinyRun:
         from armd_scale.config import load_config
         from armd_scale.data.builtin import ensure_builtin_dataset
 
-        cfg = load_config(None, [o for o in self.overrides if o.startswith(("data.", "model."))]
-                          + [f"data.cache_dir={self.cache}"])
+        cfg = load_config(
+            None, [o for o in self.overrides if o.startswith(("data.", "model."))] + [f"data.cache_dir={self.cache}"]
+        )
         return ensure_builtin_dataset(cfg.data, build=False)
 
 
@@ -66,8 +115,11 @@ def _train_extras() -> list[str]:
 
 
 def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is faster on a shared CPU
     env["WANDB_MODE"] = "offline"
     return env
@@ -80,8 +132,16 @@ def tiny_run(factory: pytest.TempPathFactory, name: str) -> TinyRun:
     status = run_dir / "exit_status.json"
     if status.is_file() and json.loads(status.read_text())["code"] == 0:
         return run
-    cmd = [sys.executable, "-m", "armd_scale.cli", "train", *RUNS[name], *_train_extras(),
-           f"data.cache_dir={cache}", f"run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "armd_scale.cli",
+        "train",
+        *RUNS[name],
+        *_train_extras(),
+        f"data.cache_dir={cache}",
+        f"run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"training the '{name}' run failed:\n{proc.stdout}\n{proc.stderr}"
     return run

@@ -57,8 +57,10 @@ def test_markov_model_reaches_the_entropy_rate(markov_run, tmp_path):
     source, _ = parse_synthetic(MARKOV)
     h = source.entropy_rate()
     truth = _true_markov_nll(val_url)
-    print(f"markov: model l2r NLL {doc['nll_per_token']:.4f}, true chain on the same windows {truth:.4f}, "
-          f"entropy rate {h:.4f}, sequence entropy/token {source.sequence_entropy(SEQ_LEN) / SEQ_LEN:.4f}")
+    print(
+        f"markov: model l2r NLL {doc['nll_per_token']:.4f}, true chain on the same windows {truth:.4f}, "
+        f"entropy rate {h:.4f}, sequence entropy/token {source.sequence_entropy(SEQ_LEN) / SEQ_LEN:.4f}"
+    )
     assert doc["kind"] == "l2r" and doc["likelihood"] == "exact" and doc["tokens"] == 256 * SEQ_LEN
     assert doc["step"] == 300 and doc["bits_per_byte"] is None  # ids only: no bytes
     assert abs(doc["nll_per_token"] - h) < ENTROPY_TOL
@@ -70,9 +72,10 @@ def test_random_order_k1_equals_a_direct_computation(markov_run):
     pre = load_pretrained(markov_run.dir)
     _, val_url, _ = markov_run.data_urls()
     data = open_eval_data([val_url], codec_for(pre), seq_len=SEQ_LEN, max_tokens=8 * SEQ_LEN)
-    result = evaluate_likelihood(pre.model, data.batches(3), kind="random", seq_len=SEQ_LEN, orders=1, seed=5,
-                                 progress=False)
-    (order, _), = draw_orders("random", 1, SEQ_LEN, seed=5)
+    result = evaluate_likelihood(
+        pre.model, data.batches(3), kind="random", seq_len=SEQ_LEN, orders=1, seed=5, progress=False
+    )
+    ((order, _),) = draw_orders("random", 1, SEQ_LEN, seed=5)
     assert not torch.equal(order, torch.arange(SEQ_LEN))
     x = torch.as_tensor(np.concatenate(list(data.batches(8))))
     total = 0.0
@@ -96,15 +99,16 @@ def test_diffusion_with_single_token_blocks_is_the_random_order_nll(markov_run):
     windows = torch.randint(SYNTHETIC_TOKEN_OFFSET, 12, (6, n), generator=torch.Generator().manual_seed(0)).numpy()
     single = multi = None
     for seed in range(200):
-        (order, block), = draw_orders("diffusion", 1, n, seed=seed, steps=n)
+        ((order, block),) = draw_orders("diffusion", 1, n, seed=seed, steps=n)
         if int(block.max()) == n - 1:
             single = single if single is not None else (seed, order)
         elif multi is None:
             multi = (seed, order)
     assert single is not None and multi is not None
     for (seed, order), equal in ((single, True), (multi, False)):
-        elbo = evaluate_likelihood(pre.model, [windows], kind="diffusion", seq_len=n, orders=1, steps=n, seed=seed,
-                                   progress=False)
+        elbo = evaluate_likelihood(
+            pre.model, [windows], kind="diffusion", seq_len=n, orders=1, steps=n, seed=seed, progress=False
+        )
         perm, _, _, _ = score_orders(pre.model, [windows], [(order, torch.arange(n))], progress=False)
         assert elbo.likelihood == "elbo"
         assert bool(elbo.order_nll[0] == pytest.approx(float(perm[0]), rel=1e-6)) is equal
@@ -135,8 +139,9 @@ def test_uniform_model_bits_per_byte(text_run, tmp_path):
             return torch.zeros(*tokens.shape, 128) + 0 * self.w
 
     data = open_eval_data([str(text)], codec, seq_len=16)
-    result = evaluate_likelihood(Uniform(), data.batches(4), kind="l2r", seq_len=16,
-                                 byte_table=codec.byte_lengths(), progress=False)
+    result = evaluate_likelihood(
+        Uniform(), data.batches(4), kind="l2r", seq_len=16, byte_table=codec.byte_lengths(), progress=False
+    )
     windows = np.concatenate(list(data.batches(64)))
     decoded_bytes = sum(len(codec.decode(w).encode("utf-8")) for w in windows)
     assert result.num_bytes == decoded_bytes > 0
@@ -161,12 +166,24 @@ def test_text_input_scores_like_shards_built_from_it(text_run, tmp_path):
     assert capped["tokens"] == 2 * SEQ_LEN
 
 
-@pytest.mark.parametrize("kind, extra", [("l2r", []), ("random", ["--orders", "3"]),
-                                         ("diffusion", ["--steps", "8", "--orders", "2"])])
+@pytest.mark.parametrize(
+    "kind, extra", [("l2r", []), ("random", ["--orders", "3"]), ("diffusion", ["--steps", "8", "--orders", "2"])]
+)
 def test_ppl_json_follows_the_schema(text_run, tmp_path, kind, extra):
     _, val_url, _ = text_run.data_urls()
-    doc = _ppl(tmp_path, "--checkpoint", str(text_run.dir), "--data", val_url, "--order", kind,
-               "--max-tokens", str(6 * SEQ_LEN), "--float64", *extra)
+    doc = _ppl(
+        tmp_path,
+        "--checkpoint",
+        str(text_run.dir),
+        "--data",
+        val_url,
+        "--order",
+        kind,
+        "--max-tokens",
+        str(6 * SEQ_LEN),
+        "--float64",
+        *extra,
+    )
     assert doc["kind"] == kind and doc["dtype"] == "float64" and doc["bits_per_byte"] > 0
     if kind != "l2r":
         per = doc["nll_per_order"]

@@ -30,9 +30,28 @@ REPO = Path(__file__).resolve().parents[2]
 def test_sweep_writes_json_markdown_and_png(text_run, text_ar_run, tmp_path):
     out = tmp_path / "sweep"
     n, k = 16, 3
-    assert main(["eval", "sbp", "--checkpoint", str(text_run.dir), "--judge", str(text_ar_run.dir),
-                 "--streams", "1,2,4", "--length", str(n), "--num-samples", str(k), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "sbp",
+                "--checkpoint",
+                str(text_run.dir),
+                "--judge",
+                str(text_ar_run.dir),
+                "--streams",
+                "1,2,4",
+                "--length",
+                str(n),
+                "--num-samples",
+                str(k),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "results.json").read_text())
     validate(doc, "sbp")
     assert doc["judge"]["kind"] == "checkpoint" and doc["judge"]["arch"] == "ar"
@@ -56,9 +75,26 @@ def test_tools_wrapper_runs_the_same_sweep(text_run, tmp_path):
     """tools/sbp_eval.py in a subprocess; no judge means the generator scores itself."""
     out = tmp_path / "tool"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "sbp_eval.py"), "--checkpoint", str(text_run.dir), "--streams", "1,2",
-         "--length", "8", "--num-samples", "2", "--out", str(out), "--no-progress"],
-        env=cli_env(), capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "tools" / "sbp_eval.py"),
+            "--checkpoint",
+            str(text_run.dir),
+            "--streams",
+            "1,2",
+            "--length",
+            "8",
+            "--num-samples",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "results.json").read_text())
@@ -68,8 +104,23 @@ def test_tools_wrapper_runs_the_same_sweep(text_run, tmp_path):
 
 
 def test_sweep_rejects_streams_that_do_not_divide_the_length(text_run, tmp_path, capsys):
-    assert main(["eval", "sbp", "--checkpoint", str(text_run.dir), "--streams", "1,3", "--length", "8",
-                 "--out", str(tmp_path / "x")]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                "sbp",
+                "--checkpoint",
+                str(text_run.dir),
+                "--streams",
+                "1,3",
+                "--length",
+                "8",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
     assert "--streams [3]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -139,6 +190,7 @@ def test_transformers_judge_prepends_bos_and_truncates(tmp_path, monkeypatch):
         def from_pretrained(path, *, local_files_only):
             calls.append((path, local_files_only))
             return make()
+
         return SimpleNamespace(from_pretrained=from_pretrained)
 
     fake = types.ModuleType("transformers")

@@ -17,10 +17,25 @@ from armd_scale.eval.schema import GENERATE, PPL_BY_KIND, PPL_COMMON, SAMPLE, SB
 DOC = Path(__file__).resolve().parents[2] / "docs" / "EVALUATION.md"
 
 GOOD_PPL = {
-    "kind": "random", "likelihood": "exact", "tokens": 64, "nll_per_token": 2.0, "ppl": 7.389, "bits_per_byte": None,
-    "bytes": None, "windows": 2, "seq_len": 32, "checkpoint": "/r/checkpoints/step_1", "step": 1, "dtype": "float32",
-    "seed": 0, "data": [{"path": "/d", "kind": "shards", "windows": 2}], "orders": 2, "nll_std": 0.1,
-    "nll_min": 1.9, "nll_max": 2.1, "nll_per_order": [1.9, 2.1],
+    "kind": "random",
+    "likelihood": "exact",
+    "tokens": 64,
+    "nll_per_token": 2.0,
+    "ppl": 7.389,
+    "bits_per_byte": None,
+    "bytes": None,
+    "windows": 2,
+    "seq_len": 32,
+    "checkpoint": "/r/checkpoints/step_1",
+    "step": 1,
+    "dtype": "float32",
+    "seed": 0,
+    "data": [{"path": "/d", "kind": "shards", "windows": 2}],
+    "orders": 2,
+    "nll_std": 0.1,
+    "nll_min": 1.9,
+    "nll_max": 2.1,
+    "nll_per_order": [1.9, 2.1],
 }
 
 
@@ -28,16 +43,19 @@ def test_a_valid_document_passes_and_extra_keys_are_allowed():
     validate({**GOOD_PPL, "something_new": 1}, "ppl")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("nll_std"), r"\$\.nll_std: missing"),
-    (lambda d: d.update(tokens="64"), r"\$\.tokens: expected int"),
-    (lambda d: d.update(tokens=True), r"\$\.tokens: expected int"),
-    (lambda d: d.update(likelihood="elbo"), r"kind random is an exact likelihood"),
-    (lambda d: d.update(kind="diffusion", likelihood="elbo"), r"\$\.steps: missing"),
-    (lambda d: d.update(kind="bpc"), r"'bpc' is not one of"),
-    (lambda d: d.update(nll_per_order=[1.0, "x"]), r"nll_per_order\[1\]"),
-    (lambda d: d.update(dtype="bf16"), r"'bf16' is not one of"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("nll_std"), r"\$\.nll_std: missing"),
+        (lambda d: d.update(tokens="64"), r"\$\.tokens: expected int"),
+        (lambda d: d.update(tokens=True), r"\$\.tokens: expected int"),
+        (lambda d: d.update(likelihood="elbo"), r"kind random is an exact likelihood"),
+        (lambda d: d.update(kind="diffusion", likelihood="elbo"), r"\$\.steps: missing"),
+        (lambda d: d.update(kind="bpc"), r"'bpc' is not one of"),
+        (lambda d: d.update(nll_per_order=[1.0, "x"]), r"nll_per_order\[1\]"),
+        (lambda d: d.update(dtype="bf16"), r"'bf16' is not one of"),
+    ],
+)
 def test_the_validator_rejects_broken_ppl_documents(change, message):
     doc = copy.deepcopy(GOOD_PPL)
     change(doc)
@@ -46,9 +64,21 @@ def test_the_validator_rejects_broken_ppl_documents(change, message):
 
 
 def test_nested_samples_are_checked():
-    doc = {"streams": 1, "length": 2, "forward_calls": 2, "seconds": 0.1, "tokens_per_s": 20.0, "checkpoint": "c",
-           "step": None, "prompt_tokens": 0, "temperature": 1.0, "top_p": 1.0, "seed": 0, "sample_dtype": "float32",
-           "samples": [{"tokens": [4, 5], "text": "ab"}]}
+    doc = {
+        "streams": 1,
+        "length": 2,
+        "forward_calls": 2,
+        "seconds": 0.1,
+        "tokens_per_s": 20.0,
+        "checkpoint": "c",
+        "step": None,
+        "prompt_tokens": 0,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "sample_dtype": "float32",
+        "samples": [{"tokens": [4, 5], "text": "ab"}],
+    }
     validate(doc, "generate")
     doc["samples"].append({"tokens": [4, 5.5]})
     with pytest.raises(SchemaError) as err:

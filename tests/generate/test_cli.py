@@ -26,8 +26,20 @@ def _generate(tmp_path, capsys, *args: str) -> tuple[dict, str]:
 
 @pytest.mark.parametrize("streams", [1, 2, 4])
 def test_unconditional_json_schema_and_forward_calls(text_run, tmp_path, capsys, streams):
-    doc, printed = _generate(tmp_path, capsys, "--checkpoint", str(text_run.dir), "--length", str(N),
-                             "--streams", str(streams), "--num-samples", "3", "--seed", "1")
+    doc, printed = _generate(
+        tmp_path,
+        capsys,
+        "--checkpoint",
+        str(text_run.dir),
+        "--length",
+        str(N),
+        "--streams",
+        str(streams),
+        "--num-samples",
+        "3",
+        "--seed",
+        "1",
+    )
     assert doc["streams"] == streams and doc["length"] == N and doc["prompt_tokens"] == 0
     assert doc["forward_calls"] == streams + N // streams - 1
     codec = codec_for(load_pretrained(text_run.dir))
@@ -51,15 +63,39 @@ def test_prompt_is_kept_and_costs_one_call_less_per_token(text_run, tmp_path, ca
     prompt = "return x"
     ids = codec.encode(prompt)
     length = len(ids) + 12
-    doc, _ = _generate(tmp_path, capsys, "--checkpoint", str(text_run.dir), "--prompt", prompt,
-                       "--length", str(length), "--streams", "4", "--temperature", "0.7", "--top-p", "0.9")
+    doc, _ = _generate(
+        tmp_path,
+        capsys,
+        "--checkpoint",
+        str(text_run.dir),
+        "--prompt",
+        prompt,
+        "--length",
+        str(length),
+        "--streams",
+        "4",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+    )
     assert doc["prompt_tokens"] == len(ids) and doc["forward_calls"] == 4 + 12 // 4 - 1
     assert doc["samples"][0]["tokens"][: len(ids)] == ids and doc["samples"][0]["text"].startswith(prompt)
 
 
 def test_infill_keeps_the_known_tokens(markov_run, tmp_path, capsys):
-    doc, printed = _generate(tmp_path, capsys, "--checkpoint", str(markov_run.dir),
-                             "--infill", "5 6 [MASK:4] 7 [MASK] 8 9", "--streams", "1", "--num-samples", "2")
+    doc, printed = _generate(
+        tmp_path,
+        capsys,
+        "--checkpoint",
+        str(markov_run.dir),
+        "--infill",
+        "5 6 [MASK:4] 7 [MASK] 8 9",
+        "--streams",
+        "1",
+        "--num-samples",
+        "2",
+    )
     assert doc["length"] == 10 and doc["known_tokens"] == 5 and doc["forward_calls"] == 5
     for sample in doc["samples"]:
         t = sample["tokens"]

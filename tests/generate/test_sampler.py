@@ -135,7 +135,10 @@ def test_sample_logits_distribution(dtype, temperature, top_p):
     logits = torch.tensor([0.0, 1.0, 2.0, -30.0])
     draws = 40_000
     got = sample_logits(
-        logits.expand(draws, 4), temperature=temperature, top_p=top_p, dtype=dtype,
+        logits.expand(draws, 4),
+        temperature=temperature,
+        top_p=top_p,
+        dtype=dtype,
         generator=torch.Generator().manual_seed(0),
     )
     freq = torch.bincount(got, minlength=4).double() / draws

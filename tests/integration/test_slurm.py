@@ -87,9 +87,7 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def submit(
-    cluster: LocalSlurmCluster, run_dir: Path, data_cache: Path, *sbatch_args: str, steps: int = STEPS
-) -> Job:
+def submit(cluster: LocalSlurmCluster, run_dir: Path, data_cache: Path, *sbatch_args: str, steps: int = STEPS) -> Job:
     """``sbatch slurm/pretrain.sh`` as a user would, with the knobs in the environment.
 
     CPU cluster: ``--gpus-per-node=0`` (the script's default asks for GPUs) gives one training

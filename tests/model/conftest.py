@@ -23,9 +23,7 @@ ORDER_IDS = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items())}" for k, p, _ in O
 
 
 def tiny_model_config(arch: str = "armd", **overrides) -> ModelConfig:
-    values = dict(
-        arch=arch, vocab_size=11, n_layers=4, d_model=32, n_heads=2, max_seq_len=32, d_pe=8, init_std=0.2
-    )
+    values = dict(arch=arch, vocab_size=11, n_layers=4, d_model=32, n_heads=2, max_seq_len=32, d_pe=8, init_std=0.2)
     values.update(overrides)
     return ModelConfig(**values)
 

@@ -34,7 +34,11 @@ def _all_sequences(vocab: int, n: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "arch,kind,params,step",
-    [pytest.param("armd", *c, id=f"armd-{i}") for c, i in zip(ORDER_CASES, ORDER_IDS) if c[0] != "sbp" or c[1]["streams"] == 2]
+    [
+        pytest.param("armd", *c, id=f"armd-{i}")
+        for c, i in zip(ORDER_CASES, ORDER_IDS)
+        if c[0] != "sbp" or c[1]["streams"] == 2
+    ]
     + [pytest.param("ar", "l2r", {}, None, id="ar-l2r")],
 )
 def test_valid_distribution_over_all_sequences(arch, kind, params, step):
@@ -100,7 +104,9 @@ def test_arbitrary_listing_gives_the_same_conditionals():
     with torch.no_grad():
         logits = model(tokens, order, block)
         logits2 = model(tokens, torch.gather(order, 1, perm), torch.gather(block, 1, perm))
-    torch.testing.assert_close(logits2, torch.gather(logits, 1, perm[..., None].expand_as(logits)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        logits2, torch.gather(logits, 1, perm[..., None].expand_as(logits)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_ar_refuses_multi_token_blocks():

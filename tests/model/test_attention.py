@@ -15,7 +15,7 @@ from armd_scale.model.masks import (
     two_stream_spec,
 )
 
-from .conftest import ORDER_CASES, ORDER_IDS, draw_order, tiny_model
+from .conftest import ORDER_CASES, draw_order, tiny_model
 
 CPU = torch.device("cpu")
 

@@ -114,8 +114,13 @@ def test_estimators_are_unbiased_and_the_discrete_bound_approaches_continuous_ti
     with torch.no_grad():
         for steps in (0, 4):
             exact = md.exact_nelbo(model, x, steps, model.mask_id)
-            est = md.nelbo_estimate(model, batch, md.stratified_rates(len(batch), steps, gen, eps=1e-6),
-                                    torch.rand(batch.shape, generator=gen, dtype=torch.float64), model.mask_id)
+            est = md.nelbo_estimate(
+                model,
+                batch,
+                md.stratified_rates(len(batch), steps, gen, eps=1e-6),
+                torch.rand(batch.shape, generator=gen, dtype=torch.float64),
+                model.mask_id,
+            )
             est = est.view(draws, 3)
             stderr = est.std(0) / draws**0.5
             assert ((est.mean(0) - exact).abs() < 4 * stderr + 1e-3).all(), (steps, est.mean(0), exact, stderr)
@@ -225,11 +230,18 @@ def test_markov_elbo_is_an_upper_bound_close_to_the_true_nll(one_thread):
         losses.append(loss.item())
     model.eval()
     with torch.no_grad():
-        nelbo = torch.stack([
-            md.nelbo_estimate(model, val, md.stratified_rates(len(val), 0, gen),
-                              torch.rand(val.shape, generator=gen, dtype=torch.float64), model.mask_id)
-            for _ in range(8)
-        ]).mean(0)
+        nelbo = torch.stack(
+            [
+                md.nelbo_estimate(
+                    model,
+                    val,
+                    md.stratified_rates(len(val), 0, gen),
+                    torch.rand(val.shape, generator=gen, dtype=torch.float64),
+                    model.mask_id,
+                )
+                for _ in range(8)
+            ]
+        ).mean(0)
     true_nll = _markov_nll(source, val)
     gap = (nelbo - true_nll) / n  # paired per sequence: the sequence-to-sequence spread cancels
     stderr = gap.std().item() / len(val) ** 0.5

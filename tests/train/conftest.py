@@ -14,11 +14,27 @@ from pathlib import Path
 import pytest
 
 TINY = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32", "model.vocab_size=128",
-    "model.d_pe=8", "data.seq_len=32", "data.vocab_size=128", "train.global_batch_size=8",
-    "train.micro_batch_size=2", "train.warmup_steps=2", "train.log_every=1", "train.eval_every=0",
-    "train.checkpoint_every=3", "log.wandb=off", "log.progress_bar=false", "train.order.kind=progressive",
-    "train.order.ar_steps=2", "train.order.rho=4", "train.order.ramp_end=5", "train.steps=6",
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "model.vocab_size=128",
+    "model.d_pe=8",
+    "data.seq_len=32",
+    "data.vocab_size=128",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=2",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=3",
+    "log.wandb=off",
+    "log.progress_bar=false",
+    "train.order.kind=progressive",
+    "train.order.ar_steps=2",
+    "train.order.rho=4",
+    "train.order.ramp_end=5",
+    "train.steps=6",
 ]
 
 
@@ -71,22 +87,45 @@ def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, launche
     if launcher == "deepspeed":
         from .._ports import free_port
 
-        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}",
-                f"--master_port={free_port()}", "--module", "armd_scale.cli", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "armd_scale.cli", *args]
+        return [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            f"--num_gpus={nproc}",
+            f"--master_port={free_port()}",
+            "--module",
+            "armd_scale.cli",
+            *args,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "armd_scale.cli",
+        *args,
+    ]
 
 
-def run_train(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, timeout: float = 300,
-              launcher: str = "torchrun") -> Run:
-    proc = subprocess.run(command(run_dir, cache, *overrides, nproc=nproc, launcher=launcher), env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def run_train(
+    run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, timeout: float = 300, launcher: str = "torchrun"
+) -> Run:
+    proc = subprocess.run(
+        command(run_dir, cache, *overrides, nproc=nproc, launcher=launcher),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Run(run_dir, proc.returncode, proc.stdout + proc.stderr)
 
 
 def start_train(run_dir: Path, cache: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(command(run_dir, cache, *overrides), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command(run_dir, cache, *overrides), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

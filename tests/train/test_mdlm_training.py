@@ -49,8 +49,26 @@ def test_armd_generate_samples_mdlm_with_its_own_sampler(mdlm_run, tmp_path):
     from armd_scale.eval import validate
 
     out = tmp_path / "gen.json"
-    assert main(["generate", "--checkpoint", str(mdlm_run.dir), "--length", "32", "--steps", "6",
-                 "--num-samples", "2", "--prompt", "The", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(mdlm_run.dir),
+                "--length",
+                "32",
+                "--steps",
+                "6",
+                "--num-samples",
+                "2",
+                "--prompt",
+                "The",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     validate(doc, "generate")
     assert doc["arch"] == "mdlm" and doc["diffusion_steps"] == 6 and 1 <= doc["forward_calls"] <= 6
@@ -61,8 +79,15 @@ def test_armd_generate_samples_mdlm_with_its_own_sampler(mdlm_run, tmp_path):
 
 @pytest.mark.distributed
 def test_mdlm_two_processes_zero2_match_one(mdlm_run, tmp_path, data_cache):
-    run = run_train(tmp_path / "run", data_cache, *MDLM, "parallel.zero_stage=2", "train.stop_at_step=5",
-                    "train.eval_every=0", nproc=2)
+    run = run_train(
+        tmp_path / "run",
+        data_cache,
+        *MDLM,
+        "parallel.zero_stage=2",
+        "train.stop_at_step=5",
+        "train.eval_every=0",
+        nproc=2,
+    )
     assert run.status()["code"] == 75, run.output[-3000:]
     losses, single = run.losses(), mdlm_run.losses()
     assert sorted(losses) == [1, 2, 3, 4, 5]

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from armd_scale.config import ConfigError, PRESET_DIR, list_presets, load_config
+from armd_scale.config import PRESET_DIR, ConfigError, list_presets, load_config
 
 from .conftest import Run, _env
 
@@ -15,16 +15,41 @@ PAPER_PRESETS = ["owt-small", "owt-medium", "lm1b-small", "sbp-finetune"]
 # Tiny shapes and the built-in corpus; everything else (order schedule, precision, ZeRO stage,
 # optimizer, backend) stays as the preset has it.
 SHRINK = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.max_seq_len=32", "model.vocab_size=128",
-    "model.d_pe=8", "data.seq_len=32", "data.vocab_size=128", "data.train=builtin:pydoc", "data.val=null",
-    "data.tokenizer=null", "data.num_workers=0", "train.global_batch_size=4", "train.micro_batch_size=2",
-    "train.steps=2", "train.eval_every=0", "train.log_every=1", "log.wandb=off", "log.progress_bar=false",
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.max_seq_len=32",
+    "model.vocab_size=128",
+    "model.d_pe=8",
+    "data.seq_len=32",
+    "data.vocab_size=128",
+    "data.train=builtin:pydoc",
+    "data.val=null",
+    "data.tokenizer=null",
+    "data.num_workers=0",
+    "train.global_batch_size=4",
+    "train.micro_batch_size=2",
+    "train.steps=2",
+    "train.eval_every=0",
+    "train.log_every=1",
+    "log.wandb=off",
+    "log.progress_bar=false",
 ]
 
 
 def run_preset(name: str, run_dir, cache, *overrides: str) -> Run:
-    cmd = [sys.executable, "-m", "armd_scale.cli", "train", "--config", name, *SHRINK, f"data.cache_dir={cache}",
-           f"run.dir={run_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "armd_scale.cli",
+        "train",
+        "--config",
+        name,
+        *SHRINK,
+        f"data.cache_dir={cache}",
+        f"run.dir={run_dir}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     return Run(run_dir, proc.returncode, proc.stdout + proc.stderr)
 

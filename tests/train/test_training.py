@@ -22,8 +22,17 @@ def test_run_logs_metrics_checkpoints_and_status(reference):
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert losses[6] < losses[1]
     record = reference.records()[-1]
-    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "tokens_per_s_per_device", "step_time_s", "data_wait_s",
-                "order/shuffled", "memory/rss_gb"):
+    for key in (
+        "loss",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "step_time_s",
+        "data_wait_s",
+        "order/shuffled",
+        "memory/rss_gb",
+    ):
         assert key in record, key
     assert record["grad_norm"] > 0
     assert reference.checkpoints() == ["step_00000003", "step_00000006"]
@@ -79,8 +88,14 @@ def test_incomplete_checkpoint_is_skipped(reference, tmp_path, data_cache):
 
 
 def test_retention_keeps_last_k_and_every_mth(tmp_path, data_cache):
-    run = run_train(tmp_path / "run", data_cache, "train.steps=8", "train.checkpoint_every=1", "train.keep_last=2",
-                    "train.keep_every=4")
+    run = run_train(
+        tmp_path / "run",
+        data_cache,
+        "train.steps=8",
+        "train.checkpoint_every=1",
+        "train.keep_last=2",
+        "train.keep_every=4",
+    )
     assert run.returncode == 0, run.output
     assert run.checkpoints() == ["step_00000004", "step_00000007", "step_00000008"]
 
