@@ -48,8 +48,9 @@ class ModelConfig:
     n_two_stream_layers: int | None = None
     # Width of the learned positional table used by prefix aggregation.
     d_pe: int = 64
-    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), or a mean.
-    prefix_agg: Literal["mean", "sum"] = "sum"
+    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), a mean,
+    # or none (G0 without the paper's aggregate; only sensible with neighbour_heads > 0).
+    prefix_agg: Literal["mean", "sum", "none"] = "sum"
     # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
     pe_init_tau: float = 2.0
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
@@ -63,9 +64,30 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     attention_backend: Literal["sdpa", "flex", "flash", "auto"] = "sdpa"
+    # -- The query stream's input G0 (docs/ARCHITECTURE.md; measured in docs/REPRODUCTION.md, "The
+    # left-to-right gap"). The paper's input is s + prefix aggregation: neighbour_heads=0,
+    # positional_start=false.
+    # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
+    # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
+    neighbour_heads: int = 0
+    # Which table the positional start W_s PE[pos n] reads: the prefix-aggregation table, or its own.
+    positional_start_table: Literal["shared", "separate"] = "shared"
+    # Which queries get the positional start: all, or only those with nothing revealed before them.
+    positional_start_scope: Literal["all", "first_block"] = "all"
+    # Initial W_s: normal(init_std) like every matrix, or zeros (G0 starts as the paper's).
+    positional_start_init: Literal["normal", "zero"] = "normal"
+    # RMS-normalise the prefix-aggregation sum of each query (to the embeddings' initial scale).
+    prefix_norm: bool = False
+    # Learning-rate multiplier of the PE table(s), by reparametrisation (stored = table / scale);
+    # 0 freezes them at their initial value.
+    pe_lr_scale: float = 1.0
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
+        if self.neighbour_heads < 0:
+            raise ConfigError(f"model.neighbour_heads={self.neighbour_heads} must be >= 0 (0 = off)")
+        if self.pe_lr_scale < 0:
+            raise ConfigError(f"model.pe_lr_scale={self.pe_lr_scale} must be >= 0 (0 = frozen PE table)")
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:

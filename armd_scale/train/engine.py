@@ -105,13 +105,14 @@ class GuardedAdamW(torch.optim.AdamW):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (linear weights, embeddings); never norms, start vectors or the PE table."""
+    """Decay matrices (linear weights, embeddings); never norms, start vectors, PE tables or the
+    neighbour-attention score table (decay would pull its scores towards uniform attention)."""
     decay, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and "pos_table" not in name else no_decay).append(p)
+        (decay if p.dim() >= 2 and "pos_table" not in name and "rel_bias" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -163,7 +164,7 @@ def repair_optimizer_after_universal_load(optimizer: torch.optim.Optimizer, trai
     decay) and gives every parameter the *same* Adam step tensor, which AdamW then increments once
     per group per step. Hyper-parameters come back from the config; step tensors are un-shared.
     """
-    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0)):
+    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0), strict=True):
         group["weight_decay"] = decay
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):

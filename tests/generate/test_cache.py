@@ -34,6 +34,21 @@ CONFIGS = [
     pytest.param(dict(n_layers=4, n_two_stream_layers=1), id="L4-two1"),
     pytest.param(dict(n_layers=4, prefix_agg="sum"), id="L4-sum"),
     pytest.param(dict(n_layers=3, mlp="gelu", positional_start=False), id="L3-gelu-nostart"),
+    pytest.param(dict(n_layers=4, neighbour_heads=0, positional_start=True), id="L4-no-neighbour"),
+    pytest.param(dict(n_layers=4, neighbour_heads=1, prefix_agg="none"), id="L4-neighbour-only"),
+    pytest.param(
+        dict(
+            n_layers=4,
+            neighbour_heads=3,
+            prefix_agg="mean",
+            prefix_norm=True,
+            positional_start=True,
+            positional_start_table="separate",
+            positional_start_scope="first_block",
+            pe_lr_scale=3.0,
+        ),
+        id="L4-start-variants",
+    ),
 ]
 
 

@@ -110,11 +110,14 @@ def test_guarded_adamw_skips_exactly_one_update():
 def test_param_groups_decay_only_matrices():
     from armd_scale.model import build_model
 
-    model = build_model(load_config().model)
+    model = build_model(load_config(overrides=["model.neighbour_heads=2"]).model)
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() >= 2 for p in decay["params"])
     assert any(names[id(p)] == "pos_table" for p in no_decay["params"])
+    # decay would pull neighbour attention's scores towards uniform weights
+    assert any(names[id(p)] == "neighbour.rel_bias" for p in no_decay["params"])
+    assert any(names[id(p)] == "neighbour.gain" for p in decay["params"])
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
 
 
