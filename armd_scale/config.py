@@ -81,6 +81,10 @@ class ModelConfig:
     # Learning-rate multiplier of the PE table(s), by reparametrisation (stored = table / scale);
     # 0 freezes them at their initial value.
     pe_lr_scale: float = 1.0
+    # A separate query-side PE table for the prefix sum, <PEq[pos n], PE[pos i]>, initialised as the
+    # key table shifted by one position: an asymmetric kernel that can peak on the previous position
+    # while keeping the O(1) decoding state (a positive semi-definite <PE_n, PE_i> cannot).
+    prefix_query_table: bool = False
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")

@@ -74,7 +74,7 @@ def run_facts(run_dir: Path) -> dict | None:
         "flops_per_token": training_flops_per_token(cfg.model, cfg.data.seq_len),
         "tokens_per_step": cfg.train.global_batch_size * cfg.data.seq_len,
         "constant_lr": cfg.train.lr_schedule == "constant",
-        "params": None,
+        "shape": f"L={cfg.model.n_layers}, d={cfg.model.d_model}",
     }
     random_json = run_dir / "eval_random.json"
     if random_json.exists():
@@ -266,11 +266,12 @@ def plot_scaling(variants: dict, rows: list[dict], path: Path) -> dict:
     curves = {}
     refs = {v["preset"]: v for v in variants.values() if v["name"] == "ar" and v["seeds"]}
     for (group, name), v in variants.items():
-        if not group.startswith("scale") or name == "ar" or not v["seeds"] or v["preset"] not in refs:
+        in_sweep = group == "study" or group.startswith("scale")
+        if not in_sweep or name not in SCALING_NAMES or not v["seeds"] or v["preset"] not in refs:
             continue
-        if not next(iter(v["seeds"].values()))["constant_lr"]:
-            continue
-        curves[f"{v['preset']}/{name}"] = gap_curve(v, refs[v["preset"]])
+        facts = next(iter(v["seeds"].values()))
+        if facts["constant_lr"]:
+            curves[f"{facts['shape']}: {SCALING_NAMES[name]}"] = gap_curve(v, refs[v["preset"]])
     if not curves:
         return {}
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -286,6 +287,10 @@ def plot_scaling(variants: dict, rows: list[dict], path: Path) -> dict:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return {k: [[x, y] for x, y in v] for k, v in curves.items()}
+
+
+# Variants drawn in the scaling plot, with their labels.
+SCALING_NAMES = {"nb": "ARMD l2r", "nb-progressive": "ARMD progressive", "old": "old ARMD l2r"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,7 @@ class ARMDDecoder(_Decoder):
         if count == 0:
             return g0
         if model.cfg.prefix_agg != "none":
-            agg = torch.bmm(model.pe(pos).to(self.dtype), self.prefix_state)
+            agg = torch.bmm(model.pe_query(pos).to(self.dtype), self.prefix_state)
             if model.cfg.prefix_agg == "mean":
                 agg = agg / count
             g0 = g0 + model.finish_aggregate(agg)

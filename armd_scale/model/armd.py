@@ -125,6 +125,10 @@ class ARMDModel(_Transformer):
         if cfg.positional_start and cfg.positional_start_table == "separate":  # W_s reads its own table
             self.start_pos_table = nn.Parameter(table.clone() / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
         self.prefix_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.prefix_norm else None
+        self.query_pos_table = None
+        if cfg.prefix_query_table:  # row n starts as row n - 1 of the key table (row 0 as row 0)
+            shifted = torch.cat([table[:1], table[:-1]])
+            self.query_pos_table = nn.Parameter(shifted / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
         init_weights(self, cfg.init_std, cfg.n_layers)
         # Built after init_weights, which would overwrite its deliberate initial values.
         self.neighbour = (
@@ -138,8 +142,12 @@ class ARMDModel(_Transformer):
     # -- pieces reused by cached decoding ---------------------------------------------------------
 
     def pe(self, pos: torch.Tensor) -> torch.Tensor:
-        """Rows of the prefix-aggregation PE table for positions pos."""
+        """Rows of the prefix-aggregation PE table (the key side) for positions pos."""
         return self.pos_table[pos] * self.pe_scale
+
+    def pe_query(self, pos: torch.Tensor) -> torch.Tensor:
+        """Query-side rows of the prefix sum: the same table, or its own with prefix_query_table."""
+        return self.pe(pos) if self.query_pos_table is None else self.query_pos_table[pos] * self.pe_scale
 
     def query_start(self, pos: torch.Tensor, empty_prefix: torch.Tensor | bool = True) -> torch.Tensor:
         """The content-free part of G0 for target positions pos [B, T]: s (+ W_s PE[pos]).
@@ -168,7 +176,7 @@ class ARMDModel(_Transformer):
         g = self.query_start(pos, ~visible.any(dim=-1)).to(x.dtype)
         if self.cfg.prefix_agg != "none":
             pe = self.pe(pos)  # [B, N, d_pe]
-            weights = torch.bmm(pe, pe.transpose(1, 2)) * visible.to(pe.dtype)
+            weights = torch.bmm(self.pe_query(pos), pe.transpose(1, 2)) * visible.to(pe.dtype)
             if self.cfg.prefix_agg == "mean":
                 weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
             g = g + self.finish_aggregate(torch.bmm(weights.to(x.dtype), x))

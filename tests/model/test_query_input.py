@@ -26,6 +26,7 @@ VARIANTS = [
         id="start-separate-first-block",
     ),
     pytest.param(dict(positional_start=True, positional_start_init="zero", pe_lr_scale=0.0), id="start-zero-frozen"),
+    pytest.param(dict(neighbour_heads=0, prefix_query_table=True, pe_init_tau=0.5), id="query-table"),
 ]
 ORDERS = [("l2r", {}, None), ("random", {}, None), ("sbp", dict(streams=2), None), ("diffusion", dict(steps=3), None)]
 
@@ -174,6 +175,17 @@ def test_prefix_norm_bounds_the_aggregate_scale():
         g0 = model.prefix_aggregate(x, order, block) - model.start
     rms = g0.pow(2).mean(-1).sqrt()[0]
     assert rms[1:].std() / rms[1:].mean() < 1e-3
+
+
+def test_prefix_query_table_starts_peaked_on_the_previous_position():
+    """<PEq_n, PE_i> starts as k(n - 1 - i): weight ~1 on n - 1 and exp(-1/tau) on n - 2, where the
+    symmetric kernel <PE_n, PE_i> = k(n - i) gives n - 1 only exp(-1/tau)."""
+    model = tiny_model("armd", prefix_query_table=True, pe_init_tau=0.5)
+    pos = torch.arange(20)
+    asym = model.pe_query(pos) @ model.pe(pos).T
+    sym = model.pe(pos) @ model.pe(pos).T
+    for n in (5, 12, 19):
+        assert asym[n, n - 1] > 0.95 and asym[n, n - 2] < 0.2 and sym[n, n - 1] < 0.2
 
 
 def test_bad_values_are_refused_by_name():
