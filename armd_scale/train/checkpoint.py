@@ -53,6 +53,11 @@ SHAPE_FIELDS = (
     "mlp_ratio",
     "tie_embeddings",
     "positional_start",
+    "neighbour_heads",
+    "positional_start_table",
+    "prefix_norm",
+    "prefix_query_table",
+    "pe_lr_scale",  # the PE tables are stored divided by it
 )
 
 

@@ -127,3 +127,9 @@ def test_checkpoint_names_and_shape_diff():
         step_of("latest")
     diffs = shape_differences({"d_model": 64, "n_layers": 2}, {"d_model": 128, "n_layers": 2})
     assert diffs == ["model.d_model: checkpoint 64 vs config 128"]
+    # query-stream inputs change parameters (or, for pe_lr_scale, what the stored table means)
+    diffs = shape_differences({"neighbour_heads": 0, "pe_lr_scale": 1.0}, {"neighbour_heads": 4, "pe_lr_scale": 2.0})
+    assert diffs == [
+        "model.neighbour_heads: checkpoint 0 vs config 4",
+        "model.pe_lr_scale: checkpoint 1.0 vs config 2.0",
+    ]
