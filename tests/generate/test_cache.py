@@ -147,10 +147,10 @@ def test_float64_cache_is_exact_to_rounding():
     assert (cached - full).abs().max().item() <= 1e-10
 
 
-@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state"])
+@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state", "x0_cache", "pos_cache"])
 def test_corrupting_the_cache_changes_logits(part):
     """Guard for the tests above: every part of the cached state is read by later steps."""
-    model = tiny_model("armd", n_layers=4)
+    model = tiny_model("armd", n_layers=4, neighbour_heads=2)
     order, block = draw_order("l2r", {}, None, batch=1, n=8)
     tokens = torch.randint(0, 11, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -161,6 +161,10 @@ def test_corrupting_the_cache_changes_logits(part):
         decoder.step(*commit, order[:, k : k + 1])
     if part == "prefix_state":
         decoder.prefix_state.mul_(1.5)
+    elif part == "x0_cache":  # neighbour attention's values: the committed embeddings
+        decoder.x0_cache[:, 2] += 0.5
+    elif part == "pos_cache":  # and their positions, which its scores read
+        decoder.pos_cache[:, 2] = 0
     else:
         for buf in getattr(decoder, part):
             buf.k[:, :, :2] += 0.5
