@@ -85,6 +85,10 @@ class ModelConfig:
     # key table shifted by one position: an asymmetric kernel that can peak on the previous position
     # while keeping the O(1) decoding state (a positive semi-definite <PE_n, PE_i> cannot).
     prefix_query_table: bool = False
+    # Add the mean embedding of the immediately preceding block to G0: the paper's rejected "Shift"
+    # (AR's input under l2r). A diagnostic: it keeps our contract but makes the conditionals depend on
+    # the order in which the evidence was revealed, not only on the evidence.
+    previous_block_input: bool = False
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")

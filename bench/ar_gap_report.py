@@ -39,6 +39,11 @@ from armd_scale.model.flops import training_flops_per_token  # noqa: E402
 # Groups in report order: title and what the group asks.
 GROUPS = {
     "table": ("The reported table, reproduced", "tiny-cpu, l2r only, 600 steps, cosine lr."),
+    "cause": (
+        "The cause: the previous token, given directly",
+        "tiny-cpu, l2r only; `previous_block_input` adds the mean embedding of the block before (x_{n-1} "
+        "under l2r) to G0: the paper's rejected Shift, a diagnostic.",
+    ),
     "pstart": ("Positional start and PE-table coupling", "tiny-cpu; `old` = previous default input."),
     "pe": ("PE table: init, width, scale of G0, learning rate", "tiny-cpu, l2r only."),
     "neighbour": ("Neighbour attention: heads, with and without the prefix sum", "tiny-cpu, l2r only."),

@@ -199,6 +199,7 @@ class ARMDDecoder(_Decoder):
             self.x0_cache = torch.zeros(batch_size, self.max_len, cfg.d_model, device=self.device, dtype=self.dtype)
             self.pos_cache = torch.zeros(batch_size, self.max_len, dtype=torch.long, device=self.device)
         self.pending: torch.Tensor | None = None  # target positions whose G K/V sit at [n_committed, ...)
+        self.last_block_mean: torch.Tensor | None = None  # previous_block_input: mean X0 of the last commit
 
     def _g0(self, pos: torch.Tensor) -> torch.Tensor:
         """Prefix aggregation from the running state (O(d_pe * d) per target, independent of length),
@@ -207,6 +208,8 @@ class ARMDDecoder(_Decoder):
         g0 = model.query_start(pos, count == 0).to(self.dtype)
         if count == 0:
             return g0
+        if self.last_block_mean is not None:  # previous_block_input: the block committed last
+            g0 = g0 + self.last_block_mean[:, None, :]
         if model.cfg.prefix_agg != "none":
             agg = torch.bmm(model.pe_query(pos).to(self.dtype), self.prefix_state)
             if model.cfg.prefix_agg == "mean":
@@ -240,6 +243,7 @@ class ARMDDecoder(_Decoder):
                 self.x0_cache[:, self.prefix_count : self.prefix_count + c] = x
                 self.pos_cache[:, self.prefix_count : self.prefix_count + c] = cpos
             self.prefix_count += c
+            self.last_block_mean = x.mean(dim=1) if model.cfg.previous_block_input else None
         g_rows.append(self._g0(tpos))
         g = torch.cat(g_rows, dim=1)
         g_pos = tpos if warm else torch.cat([cpos, tpos], dim=1)

@@ -182,6 +182,9 @@ class ARMDModel(_Transformer):
             g = g + self.finish_aggregate(torch.bmm(weights.to(x.dtype), x))
         if self.neighbour is not None:
             g = g + self.neighbour(x, pos, pos, visible)
+        if self.cfg.previous_block_input:
+            previous = (block[:, None, :] == block[:, :, None] - 1).to(x.dtype)  # [B, query, key]
+            g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
         return g
 
     def forward(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ CONFIGS = [
     pytest.param(dict(n_layers=4, neighbour_heads=0, positional_start=True), id="L4-no-neighbour"),
     pytest.param(dict(n_layers=4, neighbour_heads=1, prefix_agg="none"), id="L4-neighbour-only"),
     pytest.param(dict(n_layers=4, neighbour_heads=0, prefix_query_table=True), id="L4-query-table"),
+    pytest.param(dict(n_layers=4, previous_block_input=True), id="L4-previous-block"),
     pytest.param(
         dict(
             n_layers=4,

@@ -27,6 +27,7 @@ VARIANTS = [
     ),
     pytest.param(dict(positional_start=True, positional_start_init="zero", pe_lr_scale=0.0), id="start-zero-frozen"),
     pytest.param(dict(neighbour_heads=0, prefix_query_table=True, pe_init_tau=0.5), id="query-table"),
+    pytest.param(dict(neighbour_heads=0, previous_block_input=True), id="previous-block"),
 ]
 ORDERS = [("l2r", {}, None), ("random", {}, None), ("sbp", dict(streams=2), None), ("diffusion", dict(steps=3), None)]
 
@@ -186,6 +187,21 @@ def test_prefix_query_table_starts_peaked_on_the_previous_position():
     sym = model.pe(pos) @ model.pe(pos).T
     for n in (5, 12, 19):
         assert asym[n, n - 1] > 0.95 and asym[n, n - 2] < 0.2 and sym[n, n - 1] < 0.2
+
+
+def test_previous_block_input_is_the_mean_of_the_block_before():
+    """SBP(2) over 8 positions: blocks [0], [4], [1, 5], [2, 6], [3, 7]; the targets of block [2, 6]
+    get the mean embedding of block [1, 5] on top of the input without the option."""
+    order, block = draw_order("sbp", dict(streams=2), None, batch=1, n=8)
+    with_prev = tiny_model("armd", previous_block_input=True)
+    without = tiny_model("armd", previous_block_input=False)
+    x = with_prev.embed(torch.randint(0, 11, (1, 8), generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        diff = with_prev.prefix_aggregate(x, order, block) - without.prefix_aggregate(x, order, block)
+    k = (block[0] == 3).nonzero()[:, 0]  # the targets of block 3 = [2, 6]
+    expected = x[0, block[0] == 2].mean(dim=0)
+    torch.testing.assert_close(diff[0, k], expected.expand(len(k), -1))
+    assert diff[0, 0].abs().max() == 0  # block 0 has no block before it
 
 
 def test_bad_values_are_refused_by_name():
