@@ -16,13 +16,18 @@ from armd_scale.model.neighbour import NeighbourAttention
 from .conftest import assert_no_leakage, draw_order, tiny_model, tiny_model_config
 
 VARIANTS = [
-    pytest.param(dict(neighbour_heads=0, positional_start=True), id="old"),
+    pytest.param(dict(neighbour_heads=0, positional_start=True, positional_start_init="normal"), id="old"),
     pytest.param(dict(neighbour_heads=0, positional_start=False), id="paper"),
     pytest.param(dict(neighbour_heads=4, positional_start=False), id="neighbour4"),
     pytest.param(dict(neighbour_heads=1, prefix_agg="none", positional_start=False), id="neighbour-only"),
     pytest.param(dict(neighbour_heads=2, prefix_agg="mean", prefix_norm=True), id="mean-norm"),
     pytest.param(
-        dict(positional_start=True, positional_start_table="separate", positional_start_scope="first_block"),
+        dict(
+            positional_start=True,
+            positional_start_init="normal",
+            positional_start_table="separate",
+            positional_start_scope="first_block",
+        ),
         id="start-separate-first-block",
     ),
     pytest.param(dict(positional_start=True, positional_start_init="zero", pe_lr_scale=0.0), id="start-zero-frozen"),
@@ -124,7 +129,9 @@ def test_neighbour_changes_the_model_and_stays_strict():
 
 
 def test_positional_start_scope_first_block_only_touches_queries_with_nothing_revealed():
-    model = tiny_model("armd", positional_start=True, positional_start_scope="first_block")
+    model = tiny_model(
+        "armd", positional_start=True, positional_start_init="normal", positional_start_scope="first_block"
+    )
     pos = torch.tensor([[0, 5, 9]])
     empty = torch.tensor([[True, False, True]])
     start = model.query_start(pos, empty)
@@ -134,7 +141,13 @@ def test_positional_start_scope_first_block_only_touches_queries_with_nothing_re
 
 def test_positional_start_separate_table_decouples_the_prefix_table():
     """With its own table, the positional start sends no gradient into the prefix-aggregation table."""
-    model = tiny_model("armd", positional_start=True, positional_start_table="separate", neighbour_heads=0)
+    model = tiny_model(
+        "armd",
+        positional_start=True,
+        positional_start_init="normal",
+        positional_start_table="separate",
+        neighbour_heads=0,
+    )
     pos = torch.arange(6)[None]
     model.query_start(pos, False).sum().backward()
     assert model.pos_table.grad is None and model.start_pos_table.grad.abs().max() > 0
