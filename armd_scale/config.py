@@ -342,6 +342,21 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
     return cfg.validate()
 
 
+# A checkpoint saves its whole resolved config, so a model field it lacks did not exist when it was
+# written; it was trained with that field's value of the time, not today's default.
+LEGACY_MODEL_VALUES = {"neighbour_heads": 0, "positional_start_init": "normal"}
+
+
+def saved_config_from_dict(raw: dict[str, Any], origin: str = "<checkpoint>") -> Config:
+    """`config_from_dict` for the config saved with a checkpoint: model fields added after it was written
+    take the value they had then (LEGACY_MODEL_VALUES), so old checkpoints load as what they are."""
+    model = raw.get("model")
+    if isinstance(model, dict):
+        missing = {k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in model}
+        raw = {**raw, "model": {**model, **missing}}
+    return config_from_dict(raw, origin)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value (e.g. model.n_layers=4)")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, config_from_dict
+from .config import Config, saved_config_from_dict
 
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -99,7 +99,7 @@ def load_pretrained(
     from .model import build_model
 
     state, meta, resolved = checkpoint_state(path)
-    cfg = config_from_dict(meta["config"], origin=str(resolved.folder))
+    cfg = saved_config_from_dict(meta["config"], origin=str(resolved.folder))
     model = build_model(cfg.model)
     if cfg.model.tie_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["embed.weight"]
