@@ -49,6 +49,7 @@ class Run:
     seed: int
     overrides: list[str]
     eval_random: bool
+    spec: str = ""  # the run list's items as written (@defines unexpanded), for tables
 
     def dir(self, out: Path) -> Path:
         return out / "runs" / self.group / self.name / f"seed{self.seed}"
@@ -98,7 +99,8 @@ def parse_run_list(path: Path) -> tuple[dict[str, list[str]], list[Run]]:
                 seed_list = [int(s) for s in seeds.split(",")]
             except ValueError:
                 raise RunListError(f"{where}: seeds '{seeds}' must be a comma list of integers") from None
-            runs += [Run(group, name, preset, s, items, eval_random) for s in seed_list]
+            spec = " ".join(rest[4:])
+            runs += [Run(group, name, preset, s, items, eval_random, spec) for s in seed_list]
         else:
             raise RunListError(
                 f"{where}: expected 'define', 'preset NAME --config FILE ...' or 'run GROUP NAME PRESET SEEDS ...'"
