@@ -90,6 +90,10 @@ class ModelConfig:
     # (AR's input under l2r). A diagnostic: it keeps our contract but makes the conditionals depend on
     # the order in which the evidence was revealed, not only on the evidence.
     previous_block_input: bool = False
+    # Neighbour heads: symmetric (head h scores -4^(1-h)|distance|, either side alike; a row always
+    # sums to 1), or directional (heads alternate left/right of the query and may attend to "nothing",
+    # so under an order unlike training a head gives the same kind of token or nothing; model/neighbour.py).
+    neighbour_kind: Literal["symmetric", "directional"] = "symmetric"
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")

@@ -132,7 +132,9 @@ class ARMDModel(_Transformer):
         init_weights(self, cfg.init_std, cfg.n_layers)
         # Built after init_weights, which would overwrite its deliberate initial values.
         self.neighbour = (
-            NeighbourAttention(cfg.d_model, cfg.neighbour_heads, cfg.max_seq_len) if cfg.neighbour_heads else None
+            NeighbourAttention(cfg.d_model, cfg.neighbour_heads, cfg.max_seq_len, cfg.neighbour_kind)
+            if cfg.neighbour_heads
+            else None
         )
         if self.start_proj is not None and cfg.positional_start_init == "zero":
             nn.init.zeros_(self.start_proj.weight)

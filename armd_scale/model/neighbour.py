@@ -37,15 +37,37 @@ def initial_slopes(heads: int) -> torch.Tensor:
     return 4.0 ** (1 - torch.arange(heads, dtype=torch.float32))
 
 
+def initial_scores(heads: int, max_len: int, kind: str) -> torch.Tensor:
+    """rel_bias at initialisation, [heads, 2 max_len - 1], indexed by (pos n - pos i) + max_len - 1.
+
+    symmetric: head h scores -4^(1-h) |pos n - pos i|, either side alike.
+    directional: even heads look left (keys before the query), odd heads right, with slopes 4, 4, 1,
+    1, 1/4, ...; on its side a head scores slope * (2 - distance) against a "nothing" logit of 0, so
+    head 0 takes ~98% of the token at n - 1 when it is revealed and fades out when it is not; the
+    other side starts at -16 (excluded until training says otherwise)."""
+    offset = torch.arange(-(max_len - 1), max_len).float()  # pos n - pos i: > 0 = key left of the query
+    if kind == "symmetric":
+        return -initial_slopes(heads)[:, None] * offset.abs()[None, :]
+    scores = torch.full((heads, offset.numel()), -16.0)
+    for h in range(heads):
+        slope = 4.0 ** (1 - h // 2)
+        side = offset > 0 if h % 2 == 0 else offset < 0
+        scores[h, side] = slope * (2 - offset[side].abs())
+    return scores
+
+
 class NeighbourAttention(nn.Module):
     """H content-free relative-position softmax heads over revealed token embeddings (module docstring)."""
 
-    def __init__(self, d_model: int, heads: int, max_len: int):
+    def __init__(self, d_model: int, heads: int, max_len: int, kind: str = "symmetric"):
         super().__init__()
+        if kind not in ("symmetric", "directional"):
+            raise ValueError(f"neighbour attention kind '{kind}' is not one of 'symmetric', 'directional'")
         self.max_len = max_len
-        distance = torch.arange(-(max_len - 1), max_len).abs().float()
         # rel_bias[h, (pos n - pos i) + max_len - 1]: the score of key i for query n
-        self.rel_bias = nn.Parameter(-initial_slopes(heads)[:, None] * distance[None, :])
+        self.rel_bias = nn.Parameter(initial_scores(heads, max_len, kind))
+        # directional: a learned "nothing" logit per head, a key whose value is 0
+        self.sink = nn.Parameter(torch.zeros(heads)) if kind == "directional" else None
         gain = torch.zeros(heads, d_model)
         gain[0] = 1.0
         self.gain = nn.Parameter(gain)
@@ -63,8 +85,13 @@ class NeighbourAttention(nn.Module):
         scores = self.rel_bias[:, rel].transpose(0, 1).to(x.dtype)  # [B, H, Q, K]
         if visible is not None:
             scores = scores.masked_fill(~visible[:, None], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        if visible is not None:  # rows with no visible key are all -inf -> NaN; they carry nothing
-            weights = weights.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
+        if self.sink is not None:  # softmax over the keys and "nothing"; nothing's weight is dropped
+            b, h, q, _ = scores.shape
+            sink = self.sink.to(x.dtype)[None, :, None, None].expand(b, h, q, 1)
+            weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        else:
+            weights = torch.softmax(scores, dim=-1)
+            if visible is not None:  # rows with no visible key are all -inf -> NaN; they carry nothing
+                weights = weights.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
         mixed = torch.matmul(weights, x[:, None])  # [B, H, Q, d]
         return (mixed * self.gain.to(x.dtype)[None, :, None, :]).sum(dim=1)

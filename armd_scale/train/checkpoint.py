@@ -54,6 +54,7 @@ SHAPE_FIELDS = (
     "tie_embeddings",
     "positional_start",
     "neighbour_heads",
+    "neighbour_kind",
     "positional_start_table",
     "prefix_norm",
     "prefix_query_table",

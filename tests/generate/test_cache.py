@@ -36,6 +36,7 @@ CONFIGS = [
     pytest.param(dict(n_layers=3, mlp="gelu", positional_start=False), id="L3-gelu-nostart"),
     pytest.param(dict(n_layers=4, neighbour_heads=0, positional_start_init="normal"), id="L4-no-neighbour"),
     pytest.param(dict(n_layers=4, neighbour_heads=1, prefix_agg="none"), id="L4-neighbour-only"),
+    pytest.param(dict(n_layers=4, neighbour_heads=3, neighbour_kind="directional"), id="L4-directional"),
     pytest.param(dict(n_layers=4, neighbour_heads=0, prefix_query_table=True), id="L4-query-table"),
     pytest.param(dict(n_layers=4, previous_block_input=True), id="L4-previous-block"),
     pytest.param(

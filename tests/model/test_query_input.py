@@ -19,6 +19,7 @@ VARIANTS = [
     pytest.param(dict(neighbour_heads=0, positional_start=True, positional_start_init="normal"), id="old"),
     pytest.param(dict(neighbour_heads=0, positional_start=False), id="paper"),
     pytest.param(dict(neighbour_heads=4, positional_start=False), id="neighbour4"),
+    pytest.param(dict(neighbour_heads=3, neighbour_kind="directional"), id="directional3"),
     pytest.param(dict(neighbour_heads=1, prefix_agg="none", positional_start=False), id="neighbour-only"),
     pytest.param(dict(neighbour_heads=2, prefix_agg="mean", prefix_norm=True), id="mean-norm"),
     pytest.param(
@@ -99,13 +100,32 @@ def test_neighbour_reads_the_nearest_revealed_position_in_any_order():
     assert out[7] > 0.95 and out[2] < 0.05
 
 
+def test_directional_heads_take_the_left_neighbour_or_nothing():
+    """Directional kind: head 0 reads the token at n - 1 when it is revealed; with only a right
+    neighbour or a far token revealed it gives (almost) nothing instead of a different kind of token.
+    The symmetric kind, whose rows always sum to 1, takes whatever is nearest."""
+    n = 10
+    torch.manual_seed(0)
+    directional, symmetric = NeighbourAttention(n, 4, n, "directional"), NeighbourAttention(n, 4, n, "symmetric")
+    x, pos = torch.eye(n)[None], torch.arange(n)[None]
+    with torch.no_grad():
+        out = directional(x, pos, pos, dense_strict(pos))[0]
+        assert torch.equal(out[0], torch.zeros(n))
+        for q in range(1, n):
+            assert out[q, q - 1] >= 0.95
+        only_right_and_far = (x[:, [2, 7]], torch.tensor([[6]]), torch.tensor([[2, 7]]), None)
+        assert directional(*only_right_and_far)[0, 0].abs().max() < 0.01
+        assert symmetric(*only_right_and_far)[0, 0, 7] > 0.95
+
+
 def test_neighbour_is_a_function_of_the_revealed_set_not_of_its_history():
     """Unlike a shift by generation index, the output for a target depends on which (position, token)
     pairs are revealed, not on the order or blocks in which they were revealed."""
     torch.manual_seed(0)
-    module = NeighbourAttention(8, 3, 16)
+    module = NeighbourAttention(8, 3, 16, "directional")
     with torch.no_grad():
         module.rel_bias.normal_()
+        module.sink.normal_()
         module.gain.normal_()
     x = torch.randn(1, 5, 8)
     pos = torch.tensor([[3, 9, 1, 12, 5]])
@@ -224,3 +244,7 @@ def test_bad_values_are_refused_by_name():
         build_model(tiny_model_config(neighbour_heads=-1))
     with pytest.raises(ConfigError, match="pe_lr_scale"):
         build_model(tiny_model_config(pe_lr_scale=-1.0))
+    from armd_scale.config import load_config
+
+    with pytest.raises(ConfigError, match="neighbour_kind"):
+        load_config(overrides=["model.neighbour_kind=sideways"])
