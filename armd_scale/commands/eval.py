@@ -14,6 +14,8 @@ from pathlib import Path
 
 from armd_scale.data.textio import DOC_SPLITS
 
+from .common import add_device_arg, chosen_device
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp}", required=True)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:  # only reached if a sub-subcommand fo
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -135,6 +137,7 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     orders = args.orders if args.orders is not None else (1 if args.order == "l2r" else 8)
     try:
+        device = chosen_device(args, "eval ppl")
         doc = eval_ppl(
             args.checkpoint,
             args.data,
@@ -147,7 +150,7 @@ def run_ppl(args: argparse.Namespace) -> int:
             seed=args.seed,
             float64=args.float64,
             seq_len=args.seq_len,
-            device=args.device,
+            device=device,
             text_field=args.text_field,
             doc_split=args.doc_split,
             progress=not args.no_progress,
@@ -173,6 +176,7 @@ def run_sbp(args: argparse.Namespace) -> int:
     from armd_scale.eval.sbp import run_sbp_eval
 
     try:
+        device = chosen_device(args, "eval sbp")
         doc = run_sbp_eval(
             args.checkpoint,
             args.out,
@@ -186,7 +190,7 @@ def run_sbp(args: argparse.Namespace) -> int:
             seed=args.seed,
             sample_dtype=args.sample_dtype,
             float64=args.float64,
-            device=args.device,
+            device=device,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -98,22 +98,24 @@ class CheckpointJudge:
         truncated = sum(len(s) > self.max_len for s in seqs)
         seqs = [s[: self.max_len] for s in seqs if s]
         device = next(self.pre.model.parameters()).device
-        total, count = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start : start + self.batch_size]
             n = max(len(s) for s in chunk)
-            # right padding is exact under l2r: position k only sees positions < k
-            x = torch.zeros(len(chunk), n, dtype=torch.long, device=device)
-            mask = torch.zeros(len(chunk), n, dtype=torch.bool, device=device)
+            # built on the host and copied once; right padding is exact under l2r (position k sees < k)
+            x = torch.zeros(len(chunk), n, dtype=torch.long)
+            mask = torch.zeros(len(chunk), n, dtype=torch.bool)
             for i, s in enumerate(chunk):
-                x[i, : len(s)] = torch.tensor(s, device=device)
+                x[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = True
+            count += int(mask.sum())
+            x, mask = x.to(device), mask.to(device)
             order = torch.arange(n, device=device).expand(len(chunk), n)
             logp = torch.log_softmax(self.pre.model(x, order, order).to(self.dtype), dim=-1)
             nll = -logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)
-            total += float(nll[mask].double().sum())
-            count += int(mask.sum())
-        return JudgeScore(total, count, truncated)
+            total += torch.where(mask, nll.double(), 0.0).sum()  # on the device (no sync), read once below
+        return JudgeScore(float(total), count, truncated)
 
 
 class TransformersJudge:

@@ -35,7 +35,7 @@ def eval_ppl(
     seed: int = 0,
     float64: bool = False,
     seq_len: int | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     text_field: str = "text",
     doc_split: str = "file",
     progress: bool = True,

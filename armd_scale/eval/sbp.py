@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..generate import sample_sbp
+from ..rng import seeded
 from .genppl import load_judge, unigram_entropy
 from .text import codec_for
 
@@ -48,7 +49,7 @@ def sweep(
     seed: int = 0,
     sample_dtype: str = "float64",
     float64: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and return the `sbp` JSON document (see `write_results` to save it)."""
@@ -72,7 +73,7 @@ def sweep(
     rows = []
     bar = tqdm(total=len(streams) * num_samples, desc="sbp sweep", unit="sample", disable=not progress)
     for s in streams:
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = seeded(seed)  # a CPU generator on every device (armd_scale/rng.py)
         tokens, seconds, calls = [], 0.0, 0
         for start in range(0, num_samples, batch):
             b = min(batch, num_samples - start)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.orders import sbp_pattern
+from ..rng import seeded, uniform
 from .cache import make_decoder
 from .reference import FullForwardDecoder
 
@@ -201,7 +202,8 @@ def sample_logits(
         probs, index = probs.sort(dim=-1, descending=True)
         probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(*cdf.shape[:-1], 1, generator=generator, dtype=dtype, device=cdf.device) * cdf[..., -1:]
+    # drawn on the generator's device and moved (armd_scale/rng.py): a seed gives the same tokens on any device
+    u = uniform(*cdf.shape[:-1], 1, generator=generator, device=cdf.device, dtype=dtype) * cdf[..., -1:]
     choice = torch.searchsorted(cdf, u, right=True)
     # rounding can put u at the very top of the CDF: stay on the last token with nonzero mass
     last_nonzero = (probs > 0).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
@@ -228,8 +230,7 @@ def generate(
     plan.validate()
     device = next(model.parameters()).device
     if generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else seed)
+        generator = seeded(0 if seed is None else seed)
     b, n = plan.batch_size, plan.length
     was_training = model.training
     model.eval()

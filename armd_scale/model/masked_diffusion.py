@@ -17,7 +17,8 @@ all-masked marginals). The single-draw estimator `(1/s) * masked NLL` is unbiase
 NELBO_T draw s on the grid {1/T, ..., 1} instead of the interval, since T * (1/t) = 1/(t/T).
 
 Nothing here draws from a global RNG: every function takes its uniforms or a generator, so the
-trainer can make noise a pure function of (seed, step, sample index).
+trainer can make noise a pure function of (seed, step, sample index). Draws follow the package's
+rule (armd_scale/rng.py): made on the generator's device, then moved to the tokens' device.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..rng import uniform
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,7 +55,7 @@ def stratified_rates(batch: int, steps: int, generator: torch.Generator | None, 
     """Antithetic rates for a batch: v_i = (u + i / batch) mod 1 with one shared u (MDLM's low-discrepancy
     sampler). Every v_i is still uniform, so the estimator stays unbiased, and one batch covers [0, 1)
     evenly, which cuts the variance the 1/s weight otherwise brings."""
-    u = torch.rand((), generator=generator, dtype=torch.float64)
+    u = uniform(generator=generator, device="cpu", dtype=torch.float64)
     v = torch.remainder(u + torch.arange(batch, dtype=torch.float64) / batch, 1.0)
     return rates_from_uniform(v, steps, eps)
 
@@ -102,7 +105,7 @@ def discrete_nelbo(
     total = torch.zeros(tokens.shape[0], dtype=torch.float64, device=tokens.device)
     for t in range(1, steps + 1):
         rates = torch.full((tokens.shape[0],), t / steps, dtype=torch.float64)
-        uniforms = torch.rand(tokens.shape, generator=generator, dtype=torch.float64)
+        uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
         total += masked_nll(denoise(noisy), tokens, masked).sum(dim=1) / t
     return total
@@ -155,7 +158,8 @@ def ancestral_sample(
     value drawn from p(x_j | z_t); revealed tokens never change again (carry-over). At t = 1 the
     probability is 1, so no mask is left. When a step reveals nothing the next input is unchanged and
     its logits are reused, so forward calls <= T. Tokens are drawn in float64 (DESIGN 2.7). Uniforms
-    come from `generator` (a CPU generator) whatever the device, so samples are reproducible.
+    are drawn on the generator's device and moved (armd_scale/rng.py): with a CPU generator a seed
+    gives the same sample on every device wherever the logits agree.
     Returns a `generate.SampleResult`.
     """
     from ..generate.sampler import SampleResult, sample_logits  # generate imports model: import late
@@ -177,11 +181,11 @@ def ancestral_sample(
         if logits is None:
             logits = denoise(x)
             calls += 1
-        reveal = masked & (torch.rand(x.shape, generator=generator, dtype=torch.float64) < 1.0 / t).to(x.device)
+        reveal = masked & (uniform(*x.shape, generator=generator, device=x.device, dtype=torch.float64) < 1.0 / t)
         if bool(reveal.any()):
             drawn = sample_logits(
-                logits[reveal].cpu(), temperature=temperature, top_p=top_p, generator=generator, dtype=torch.float64
+                logits[reveal], temperature=temperature, top_p=top_p, generator=generator, dtype=torch.float64
             )
-            x[reveal] = drawn.to(x.device)
+            x[reveal] = drawn
             logits = None  # the input changed: the next step needs a new forward call
     return SampleResult(tokens=x, forward_calls=calls, seconds=time.perf_counter() - start)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..rng import uniform
 from . import masked_diffusion as md
 from .armd import _Transformer
 from .layers import init_weights
@@ -92,7 +93,7 @@ class MDLMModel(_Transformer):
         """Continuous-time MDLM loss: mean over tokens of the one-draw NELBO estimate, with antithetic
         rates across the batch. The trainer computes the same thing through the engine (objective.py)."""
         rates = md.stratified_rates(tokens.shape[0], 0, generator)
-        uniforms = torch.rand(tokens.shape, generator=generator, dtype=torch.float64)
+        uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         return md.nelbo_estimate(self, tokens, rates, uniforms, self.mask_id).sum() / tokens.numel()
 
     @torch.no_grad()

@@ -13,9 +13,7 @@ resumed continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from .init_from import initialize_from
 from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopRequest
+from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
 
@@ -197,20 +196,11 @@ def train(cfg: Config) -> int:
         metrics.close()
         loader.close()
     barrier()
-    if dist_info.is_main:
-        if exit_code == 0:
-            print_final_sample(engine.module, cfg, data.tokenizer_dir, print)
-        write_exit_status(run_dir, exit_code, state.step, stop.reason if exit_code else "finished")
+    if dist_info.is_main:  # the status first: an optional sample that fails cannot fail a finished run
+        sample = ("sample", lambda: print_final_sample(engine.module, cfg, data.tokenizer_dir, print))
+        reason = stop.reason if exit_code else "finished"
+        finish_run(run_dir, exit_code, state.step, reason, [sample] if exit_code == 0 else [])
     return exit_code
-
-
-def write_exit_status(run_dir: Path, code: int, step: int, reason: str) -> None:
-    """RUN_DIR/exit_status.json: how the last invocation ended, for launchers that cannot see our exit
-    code (torchrun reports its own). slurm/entrypoint.sh turns code 75 into a requeue."""
-    status = {"code": code, "step": step, "reason": reason, "time": time.time()}
-    tmp = run_dir / f".exit_status.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(status) + "\n")
-    os.replace(tmp, run_dir / "exit_status.json")
 
 
 @torch.no_grad()

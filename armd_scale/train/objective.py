@@ -28,6 +28,7 @@ import torch
 from ..config import Config
 from ..model import masked_diffusion as md
 from ..model import order_loss, token_nll
+from ..rng import uniform
 from .order_schedule import draw_step_orders, step_generator
 
 # Mixed into train.seed so the diffusion noise stream is independent of the order stream.
@@ -111,7 +112,7 @@ class MaskedDiffusionObjective(Objective):
         self.mask_id = mask_id
         self.eval_steps = cfg.train.eval_elbo_steps
         self.rates = self.uniforms = None
-        offset = torch.rand((), generator=step_generator(cfg.train.seed ^ _VAL_SALT, 0), dtype=torch.float64)
+        offset = uniform(generator=step_generator(cfg.train.seed ^ _VAL_SALT, 0), dtype=torch.float64)
         self.val_offset = float(offset)
 
     @property
@@ -121,7 +122,7 @@ class MaskedDiffusionObjective(Objective):
     def begin_step(self, step: int, rows: slice, device: torch.device) -> dict[str, float]:
         gen = step_generator(self.cfg.train.seed ^ _NOISE_SALT, step)
         rates = md.stratified_rates(self.global_batch, 0, gen)
-        uniforms = torch.rand(self.global_batch, self.cfg.data.seq_len, generator=gen, dtype=torch.float64)
+        uniforms = uniform(self.global_batch, self.cfg.data.seq_len, generator=gen, dtype=torch.float64)
         self.rates, self.uniforms = rates[rows].to(device), uniforms[rows].to(device)
         return {}
 
@@ -135,7 +136,7 @@ class MaskedDiffusionObjective(Objective):
             index = first_index + i
             rates.append(md.kronecker_rate(index, self.val_offset, self.eval_steps))
             gen = step_generator(self.cfg.train.seed ^ _VAL_SALT, index + 1)
-            uniforms.append(torch.rand(tokens.shape[1], generator=gen, dtype=torch.float64))
+            uniforms.append(uniform(tokens.shape[1], generator=gen, dtype=torch.float64))
         rates, uniforms = torch.stack(rates), torch.stack(uniforms)
         return float(md.nelbo_estimate(engine, tokens, rates, uniforms, self.mask_id).sum()), tokens.numel()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config
+from ..rng import seeded
 
 
 def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str | None, say) -> None:
@@ -29,13 +30,11 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     was_training = model.training
     model.eval()
     try:
-        gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-        seq = sample_sequential(model, length, generator=gen, temperature=0.8)
+        seq = sample_sequential(model, length, generator=seeded(cfg.train.seed), temperature=0.8)
         say(f"sample (left to right, {seq.forward_calls} forward calls):\n{tokenizer.decode(seq.tokens[0].tolist())}\n")
         streams = 4 if cfg.model.arch == "armd" and length % 4 == 0 else 0
         if streams:
-            gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed)
-            par = sample_sbp(model, length, streams, generator=gen, temperature=0.8)
+            par = sample_sbp(model, length, streams, generator=seeded(cfg.train.seed), temperature=0.8)
             say(
                 f"sample (SBP, {streams} streams, {par.forward_calls} forward calls):\n"
                 f"{tokenizer.decode(par.tokens[0].tolist())}\n"

@@ -1,0 +1,109 @@
+"""`armd eval ppl` and `armd eval sbp` on a device other than the CPU, and `--device auto`.
+
+The commands run in-process on the simulated device of tests/simulated_device.py (CUDA's rules for
+mixing devices and generators, values computed on the CPU), so their JSON must equal the CPU run's
+apart from timings: integers, tokens and texts exactly, floats to float32 rounding (on the simulated
+device attention takes torch's composite math path instead of the fused CPU kernel)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from armd_scale.cli import main
+from tests.simulated_device import simulated_device
+
+TIMINGS = {"seconds", "tokens_per_s"}
+
+
+def _drop_timings(value):
+    if isinstance(value, dict):
+        return {k: _drop_timings(v) for k, v in value.items() if k not in TIMINGS}
+    if isinstance(value, list):
+        return [_drop_timings(v) for v in value]
+    return value
+
+
+def assert_same(on_dev, on_cpu, path: str = "doc") -> None:
+    """Equal structure and values; floats to 1e-6 relative or absolute (float32 rounding of another kernel)."""
+    if isinstance(on_cpu, dict):
+        assert on_dev.keys() == on_cpu.keys(), path
+        for key in on_cpu:
+            assert_same(on_dev[key], on_cpu[key], f"{path}.{key}")
+    elif isinstance(on_cpu, list):
+        assert len(on_dev) == len(on_cpu), path
+        for i, (a, b) in enumerate(zip(on_dev, on_cpu, strict=True)):
+            assert_same(a, b, f"{path}[{i}]")
+    elif isinstance(on_cpu, float):
+        assert on_dev == pytest.approx(on_cpu, rel=1e-6, abs=1e-6), path
+    else:
+        assert on_dev == on_cpu, path
+
+
+def _ppl(tmp_path, device: str, *args: str) -> dict:
+    out = tmp_path / f"ppl-{device.replace(':', '')}-{len(list(tmp_path.iterdir()))}.json"
+    assert main(["eval", "ppl", "--no-progress", "--device", device, *args, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        ["--order", "l2r"],
+        ["--order", "random", "--orders", "3"],
+        ["--order", "diffusion", "--steps", "4", "--orders", "2"],
+    ],
+    ids=["l2r", "random", "diffusion"],
+)
+def test_eval_ppl_on_another_device_equals_the_cpu(text_run, tmp_path, kind):
+    _, val, _ = text_run.data_urls()
+    args = ["--checkpoint", str(text_run.dir), "--data", val, "--max-tokens", "512", "--batch-size", "4", *kind]
+    on_cpu = _ppl(tmp_path, "cpu", *args)
+    with simulated_device() as dev:
+        on_dev = _ppl(tmp_path, str(dev), *args)
+    assert_same(on_dev, on_cpu)
+
+
+def test_eval_ppl_mdlm_on_another_device_equals_the_cpu(text_mdlm_run, tmp_path):
+    _, val, _ = text_mdlm_run.data_urls()
+    args = ["--checkpoint", str(text_mdlm_run.dir), "--data", val, "--max-tokens", "64"]
+    on_cpu = _ppl(tmp_path, "cpu", *args)
+    with simulated_device() as dev:
+        on_dev = _ppl(tmp_path, str(dev), *args)
+    assert_same(on_dev, on_cpu)
+
+
+def test_eval_sbp_on_another_device_equals_the_cpu(text_run, text_ar_run, tmp_path):
+    def sweep(device: str) -> dict:
+        out = tmp_path / f"sbp-{device.replace(':', '')}"
+        args = ["--checkpoint", str(text_run.dir), "--judge", str(text_ar_run.dir), "--streams", "1,4"]
+        assert main(["eval", "sbp", *args, "--length", "16", "--num-samples", "2", "--device", device,
+                     "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+        return json.loads((out / "results.json").read_text())
+
+    on_cpu = sweep("cpu")
+    with simulated_device() as dev:
+        on_dev = sweep(str(dev))
+    assert_same(_drop_timings(on_dev), _drop_timings(on_cpu))
+
+
+def test_device_auto_is_the_default_and_says_what_it_chose(text_run, tmp_path, capsys):
+    _, val, _ = text_run.data_urls()
+    doc = _ppl(tmp_path, "auto", "--checkpoint", str(text_run.dir), "--data", val, "--max-tokens", "128")
+    chosen = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert f"armd eval ppl: computing on {chosen}" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--checkpoint", str(text_run.dir), "--data", val, "--max-tokens", "128",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert f"computing on {chosen}" in capsys.readouterr().err
+    assert doc["tokens"] == 128
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_asking_for_cuda_without_one_is_an_error_not_a_fallback(text_run, capsys):
+    _, val, _ = text_run.data_urls()
+    assert main(["eval", "ppl", "--checkpoint", str(text_run.dir), "--data", val, "--device", "cuda"]) == 1
+    assert "sees no CUDA device" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--checkpoint", str(text_run.dir), "--data", val, "--device", "gpu0"]) == 1
+    assert "is not a device" in capsys.readouterr().err
