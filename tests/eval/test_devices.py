@@ -8,12 +8,19 @@ device attention takes torch's composite math path instead of the fused CPU kern
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from armd_scale.cli import main
 from tests.simulated_device import simulated_device
+
+from .runs import cli_env
+
+REPO = Path(__file__).resolve().parents[2]
 
 TIMINGS = {"seconds", "tokens_per_s"}
 
@@ -107,3 +114,27 @@ def test_asking_for_cuda_without_one_is_an_error_not_a_fallback(text_run, capsys
     assert "sees no CUDA device" in capsys.readouterr().err
     assert main(["eval", "ppl", "--checkpoint", str(text_run.dir), "--data", val, "--device", "gpu0"]) == 1
     assert "is not a device" in capsys.readouterr().err
+
+
+def _eval_sh(run, tmp_path, **env) -> subprocess.CompletedProcess:
+    _, val, _ = run.data_urls()
+    full_env = {**cli_env(), "RUN_DIR": str(run.dir), "DATA": val, "OUT": str(tmp_path / "out.json"),
+                "EVAL_ARGS": "--max-tokens 128 --no-progress", "PYTHON": sys.executable,
+                "PYTHONPATH": str(REPO), **env}  # fmt: skip
+    full_env.pop("SLURM_JOB_ID", None)
+    return subprocess.run(["bash", str(REPO / "slurm" / "eval.sh")], env=full_env, capture_output=True, text=True)
+
+
+def test_slurm_eval_script_computes_where_the_job_can(text_run, tmp_path):
+    proc = _eval_sh(text_run, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    chosen = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert "device auto" in proc.stdout and f"computing on {chosen}" in proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["tokens"] == 128
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a GPU job on a machine whose torch sees no GPU")
+def test_slurm_eval_script_holding_a_gpu_refuses_to_compute_on_the_cpu(text_run, tmp_path):
+    proc = _eval_sh(text_run, tmp_path, SLURM_GPUS_ON_NODE="1")
+    assert proc.returncode == 1 and "device cuda" in proc.stdout, proc.stdout + proc.stderr
+    assert "sees no CUDA device" in proc.stderr and not (tmp_path / "out.json").exists()
