@@ -21,7 +21,10 @@ class TrainData:
     tokenizer_sha256: str
     vocab_size: int
 
-    def train_loader(self, layout: BatchLayout, dp_rank: int, dp_world: int) -> ShardLoader:
+    def train_loader(
+        self, layout: BatchLayout, dp_rank: int, dp_world: int, *, pin_memory: bool = False
+    ) -> ShardLoader:
+        """pin_memory: batches in page-locked memory, so the copy to a GPU is asynchronous (CUDA only)."""
         d = self.cfg.data
         return ShardLoader(
             self.train_url,
@@ -35,6 +38,7 @@ class TrainData:
             on_bad_shard=d.on_bad_shard,
             expect_tokenizer_sha=self.tokenizer_sha256,
             expect_seq_len=d.seq_len,
+            pin_memory=pin_memory,
         )
 
     def val_loader(self, micro_batch: int, dp_rank: int, dp_world: int) -> ShardLoader | None:

@@ -75,7 +75,7 @@ def train(cfg: Config) -> int:
         init_message = initialize_from(model, cfg, data.tokenizer_sha256, dist_info)
     engine, optimizer, scheduler = build_engine(cfg, model, dist_info, layout, load_universal=plan.universal)
     dp_rank, dp_world = data_parallel_coords(dist_info, cfg.parallel.tp)
-    loader = data.train_loader(layout, dp_rank, dp_world)
+    loader = data.train_loader(layout, dp_rank, dp_world, pin_memory=dist_info.device.type == "cuda")
 
     state = TrainerState()
     if plan.tag is not None:
