@@ -63,6 +63,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     attention_backend: Literal["sdpa", "flex", "flash", "auto"] = "sdpa"
+    # torch.compile the model for training (in place: parameter names and checkpoints are unchanged).
+    # Not a shape key: a run may resume with it switched on or off. See docs/GPU.md.
+    compile: bool = False
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
@@ -122,6 +125,28 @@ class OrderConfig:
         if self.kind == "diffusion":
             return dict(steps=self.steps, schedule=self.schedule)
         return {}
+
+
+@dataclass
+class ProfileConfig:
+    """torch.profiler traces of a few optimizer steps on rank 0 (train/profiler.py), under RUN_DIR/profile."""
+
+    # First optimizer step to trace (counted from 1 like the metrics; 0 = no profiling).
+    start_step: int = 0
+    # Steps traced from start_step on.
+    steps: int = 3
+    # Steps run under the profiler but not recorded just before start_step (lets kernels and caches settle).
+    warmup: int = 1
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+
+    def validate(self) -> None:
+        if self.start_step < 0 or self.steps < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"train.profile needs start_step >= 0 (0 = off), steps >= 1 and warmup >= 0; got "
+                f"start_step={self.start_step}, steps={self.steps}, warmup={self.warmup}"
+            )
 
 
 @dataclass
@@ -191,6 +216,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     # A loss above spike_factor x its running mean is logged as a spike.
     spike_factor: float = 3.0
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def validate(self) -> None:
         _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every")
@@ -205,6 +231,7 @@ class TrainConfig:
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last={self.keep_last} must be >= 1")
         self.order.validate()
+        self.profile.validate()
 
 
 @dataclass
@@ -217,6 +244,10 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     # Process-group backend; auto = nccl with CUDA, else gloo.
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # Merged into the generated DeepSpeed config, for DeepSpeed options this tree does not model (flops
+    # profiler, comms logger, offload, ...). A key that contradicts one the config sets is an error
+    # (train/engine.py); e.g. parallel.deepspeed='{flops_profiler: {enabled: true, profile_step: 5}}'.
+    deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _positive(self, "tp")
@@ -380,6 +411,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value in allowed and type(value) in {type(a) for a in allowed}:
             return value
         raise ConfigError(f"'{key}'={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"'{key}'={value!r} must be a mapping with string keys (YAML: {{key: value, ...}})")
+        return copy.deepcopy(value)
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_tp is not str:

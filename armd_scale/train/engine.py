@@ -10,6 +10,7 @@ Choices:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,58 @@ def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool =
             "autotp_size": cfg.parallel.tp,
             "partition_config": {"use_default_specs": False, "layer_specs": ARMD_TP_LAYER_SPECS},
         }
-    return ds
+    return merge_user_deepspeed(ds, cfg.parallel.deepspeed)
+
+
+# Where each DeepSpeed key we generate comes from, for error messages.
+_GENERATED_FROM = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)",
+    "train_batch_size": "train.global_batch_size",
+    "gradient_clipping": "train.grad_clip",
+    "zero_optimization.stage": "parallel.zero_stage",
+    "bf16": "parallel.precision",
+    "fp16": "parallel.precision",
+    "amp": "parallel.precision",
+    "tensor_parallel": "parallel.tp",
+    "checkpoint.load_universal": "the resume logic (universal checkpoints)",
+}
+# Keys DeepSpeed must not own: the optimizer and schedule are ours (GuardedAdamW, train/schedule.py).
+_REFUSED = {"optimizer": "train.lr, train.beta1/beta2, train.weight_decay", "scheduler": "train.lr_schedule"}
+
+
+def merge_user_deepspeed(generated: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`generated` with the user's `parallel.deepspeed` dict merged in, recursively.
+
+    New keys are added; nested dicts merge key by key; a key we generate may be repeated only with the
+    same value. A different value is an error naming the key, both values and the config key that sets
+    it: two sources of truth for one setting is how a run silently trains with the wrong batch size.
+    Keys the config owns even where it leaves them out (`bf16` in an fp32 run, `tensor_parallel` without
+    TP, `train_batch_size` under TP) cannot be added either.
+    """
+    out = copy.deepcopy(generated)
+    for key, value in extra.items():
+        path = f"{prefix}{key}"
+        if not prefix and key in _REFUSED:
+            raise ConfigError(
+                f"parallel.deepspeed.{key} is not allowed: armd_scale builds its own {key} from {_REFUSED[key]}"
+            )
+        if key not in out:
+            if path in _GENERATED_FROM:
+                raise ConfigError(
+                    f"parallel.deepspeed.{path}={value!r}: this key is armd_scale's to set, from "
+                    f"{_GENERATED_FROM[path]}; change that instead"
+                )
+            out[key] = copy.deepcopy(value)
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge_user_deepspeed(out[key], value, prefix=f"{path}.")
+        elif out[key] != value:
+            source = _GENERATED_FROM.get(path) or _GENERATED_FROM.get(path.split(".")[0]) or "armd_scale itself"
+            raise ConfigError(
+                f"parallel.deepspeed.{path}={value!r} contradicts {out[key]!r}, which the generated DeepSpeed "
+                f"config sets from {source}; change that instead (or drop the key)"
+            )
+    return out
 
 
 class GuardedAdamW(torch.optim.AdamW):
@@ -147,6 +199,10 @@ def build_engine(
 
         params = [p for p in engine.module.parameters() if p.requires_grad]
         optimizer.clip = lambda: clip_grad_norm_(params, max_norm=cfg.train.grad_clip or float("inf"), mpu=engine.mpu)
+    if cfg.model.compile:
+        # DeepSpeed's own path: torch.compile of the module in place (inductor), so parameter names,
+        # checkpoints and ZeRO hooks are those of the eager module.
+        engine.compile()
     return engine, optimizer, ds_scheduler
 
 
@@ -163,7 +219,7 @@ def repair_optimizer_after_universal_load(optimizer: torch.optim.Optimizer, trai
     decay) and gives every parameter the *same* Adam step tensor, which AdamW then increments once
     per group per step. Hyper-parameters come back from the config; step tensors are un-shared.
     """
-    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0)):
+    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0), strict=False):
         group["weight_decay"] = decay
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):

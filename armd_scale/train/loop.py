@@ -32,6 +32,7 @@ from .init_from import initialize_from
 from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopRequest
+from .profiler import StepProfiler
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
@@ -100,8 +101,17 @@ def train(cfg: Config) -> int:
     flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(), cfg.parallel.precision) if torch.cuda.is_available() else None
     batches = iter(loader)
+    profiler = StepProfiler(
+        cfg.train.profile,
+        run_dir,
+        is_main=dist_info.is_main,
+        device=dist_info.device,
+        first_step=state.step,
+        say=metrics.message,
+    )
     exit_code = 0
     try:
+        profiler.start()
         while state.step < cfg.train.steps:
             t0 = time.perf_counter()
             rows = slice(dp_rank * layout.local_batch, (dp_rank + 1) * layout.local_batch)
@@ -133,6 +143,7 @@ def train(cfg: Config) -> int:
             step_loss = total_nll / total_tokens
             state.step += 1
             metrics.advance()
+            profiler.step()
 
             if not math.isfinite(step_loss):
                 state.bad_steps += 1
@@ -192,6 +203,7 @@ def train(cfg: Config) -> int:
                 exit_code = EXIT_PREEMPTED
                 break
     finally:
+        profiler.stop()
         stop.restore()
         metrics.close()
         loader.close()
