@@ -1,7 +1,9 @@
 """A short sample printed when training finishes, so a run shows what the model learned.
 
-Only where rank 0 holds the whole model (no tensor parallelism, ZeRO below 3); larger runs sample
-offline with `armd generate`.
+armd: left to right and SBP with 4 streams; ar: left to right; mdlm: its ancestral sampler with one
+denoising step per token. Only where rank 0 holds the whole model (no tensor parallelism, ZeRO below
+3); larger runs sample offline with `armd generate`. It runs on the training device with a seeded CPU
+generator (armd_scale/rng.py), after exit_status.json is written (train/run_status.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     tokens = cfg.train.sample_at_end
     if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
         return
-    if cfg.model.arch not in ("armd", "ar"):
-        return
     from ..data.tokenizer import Tokenizer
     from ..generate import sample_sbp, sample_sequential
 
@@ -30,6 +30,11 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     was_training = model.training
     model.eval()
     try:
+        if cfg.model.arch == "mdlm":
+            out = model.sample(1, length, length, generator=seeded(cfg.train.seed), temperature=0.8)
+            text = tokenizer.decode(out.tokens[0].tolist())
+            say(f"sample (mdlm, {length} denoising steps, {out.forward_calls} forward calls):\n{text}\n")
+            return
         seq = sample_sequential(model, length, generator=seeded(cfg.train.seed), temperature=0.8)
         say(f"sample (left to right, {seq.forward_calls} forward calls):\n{tokenizer.decode(seq.tokens[0].tolist())}\n")
         streams = 4 if cfg.model.arch == "armd" and length % 4 == 0 else 0

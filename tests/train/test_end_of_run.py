@@ -21,7 +21,7 @@ from tests.simulated_device import simulated_device
 from .conftest import TINY
 
 
-@pytest.mark.parametrize("arch", ["armd", "ar"])
+@pytest.mark.parametrize("arch", ["armd", "ar", "mdlm"])
 def test_end_of_run_sample_runs_on_another_device(arch, data_cache):
     cfg = load_config(None, [*TINY, f"model.arch={arch}", f"data.cache_dir={data_cache}", "train.sample_at_end=16"])
     tokenizer_dir = ensure_builtin_dataset(DataConfig(cache_dir=str(data_cache), seq_len=32, vocab_size=128))[2]
@@ -33,6 +33,7 @@ def test_end_of_run_sample_runs_on_another_device(arch, data_cache):
     with simulated_device() as dev:
         print_final_sample(model.to(dev), cfg, tokenizer_dir, on_device.append)
     assert len(on_cpu) == (2 if arch == "armd" else 1)
+    assert on_cpu[0].startswith("sample (mdlm, 16 denoising steps" if arch == "mdlm" else "sample (left to right")
     assert on_device == on_cpu  # the same seeded sample, text and forward-call counts
 
 
