@@ -16,6 +16,10 @@ the context every aten operation is intercepted and checked with the rules CUDA 
   ("Expected a 'lazy' device type for generator but found 'cpu'"), as CUDA refuses a CPU generator;
 - `Tensor.numpy()` refuses, `.item()`, `.tolist()`, `float(t)` and `.cpu()` work, as on CUDA.
 
+It also counts host reads (`host_reads()`): operations that make the host wait for a device value
+(`.item()`, `bool(t)`, `torch.equal`, `.tolist()`, a copy to the CPU), each one a device
+synchronisation on a GPU, so a test can show that a loop has none per iteration.
+
 So code that runs here on the simulated device has no cross-device mix that CUDA would refuse, and,
 because values are computed exactly as on the CPU, its results can be compared bit for bit with a
 CPU run. What it cannot show: CUDA kernels' numerics, memory, speed, NCCL (bench/gpu_check.sh does).
@@ -36,6 +40,16 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 SIMULATED = torch.device("lazy", 0)
 aten = torch.ops.aten
+
+# Operations that make the host wait for a value on the device (a synchronisation on a GPU).
+_HOST_READS = {aten._local_scalar_dense, aten.equal, aten.is_nonzero}
+_counter = {"host_reads": 0}
+
+
+def host_reads() -> int:
+    """Host reads of simulated-device values since `simulated_device()` was entered."""
+    return _counter["host_reads"]
+
 
 # Operations that legitimately take tensors of two devices.
 _COPIES = {aten._to_copy, aten.copy_, aten._copy_from, aten._copy_from_and_resize}
@@ -66,6 +80,7 @@ class SimTensor(torch.Tensor):
         return out
 
     def tolist(self):
+        _counter["host_reads"] += 1
         return self.elem.tolist()
 
     def numpy(self, *args, **kwargs):
@@ -107,6 +122,9 @@ class _Mode(TorchDispatchMode):
         on_sim = any(isinstance(a, SimTensor) for a in flat)
         to_sim = _is_simulated(kwargs.get("device"))
         packet = func.overloadpacket
+        to_host = packet is aten._to_copy and on_sim and not to_sim and kwargs.get("device") is not None
+        if on_sim and (packet in _HOST_READS or to_host):
+            _counter["host_reads"] += 1
         if packet in _INDEXING:
             checked = [args[0]] + ([args[2]] if len(args) > 2 else [])  # self and values, not the indices
             if on_sim and _host_tensors(checked):
@@ -164,6 +182,7 @@ def simulated_device() -> Iterator[torch.device]:
     swap_before = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     torch.tensor = tensor
+    _counter["host_reads"] = 0
     try:
         with _Mode():
             yield SIMULATED

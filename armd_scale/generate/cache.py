@@ -155,11 +155,14 @@ class _Decoder:
         return [_KVBuffer(*shape, self.device, self.dtype) for _ in range(count)]
 
     def _check(self, commit_tokens, commit_positions, target_positions) -> tuple[torch.Tensor, ...]:
-        """Default missing parts to empty [B, 0], move to the model's device, validate shapes and positions."""
-        empty = torch.empty(self.batch_size, 0, dtype=torch.long, device=self.device)
-        commit_tokens = empty if commit_tokens is None else commit_tokens.to(self.device)
-        commit_positions = empty if commit_positions is None else commit_positions.to(self.device)
-        target_positions = empty if target_positions is None else target_positions.to(self.device)
+        """Default missing parts to empty [B, 0], validate shapes and positions, and return
+        (tokens, commit positions, target positions) on the model's device plus both position tensors on
+        the host. Positions are validated and compared (warm or cold step) on the host: a sampler that
+        passes host positions (as `generate` does) costs no device synchronisation per step."""
+        empty = torch.empty(self.batch_size, 0, dtype=torch.long)
+        commit_tokens = empty if commit_tokens is None else commit_tokens
+        commit_positions = empty if commit_positions is None else commit_positions.cpu()
+        target_positions = empty if target_positions is None else target_positions.cpu()
         named = (
             ("commit_tokens", commit_tokens),
             ("commit_positions", commit_positions),
@@ -175,7 +178,14 @@ class _Decoder:
         for name, t in (("commit_positions", commit_positions), ("target_positions", target_positions)):
             if t.numel() and ((t < 0) | (t >= limit)).any():
                 raise ValueError(f"{name} must lie in [0, model.max_seq_len={limit})")
-        return commit_tokens, commit_positions, target_positions
+        move = {"device": self.device, "non_blocking": True}
+        return (
+            commit_tokens.to(**move),
+            commit_positions.to(**move),
+            target_positions.to(**move),
+            commit_positions,
+            target_positions,
+        )
 
     def _room(self, needed: int) -> None:
         if needed > self.max_len:
@@ -193,7 +203,7 @@ class ARMDDecoder(_Decoder):
         self.g_cache = self._buffers(cfg.n_layers - self.n_two_stream)  # query-stream K/V, + pending targets
         self.prefix_state = torch.zeros(batch_size, cfg.d_pe, cfg.d_model, device=self.device, dtype=self.dtype)
         self.prefix_count = 0
-        self.pending: torch.Tensor | None = None  # target positions whose G K/V sit at [n_committed, ...)
+        self.pending: torch.Tensor | None = None  # target positions (host) whose G K/V sit at [n_committed, ...)
 
     def _g0(self, pos: torch.Tensor) -> torch.Tensor:
         """Prefix aggregation from the running state (O(d_pe * d) per target, independent of length)."""
@@ -214,10 +224,10 @@ class ARMDDecoder(_Decoder):
         target_positions: torch.Tensor | None,
     ) -> torch.Tensor:
         """Commit one block and return logits [B, T, V] for the next block's target positions."""
-        tokens, cpos, tpos = self._check(commit_tokens, commit_positions, target_positions)
+        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
         model, n = self.model, self.n_committed
         c, t = cpos.shape[1], tpos.shape[1]
-        warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos))
+        warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos_host))
         self._room(n + c + t)
         self.forward_calls += 1
 
@@ -253,11 +263,11 @@ class ARMDDecoder(_Decoder):
             else:  # the last one: X is needed only as keys, so only G rows advance
                 g = layer(xg, rope_xg, slice(c, None), keys, buf, n, last_mask)
         # Causal layers on G. Warm: the commit block's G K/V are already at [n, n + c) (pending).
-        for layer, buf in zip(self.layers[self.n_two_stream :], self.g_cache):
+        for layer, buf in zip(self.layers[self.n_two_stream :], self.g_cache, strict=True):
             g = layer(g, rope_g, ALL, ALL, buf, n + c - cg, causal_mask)
 
         self.n_committed = n + c
-        self.pending = tpos.clone() if t else None
+        self.pending = tpos_host.clone() if t else None
         return model.head(g[:, cg:])
 
 
@@ -273,7 +283,7 @@ class ARDecoder(_Decoder):
         super().__init__(model, batch_size, max_len)
         self.caches = self._buffers(model.cfg.n_layers)
         self.last_token: torch.Tensor | None = None  # [B, 1] most recently committed token
-        self.pending: torch.Tensor | None = None  # [B, 1] position of the row at index n_committed
+        self.pending: torch.Tensor | None = None  # [B, 1] position (host) of the row at index n_committed
 
     @torch.inference_mode()
     def step(
@@ -283,14 +293,14 @@ class ARDecoder(_Decoder):
         target_positions: torch.Tensor | None,
     ) -> torch.Tensor:
         """Commit tokens (each its own block, in the order given) and predict at most one target."""
-        tokens, cpos, tpos = self._check(commit_tokens, commit_positions, target_positions)
+        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
         if tpos.shape[1] > 1:
             raise ValueError(
                 f"arch 'ar' predicts one token per step (single-token blocks); got {tpos.shape[1]} targets"
             )
         model, n = self.model, self.n_committed
         c = cpos.shape[1]
-        reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos[:, :1])
+        reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos_host[:, :1])
         # rows [n + reuse, n + c + t): inputs are the previous tokens, positions the tokens they predict
         prev = [] if self.last_token is None else [self.last_token]
         inputs = torch.cat(prev + [tokens], dim=1)
@@ -307,7 +317,7 @@ class ARDecoder(_Decoder):
         if c:
             self.last_token = tokens[:, -1:].clone()
         self.n_committed = n + c
-        self.pending = tpos.clone() if tpos.shape[1] else None
+        self.pending = tpos_host.clone() if tpos.shape[1] else None
         if q == 0:
             return h.new_zeros(self.batch_size, 0, model.cfg.vocab_size)
         self.forward_calls += 1
@@ -316,7 +326,7 @@ class ARDecoder(_Decoder):
         if q > 1:  # causal among the new rows; every cached row is visible
             ids = list(range(start_row + q))
             mask = _general_mask(ids[start_row:], ids, self.batch_size, h)
-        for layer, buf in zip(self.layers, self.caches):
+        for layer, buf in zip(self.layers, self.caches, strict=True):
             h = layer(h, rope, ALL, ALL, buf, start_row, mask)
         return model.head(h[:, q - tpos.shape[1] :])
 

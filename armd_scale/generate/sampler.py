@@ -236,18 +236,19 @@ def generate(
     model.eval()
     start = time.perf_counter()
     decoder = make_decoder(model, b, n) if use_cache else FullForwardDecoder(model, b, n)
+    # Positions stay on the host for the decoder (no device sync per step); tokens stay on the device.
     out = torch.zeros(b, n, dtype=torch.long, device=device)
     commit_tokens = plan.known_tokens.to(device)
-    commit_positions = plan.known_positions.to(device)
-    out.scatter_(1, commit_positions, commit_tokens)
+    commit_positions = plan.known_positions.cpu()
+    out.scatter_(1, commit_positions.to(device), commit_tokens)
     for positions in plan.blocks:
-        positions = positions.to(device)
+        positions = positions.cpu()
         logits = decoder.step(commit_tokens, commit_positions, positions)
         commit_tokens = sample_logits(
             logits, temperature=temperature, top_p=top_p, generator=generator, dtype=sample_dtype
         )
         commit_positions = positions
-        out.scatter_(1, positions, commit_tokens)
+        out.scatter_(1, positions.to(device, non_blocking=True), commit_tokens)
     seconds = time.perf_counter() - start
     model.train(was_training)
     return SampleResult(out, decoder.forward_calls, seconds)

@@ -138,3 +138,29 @@ def test_slurm_eval_script_holding_a_gpu_refuses_to_compute_on_the_cpu(text_run,
     proc = _eval_sh(text_run, tmp_path, SLURM_GPUS_ON_NODE="1")
     assert proc.returncode == 1 and "device cuda" in proc.stdout, proc.stdout + proc.stderr
     assert "sees no CUDA device" in proc.stderr and not (tmp_path / "out.json").exists()
+
+
+def test_likelihood_reads_the_device_once_whatever_the_number_of_batches(markov_run):
+    """Scores are summed on the device and read at the end, not once per batch and order. (The model's
+    forward itself reads a few values per call: see docs/GPU.md; that part is subtracted here.)"""
+    import numpy as np
+
+    from armd_scale.eval.likelihood import evaluate_likelihood
+    from armd_scale.model.orders import random_order
+    from armd_scale.pretrained import load_pretrained
+    from tests.simulated_device import host_reads
+
+    pre = load_pretrained(str(markov_run.dir))
+    windows = np.random.default_rng(0).integers(4, 12, size=(12, 32))
+    with simulated_device() as dev:
+        pre.model.to(dev)
+        order, block = random_order(2, 32)
+        before = host_reads()
+        with torch.no_grad():
+            pre.model(torch.as_tensor(windows[:2]).to(dev), order.to(dev), block.to(dev))
+        per_forward = host_reads() - before
+        for batches in (2, 6):
+            before = host_reads()
+            evaluate_likelihood(pre.model, np.array_split(windows, batches), kind="random", seq_len=32, orders=3,
+                                progress=False)  # fmt: skip
+            assert host_reads() - before == batches * 3 * per_forward + 1

@@ -24,7 +24,7 @@ from armd_scale.generate import (
 from armd_scale.model.orders import diffusion_order
 from armd_scale.rng import seeded
 from tests.model.conftest import tiny_model
-from tests.simulated_device import simulated_device
+from tests.simulated_device import host_reads, simulated_device
 
 from ..eval.runs import _one_thread, text_ar_run, text_mdlm_run, text_run  # noqa: F401  (pytest fixtures)
 
@@ -117,3 +117,17 @@ def test_armd_generate_on_another_device_equals_the_cpu(run, args, request, tmp_
     assert on_dev == on_cpu  # same tokens, texts and forward calls
     err = capsys.readouterr().err
     assert "armd generate: computing on cpu" in err and "armd generate: computing on lazy:0" in err
+
+
+@pytest.mark.parametrize("arch", ["armd", "ar"])
+def test_cached_decoding_never_waits_for_the_device(arch):
+    """Positions stay on the host and uniforms are copied over asynchronously: a decoding loop on a GPU
+    has no device synchronisation per step (the old one had three: two position checks and a compare)."""
+    model = tiny_model(arch)
+    with simulated_device() as dev:
+        model.to(dev)
+        before = host_reads()
+        sample_sequential(model, N, batch_size=2, generator=seeded(0), top_p=0.9)
+        if arch == "armd":
+            sample_sbp(model, N, 4, generator=seeded(0))
+        assert host_reads() == before == 0
