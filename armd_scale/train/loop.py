@@ -130,11 +130,12 @@ def train(cfg: Config) -> int:
                 # so the update is the mean over every token of the global batch.
                 loss = objective.micro_loss(engine, tokens, mrows)
                 nll_sum += loss.detach().double() * tokens.numel()
+                engine.backward(loss)
                 if micro == layout.grad_accum - 1:
-                    # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere).
+                    # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere). Read
+                    # after the backward is queued, so the GPU computes it while the host waits.
                     bad = not bool(torch.isfinite(nll_sum))
                     optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, dist_info.device) > 0
-                engine.backward(loss)
                 engine.step()
             total_nll, total_tokens = all_reduce_sum(
                 [float(nll_sum), tokens.numel() * layout.grad_accum], dist_info.device
