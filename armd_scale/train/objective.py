@@ -79,7 +79,9 @@ class OrderObjective(Objective):
         order, block, info = draw_step_orders(
             t.order, step=step, global_batch=self.global_batch, seq_len=self.cfg.data.seq_len, seed=t.seed
         )
-        self.order, self.block = order[rows].to(device), block[rows].to(device)
+        # drawn on the host (a CPU generator per step, armd_scale/rng.py), copied without waiting
+        self.order = order[rows].to(device, non_blocking=True)
+        self.block = block[rows].to(device, non_blocking=True)
         return info
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
@@ -123,7 +125,8 @@ class MaskedDiffusionObjective(Objective):
         gen = step_generator(self.cfg.train.seed ^ _NOISE_SALT, step)
         rates = md.stratified_rates(self.global_batch, 0, gen)
         uniforms = uniform(self.global_batch, self.cfg.data.seq_len, generator=gen, dtype=torch.float64)
-        self.rates, self.uniforms = rates[rows].to(device), uniforms[rows].to(device)
+        self.rates = rates[rows].to(device, non_blocking=True)
+        self.uniforms = uniforms[rows].to(device, non_blocking=True)
         return {}
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
