@@ -16,6 +16,13 @@ import functools
 import pytest
 import torch
 
+try:  # `with torch.device(...)` recognises factories by identity, from a set cached on first use:
+    from torch.utils._device import _device_constructors  # fill it with torch's own functions before
+
+    _device_constructors()  # the fixture wraps them, or factories called inside that context ignore it
+except ImportError:  # pragma: no cover - a torch without the private helper
+    pass
+
 # torch functions: where the filled tensor's device comes from ("factory": device=/out=/default device).
 _FACTORIES = ("rand", "randn", "randint", "randperm")
 _FROM_INPUT = ("rand_like", "randn_like", "randint_like", "multinomial", "bernoulli", "normal", "poisson")

@@ -35,6 +35,12 @@ def test_guard_refuses_a_cpu_generator_filling_a_meta_tensor(draw):
         draw(torch.Generator())
 
 
+def test_guard_keeps_the_default_device_context_working():
+    """`with torch.device("meta")` (the dry run builds models this way) still reaches wrapped factories."""
+    with torch.device("meta"):
+        assert torch.randn(3).is_meta and torch.rand(2).is_meta and torch.randperm(4).is_meta
+
+
 def test_guard_lets_matching_devices_through():
     g = torch.Generator().manual_seed(0)
     assert torch.rand(3, generator=g).shape == (3,)
