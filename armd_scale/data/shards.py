@@ -93,8 +93,10 @@ class ShardSetWriter:
     def __post_init__(self) -> None:
         self.dtype = dtype_for_vocab(self.vocab_size)
         self.entries: list[ShardEntry] = []
-        self._pending: list[np.ndarray] = []
-        self._pending_len = 0
+        # One shard's worth of ids in the shard's dtype, filled in place: memory stays at one shard
+        # whatever the corpus (a list of per-document arrays cost ~4x that in array headers).
+        self._buffer = np.empty(0, dtype=NUMPY_DTYPE[self.dtype])
+        self._fill = 0
         self._samples = 0
         self.documents = 0
 
@@ -118,27 +120,19 @@ class ShardSetWriter:
         self._append(np.asarray(samples).reshape(-1))
 
     def _append(self, tokens: np.ndarray) -> None:
-        """Ids are checked here and kept in the shard's dtype (a 64 MB shard of uint16 ids is 4x
-        smaller pending than as int64), so memory stays near one shard whatever the corpus."""
         if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise DataError(f"token id outside [0, {self.vocab_size}) while writing {self.url}")
-        self._pending.append(tokens.astype(NUMPY_DTYPE[self.dtype], copy=False))
-        self._pending_len += len(tokens)
-        if self._pending_len >= self.seq_len * self.samples_per_shard:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        dtype = NUMPY_DTYPE[self.dtype]
-        stream = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=dtype)
-        self._pending = []
-        per_shard = self.seq_len * self.samples_per_shard
+        if not len(self._buffer):
+            self._buffer = np.empty(self.seq_len * self.samples_per_shard, dtype=NUMPY_DTYPE[self.dtype])
         start = 0
-        while len(stream) - start >= per_shard or (final and len(stream) - start >= self.seq_len):
-            n = min(self.samples_per_shard, (len(stream) - start) // self.seq_len)
-            self._write_shard(stream[start : start + n * self.seq_len].reshape(n, self.seq_len))
-            start += n * self.seq_len
-        self._pending = [stream[start:].copy()]  # a copy: the view would keep the whole stream alive
-        self._pending_len = len(stream) - start
+        while start < len(tokens):
+            take = min(len(tokens) - start, len(self._buffer) - self._fill)
+            self._buffer[self._fill : self._fill + take] = tokens[start : start + take]
+            self._fill += take
+            start += take
+            if self._fill == len(self._buffer):
+                self._write_shard(self._buffer.reshape(self.samples_per_shard, self.seq_len))
+                self._fill = 0
 
     def _write_shard(self, samples: np.ndarray) -> None:
         name = SHARD_NAME.format(len(self.entries))
@@ -148,8 +142,10 @@ class ShardSetWriter:
         self._samples += len(samples)
 
     def finish(self) -> Manifest:
-        self._flush(final=True)
-        dropped = self._pending_len
+        whole = self._fill // self.seq_len
+        if whole:
+            self._write_shard(self._buffer[: whole * self.seq_len].reshape(whole, self.seq_len))
+        dropped = self._fill - whole * self.seq_len
         manifest = Manifest(
             split=self.split,
             tokenizer_sha256=self.tokenizer_sha256,
