@@ -90,13 +90,14 @@ def main() -> None:
     tok = work / "sp8k"
     if not (tok / "tokenizer.json").exists():
         cmd = [sys.executable, "-m", "armd_scale.cli", "tokenizer", "--input", str(BOOKS), "--vocab-size", "8000"]
-        subprocess.run([*cmd, "--out", str(tok), "--no-progress"], env=env, check=True, capture_output=True)
+        subprocess.run([*cmd, "--out", str(tok), "--no-progress"], env=env, cwd=work, check=True, capture_output=True)
     out = work / "shards"
     cmd = [sys.executable, "-m", "armd_scale.cli", "shards", "--tokenizer", str(tok), "--input", str(corpus)]
     cmd += ["--seq-len", "1024", "--val-fraction", "0.001", "--workers", str(args.workers), "--out", str(out)]
     cmd += ["--overwrite", "--no-progress"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # cwd=work: run from the repository root, `python -m` would import that tree whatever PYTHONPATH says
+    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tree, own = peak_rss(proc)
     wall = time.perf_counter() - start
     stdout, stderr = proc.communicate()
