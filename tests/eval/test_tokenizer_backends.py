@@ -19,17 +19,7 @@ from armd_scale.data.tokenizer import load_tokenizer
 from armd_scale.eval import validate
 from armd_scale.pretrained import load_pretrained
 
-from .runs import (  # noqa: F401  (pytest fixtures)
-    HF_PADDED_VOCAB,
-    HF_VOCAB,
-    RUNS,
-    SEQ_LEN,
-    _one_thread,
-    cli_env,
-    text_bpe_run,
-    text_run,
-    text_wordpiece_run,
-)
+from .runs import HF_PADDED_VOCAB, HF_VOCAB, RUNS, SEQ_LEN, cli_env
 
 BACKENDS = ["text_run", "text_bpe_run", "text_wordpiece_run"]
 
