@@ -41,12 +41,24 @@ def test_byte_bpe_has_the_gpt2_layout_and_is_deterministic(bpe_dir: Path, tmp_pa
     assert record["sha256"] == tok.sha256 and record["special_tokens"]["separator"] == "<|endoftext|>"
 
 
+def _first_chars(folder: Path, limit: int) -> str:
+    """The first `limit` characters of a corpus folder's text, as the readers give it."""
+    parts, size = [], 0
+    for doc in iter_corpus(expand_inputs([str(folder)]), doc_split="paragraph", warn=False):
+        parts.append(doc)
+        size += len(doc)
+        if size >= limit:
+            break
+    return "\n\n".join(parts)
+
+
 def test_byte_bpe_round_trips_exactly_and_counts_bytes_exactly(bpe_dir: Path) -> None:
     tok = load_tokenizer(str(bpe_dir))
     table = tok.byte_lengths()
     texts = pydoc_documents() + [UNICODE]
-    if (CORPORA / "tinyshakespeare").is_dir():
-        texts += list(iter_corpus(expand_inputs([str(CORPORA / "tinyshakespeare")])))
+    for name in ("tinyshakespeare", "wikitext-2", "state_union"):  # optional real text: 200 KB of each
+        if (CORPORA / name).is_dir():
+            texts.append(_first_chars(CORPORA / name, 200_000))
     for text in texts:
         ids = np.asarray(tok.encode(text))
         assert tok.decode(ids) == text
