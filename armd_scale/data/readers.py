@@ -206,7 +206,7 @@ def parquet_documents(
     with open_stream(source, None, storage_options) as stream:
         try:
             pf = pq.ParquetFile(stream)
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:
             raise DataError(f"input file {source} is not a readable Parquet file: {e}") from None
         schema = pf.schema_arrow
         if text_field not in schema.names:
@@ -218,7 +218,14 @@ def parquet_documents(
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise DataError(f"{source}: column '{text_field}' has type {kind}, expected a string column")
         row = 0
-        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=[text_field]):
+        batches = pf.iter_batches(batch_size=_PARQUET_BATCH, columns=[text_field])
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as e:  # a damaged row group
+                raise DataError(f"input file {source}: cannot read rows after row {row}: {e}") from None
+            if batch is None:
+                return
             for value in batch.column(0).to_pylist():
                 row += 1
                 text = record_text(value, f"{source}: row {row}", text_field, issues)

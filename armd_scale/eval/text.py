@@ -115,7 +115,7 @@ def codec_for(pretrained) -> TextCodec:
     if expected and tokenizer.sha256 != expected:
         raise DataError(
             f"tokenizer {tok_dir} has sha256 {tokenizer.sha256} but checkpoint {pretrained.source} was trained with "
-            f"{expected}: the tokenizer changed since training; point the run at the right one or re-export"
+            f"{expected}: the tokenizer changed since training; restore the one it was trained with"
         )
     if tokenizer.vocab_size > vocab:
         raise DataError(

@@ -186,6 +186,13 @@ def test_parquet_and_json_errors_name_the_file_and_the_fix(tmp_path: Path, caplo
     (tmp_path / "not.parquet").write_bytes(b"PAR1 but not really")
     with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path / 'not.parquet'))} is not a readable Parquet"):
         list(iter_corpus([str(tmp_path / "not.parquet")]))
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"text": [f"doc {i} " * 50 for i in range(4000)]}), damaged, row_group_size=1000)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = b"\xff" * 2000
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{re.escape(str(damaged))}: cannot read rows after row"):
+        list(iter_corpus([str(damaged)]))
     array = tmp_path / "array.json"
     array.write_text('[\n  {"text": "a"}\n]\n')
     with pytest.raises(DataError, match=rf"{re.escape(str(array))}:1: not valid JSON.*one JSON document"):

@@ -8,6 +8,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,16 @@ def test_training_refuses_a_model_smaller_than_its_tokenizer_and_a_foreign_token
     foreign = _train(tmp_path, f"data.train={train}", f"data.tokenizer={other_tok}")
     assert foreign.returncode != 0 and f"data.tokenizer='{other_tok}' has sha256" in foreign.stderr
     assert "point data.tokenizer at the tokenizer the shards were built with" in foreign.stderr
+
+
+def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run, text_wordpiece_run, tmp_path):
+    export = tmp_path / "export"
+    assert main(["convert", "--checkpoint", str(text_bpe_run.dir), "--to", "export", "--out", str(export)]) == 0
+    _, _, other = text_wordpiece_run.data_urls()
+    for name in ("tokenizer.json", "armd_tokenizer.json"):  # another tokenizer of the same size in its place
+        (export / "tokenizer" / name).write_bytes((Path(other) / name).read_bytes())
+    from armd_scale.data.errors import DataError
+    from armd_scale.eval.text import codec_for
+
+    with pytest.raises(DataError, match="changed since training; restore the one it was trained with"):
+        codec_for(load_pretrained(export))
