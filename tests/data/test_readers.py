@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,12 @@ def test_parquet_and_json_errors_name_the_file_and_the_fix(tmp_path: Path, caplo
     assert any(
         str(nulls) in r.getMessage() and "1 record(s) with a null text" in r.getMessage() for r in caplog.records
     )
+
+
+def test_hf_inputs_without_datasets_name_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    with pytest.raises(DataError, match=re.escape("pip install 'armd_scale[hf]'")):
+        list(iter_corpus(["hf:json?data_files=x.jsonl"]))
 
 
 def test_hf_inputs_refuse_unknown_keys_and_missing_columns(tmp_path: Path) -> None:
