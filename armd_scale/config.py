@@ -66,9 +66,18 @@ class ModelConfig:
     # torch.compile the model for training (in place: parameter names and checkpoints are unchanged).
     # Not a shape key: a run may resume with it switched on or off. See docs/GPU.md.
     compile: bool = False
+    # Ids >= this are vocabulary padding (vocab_size rounded up for GPU efficiency, e.g. GPT-2's 50,257
+    # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
+    # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
+    tokenizer_vocab_size: int | None = None
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
+        if self.tokenizer_vocab_size is not None and not 1 <= self.tokenizer_vocab_size <= self.vocab_size:
+            raise ConfigError(
+                f"model.tokenizer_vocab_size={self.tokenizer_vocab_size} must be in [1, model.vocab_size="
+                f"{self.vocab_size}]: a model cannot be smaller than its tokenizer"
+            )
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:

@@ -36,7 +36,7 @@ class Pretrained:
     tokenizer_sha256: str | None
 
     def tokenizer(self):
-        """The run's sentencepiece tokenizer, or an error saying where it was expected."""
+        """The run's tokenizer (any backend), or an error saying where it was expected."""
         from .data.tokenizer import Tokenizer
 
         if not self.tokenizer_dir:

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from armd_scale.data.textio import DOC_SPLITS
+from armd_scale.data.formats import INPUT_FORMATS
+from armd_scale.data.readers import DOC_SPLITS
 
 from .common import add_device_arg, chosen_device
 
@@ -82,6 +83,7 @@ def add_ppl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     p.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
     p.add_argument("--doc-split", choices=DOC_SPLITS, default="file", help="what a document is in .txt inputs")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default="auto", help="format of text input files")
     p.add_argument("--json", metavar="OUT", help="write the result (docs/EVALUATION.md) to this file")
 
 
@@ -153,6 +155,7 @@ def run_ppl(args: argparse.Namespace) -> int:
             device=device,
             text_field=args.text_field,
             doc_split=args.doc_split,
+            input_format=args.input_format,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as e:

@@ -38,6 +38,7 @@ def eval_ppl(
     device: str | torch.device = "cpu",
     text_field: str = "text",
     doc_split: str = "file",
+    input_format: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score `data` with the checkpoint at `checkpoint` (run dir, checkpoint folder or export dir)."""
@@ -54,7 +55,13 @@ def eval_ppl(
     if seq_len > pre.config.model.max_seq_len:
         raise DataError(f"windows of seq_len={seq_len} exceed the model's max_seq_len={pre.config.model.max_seq_len}")
     windows = open_eval_data(
-        data, codec, seq_len=seq_len, max_tokens=max_tokens, text_field=text_field, doc_split=doc_split
+        data,
+        codec,
+        seq_len=seq_len,
+        max_tokens=max_tokens,
+        text_field=text_field,
+        doc_split=doc_split,
+        input_format=input_format,
     )
     result = evaluate_likelihood(
         pre.model,

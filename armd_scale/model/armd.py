@@ -31,6 +31,7 @@ from .layers import Block, init_weights
 from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
 from .orders import l2r_order
 from .rope import RotaryEmbedding
+from .vocab import mask_padded_vocab
 
 
 class _Transformer(nn.Module):
@@ -59,7 +60,7 @@ class _Transformer(nn.Module):
         return prepare(spec, self.cfg.attention_backend, like.device, like.dtype)
 
     def head(self, g: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.final_norm(g))
+        return mask_padded_vocab(self.lm_head(self.final_norm(g)), self.cfg.tokenizer_vocab_size)
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         seen, total = set(), 0

@@ -52,6 +52,22 @@ def tokenizer(tokenizer_dir: Path) -> Tokenizer:
     return Tokenizer.load(str(tokenizer_dir))
 
 
+@pytest.fixture(scope="session")
+def bpe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer.json of 400 ids trained on the pydoc topics."""
+    out = tmp_path_factory.mktemp("bpe")
+    train_tokenizer(["builtin:pydoc"], str(out), vocab_size=400, kind="byte-bpe")
+    return out
+
+
+@pytest.fixture(scope="session")
+def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT-style (lower-casing) WordPiece tokenizer.json of 400 ids trained on the pydoc topics."""
+    out = tmp_path_factory.mktemp("wordpiece")
+    train_tokenizer(["builtin:pydoc"], str(out), vocab_size=400, kind="wordpiece")
+    return out
+
+
 def write_indexed_set(
     url: str,
     num_samples: int,

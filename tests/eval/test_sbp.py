@@ -18,7 +18,7 @@ from armd_scale.cli import main
 from armd_scale.data.tokenizer import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
-from armd_scale.eval.text import IdCodec, SentencePieceCodec, codec_for
+from armd_scale.eval.text import IdCodec, TokenizerCodec, codec_for
 from armd_scale.pretrained import load_pretrained
 
 from .runs import cli_env
@@ -127,7 +127,7 @@ def test_sweep_rejects_streams_that_do_not_divide_the_length(text_run, tmp_path,
 
 def test_judge_retokenizes_text_from_another_tokenizer(text_run, tmp_path):
     """A generator with another tokenizer: the judge reads the decoded text, not the ids."""
-    other = SentencePieceCodec(train_tokenizer(["builtin:pydoc"], str(tmp_path / "tok"), vocab_size=96, seed=0))
+    other = TokenizerCodec(train_tokenizer(["builtin:pydoc"], str(tmp_path / "tok"), vocab_size=96, seed=0))
     judge = CheckpointJudge(load_pretrained(text_run.dir, dtype=torch.float64))
     assert other.sha256 != judge.codec.sha256
     rng = np.random.default_rng(0)
