@@ -19,7 +19,6 @@ a tampered checkpoint cannot run code.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
 from ..config import Config, ConfigError
 from .distributed import DistInfo, barrier, broadcast_object
 from .safe_load import assert_weights_only_loadable
@@ -83,12 +83,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

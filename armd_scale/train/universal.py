@@ -21,13 +21,13 @@ import argparse
 import contextlib
 import glob
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_dir
 from ..config import ConfigError
 from .safe_load import assert_weights_only_loadable, deepspeed_safe_globals, safe_torch_load
 
@@ -102,11 +102,8 @@ def convert_to_universal(folder: Path) -> Path:
             f"{folder} holds the universal checkpoint '{converted.name}' but is named '{folder.name}'; DeepSpeed "
             f"loads it by that tag: rename the folder to {converted.name}"
         )
-    staging = folder / f".{UNIVERSAL}.tmp{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_universal(folder, staging / folder.name)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_dir(target) as staging:  # a conversion cut short leaves no half-written universal/
+        write_universal(folder, staging / folder.name)
     return target
 
 

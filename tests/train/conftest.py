@@ -85,7 +85,7 @@ def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, launche
     if nproc == 1:
         return [sys.executable, "-m", "armd_scale.cli", *args]
     if launcher == "deepspeed":
-        from .._ports import free_port
+        from armd_scale.ports import free_port
 
         return [
             sys.executable,
