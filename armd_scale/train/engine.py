@@ -3,9 +3,8 @@
 Choices:
 - The optimizer is torch's AdamW (fused on CUDA) wrapped in `GuardedAdamW`, so the NaN/inf guard can
   skip an update from inside the optimizer whatever ZeRO stage wraps it.
-- Tensor parallelism is DeepSpeed AutoTP with the ARMD partition spec: q/k/v and the MLP up/gate
-  projections column-parallel, attention output and MLP down row-parallel; embeddings, the tied
-  LM head, norms and the prefix-aggregation table stay replicated.
+- Tensor parallelism is DeepSpeed AutoTP with the plan in `model/parallelize.py` (q/k/v and the MLP
+  up/gate projections column-parallel, attention output and MLP down row-parallel, the rest replicated).
 """
 
 from __future__ import annotations
@@ -19,13 +18,9 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
 from .distributed import DistInfo
 from .schedule import build_scheduler
-
-ARMD_TP_LAYER_SPECS = [
-    {"patterns": [r".*\.attn\.w[qkv]\.weight$", r".*\.mlp\.(gate|up)\.weight$"], "partition_type": "column"},
-    {"patterns": [r".*\.attn\.wo\.weight$", r".*\.mlp\.down\.weight$"], "partition_type": "row"},
-]
 
 
 @dataclass(frozen=True)
@@ -79,7 +74,7 @@ def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool =
     if cfg.parallel.tp > 1:
         ds["tensor_parallel"] = {
             "autotp_size": cfg.parallel.tp,
-            "partition_config": {"use_default_specs": False, "layer_specs": ARMD_TP_LAYER_SPECS},
+            "partition_config": {"use_default_specs": False, "layer_specs": TP_LAYER_SPECS},
         }
     return merge_user_deepspeed(ds, cfg.parallel.deepspeed)
 
@@ -172,8 +167,6 @@ def build_engine(
 ):
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
-
-    from .universal import UNIVERSAL_CHECKPOINT_INFO
 
     model.activation_checkpointing = cfg.parallel.activation_checkpointing
     # Saved by the engine with every checkpoint (AutoTP overwrites it with its own under TP; passing

@@ -29,14 +29,11 @@ import torch
 
 from ..atomic import atomic_dir
 from ..config import ConfigError
+from ..model.parallelize import partition_dim
 from .safe_load import assert_weights_only_loadable, deepspeed_safe_globals, safe_torch_load
 
 UNIVERSAL = "universal"
 LATEST_UNIVERSAL = "latest_universal"  # written by ds_to_universal beside the converted tag
-# Universal-checkpoint metadata for our parameters: none is a fused concatenation that would need
-# special TP merge rules. Set on the module before deepspeed.initialize; AutoTP replaces it with its
-# own (per-parameter row/column and replication patterns) when tensor parallelism is on.
-UNIVERSAL_CHECKPOINT_INFO = {"universal_checkpoint_version": 0.4}
 
 
 class ReshardError(ConfigError):
@@ -164,24 +161,13 @@ def full_state_dict(folder: Path, topology: dict) -> dict[str, torch.Tensor]:
 
 
 def merge_tp_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Merge AutoTP shards of a ZeRO-0 checkpoint: column-parallel weights on dim 0, row-parallel on dim 1."""
-    import re
-
-    from .engine import ARMD_TP_LAYER_SPECS
-
+    """Merge AutoTP shards (one state dict per TP rank, in rank order) along each parameter's
+    partition dimension (model/parallelize.py); replicated parameters are taken from rank 0."""
     if len(shards) == 1:
         return dict(shards[0])
-    dims = {"column": 0, "row": 1}
     merged = {}
     for name, first in shards[0].items():
-        dim = next(
-            (
-                dims[spec["partition_type"]]
-                for spec in ARMD_TP_LAYER_SPECS
-                if any(re.match(p, name) for p in spec["patterns"])
-            ),
-            None,
-        )
+        dim = partition_dim(name)
         merged[name] = first if dim is None else torch.cat([s[name] for s in shards], dim=dim)
     return merged
 

@@ -36,26 +36,6 @@ def test_deepspeed_dict_is_generated_from_the_config():
     assert "train_batch_size" not in ds and ds["fp16"]["enabled"] and ds["checkpoint"]["load_universal"]
 
 
-def test_tp_partition_spec_matches_the_armd_layers():
-    """q/k/v and MLP up/gate are column-parallel, wo and down row-parallel, everything else replicated."""
-    import re
-
-    from armd_scale.model import build_model
-    from armd_scale.train.engine import ARMD_TP_LAYER_SPECS
-
-    names = [n for n, _ in build_model(load_config().model).named_parameters()]
-    kind = {}
-    for spec in ARMD_TP_LAYER_SPECS:
-        for name in names:
-            if any(re.match(p, name) for p in spec["patterns"]):
-                assert name not in kind, f"{name} matched twice"
-                kind[name] = spec["partition_type"]
-    assert kind["layers.0.attn.wq.weight"] == kind["layers.3.mlp.gate.weight"] == "column"
-    assert kind["layers.1.attn.wo.weight"] == kind["layers.2.mlp.down.weight"] == "row"
-    assert len(kind) == 4 * 7  # 4 layers x (wq, wk, wv, wo, gate, up, down)
-    assert not any(n in kind for n in names if n.startswith(("embed", "pos_table", "start", "final_norm")))
-
-
 def test_lr_schedule_shapes():
     cfg = load_config(overrides=["train.steps=100", "train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
     assert lr_factor(0, cfg) == pytest.approx(0.1)
