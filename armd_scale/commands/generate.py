@@ -165,13 +165,15 @@ def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
     """The masked-diffusion baseline's ancestral sampler: known tokens stay, the rest start masked."""
     import torch
 
+    from armd_scale.generate import sample_mdlm
     from armd_scale.rng import seeded
 
     steps = args.steps or tokens.shape[1]
     if steps < 1:
         raise ValueError(f"--steps {steps} must be >= 1")
     init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
-    return model.sample(
+    return sample_mdlm(
+        model,
         tokens.shape[0],
         tokens.shape[1],
         steps,

@@ -87,7 +87,8 @@ class MDLMModel(_Transformer):
             out = logits if out is None else torch.where((block == v)[..., None], logits, out)
         return out
 
-    # -- objective, bound and sampler (convenience over masked_diffusion with this model as denoiser) --
+    # -- objective and bound (convenience over masked_diffusion with this model as denoiser); the sampler
+    # is decoding and lives in generate/mdlm.py --
 
     def loss(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Continuous-time MDLM loss: mean over tokens of the one-draw NELBO estimate, with antithetic
@@ -101,31 +102,3 @@ class MDLMModel(_Transformer):
         """Negative T-step ELBO per sequence [B] (nats, an upper bound on -log p(x)), summing every
         step's term: T forward calls (see masked_diffusion.discrete_nelbo)."""
         return md.discrete_nelbo(self, tokens, steps, self.mask_id, generator)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        batch_size: int,
-        seq_len: int,
-        steps: int,
-        *,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        init: torch.Tensor | None = None,
-    ):
-        """Ancestral sampling with `steps` reverse steps (at most that many forward calls); see
-        masked_diffusion.ancestral_sample. `init` holds known tokens and `mask_id` where to generate."""
-        device = self.embed.weight.device
-        return md.ancestral_sample(
-            self,
-            mask_id=self.mask_id,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            steps=steps,
-            generator=generator,
-            temperature=temperature,
-            top_p=top_p,
-            init=init,
-            device=device,
-        )

@@ -19,7 +19,7 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
         return
     from ..data.tokenizer import Tokenizer
-    from ..generate import sample_sbp, sample_sequential
+    from ..generate import sample_mdlm, sample_sbp, sample_sequential
 
     try:
         tokenizer = Tokenizer.load(tokenizer_dir)
@@ -31,7 +31,7 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     model.eval()
     try:
         if cfg.model.arch == "mdlm":
-            out = model.sample(1, length, length, generator=seeded(cfg.train.seed), temperature=0.8)
+            out = sample_mdlm(model, 1, length, length, generator=seeded(cfg.train.seed), temperature=0.8)
             text = tokenizer.decode(out.tokens[0].tolist())
             say(f"sample (mdlm, {length} denoising steps, {out.forward_calls} forward calls):\n{text}\n")
             return

@@ -16,6 +16,7 @@ from armd_scale.generate import (
     order_plan,
     sample_infill,
     sample_logits,
+    sample_mdlm,
     sample_reference,
     sample_sbp,
     sample_sequential,
@@ -76,9 +77,9 @@ def test_mdlm_sampler_runs_on_another_device_and_matches_the_cpu():
     model = tiny_model("mdlm")
     init = torch.full((2, N), model.mask_id)
     init[:, :3] = torch.tensor([1, 2, 3])
-    expected = model.sample(2, N, 5, generator=seeded(0), init=init, top_p=0.9)
+    expected = sample_mdlm(model, 2, N, 5, generator=seeded(0), init=init, top_p=0.9)
     with simulated_device() as dev:
-        out = model.to(dev).sample(2, N, 5, generator=seeded(0), init=init, top_p=0.9)
+        out = sample_mdlm(model.to(dev), 2, N, 5, generator=seeded(0), init=init, top_p=0.9)
         assert out.tokens.device == dev
         tokens = out.tokens.cpu()
     assert torch.equal(tokens, expected.tokens) and out.forward_calls == expected.forward_calls
