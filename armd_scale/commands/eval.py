@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..atomic import write_atomic
 from ..data.textio import DOC_SPLITS
-
 from .common import add_device_arg, chosen_device
 
 

@@ -98,7 +98,8 @@ def generate_samples(args: argparse.Namespace) -> dict:
 
     from armd_scale.eval.text import codec_for
     from armd_scale.generate import sample_infill, sample_sbp
-    from armd_scale.pretrained import load_pretrained
+
+    from ..checkpoints.pretrained import load_pretrained
 
     dtype = torch.float64 if args.float64 else torch.float32
     if args.num_samples < 1 or args.streams < 1:

@@ -182,7 +182,7 @@ def is_transformers_dir(path: str | Path) -> bool:
 
 def load_judge(path: str | None, *, generator_path: str, device: str = "cpu") -> Judge:
     """The judge at `path` (armd checkpoint or transformers directory), or the generator itself."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")

@@ -41,7 +41,7 @@ def eval_ppl(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score `data` with the checkpoint at `checkpoint` (run dir, checkpoint folder or export dir)."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     dtype = torch.float64 if float64 else torch.float32
     if kind == "diffusion" and steps is None:

@@ -47,7 +47,7 @@ def sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and return the `sbp` JSON document (see `write_results` to save it)."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     bad = [s for s in streams if s < 1 or length % s]
     if bad:

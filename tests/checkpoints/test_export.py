@@ -16,8 +16,9 @@ from safetensors import safe_open
 from armd_scale.checkpoints import export as export_module
 from armd_scale.checkpoints.model_io import config_of
 from armd_scale.checkpoints.report import ConversionError
-from armd_scale.checkpoints.source import full_state, open_source
+from armd_scale.checkpoints.source import open_source
 from armd_scale.checkpoints.validate import fixed_batch, logits_of, model_from_state
+from armd_scale.checkpoints.weights import full_state
 from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
 
