@@ -149,12 +149,12 @@ class ARMDModel(_Transformer):
         causal = self._mask(causal_spec(block), x)
         for i, layer in enumerate(self.layers):
             if i < self.n_two_stream - 1:
-                xg, _ = self._run_layer(layer, torch.cat([x, g], dim=1), x, rope2, rope, both)
+                xg = self._run_layer(layer, torch.cat([x, g], dim=1), x, rope2, rope, both)
                 x, g = xg[:, :n], xg[:, n:]
             elif i == self.n_two_stream - 1:
-                g, _ = self._run_layer(layer, g, x, rope, rope, strict)
+                g = self._run_layer(layer, g, x, rope, rope, strict)
             else:
-                g, _ = self._run_layer(layer, g, None, rope, rope, causal)
+                g = self._run_layer(layer, g, None, rope, rope, causal)
         return self.head(g)
 
 
@@ -186,5 +186,5 @@ class ARModel(_Transformer):
         rope = self.rope.tables(order, h.dtype)
         causal = self._mask(causal_spec(l2r_order(tokens.shape[0], n)[1].to(tokens.device)), h)
         for layer in self.layers:
-            h, _ = self._run_layer(layer, h, None, rope, rope, causal)
+            h = self._run_layer(layer, h, None, rope, rope, causal)
         return self.head(h)

@@ -73,7 +73,7 @@ class MDLMModel(_Transformer):
         rope = self.rope.tables(positions, x.dtype)
         full = self._mask(full_spec(b, n, noisy.device), x)
         for layer in self.layers:
-            x, _ = self._run_layer(layer, x, None, rope, rope, full)
+            x = self._run_layer(layer, x, None, rope, rope, full)
         return self.head(x)
 
     def conditionals(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
