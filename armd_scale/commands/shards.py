@@ -112,7 +112,7 @@ def _build(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **size,
         )
-    for split, m in manifests.items():
+    for m in manifests.values():
         t = m.totals
         print(
             f"{m.url}: {t['shards']} shards, {t['samples']} samples x {m.seq_len} tokens ({m.dtype}), "

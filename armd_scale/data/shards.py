@@ -291,7 +291,7 @@ def build_shards(
     nl = np.array([tok.newline_id if tok.newline_id is not None else tok.unk_id], dtype=np.int64)
     tasks = _tasks(iter_corpus(sources, **read), split_docs=tok.newline_id is not None)
     for metas, encoded in _ordered_map(tok, tasks, workers):
-        for (index, last), ids in zip(metas, encoded):
+        for (index, last), ids in zip(metas, encoded, strict=True):  # one meta per line group
             if pieces:
                 pieces.append(nl)
             pieces.append(ids)

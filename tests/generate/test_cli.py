@@ -11,8 +11,6 @@ from armd_scale.eval import validate
 from armd_scale.eval.text import codec_for
 from armd_scale.pretrained import load_pretrained
 
-from ..eval.runs import _one_thread, markov_run, text_run  # noqa: F401  (pytest fixtures)
-
 N = 16
 
 

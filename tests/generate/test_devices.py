@@ -27,8 +27,6 @@ from armd_scale.rng import seeded
 from tests.model.conftest import tiny_model
 from tests.simulated_device import host_reads, simulated_device
 
-from ..eval.runs import _one_thread, text_ar_run, text_mdlm_run, text_run  # noqa: F401  (pytest fixtures)
-
 N = 16
 
 

@@ -659,7 +659,7 @@ class LocalSlurmCluster:
     def _write_conf(self) -> None:
         ports = free_ports(1 + len(self.nodes))  # fixed ports would collide with a system Slurm
         self.ctld_port = ports[0]
-        self.node_ports = dict(zip(self.nodes, ports[1:]))
+        self.node_ports = dict(zip(self.nodes, ports[1:], strict=True))
         wd = self.workdir
         node_lines = [
             f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={self.node_ports[n]} "
