@@ -15,7 +15,7 @@ from pathlib import Path
 from ..atomic import atomic_dir as replace_dir
 
 
-def check_out(out: Path, *, overwrite: bool = False) -> Path:
+def check_out(out: str | Path, *, overwrite: bool = False) -> Path:
     """Refuse an output path that would clobber something, before any expensive work starts."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -26,7 +26,7 @@ def check_out(out: Path, *, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """`armd_scale.atomic.atomic_dir` for an --out directory, after `check_out` refused clobbering."""
     with replace_dir(check_out(out, overwrite=overwrite)) as tmp:
         yield tmp

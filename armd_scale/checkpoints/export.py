@@ -107,7 +107,7 @@ def export(
             max_abs_logit_diff=diff,
             exact_required=dtype == "fp32",
             dtype=dtype,
-            parameters=config["parameters"],
+            parameters=parameter_count(reference),
             seconds=progress.elapsed,
             notes=notes,
         )

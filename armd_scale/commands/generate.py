@@ -128,8 +128,7 @@ def generate_samples(args: argparse.Namespace) -> dict:
         if mdlm:
             tokens = torch.zeros(args.num_samples, length, dtype=torch.long)
             tokens[:, :known_count] = torch.tensor(prompt, dtype=torch.long)
-            known = torch.arange(length) < known_count
-            out = _mdlm_sample(pre.model, tokens, known, args)
+            out = _mdlm_sample(pre.model, tokens, torch.arange(length) < known_count, args)
         else:
             out = sample_sbp(
                 pre.model,

@@ -246,7 +246,7 @@ def build_shards(
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer, storage_options)
     sources = expand_inputs(inputs, storage_options)
-    read = dict(text_field=text_field, doc_split=doc_split, storage_options=storage_options)
+    read: dict[str, Any] = dict(text_field=text_field, doc_split=doc_split, storage_options=storage_options)
     n_docs = sum(
         1 for _ in tqdm(iter_corpus(sources, **read), desc="shards: scanning", unit="doc", disable=not progress)
     )

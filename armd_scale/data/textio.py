@@ -77,8 +77,7 @@ def expand_inputs(specs: Sequence[str], storage_options: StorageOptions = None) 
                 f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} and their .gz)"
             )
         out.extend(fs.unstrip_protocol(p) if "://" in spec else p for p in found)
-    seen: set[str] = set()
-    return [s for s in out if not (s in seen or seen.add(s))]
+    return list(dict.fromkeys(out))  # without duplicates, first occurrence kept
 
 
 def decode_text(data: bytes) -> str:

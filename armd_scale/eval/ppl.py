@@ -9,6 +9,7 @@ import torch
 
 from ..data.errors import DataError
 from ..data.manifest import read_manifest
+from ..data.textio import DocSplit
 from .data import is_shard_set, open_eval_data
 from .likelihood import evaluate_likelihood
 from .text import codec_for
@@ -37,7 +38,7 @@ def eval_ppl(
     seq_len: int | None = None,
     device: str | torch.device = "cpu",
     text_field: str = "text",
-    doc_split: str = "file",
+    doc_split: DocSplit = "file",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score `data` with the checkpoint at `checkpoint` (run dir, checkpoint folder or export dir)."""

@@ -1,4 +1,4 @@
-"""The ARMD model (DESIGN 2.4) and the autoregressive baseline.
+"""The ARMD model (docs/ARCHITECTURE.md, Forward pass) and the autoregressive baseline.
 
 Contract shared by every architecture:
 
@@ -50,7 +50,7 @@ class _Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.activation_checkpointing = False
 
-    def _run_layer(self, layer: Block, *args):
+    def _run_layer(self, layer: nn.Module, *args) -> torch.Tensor:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
@@ -103,7 +103,7 @@ def initial_pos_table(max_len: int, d_pe: int, tau: float) -> torch.Tensor:
 
 
 class ARMDModel(_Transformer):
-    """Two-stream strictly causal bottom half + block-causal top half (DESIGN 2.4)."""
+    """Two-stream strictly causal bottom half + block-causal top half (docs/ARCHITECTURE.md, Forward pass)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

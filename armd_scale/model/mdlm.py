@@ -1,4 +1,4 @@
-"""The masked-diffusion baseline (`model.arch: mdlm`, DESIGN 2.4): a bidirectional transformer that
+"""The masked-diffusion baseline (`model.arch: mdlm`, docs/ARCHITECTURE.md, Baselines): a bidirectional transformer that
 denoises a partly masked sequence, trained with the continuous-time MDLM loss.
 
 Same blocks as `armd` and `ar` (pre-norm RMSNorm, SwiGLU/GELU MLP, RoPE on text positions, tied
@@ -15,7 +15,7 @@ Two ways to call it, both through `forward` so DeepSpeed's hooks (ZeRO-3 gatheri
 
     logits = model(noisy)                  # one bidirectional pass; logits[b, j] predicts x_j at
                                            # masked positions (meaningless where j is not masked)
-    logits = model(tokens, order, block)   # the shared contract (DESIGN 2.2): logits[b, k] predicts
+    logits = model(tokens, order, block)   # the shared contract (docs/ARCHITECTURE.md, Contract): logits[b, k] predicts
                                            # tokens[b, order[b, k]] from exactly the tokens of strictly
                                            # earlier blocks: every block >= block[b, k] is masked.
 
@@ -85,6 +85,7 @@ class MDLMModel(_Transformer):
             logits = self.denoise(tokens.masked_fill(block_at >= v, self.mask_id))
             logits = torch.gather(logits, 1, order[..., None].expand(-1, -1, logits.shape[-1]))
             out = logits if out is None else torch.where((block == v)[..., None], logits, out)
+        assert out is not None  # block indices start at 0: there is always a first pass
         return out
 
     # -- objective and bound (convenience over masked_diffusion with this model as denoiser); the sampler

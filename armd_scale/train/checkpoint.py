@@ -122,6 +122,8 @@ class Checkpointer:
 
     def load(self, engine, plan: ResumePlan) -> dict[str, Any]:
         """Load engine state (weights, optimizer, scheduler) and return our client state."""
+        if plan.tag is None:
+            raise ValueError("nothing to load: the resume plan names no checkpoint (a new run)")
         folder = self.dir / plan.tag
         load_dir = folder / UNIVERSAL if plan.universal else self.dir
         assert_weights_only_loadable(load_dir / plan.tag)  # names the offending file, if any

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..model import Model
 from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
 from .distributed import DistInfo
 from .schedule import build_scheduler
@@ -153,7 +154,9 @@ class GuardedAdamW(torch.optim.AdamW):
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices (linear weights, embeddings); never norms, start vectors or the PE table."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -162,16 +165,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(
-    cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False
-):
+def build_engine(cfg: Config, model: Model, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False):
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
 
     model.activation_checkpointing = cfg.parallel.activation_checkpointing
     # Saved by the engine with every checkpoint (AutoTP overwrites it with its own under TP; passing
     # it in client_state instead would override AutoTP's and corrupt a TP conversion).
-    model.universal_checkpoint_info = dict(UNIVERSAL_CHECKPOINT_INFO)
+    # (an attribute of DeepSpeed's protocol, not of our model classes)
+    setattr(model, "universal_checkpoint_info", dict(UNIVERSAL_CHECKPOINT_INFO))  # noqa: B010
     optimizer = GuardedAdamW(
         param_groups(model, cfg.train.weight_decay),
         lr=cfg.train.lr,

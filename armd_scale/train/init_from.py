@@ -30,7 +30,8 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
     Refuses, naming what differs, a source with another model shape or another tokenizer: both would
     give a model that trains, but on meaningless weights.
     """
-    message = error = None
+    message: str | None = None
+    error: str | None = None
     if dist_info.is_main:
         try:
             message = load_init_weights(model, cfg, tokenizer_sha256)
@@ -39,7 +40,7 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
     error = broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
-    if not dist_info.is_main:
+    if message is None:  # the other ranks read after rank 0 (which converted a ZeRO source once)
         message = load_init_weights(model, cfg, tokenizer_sha256)
     return message
 
@@ -47,6 +48,8 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
 def load_init_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> str:
     """The single-process part of `initialize_from`."""
     where = f"train.init_from={cfg.train.init_from!r}"
+    if not cfg.train.init_from:
+        raise ConfigError("train.init_from is not set: there is nothing to initialise from")
     try:
         checkpoint = open_source(cfg.train.init_from)
         saved_model = checkpoint.config.get("model", {})

@@ -1,4 +1,4 @@
-"""The definition of a correct cache (DESIGN 2.6): teacher-forced cached decoding = the full forward.
+"""The definition of a correct cache (docs/GENERATION.md): teacher-forced cached decoding = the full forward.
 
 Teacher forcing feeds the true tokens block by block following (order, block): step t commits the
 tokens of block t-1 and predicts block t; its logits must equal `model(tokens, order, block)` at

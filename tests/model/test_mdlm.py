@@ -48,7 +48,7 @@ _CONTRACT_CASES = [
 @pytest.mark.parametrize("kind,params,step", [c for c, _ in _CONTRACT_CASES], ids=[i for _, i in _CONTRACT_CASES])
 def test_shared_contract_has_no_leakage(kind, params, step):
     """model(tokens, order, block): changing tokens of the same or a later block leaves logits[:, k]
-    bit-identical; changing an earlier-block token changes them (the ARMD contract, DESIGN 2.2)."""
+    bit-identical; changing an earlier-block token changes them (the ARMD contract, docs/ARCHITECTURE.md, Contract)."""
     order, block = draw_order(kind, params, step, batch=2, n=8, seed=5)
     assert_no_leakage(tiny_model("mdlm", n_layers=2), order, block, vocab=11)
 
