@@ -6,9 +6,9 @@ only decides when and what to write, and how to load it into a DeepSpeed engine.
 Resume takes the newest *complete* folder (a folder without COMPLETE is a save that was cut short).
 Same world size and TP degree (or ZeRO-0 on another data-parallel size): load directly. Otherwise
 convert to DeepSpeed's universal format once (cached in the folder) and load that (see
-checkpoints/universal.py for what DeepSpeed can reshard). A model-shape change or another tokenizer is refused with a
-message naming what differs. Every file is checked to be loadable with `weights_only=True` first, so
-a tampered checkpoint cannot run code.
+checkpoints/universal.py for what DeepSpeed can reshard). A model-shape change or another tokenizer
+is refused with a message naming what differs. Every file is checked to be loadable with
+`weights_only=True` first, so a tampered checkpoint cannot run code.
 """
 
 from __future__ import annotations
