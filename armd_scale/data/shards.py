@@ -30,7 +30,7 @@ from tqdm import tqdm
 from armd_scale import __version__
 from armd_scale.data.errors import BadShardError, DataError
 from armd_scale.data.manifest import MANIFEST_FILE, Manifest, ShardEntry, dtype_for_vocab, read_manifest, write_manifest
-from armd_scale.data.order import holdout
+from armd_scale.data.sample_order import holdout
 from armd_scale.data.shardio import FIELD_BY_DTYPE, NUMPY_DTYPE, load_shard
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer, encode_groups_in_worker, init_encode_worker

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model.orders import diffusion_order, l2r_order, random_order
+from ..model.generation_orders import diffusion_order, l2r_order, random_order
 from ..rng import seeded
 from .text import bits_per_byte
 

@@ -10,9 +10,9 @@ import torch
 from ..data.errors import DataError
 from ..data.manifest import read_manifest
 from ..data.textio import DocSplit
-from .data import is_shard_set, open_eval_data
 from .likelihood import evaluate_likelihood
 from .text import codec_for
+from .windows import is_shard_set, open_eval_data
 
 
 def default_seq_len(paths: Sequence[str], model_seq_len: int) -> int:

@@ -14,7 +14,7 @@ first call. Plans:
   S stream heads one at a time, then position j of every stream together: S + N/S - 1 calls.
 - `infill_plan`: known tokens at arbitrary positions first, then the unknown positions left to
   right (streams=1) or in SBP order over the unknown positions (which need not be contiguous).
-- `order_plan`: any (order, block) from `armd_scale.model.orders`, e.g. a diffusion(T) schedule.
+- `order_plan`: any (order, block) from `armd_scale.model.generation_orders`, e.g. a diffusion(T) schedule.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import Model
-from ..model.orders import sbp_pattern
+from ..model.generation_orders import sbp_pattern
 from ..rng import seeded, uniform
 from .cache import make_decoder
 from .reference import FullForwardDecoder

@@ -27,9 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .attention import prepare
+from .generation_orders import l2r_order
 from .layers import Block, init_weights
 from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
-from .orders import l2r_order
 from .rope import RotaryEmbedding
 
 

@@ -29,7 +29,6 @@ from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
-from .data import TrainData, open_train_data
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from .engine import (
     BatchLayout,
@@ -44,6 +43,7 @@ from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopRequest
 from .profiler import StepProfiler
+from .run_data import TrainData, open_train_data
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step

@@ -8,7 +8,7 @@ The loop only knows this interface:
     objective.val_metrics(mean)                         # names and values for the metrics log
 
 Randomness is a pure function of (train.seed, step, global sample index): the whole global batch's
-noise is drawn from one per-step generator and each rank takes its rows (as `order_schedule` does for
+noise is drawn from one per-step generator and each rank takes its rows (as `step_orders` does for
 orders). A resumed run therefore draws exactly what an uninterrupted one would, a 2-process run the
 same as a single process, and no RNG state needs saving. Validation noise depends on the sample's
 position in the validation set only, and is the same at every evaluation, so curves compare like
@@ -29,7 +29,7 @@ from ..config import Config
 from ..model import masked_diffusion as md
 from ..model import order_loss, token_nll
 from ..rng import uniform
-from .order_schedule import draw_step_orders, step_generator
+from .step_orders import draw_step_orders, step_generator
 
 # Mixed into train.seed so the diffusion noise stream is independent of the order stream.
 _NOISE_SALT = 0x6D646C6D  # "mdlm"

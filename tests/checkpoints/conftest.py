@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from armd_scale.config import Config
-from armd_scale.train.data import open_train_data
 from armd_scale.train.distributed import DistInfo
 from armd_scale.train.objective import make_objective
+from armd_scale.train.run_data import open_train_data
 from tests.train.conftest import Run, run_train
 
 CHANGED = ("model.mlp_ratio=2.0", "train.lr=0.001")

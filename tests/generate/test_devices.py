@@ -22,7 +22,7 @@ from armd_scale.generate import (
     sample_sequential,
     sbp_plan,
 )
-from armd_scale.model.orders import diffusion_order
+from armd_scale.model.generation_orders import diffusion_order
 from armd_scale.rng import seeded
 from tests.model.conftest import tiny_model
 from tests.simulated_device import host_reads, simulated_device

@@ -7,7 +7,7 @@ import torch
 
 from armd_scale.config import ModelConfig
 from armd_scale.model import build_model
-from armd_scale.model.orders import make_order
+from armd_scale.model.generation_orders import make_order
 
 # (kind, params, step) for every order kind; progressive is drawn past its ramp so it shuffles.
 ORDER_CASES = [

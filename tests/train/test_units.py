@@ -6,8 +6,8 @@ import torch
 from armd_scale.checkpoints.layout import shape_differences, step_of, tag_for
 from armd_scale.config import ConfigError, load_config
 from armd_scale.train.engine import GuardedAdamW, batch_layout, deepspeed_config, param_groups
-from armd_scale.train.order_schedule import draw_step_orders
 from armd_scale.train.schedule import lr_factor, set_lr_for_step
+from armd_scale.train.step_orders import draw_step_orders
 
 
 def test_batch_layout_and_errors():
