@@ -15,7 +15,10 @@ import sys
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("armd_scale.commands.train", "train or resume a model (single process, torchrun, deepspeed, srun)"),
-    "tokenizer": ("armd_scale.commands.tokenizer", "train the SentencePiece tokenizer (its SHA-256 is its identity)"),
+    "tokenizer": (
+        "armd_scale.commands.tokenizer",
+        "train a SentencePiece, byte-level BPE or WordPiece tokenizer (its SHA-256 is its identity)",
+    ),
     "shards": (
         "armd_scale.commands.shards",
         "tokenize text into WebDataset shards + manifest, or --verify a shard set",

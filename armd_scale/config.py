@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Shape and flavour of the network (DESIGN 2.4). Changing any of these changes the checkpoint."""
+    """Shape and flavour of the network (docs/ARCHITECTURE.md, Forward pass and Baselines).
+    Changing any of these changes the checkpoint."""
 
     arch: Literal["armd", "ar", "mdlm"] = "armd"
     vocab_size: int = 512
@@ -64,6 +65,13 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     attention_backend: Literal["sdpa", "flex", "flash", "auto"] = "sdpa"
+    # torch.compile the model for training (in place: parameter names and checkpoints are unchanged).
+    # Not a shape key: a run may resume with it switched on or off. See docs/GPU.md.
+    compile: bool = False
+    # Ids >= this are vocabulary padding (vocab_size rounded up for GPU efficiency, e.g. GPT-2's 50,257
+    # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
+    # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
+    tokenizer_vocab_size: int | None = None
     # -- The query stream's input G0 (docs/ARCHITECTURE.md; measured in docs/REPRODUCTION.md, "The
     # left-to-right gap"). The paper's input is s + prefix aggregation: neighbour_heads=0,
     # positional_start=false.
@@ -97,6 +105,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
+        if self.tokenizer_vocab_size is not None and not 1 <= self.tokenizer_vocab_size <= self.vocab_size:
+            raise ConfigError(
+                f"model.tokenizer_vocab_size={self.tokenizer_vocab_size} must be in [1, model.vocab_size="
+                f"{self.vocab_size}]: a model cannot be smaller than its tokenizer"
+            )
         if self.neighbour_heads < 0:
             raise ConfigError(f"model.neighbour_heads={self.neighbour_heads} must be >= 0 (0 = off)")
         if self.pe_lr_scale < 0:
@@ -124,7 +137,8 @@ class ModelConfig:
 
 @dataclass
 class OrderConfig:
-    """Which generation orders training draws (DESIGN 2.5). Parameters unused by a kind are ignored."""
+    """Which generation orders training draws (docs/ARCHITECTURE.md, Contract).
+    Parameters unused by a kind are ignored."""
 
     kind: Literal["l2r", "random", "progressive", "sbp", "diffusion"] = "l2r"
     # progressive
@@ -160,8 +174,30 @@ class OrderConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """torch.profiler traces of a few optimizer steps on rank 0 (train/profiler.py), under RUN_DIR/profile."""
+
+    # First optimizer step to trace (counted from 1 like the metrics; 0 = no profiling).
+    start_step: int = 0
+    # Steps traced from start_step on.
+    steps: int = 3
+    # Steps run under the profiler but not recorded just before start_step (lets kernels and caches settle).
+    warmup: int = 1
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+
+    def validate(self) -> None:
+        if self.start_step < 0 or self.steps < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"train.profile needs start_step >= 0 (0 = off), steps >= 1 and warmup >= 0; got "
+                f"start_step={self.start_step}, steps={self.steps}, warmup={self.warmup}"
+            )
+
+
+@dataclass
 class DataConfig:
-    """Where tokens come from (DESIGN 3.3)."""
+    """Where tokens come from (docs/DATA.md)."""
 
     # Shard-set URLs (local path, file://, s3://, memory://) or a built-in corpus like `builtin:pydoc`.
     train: str = "builtin:pydoc"
@@ -186,7 +222,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, checkpoint cadence and guards (DESIGN 3.4)."""
+    """Optimisation, schedule, checkpoint cadence and guards (docs/TRAINING.md)."""
 
     steps: int = 300
     global_batch_size: int = 16
@@ -226,6 +262,7 @@ class TrainConfig:
     max_bad_steps: int = 5
     # A loss above spike_factor x its running mean is logged as a spike.
     spike_factor: float = 3.0
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def validate(self) -> None:
         _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every")
@@ -240,6 +277,7 @@ class TrainConfig:
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last={self.keep_last} must be >= 1")
         self.order.validate()
+        self.profile.validate()
 
 
 @dataclass
@@ -252,6 +290,10 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     # Process-group backend; auto = nccl with CUDA, else gloo.
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # Merged into the generated DeepSpeed config, for DeepSpeed options this tree does not model (flops
+    # profiler, comms logger, offload, ...). A key that contradicts one the config sets is an error
+    # (train/engine.py); e.g. parallel.deepspeed='{flops_profiler: {enabled: true, profile_step: 5}}'.
+    deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _positive(self, "tp")
@@ -351,13 +393,18 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
 LEGACY_MODEL_VALUES = {"neighbour_heads": 0, "positional_start_init": "normal"}
 
 
+def saved_model_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's `model` mapping with the fields it predates filled with their values of the time
+    (LEGACY_MODEL_VALUES); the one place both loading and the resume/init_from checks read it through."""
+    return {**{k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in model}, **model}
+
+
 def saved_config_from_dict(raw: dict[str, Any], origin: str = "<checkpoint>") -> Config:
     """`config_from_dict` for the config saved with a checkpoint: model fields added after it was written
     take the value they had then (LEGACY_MODEL_VALUES), so old checkpoints load as what they are."""
     model = raw.get("model")
     if isinstance(model, dict):
-        missing = {k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in model}
-        raw = {**raw, "model": {**model, **missing}}
+        raw = {**raw, "model": saved_model_fields(model)}
     return config_from_dict(raw, origin)
 
 
@@ -407,7 +454,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         options = get_args(tp)
@@ -430,6 +477,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value in allowed and type(value) in {type(a) for a in allowed}:
             return value
         raise ConfigError(f"'{key}'={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"'{key}'={value!r} must be a mapping with string keys (YAML: {{key: value, ...}})")
+        return copy.deepcopy(value)
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_tp is not str:

@@ -1,4 +1,5 @@
-"""The Python half of bench/gpu_check.sh: CUDA attention-backend checks and the training-speed report.
+"""CUDA attention-backend checks and the training-speed figures of bench/gpu_check.sh (whose workflow
+is bench/gpu_workflow.py).
 
 Subcommands:
 
@@ -20,10 +21,10 @@ Subcommands:
         Exit 1 if any check fails.
 
     python bench/gpu_check.py report --runs DIR [--skip 5]
-        Read DIR/<arch>-<backend>/metrics.jsonl of the 20-step training runs and print (and write
+        Read the metrics.jsonl and config.yaml of every training run under DIR and print (and write
         DIR/../report.md and report.json) the median step time after the first --skip steps, tokens/s,
-        MFU (flops.py FLOPs / the device's bf16 peak) per backend and arch, and the armd/ar step-time
-        ratio per backend.
+        MFU (flops.py FLOPs / the device's peak) per backend and arch, and the armd/ar step-time ratio
+        per backend. The workflow uses the same figures (`speed_row`) in its table.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from armd_scale.config import ModelConfig, load_config  # noqa: E402
 from armd_scale.model import build_model  # noqa: E402
 from armd_scale.model.attention import attend, flash_available, prepare  # noqa: E402
 from armd_scale.model.flops import peak_flops, training_flops_per_token  # noqa: E402
+from armd_scale.model.generation_orders import diffusion_order, l2r_order, random_order, sbp_order  # noqa: E402
 from armd_scale.model.masks import causal_spec, full_spec, strict_spec, two_stream_spec  # noqa: E402
-from armd_scale.model.orders import diffusion_order, l2r_order, random_order, sbp_order  # noqa: E402
 
 
 def cmd_env(_args) -> int:
@@ -126,7 +127,7 @@ def cmd_kernels(args) -> int:
                 failures += 1
                 print(f"{label:24s} {backend:6s} ERROR {type(exc).__name__}: {exc}")
                 continue
-            errs = [rel_err(out, ref_out)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)]
+            errs = [rel_err(out, ref_out)] + [rel_err(g, r) for g, r in zip(grads, ref_grads, strict=True)]
             nan = any(torch.isnan(t).any().item() for t in (out, *grads))
             bad = nan or max(errs) > args.tol
             failures += bad
@@ -177,6 +178,29 @@ def whole_model(device: torch.device, backends: list[str], tol: float) -> int:
 # -- report ----------------------------------------------------------------------------------------------
 
 
+def speed_row(run: Path, skip: int, device: str) -> dict | None:
+    """Median step time after the first `skip` steps, tokens/s and MFU of one training run's metrics;
+    None when it logged no step after `skip`."""
+    cfg = load_config(run / "config.yaml")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    times = [m["step_time_s"] for m in metrics if "step_time_s" in m and m["step"] > skip]
+    if not times:
+        return None
+    median = statistics.median(times)
+    tokens_per_s = cfg.train.global_batch_size * cfg.data.seq_len / median
+    flops = training_flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = peak_flops(device, cfg.parallel.precision)
+    return {
+        "arch": cfg.model.arch,
+        "backend": cfg.model.attention_backend,
+        "steps_timed": len(times),
+        "median_step_s": median,
+        "tokens_per_s": tokens_per_s,
+        "mfu": tokens_per_s * flops / peak if peak else None,
+        "train_flops_per_token": flops,
+    }
+
+
 def cmd_report(args) -> int:
     runs = sorted(p for p in args.runs.iterdir() if (p / "metrics.jsonl").exists())
     if not runs:
@@ -185,30 +209,13 @@ def cmd_report(args) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown device"
     rows, step_time = [], {}
     for run in runs:
-        arch, backend = run.name.split("-", 1)
-        cfg = load_config(run / "config.yaml")
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        times = [m["step_time_s"] for m in metrics if "step_time_s" in m and m["step"] > args.skip]
-        if not times:
+        row = speed_row(run, args.skip, device)
+        if row is None:
             print(f"gpu_check: {run} logged no steps after the first {args.skip}", file=sys.stderr)
             return 1
-        median = statistics.median(times)
-        tokens_per_s = cfg.train.global_batch_size * cfg.data.seq_len / median
-        flops = training_flops_per_token(cfg.model, cfg.data.seq_len)
-        peak = peak_flops(device, cfg.parallel.precision)
-        mfu = tokens_per_s * flops / peak if peak else None
-        step_time[(arch, backend)] = median
-        rows.append(
-            {
-                "arch": arch,
-                "backend": backend,
-                "steps_timed": len(times),
-                "median_step_s": median,
-                "tokens_per_s": tokens_per_s,
-                "mfu": mfu,
-                "train_flops_per_token": flops,
-            }
-        )
+        step_time[(row["arch"], row["backend"])] = row["median_step_s"]
+        rows.append(row)
+        cfg = load_config(run / "config.yaml")
     for row in rows:
         ar = step_time.get(("ar", row["backend"]))
         row["armd_over_ar"] = step_time[("armd", row["backend"])] / ar if row["arch"] == "armd" and ar else None

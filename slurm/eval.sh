@@ -17,6 +17,9 @@
 #   DATA      shard directory or URL to evaluate on (required)
 #   ORDER     generation order for the likelihood (default l2r)
 #   OUT       JSON result file (default RUN_DIR/eval-<order>-<job id>.json)
+#   DEVICE    where to compute (default: cuda when the job holds a GPU, which Slurm announces in
+#             SLURM_GPUS_ON_NODE, so a job whose GPU torch cannot see fails instead of silently using
+#             the CPU; otherwise auto = cuda if torch sees one, else cpu)
 #   EVAL_ARGS extra arguments for `armd eval ppl`, whitespace-separated
 #   PYTHON    interpreter with armd_scale installed (default: python3 on PATH)
 set -euo pipefail
@@ -26,6 +29,9 @@ set -euo pipefail
 ORDER="${ORDER:-l2r}"
 OUT="${OUT:-$RUN_DIR/eval-$ORDER-${SLURM_JOB_ID:-local}.json}"
 PYTHON="${PYTHON:-python3}"
+if [[ -z "${DEVICE:-}" ]]; then
+  if [[ "${SLURM_GPUS_ON_NODE:-0}" =~ ^[1-9] ]]; then DEVICE=cuda; else DEVICE=auto; fi
+fi
 read -r -a EXTRA <<<"${EVAL_ARGS:-}"
 
 # Slurm runs a copy of this script, so find the checkout through the submitted path (or ARMD_HOME).
@@ -35,5 +41,6 @@ if [[ -z "${ARMD_HOME:-}" && -n "${SLURM_JOB_ID:-}" ]]; then
 fi
 [[ -n "${ARMD_HOME:-}" ]] && export PYTHONPATH="$ARMD_HOME${PYTHONPATH:+:$PYTHONPATH}"
 
-echo "eval.sh: $RUN_DIR on $DATA, order $ORDER -> $OUT"
-"$PYTHON" -m armd_scale.cli eval ppl --checkpoint "$RUN_DIR" --data "$DATA" --order "$ORDER" --json "$OUT" "${EXTRA[@]}"
+echo "eval.sh: $RUN_DIR on $DATA, order $ORDER, device $DEVICE -> $OUT"
+"$PYTHON" -m armd_scale.cli eval ppl --checkpoint "$RUN_DIR" --data "$DATA" --order "$ORDER" --device "$DEVICE" \
+  --json "$OUT" "${EXTRA[@]}"

@@ -5,10 +5,11 @@
       config.json         {"format", "config" (resolved run config), "step", "tokenizer_sha256", "dtype",
                            "tied", "parameters", provenance (topology, loader, trainer, wandb run id,
                            source) and "conversion" (the validation record)}
-      tokenizer/          tokenizer.model + tokenizer.json (+ tokenizer.vocab), as trained
+      tokenizer/          tokenizer.model + tokenizer.json + tokenizer.vocab (SentencePiece) or
+                          tokenizer.json + armd_tokenizer.json (Hugging Face), as trained
 
 safetensors holds raw tensors and a JSON header, nothing executable, so an export is safe to load
-from anywhere. `armd_scale.pretrained.load_pretrained(OUT)` reads it; the validation below goes
+from anywhere. `load_pretrained(OUT)` (checkpoints/pretrained.py) reads it; the validation below goes
 through that same function, so a passing conversion proves the loader users will call.
 """
 
@@ -20,17 +21,18 @@ from typing import Any
 
 import torch
 
-from ..pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_pretrained
 from .atomic import atomic_dir, check_out, refuse_overlap
+from .layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TOKENIZER, EXPORT_WEIGHTS
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
+from .pretrained import load_pretrained
 from .report import ConversionError, ConversionReport, Progress
-from .source import full_state, open_source
+from .source import open_source
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
+from .weights import full_state
 
-EXPORT_FORMAT = "armd_scale-export-1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = {
-    "deepspeed": "the source's full fp32 weights (universal.full_state_dict)",
+    "deepspeed": "the source's full fp32 weights (weights.full_state)",
     "universal": "the source's fp32 weights (universal.read_universal)",
 }
 
@@ -106,13 +108,14 @@ def export(
             max_abs_logit_diff=diff,
             exact_required=dtype == "fp32",
             dtype=dtype,
-            parameters=config["parameters"],
+            parameters=parameter_count(reference),
             seconds=progress.elapsed,
             notes=notes,
         )
         if report.exact_required and diff != 0:
             raise ConversionError(
-                f"the fp32 export of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
+                f"the fp32 export of {source.folder} does not reproduce it: "
+                f"max abs logit difference {diff:g} (must be 0)"
             )
         config["conversion"] = report.to_dict()
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))
@@ -121,22 +124,21 @@ def export(
 
 
 def _copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress: Progress) -> bool:
-    """Copy the run's tokenizer (model + its JSON identity record) after checking it is the one the
-    checkpoint was trained with; a tokenizer that changed since would silently garble every output."""
+    """Copy the run's tokenizer files (SentencePiece model + record, or a tokenizer.json, also one
+    found by hub name) after checking it is the one the checkpoint was trained with; a tokenizer that
+    changed since would silently garble every output."""
     from ..data.errors import DataError
-    from ..data.tokenizer import INFO_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer, tokenizer_info
-    from ..data.urls import exists, join_url, read_bytes
+    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
 
     src = meta.get("tokenizer_dir")
     if not src:
         notes.append("the checkpoint names no tokenizer directory; the export has none (pass token ids)")
         return False
     try:
-        info = tokenizer_info(src)
-        if info.get("kind") != "sentencepiece":
-            notes.append(f"{src} is a {info.get('kind')} token source without a text tokenizer; none exported")
-            return False
-        tok = Tokenizer.load(src)
+        tok = load_tokenizer(src)
+    except IdsOnlyTokenizer as e:
+        notes.append(f"{src} is a {e.info.get('kind')} token source without a text tokenizer; none exported")
+        return False
     except DataError as e:
         raise ConversionError(
             f"cannot copy the run's tokenizer: {e} (pass --no-tokenizer to export without it)"
@@ -149,9 +151,6 @@ def _copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress
         )
     progress(f"copying tokenizer {src} (sha256 {tok.sha256[:12]})")
     dest.mkdir()
-    (dest / MODEL_FILE).write_bytes(tok.model_proto)
-    (dest / INFO_FILE).write_text(json.dumps({**info, "model": MODEL_FILE}, indent=2) + "\n")
-    vocab = join_url(src, VOCAB_FILE)
-    if exists(vocab):
-        (dest / VOCAB_FILE).write_bytes(read_bytes(vocab))
+    for name, data in tok.files().items():
+        (dest / name).write_bytes(data)
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import Config, load_config
 
@@ -14,3 +15,20 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N",
+    )
+
+
+def chosen_device(args: argparse.Namespace, command: str):
+    """Resolve `--device` (armd_scale/devices.py) and say on stderr which device the command computes on."""
+    from ..devices import describe, resolve_device
+
+    device = resolve_device(args.device)
+    print(f"armd {command}: computing on {describe(device)}", file=sys.stderr)
+    return device

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from armd_scale.data.textio import DOC_SPLITS
+from ..atomic import write_atomic
+from ..data.formats import INPUT_FORMATS
+from ..data.readers import DOC_SPLITS
+from .common import add_device_arg, chosen_device
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:  # only reached if a sub-subcommand fo
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,6 +82,7 @@ def add_ppl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     p.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
     p.add_argument("--doc-split", choices=DOC_SPLITS, default="file", help="what a document is in .txt inputs")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default="auto", help="format of text input files")
     p.add_argument("--json", metavar="OUT", help="write the result (docs/EVALUATION.md) to this file")
 
 
@@ -120,9 +123,7 @@ def write_json(path: str, doc: dict) -> None:
     """Whole file or nothing: write a temporary sibling, then rename."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
 
 
 def _fail(command: str, e: Exception) -> int:
@@ -135,6 +136,7 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     orders = args.orders if args.orders is not None else (1 if args.order == "l2r" else 8)
     try:
+        device = chosen_device(args, "eval ppl")
         doc = eval_ppl(
             args.checkpoint,
             args.data,
@@ -147,9 +149,10 @@ def run_ppl(args: argparse.Namespace) -> int:
             seed=args.seed,
             float64=args.float64,
             seq_len=args.seq_len,
-            device=args.device,
+            device=device,
             text_field=args.text_field,
             doc_split=args.doc_split,
+            input_format=args.input_format,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as e:
@@ -173,6 +176,7 @@ def run_sbp(args: argparse.Namespace) -> int:
     from armd_scale.eval.sbp import run_sbp_eval
 
     try:
+        device = chosen_device(args, "eval sbp")
         doc = run_sbp_eval(
             args.checkpoint,
             args.out,
@@ -186,7 +190,7 @@ def run_sbp(args: argparse.Namespace) -> int:
             seed=args.seed,
             sample_dtype=args.sample_dtype,
             float64=args.float64,
-            device=args.device,
+            device=device,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as e:

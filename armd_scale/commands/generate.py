@@ -15,6 +15,8 @@ import argparse
 import re
 import sys
 
+from .common import add_device_arg, chosen_device
+
 MASK_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
 
@@ -42,7 +44,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true", help="forward passes and sampling softmax in float64")
-    parser.add_argument("--device", default="cpu")
+    add_device_arg(parser)
     parser.add_argument("--json", metavar="OUT", help="also write {streams, length, forward_calls, seconds, samples}")
     parser.set_defaults(func=run)
 
@@ -96,12 +98,13 @@ def generate_samples(args: argparse.Namespace) -> dict:
 
     from armd_scale.eval.text import codec_for
     from armd_scale.generate import sample_infill, sample_sbp
-    from armd_scale.pretrained import load_pretrained
+
+    from ..checkpoints.pretrained import load_pretrained
 
     dtype = torch.float64 if args.float64 else torch.float32
     if args.num_samples < 1 or args.streams < 1:
         raise ValueError(f"--num-samples {args.num_samples} and --streams {args.streams} must be >= 1")
-    pre = load_pretrained(args.checkpoint, device=args.device, dtype=dtype)
+    pre = load_pretrained(args.checkpoint, device=chosen_device(args, "generate"), dtype=dtype)
     codec = codec_for(pre)
     max_len = pre.config.model.max_seq_len
     kw = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed, sample_dtype=dtype)
@@ -125,8 +128,7 @@ def generate_samples(args: argparse.Namespace) -> dict:
         if mdlm:
             tokens = torch.zeros(args.num_samples, length, dtype=torch.long)
             tokens[:, :known_count] = torch.tensor(prompt, dtype=torch.long)
-            known = torch.arange(length) < known_count
-            out = _mdlm_sample(pre.model, tokens, known, args)
+            out = _mdlm_sample(pre.model, tokens, torch.arange(length) < known_count, args)
         else:
             out = sample_sbp(
                 pre.model,
@@ -163,16 +165,19 @@ def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
     """The masked-diffusion baseline's ancestral sampler: known tokens stay, the rest start masked."""
     import torch
 
+    from armd_scale.generate import sample_mdlm
+    from armd_scale.rng import seeded
+
     steps = args.steps or tokens.shape[1]
     if steps < 1:
         raise ValueError(f"--steps {steps} must be >= 1")
     init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
-    gen = torch.Generator().manual_seed(args.seed)
-    return model.sample(
+    return sample_mdlm(
+        model,
         tokens.shape[0],
         tokens.shape[1],
         steps,
-        generator=gen,
+        generator=seeded(args.seed),
         temperature=args.temperature,
         top_p=args.top_p,
         init=init,

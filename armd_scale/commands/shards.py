@@ -7,19 +7,24 @@ import logging
 import sys
 import time
 
-from armd_scale.data.textio import DOC_SPLITS
+from armd_scale.data.formats import INPUT_FORMATS
+from armd_scale.data.readers import DOC_SPLITS
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", metavar="URL", help="check every shard of URL (or URL/train and URL/val) against its manifest"
     )
-    parser.add_argument("--tokenizer", help="tokenizer directory from `armd tokenizer`")
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer directory from `armd tokenizer`, a tokenizer.json (or a folder holding one), or a hub "
+        "name such as gpt2 found in the local Hugging Face cache",
+    )
     parser.add_argument(
         "--input",
         nargs="+",
         metavar="PATH",
-        help="files, folders, globs (.txt, .jsonl, optionally .gz), builtin:pydoc, "
+        help="files, folders, globs (.txt, .jsonl, .json.gz, .parquet; .gz/.zst/...), hf:<dataset>, builtin:pydoc, "
         "or one synthetic:markov?vocab=..&order=.. source (needs no tokenizer)",
     )
     parser.add_argument("--seq-len", type=int, help="tokens per packed sample")
@@ -31,12 +36,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out documents")
     parser.add_argument("--samples-per-shard", type=int, help="default: as many as fit --shard-size-mb")
     parser.add_argument("--shard-size-mb", type=float, default=64.0)
-    parser.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
+    parser.add_argument("--text-field", default="text", help="field / column holding the text (JSON, Parquet, hf:)")
     parser.add_argument(
         "--doc-split",
         choices=DOC_SPLITS,
         default="file",
         help="what a document is in .txt inputs: the whole file, a paragraph or a line",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="format of input files (default auto: from the name; an unknown name is an error)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set at --out")
     parser.add_argument("--no-progress", action="store_true")
@@ -108,11 +119,12 @@ def _build(args: argparse.Namespace) -> int:
             workers=args.workers,
             text_field=args.text_field,
             doc_split=args.doc_split,
+            input_format=args.input_format,
             overwrite=args.overwrite,
             progress=not args.no_progress,
             **size,
         )
-    for split, m in manifests.items():
+    for m in manifests.values():
         t = m.totals
         print(
             f"{m.url}: {t['shards']} shards, {t['samples']} samples x {m.seq_len} tokens ({m.dtype}), "

@@ -1,4 +1,4 @@
-"""`armd tokenizer`: train the SentencePiece tokenizer whose SHA-256 identifies it everywhere."""
+"""`armd tokenizer`: train a tokenizer (SentencePiece, byte-level BPE or WordPiece); its SHA-256 is its identity."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import logging
 import sys
 import time
 
-from armd_scale.data.textio import DOC_SPLITS
+from armd_scale.data.formats import INPUT_FORMATS
+from armd_scale.data.readers import DOC_SPLITS
+
+# SentencePiece-only options and their defaults (None on the command line means "not given").
+SP_DEFAULTS = {
+    "model_type": "bpe",
+    "character_coverage": 0.9995,
+    "byte_fallback": False,
+    "max_sentences": 5_000_000,
+    "threads": 4,
+    "seed": 0,
+}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -16,41 +27,53 @@ def register(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="files, folders, globs (.txt, .jsonl, optionally .gz) or builtin:pydoc",
+        help="files, folders, globs (.txt, .jsonl, .json.gz, .parquet; .gz/.zst/...), hf:<dataset> or builtin:pydoc",
     )
-    parser.add_argument("--vocab-size", type=int, required=True, help="number of pieces, specials included")
-    parser.add_argument("--out", required=True, help="output directory (tokenizer.model, .vocab, .json)")
-    parser.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    parser.add_argument("--vocab-size", type=int, required=True, help="number of ids, special tokens included")
+    parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
+        "--kind",
+        choices=["sentencepiece", "byte-bpe", "wordpiece"],
+        default="sentencepiece",
+        help="sentencepiece (default; tokenizer.model), byte-bpe (GPT-2-style tokenizer.json) or "
+        "wordpiece (BERT-style tokenizer.json)",
+    )
+    parser.add_argument(
+        "--cased",
+        action="store_true",
+        help="wordpiece: keep case and accents (default: lower-case, like bert-base-uncased)",
+    )
+    sp = parser.add_argument_group("sentencepiece only")
+    sp.add_argument("--model-type", choices=["bpe", "unigram"], default=None, help="default bpe")
+    sp.add_argument(
         "--character-coverage",
         type=float,
-        default=0.9995,
+        default=None,
         help="share of characters covered by the vocabulary; the rest become unk (default 0.9995)",
     )
-    parser.add_argument(
+    sp.add_argument(
         "--byte-fallback",
         action="store_true",
+        default=None,
         help="encode uncovered characters as UTF-8 bytes instead of unk (uses 256 ids)",
     )
-    parser.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
+    sp.add_argument("--max-sentences", type=int, default=None, help="sample at most this many lines (default 5M)")
+    sp.add_argument(
+        "--threads", type=int, default=None, help="threads; the result depends on it, so it is fixed (default 4)"
+    )
+    sp.add_argument("--seed", type=int, default=None, help="default 0")
+    parser.add_argument("--text-field", default="text", help="field / column holding the text (JSON, Parquet, hf:)")
     parser.add_argument(
-        "--doc-split",
-        choices=DOC_SPLITS,
-        default="file",
-        help="what a document is in .txt inputs (recorded; training reads lines anyway)",
+        "--doc-split", choices=DOC_SPLITS, default="file", help="what a document is in .txt inputs (default file)"
     )
     parser.add_argument(
-        "--max-sentences", type=int, default=5_000_000, help="sample at most this many lines for training"
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="format of input files (default auto: from the name; an unknown name is an error)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=4,
-        help="SentencePiece threads; the result depends on it, so it is fixed, not per machine",
-    )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, _parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,28 +81,36 @@ def run(args: argparse.Namespace) -> int:
     from armd_scale.data.tokenizer import train_tokenizer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    given = {k: getattr(args, k) for k in SP_DEFAULTS if getattr(args, k) is not None}
+    if args.kind == "sentencepiece":
+        options = {**SP_DEFAULTS, **given}
+        options["num_threads"] = options.pop("threads")
+    else:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            args._parser.error(f"{flags} apply to --kind sentencepiece only")
+        options = {"lowercase": not args.cased} if args.kind == "wordpiece" else {}
+    if args.cased and args.kind != "wordpiece":
+        args._parser.error("--cased applies to --kind wordpiece only")
     start = time.perf_counter()
     try:
         tok = train_tokenizer(
             args.input,
             args.out,
             vocab_size=args.vocab_size,
-            model_type=args.model_type,
-            character_coverage=args.character_coverage,
-            byte_fallback=args.byte_fallback,
+            kind=args.kind,
             text_field=args.text_field,
             doc_split=args.doc_split,
-            max_sentences=args.max_sentences,
-            num_threads=args.threads,
-            seed=args.seed,
+            input_format=args.input_format,
             progress=not args.no_progress,
+            **options,
         )
     except DataError as e:
         print(f"armd tokenizer: error: {e}", file=sys.stderr)
         return 1
     info = tok.info["trained_on"]
     print(
-        f"tokenizer {args.out}: {args.model_type}, vocab {tok.vocab_size}, sha256 {tok.sha256} "
-        f"({info['documents']} documents, {info['sentences']} lines, {time.perf_counter() - start:.1f}s)"
+        f"tokenizer {args.out}: {args.kind}, vocab {tok.vocab_size}, sha256 {tok.sha256} "
+        f"({info['documents']} documents, {time.perf_counter() - start:.1f}s)"
     )
     return 0

@@ -6,6 +6,10 @@ after saving a complete checkpoint, so the job should be requeued; 1 failed.
 Under an elastic torchrun with restarts (TORCHELASTIC_MAX_RESTARTS > 0) a worker exiting with 75
 would be restarted by the agent, so there the early stop exits 0 and the launcher reads
 RUN_DIR/exit_status.json instead (slurm/entrypoint.sh does).
+
+`--dry-run` resolves the config and prints the DeepSpeed config, parameter counts, FLOPs, tokens per
+step and per-GPU memory for `--world-size` GPUs (default: $WORLD_SIZE, else 1), then exits without
+training, touching the run directory or reading data (armd_scale/train/dry_run.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,34 @@ from .common import add_config_args, config_from_args
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the DeepSpeed config, sizes, FLOPs and memory; do not train"
+    )
+    parser.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="GPUs the dry run plans for (default: $WORLD_SIZE, else 1)",
+    )
     parser.set_defaults(func=run)
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..train.dry_run import dry_run as plan
+    from ..train.dry_run import format_dry_run
+
+    world_size = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        if world_size < 1:
+            raise ConfigError(f"--world-size {world_size} must be >= 1")
+        cfg = config_from_args(args)
+        print(format_dry_run(cfg, plan(cfg, world_size)))
+    except ConfigError as e:
+        print(f"armd train --dry-run: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import EXIT_PREEMPTED
     from ..train.loop import TrainingDiverged, train
 
+    if args.dry_run:
+        return dry_run(args)
     try:
         cfg = config_from_args(args)
         code = train(cfg)

@@ -13,7 +13,9 @@ Micro-batches of a step that was not completed are produced again after a resume
 
 Work off the training thread: a background thread prepares `prefetch` micro-batches ahead, and
 with `num_workers > 0` shards are fetched, checksummed and decoded by worker processes ahead of
-need. Neither changes what is produced.
+need. Neither changes what is produced. With `pin_memory=True` (the trainer asks for it when it
+computes on CUDA) batches are made in page-locked memory by that same thread, so the trainer's
+`.to(device, non_blocking=True)` is a real asynchronous copy rather than a synchronous one.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import torch
 
 from armd_scale.data.errors import BadShardError, DataError, DataMismatchError
 from armd_scale.data.manifest import check_expectations, read_manifest
-from armd_scale.data.order import GlobalOrder
 from armd_scale.data.prefetch import Background, ShardCache, make_executor
+from armd_scale.data.sample_order import GlobalOrder
 from armd_scale.data.shardio import load_shard
 from armd_scale.data.urls import StorageOptions, protocol_of
 
@@ -61,6 +63,7 @@ class ShardLoader:
         expect_seq_len: int | None = None,
         loop: bool = True,
         storage_options: StorageOptions = None,
+        pin_memory: bool = False,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank={rank} must be in [0, world_size={world_size})")
@@ -91,6 +94,7 @@ class ShardLoader:
         self.prefetch = prefetch
         self.on_bad_shard = on_bad_shard
         self.loop = loop
+        self.pin_memory = pin_memory
         self.order = GlobalOrder([s.samples for s in self.manifest.shards], seed)
         if self.order.num_samples < global_batch_size:
             raise DataError(
@@ -217,7 +221,7 @@ class ShardLoader:
 
     def _iterate(self) -> Iterator[torch.Tensor]:
         self.epoch, self.cursor = self._normalise(self.epoch, self.cursor)
-        source: Iterator[np.ndarray] = self._produce(self.epoch, self.cursor)
+        source: Iterator[torch.Tensor] = self._as_tensors(self._produce(self.epoch, self.cursor))
         if self.prefetch > 0:
             source = Background(source, self.prefetch)
         per_step = self.micro_batches_per_step
@@ -228,11 +232,20 @@ class ShardLoader:
                 count += 1
                 if count % per_step == 0:  # the step is complete once its last micro-batch is handed out
                     self.epoch, self.cursor = self._normalise(self.epoch, self.cursor + self.global_batch_size)
-                yield torch.from_numpy(micro.astype(np.int64))
+                yield micro
                 if not self.loop and self.epoch != start_epoch:
                     return
         finally:
             source.close()  # type: ignore[attr-defined]
+
+    def _as_tensors(self, rows: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
+        """int64 tensors of the micro-batches, page-locked when asked (in the prefetch thread if there is one)."""
+        try:
+            for micro in rows:
+                batch = torch.from_numpy(micro.astype(np.int64))
+                yield batch.pin_memory() if self.pin_memory else batch
+        finally:
+            rows.close()  # type: ignore[attr-defined]
 
     def _steps(self, epoch: int, cursor: int) -> Iterator[tuple[int, int]]:
         while True:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,10 +31,10 @@ from tqdm import tqdm
 from armd_scale import __version__
 from armd_scale.data.errors import BadShardError, DataError
 from armd_scale.data.manifest import MANIFEST_FILE, Manifest, ShardEntry, dtype_for_vocab, read_manifest, write_manifest
-from armd_scale.data.order import holdout
+from armd_scale.data.sample_order import holdout
 from armd_scale.data.shardio import FIELD_BY_DTYPE, NUMPY_DTYPE, load_shard
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import Tokenizer, encode_groups_in_worker, init_encode_worker
+from armd_scale.data.tokenizer import Tokenizer, encode_chunks_in_worker, init_encode_worker, load_tokenizer
 from armd_scale.data.urls import StorageOptions, exists, join_url, remove, sha256_bytes, url_to_fs, write_atomic
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,20 @@ def samples_for_size(seq_len: int, dtype: str, shard_size_mb: float) -> int:
 
 
 def encode_shard(samples: np.ndarray, first_index: int, dtype: str) -> bytes:
-    """Tar bytes of one shard; member i is `<first_index + i>.tokens.<u16|u32>`."""
-    from webdataset import TarWriter  # imports torch: only the writer pays for it
+    """Tar bytes of one shard; member i is `<first_index + i>.tokens.<u16|u32>`.
 
+    Written with the standard library exactly as webdataset's `TarWriter(encoder=False, mtime=0,
+    user="armd", group="armd", mode=0o444)` writes it (a test compares the bytes), without importing
+    webdataset, which imports torch and would add ~200 MB to the builder's memory."""
     buf = io.BytesIO()
     field_name = FIELD_BY_DTYPE[dtype]
     raw = np.ascontiguousarray(samples, dtype=NUMPY_DTYPE[dtype])
-    with TarWriter(buf, encoder=False, mtime=0, user="armd", group="armd", mode=0o444) as writer:
+    with tarfile.open(fileobj=buf, mode="w|") as tar:
         for i, row in enumerate(raw):
-            writer.write({"__key__": f"{first_index + i:010d}", field_name: row.tobytes()})
+            data = row.tobytes()
+            info = tarfile.TarInfo(f"{first_index + i:010d}.{field_name}")
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "armd", "armd"
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -87,42 +93,48 @@ class ShardSetWriter:
     def __post_init__(self) -> None:
         self.dtype = dtype_for_vocab(self.vocab_size)
         self.entries: list[ShardEntry] = []
-        self._pending: list[np.ndarray] = []
-        self._pending_len = 0
+        # One shard's worth of ids in the shard's dtype, filled in place: memory stays at one shard
+        # whatever the corpus (a list of per-document arrays cost ~4x that in array headers).
+        self._buffer = np.empty(0, dtype=NUMPY_DTYPE[self.dtype])
+        self._fill = 0
         self._samples = 0
         self.documents = 0
 
     def add_document(self, tokens: np.ndarray) -> None:
-        """Append one document followed by EOS."""
+        """Append one document followed by the separator."""
+        self.add_tokens(tokens)
+        self.end_document()
+
+    def add_tokens(self, tokens: np.ndarray) -> None:
+        """Append part of the current document (a long document arrives in pieces)."""
+        self._append(np.asarray(tokens))
+
+    def end_document(self) -> None:
+        """Close the current document: append the separator."""
         self.documents += 1
-        self._append(np.asarray(tokens, dtype=np.int64))
         if self.eos_id is not None:
-            self._append(np.array([self.eos_id], dtype=np.int64))
+            self._append(np.array([self.eos_id]))
 
     def add_samples(self, samples: np.ndarray) -> None:
         """Append ready-made sequences (synthetic sources): rows are not joined with EOS."""
-        self._append(np.asarray(samples, dtype=np.int64).reshape(-1))
+        self._append(np.asarray(samples).reshape(-1))
 
     def _append(self, tokens: np.ndarray) -> None:
-        self._pending.append(tokens)
-        self._pending_len += len(tokens)
-        if self._pending_len >= self.seq_len * self.samples_per_shard:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        stream = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.int64)
-        per_shard = self.seq_len * self.samples_per_shard
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise DataError(f"token id outside [0, {self.vocab_size}) while writing {self.url}")
+        if not len(self._buffer):
+            self._buffer = np.empty(self.seq_len * self.samples_per_shard, dtype=NUMPY_DTYPE[self.dtype])
         start = 0
-        while len(stream) - start >= per_shard or (final and len(stream) - start >= self.seq_len):
-            n = min(self.samples_per_shard, (len(stream) - start) // self.seq_len)
-            self._write_shard(stream[start : start + n * self.seq_len].reshape(n, self.seq_len))
-            start += n * self.seq_len
-        self._pending = [stream[start:]]
-        self._pending_len = len(stream) - start
+        while start < len(tokens):
+            take = min(len(tokens) - start, len(self._buffer) - self._fill)
+            self._buffer[self._fill : self._fill + take] = tokens[start : start + take]
+            self._fill += take
+            start += take
+            if self._fill == len(self._buffer):
+                self._write_shard(self._buffer.reshape(self.samples_per_shard, self.seq_len))
+                self._fill = 0
 
     def _write_shard(self, samples: np.ndarray) -> None:
-        if samples.size and (samples.min() < 0 or samples.max() >= self.vocab_size):
-            raise DataError(f"token id outside [0, {self.vocab_size}) while writing {self.url}")
         name = SHARD_NAME.format(len(self.entries))
         data = encode_shard(samples, self._samples, self.dtype)
         write_atomic(join_url(self.url, name), data, self.storage_options)
@@ -130,8 +142,10 @@ class ShardSetWriter:
         self._samples += len(samples)
 
     def finish(self) -> Manifest:
-        self._flush(final=True)
-        dropped = self._pending_len
+        whole = self._fill // self.seq_len
+        if whole:
+            self._write_shard(self._buffer[: whole * self.seq_len].reshape(whole, self.seq_len))
+        dropped = self._fill - whole * self.seq_len
         manifest = Manifest(
             split=self.split,
             tokenizer_sha256=self.tokenizer_sha256,
@@ -169,22 +183,20 @@ def _prepare_out(out: str, overwrite: bool, storage_options: StorageOptions) -> 
 
 
 def _ordered_map(
-    tok: Tokenizer, tasks: Iterable[tuple[Any, list[list[str]]]], workers: int
+    tok: Tokenizer, tasks: Iterable[tuple[Any, list[str]]], workers: int
 ) -> Iterator[tuple[Any, list[np.ndarray]]]:
-    """(meta, token ids of each line group) for each (meta, line groups) task, in task order;
-    parallel with workers > 1. A bounded window of futures keeps memory flat (Pool.imap would
-    read the whole corpus ahead)."""
+    """(meta, token ids of each chunk) for each (meta, chunks) task, in task order; parallel with
+    workers > 1. A bounded window of futures keeps memory flat (Pool.imap would read the whole
+    corpus ahead)."""
     if workers <= 1:
-        for meta, groups in tasks:
-            yield meta, [tok.encode_lines(g) for g in groups]
+        for meta, chunks in tasks:
+            yield meta, [tok.encode_chunk(c) for c in chunks]
         return
     ctx = get_context("spawn")  # no fork of a process that may hold threads (tqdm's monitor)
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=init_encode_worker, initargs=(tok.model_proto,)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_encode_worker, initargs=(tok,)) as pool:
         window: deque[tuple[Any, Future]] = deque()
-        for meta, groups in tasks:
-            window.append((meta, pool.submit(encode_groups_in_worker, groups)))
+        for meta, chunks in tasks:
+            window.append((meta, pool.submit(encode_chunks_in_worker, chunks)))
             if len(window) >= 4 * workers:
                 m, fut = window.popleft()
                 yield m, fut.result()
@@ -193,30 +205,38 @@ def _ordered_map(
             yield m, fut.result()
 
 
-def _tasks(docs: Iterable[str], split_docs: bool) -> Iterator[tuple[list[tuple[int, bool]], list[list[str]]]]:
-    """Encoding tasks of about CHUNK_CHARS characters, in document order. A task is a list of line
-    groups with, per group, (document index, is the document's last group): small documents are
-    batched into one task, large ones are cut at line boundaries across tasks."""
+def _chunks(doc: str, cut: bool) -> Iterator[tuple[str, bool]]:
+    """(chunk, is the last) for a document cut after about CHUNK_CHARS characters at line breaks,
+    the breaks themselves left out (the packer puts the newline id back between chunks); whole
+    when `cut` is false."""
+    start = 0
+    while cut and len(doc) - start > CHUNK_CHARS:
+        end = doc.find("\n", start + CHUNK_CHARS)
+        if end < 0:
+            break
+        yield doc[start:end], False
+        start = end + 1
+    yield doc[start:], True
+
+
+def _tasks(docs: Iterable[str], cut: bool) -> Iterator[tuple[list[tuple[int, bool]], list[str]]]:
+    """Encoding tasks of about CHUNK_CHARS characters, in document order. A task is a list of
+    chunks with, per chunk, (document index, is the document's last chunk): small documents are
+    batched into one task, large ones are cut at line breaks across tasks when the tokenizer
+    encodes line by line (`cut`)."""
     meta: list[tuple[int, bool]] = []
-    groups: list[list[str]] = []
+    chunks: list[str] = []
     size = 0
     for index, doc in enumerate(docs):
-        group: list[str] = []
-        for line in doc.split("\n"):
-            if split_docs and size >= CHUNK_CHARS:
-                meta.append((index, False))
-                groups.append(group)
-                yield meta, groups
-                meta, groups, group, size = [], [], [], 0
-            group.append(line)
-            size += len(line) + 1
-        meta.append((index, True))
-        groups.append(group)
-        if size >= CHUNK_CHARS:
-            yield meta, groups
-            meta, groups, size = [], [], 0
-    if groups:
-        yield meta, groups
+        for chunk, last in _chunks(doc, cut):
+            meta.append((index, last))
+            chunks.append(chunk)
+            size += len(chunk) + 1
+            if size >= CHUNK_CHARS:
+                yield meta, chunks
+                meta, chunks, size = [], [], 0
+    if chunks:
+        yield meta, chunks
 
 
 def build_shards(
@@ -232,24 +252,27 @@ def build_shards(
     shard_size_mb: float = 64.0,
     text_field: str = "text",
     doc_split: DocSplit = "file",
+    input_format: str = "auto",
     overwrite: bool = False,
     progress: bool = False,
     storage_options: StorageOptions = None,
 ) -> dict[str, Manifest]:
     """Tokenize `inputs` and write `out/train` (and `out/val` when val_fraction > 0).
 
-    Whole documents are held out for validation (a seeded choice of round(val_fraction * docs)).
+    Whole documents are held out for validation (a seeded choice of round(val_fraction * docs)):
+    a first pass counts the documents, the second tokenizes them; both stream the inputs.
     Returns the manifests by split."""
     if seq_len < 1:
         raise DataError(f"seq_len={seq_len} must be >= 1")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer, storage_options)
-    sources = expand_inputs(inputs, storage_options)
-    read = dict(text_field=text_field, doc_split=doc_split, storage_options=storage_options)
-    n_docs = sum(
-        1 for _ in tqdm(iter_corpus(sources, **read), desc="shards: scanning", unit="doc", disable=not progress)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer, storage_options)
+    sources = expand_inputs(inputs, storage_options, input_format)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options
     )
+    scan = iter_corpus(sources, warn=False, **read)
+    n_docs = sum(1 for _ in tqdm(scan, desc="shards: scanning", unit="doc", disable=not progress))
     if n_docs == 0:
         raise DataError(f"inputs {list(inputs)} contain no documents")
     if val_fraction > 0 and n_docs < 2:
@@ -266,6 +289,7 @@ def build_shards(
         "seed": seed,
         "text_field": text_field,
         "doc_split": doc_split,
+        "input_format": input_format,
         "samples_per_shard": per_shard,
         "eos_id": tok.eos_id,
         "tool": f"armd_scale {__version__}",
@@ -281,23 +305,25 @@ def build_shards(
             per_shard,
             tok.eos_id,
             build=build,
-            tokenizer_meta={"kind": "sentencepiece"},
+            tokenizer_meta=tok.describe(),
             storage_options=storage_options,
         )
         for s in splits
     }
     bar = tqdm(total=n_docs, desc="shards: tokenizing", unit="doc", disable=not progress)
-    pieces: list[np.ndarray] = []
-    nl = np.array([tok.newline_id if tok.newline_id is not None else tok.unk_id], dtype=np.int64)
-    tasks = _tasks(iter_corpus(sources, **read), split_docs=tok.newline_id is not None)
+    newline = np.array([tok.newline_id if tok.newline_id is not None else 0])
+    tasks = _tasks(iter_corpus(sources, **read), cut=tok.newline_id is not None)
+    open_doc = None  # index of the document whose chunks are arriving
     for metas, encoded in _ordered_map(tok, tasks, workers):
-        for (index, last), ids in zip(metas, encoded):
-            if pieces:
-                pieces.append(nl)
-            pieces.append(ids)
+        for (index, last), ids in zip(metas, encoded, strict=True):
+            writer = writers["val" if is_val[index] else "train"]
+            if open_doc == index:
+                writer.add_tokens(newline)
+            writer.add_tokens(ids)
+            open_doc = index
             if last:
-                writers["val" if is_val[index] else "train"].add_document(np.concatenate(pieces))
-                pieces = []
+                writer.end_document()
+                open_doc = None
                 bar.update(1)
     bar.close()
     # val first: the train manifest, the one a run needs, is the very last file written

@@ -1,60 +1,48 @@
-"""Text inputs: which files an input spec names, and the documents inside them.
+"""Text inputs: which sources an input spec names, and the documents inside them, as streams.
 
-A document is the unit that is joined with EOS when packing and that is held out whole for
-validation, so what counts as one matters: a `.txt` file is one document by default (a book, an
-article), `doc_split="paragraph"` or `"line"` cut it finer; each `.jsonl` record is one document;
-each topic of `builtin:pydoc` is one document.
+A source is a file URL, a built-in corpus (`builtin:pydoc`) or a `datasets` input (`hf:...`,
+see hfdatasets.py). Files are read by format (formats.py decides it from the name, compound
+suffixes included) with the streaming readers of readers.py, so no file is read whole.
 
-Text is decoded as UTF-8, falling back to Latin-1 per file (old corpora mix both), and line endings
-are normalised to `\\n` so a CRLF copy of a file tokenizes like the original.
+A document is the unit that is joined with the separator when packing and that is held out whole
+for validation, so what counts as one matters: a `.txt` file is one document by default (a book,
+an article), `doc_split="paragraph"` or `"line"` cut it finer; each JSON-lines record, Parquet row
+or dataset row is one document; each topic of `builtin:pydoc` is one document. The same text gives
+the same documents whichever format carried it.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator, Sequence
-from typing import Literal
-
-import fsspec
 
 from armd_scale.data.errors import DataError
+from armd_scale.data.formats import INPUT_FORMATS, detect_format, found_in_folder
+from armd_scale.data.hfdatasets import HF_PREFIX
+from armd_scale.data.readers import DOC_SPLITS, DocSplit, file_documents
 from armd_scale.data.urls import StorageOptions, url_to_fs
 
-DocSplit = Literal["file", "paragraph", "line"]
-DOC_SPLITS: tuple[str, ...] = ("file", "paragraph", "line")
-TEXT_SUFFIXES = (".txt", ".text")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
+__all__ = ["DOC_SPLITS", "DocSplit", "INPUT_FORMATS", "expand_inputs", "iter_corpus", "iter_documents"]
+
 BUILTIN_PREFIX = "builtin:"
 SYNTHETIC_PREFIX = "synthetic:"
 _GLOB_CHARS = set("*?[")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 
-def _strip_gz(name: str) -> str:
-    return name[:-3] if name.endswith(".gz") else name
+def _is_stream_source(spec: str) -> bool:
+    return spec.startswith((BUILTIN_PREFIX, HF_PREFIX))
 
 
-def is_jsonl(source: str) -> bool:
-    return _strip_gz(source.lower()).endswith(JSONL_SUFFIXES)
-
-
-def _is_known_text(source: str) -> bool:
-    return _strip_gz(source.lower()).endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
-
-
-def expand_inputs(specs: Sequence[str], storage_options: StorageOptions = None) -> list[str]:
-    """Files, folders (recursively, keeping only .txt/.text/.jsonl/.ndjson, optionally .gz),
-    globs and `builtin:` names -> a sorted, de-duplicated list of sources, in spec order.
-
-    Folders are filtered by extension so that README/LICENSE/*.md files beside a corpus stay out; a file
-    named explicitly (or matched by a glob) is read whatever its extension.
-    """
+def expand_inputs(
+    specs: Sequence[str], storage_options: StorageOptions = None, input_format: str = "auto"
+) -> list[str]:
+    """Files, folders (searched recursively for files whose name states a known format), globs,
+    `builtin:` and `hf:` names -> a de-duplicated list of sources, in spec order (folders and globs
+    sorted). Every file's format is checked here, so an unreadable name fails before any work."""
     if not specs:
-        raise DataError("no input given: pass files, folders, globs or builtin:pydoc")
+        raise DataError("no input given: pass files, folders, globs, hf:<dataset> or builtin:pydoc")
     out: list[str] = []
     for spec in specs:
-        if spec.startswith(BUILTIN_PREFIX):
+        if _is_stream_source(spec):
             out.append(spec)
             continue
         if spec.startswith(SYNTHETIC_PREFIX):
@@ -66,79 +54,20 @@ def expand_inputs(specs: Sequence[str], storage_options: StorageOptions = None) 
         if _GLOB_CHARS & set(path):
             found = sorted(p for p in fs.glob(path) if fs.isfile(p))
         elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if _is_known_text(p))
+            found = sorted(p for p in fs.find(path) if found_in_folder(p, input_format))
         elif fs.isfile(path):
             found = [path]
         else:
             raise DataError(f"input '{spec}' does not exist")
         if not found:
             raise DataError(
-                f"input '{spec}' matches no text file (folders are searched for "
-                f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} and their .gz)"
+                f"input '{spec}' matches no input file (folders are searched for .txt, .text, .jsonl, .ndjson, "
+                ".parquet, .json.gz/.json.zst and their .gz/.zst/.bz2/.xz forms)"
             )
+        for p in found:
+            detect_format(p, input_format)  # raises, naming the file, if its format is unknown
         out.extend(fs.unstrip_protocol(p) if "://" in spec else p for p in found)
-    seen: set[str] = set()
-    return [s for s in out if not (s in seen or seen.add(s))]
-
-
-def decode_text(data: bytes) -> str:
-    """UTF-8 (BOM dropped) or, if that fails, Latin-1; CRLF and CR become LF."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def split_text(text: str, doc_split: DocSplit) -> Iterator[str]:
-    """Cut one file's text into documents; blank documents are dropped."""
-    if doc_split == "file":
-        parts: Sequence[str] = [text]
-    elif doc_split == "paragraph":
-        parts = _PARAGRAPH_BREAK.split(text)
-    elif doc_split == "line":
-        parts = text.split("\n")
-    else:
-        raise DataError(f"doc_split={doc_split!r} is not one of {', '.join(DOC_SPLITS)}")
-    for part in parts:
-        part = part.strip("\n")
-        if part.strip():
-            yield part
-
-
-def _read(source: str, storage_options: StorageOptions) -> bytes:
-    try:
-        with fsspec.open(source, "rb", compression="infer", **(storage_options or {})) as f:
-            return f.read()
-    except FileNotFoundError:
-        raise DataError(f"input file {source} does not exist") from None
-    except (OSError, EOFError) as e:  # truncated or corrupt .gz
-        raise DataError(f"cannot read input file {source}: {e}") from None
-
-
-def _iter_jsonl(source: str, text_field: str, storage_options: StorageOptions) -> Iterator[str]:
-    text = decode_text(_read(source, storage_options))
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-            raise DataError(
-                f"{source}:{lineno}: record has no field '{text_field}' (it has: {keys}); "
-                "choose the field with --text-field"
-            )
-        value = record[text_field]
-        if not isinstance(value, str):
-            raise DataError(f"{source}:{lineno}: field '{text_field}' is {type(value).__name__}, expected a string")
-        value = value.replace("\r\n", "\n").replace("\r", "\n").strip("\n")
-        if value.strip():
-            yield value
+    return list(dict.fromkeys(out))  # without duplicates, first occurrence kept
 
 
 def iter_documents(
@@ -146,17 +75,31 @@ def iter_documents(
     *,
     text_field: str = "text",
     doc_split: DocSplit = "file",
+    input_format: str = "auto",
     storage_options: StorageOptions = None,
+    warn: bool = True,
 ) -> Iterator[str]:
-    """The documents of one source (a file URL or a `builtin:` name), in file order."""
+    """The documents of one source, in order. `warn=False` silences the per-file report of repaired
+    lines (for a second pass over the same files)."""
     if source.startswith(BUILTIN_PREFIX):
         from armd_scale.data.corpora import builtin_documents
 
         yield from builtin_documents(source)
-    elif is_jsonl(source):
-        yield from _iter_jsonl(source, text_field, storage_options)
+    elif source.startswith(HF_PREFIX):
+        from armd_scale.data.hfdatasets import hf_documents
+
+        yield from hf_documents(source, text_field, warn)
     else:
-        yield from split_text(decode_text(_read(source, storage_options)), doc_split)
+        fmt = detect_format(source, input_format)
+        yield from file_documents(
+            source,
+            fmt.kind,
+            fmt.compression,
+            text_field=text_field,
+            doc_split=doc_split,
+            storage_options=storage_options,
+            warn=warn,
+        )
 
 
 def iter_corpus(
@@ -164,16 +107,25 @@ def iter_corpus(
     *,
     text_field: str = "text",
     doc_split: DocSplit = "file",
+    input_format: str = "auto",
     storage_options: StorageOptions = None,
+    warn: bool = True,
 ) -> Iterator[str]:
     """All documents of all sources, in order: the document order that shards are built in."""
     for source in sources:
-        yield from iter_documents(source, text_field=text_field, doc_split=doc_split, storage_options=storage_options)
+        yield from iter_documents(
+            source,
+            text_field=text_field,
+            doc_split=doc_split,
+            input_format=input_format,
+            storage_options=storage_options,
+            warn=warn,
+        )
 
 
 def source_bytes(source: str, storage_options: StorageOptions = None) -> int | None:
-    """Stored size of a source (for progress bars); None for built-in corpora."""
-    if source.startswith(BUILTIN_PREFIX):
+    """Stored size of a source (for progress bars); None for built-in corpora and datasets."""
+    if _is_stream_source(source):
         return None
     fs, path = url_to_fs(source, storage_options)
     return int(fs.size(path))

@@ -1,4 +1,4 @@
-"""Generative perplexity of samples under a judge model, and their unigram entropy (DESIGN 2.7).
+"""Generative perplexity of samples under a judge model, and their unigram entropy (docs/EVALUATION.md).
 
 A judge scores each sample left to right: gen PPL = exp(sum of judge NLL / number of judge tokens),
 token-weighted over all samples. Judges:
@@ -98,28 +98,30 @@ class CheckpointJudge:
         truncated = sum(len(s) > self.max_len for s in seqs)
         seqs = [s[: self.max_len] for s in seqs if s]
         device = next(self.pre.model.parameters()).device
-        total, count = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start : start + self.batch_size]
             n = max(len(s) for s in chunk)
-            # right padding is exact under l2r: position k only sees positions < k
-            x = torch.zeros(len(chunk), n, dtype=torch.long, device=device)
-            mask = torch.zeros(len(chunk), n, dtype=torch.bool, device=device)
+            # built on the host and copied once; right padding is exact under l2r (position k sees < k)
+            x = torch.zeros(len(chunk), n, dtype=torch.long)
+            mask = torch.zeros(len(chunk), n, dtype=torch.bool)
             for i, s in enumerate(chunk):
-                x[i, : len(s)] = torch.tensor(s, device=device)
+                x[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = True
+            count += int(mask.sum())
+            x, mask = x.to(device), mask.to(device)
             order = torch.arange(n, device=device).expand(len(chunk), n)
             logp = torch.log_softmax(self.pre.model(x, order, order).to(self.dtype), dim=-1)
             nll = -logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)
-            total += float(nll[mask].double().sum())
-            count += int(mask.sum())
-        return JudgeScore(total, count, truncated)
+            total += torch.where(mask, nll.double(), 0.0).sum()  # on the device (no sync), read once below
+        return JudgeScore(float(total), count, truncated)
 
 
 class TransformersJudge:
     """A causal LM from a local `transformers` directory; the tokenizer must sit beside it."""
 
-    def __init__(self, path: str | Path, *, device: str = "cpu"):
+    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu"):
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
@@ -129,15 +131,18 @@ class TransformersJudge:
             ) from None
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True).to(device).eval()
+        loaded = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+        cfg = loaded.config
+        model: torch.nn.Module = loaded
+        model = model.to(device).eval()
         try:
             model = model.to(torch.float64)
         except (RuntimeError, TypeError, ValueError):  # quantized or otherwise fixed-precision weights
             pass
         self.model = model
         self.dtype = next(model.parameters()).dtype
-        cfg = model.config
-        self.max_len = int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
+        context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        self.max_len = int(context or 1024)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -178,9 +183,9 @@ def is_transformers_dir(path: str | Path) -> bool:
     return isinstance(raw, dict) and "model_type" in raw and "config" not in raw
 
 
-def load_judge(path: str | None, *, generator_path: str, device: str = "cpu") -> Judge:
+def load_judge(path: str | None, *, generator_path: str, device: str | torch.device = "cpu") -> Judge:
     """The judge at `path` (armd checkpoint or transformers directory), or the generator itself."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")

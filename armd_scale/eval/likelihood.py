@@ -1,4 +1,4 @@
-"""Likelihoods of held-out data (DESIGN 2.7), each labelled exact or bound.
+"""Likelihoods of held-out data (docs/EVALUATION.md), each labelled exact or bound.
 
 Every number here is a sum of per-token NLLs under some `(order, block)` pair, scored with one
 full forward pass per window and order (the model contract: `logits[b, k]` predicts the token at
@@ -48,7 +48,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model.orders import diffusion_order, l2r_order, random_order
+from ..model.generation_orders import diffusion_order, l2r_order, random_order
+from ..rng import seeded
 from .text import bits_per_byte
 
 LIKELIHOOD_KINDS = ("l2r", "random", "diffusion")
@@ -70,7 +71,7 @@ def draw_orders(
         return [(order[0], block[0])]
     if count < 1:
         raise ValueError(f"need at least one order/trajectory, got {count}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     out = []
     for _ in range(count):
         if kind == "random":
@@ -91,7 +92,8 @@ def window_nll(
     block: torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """-log p(window) in nats per row of tokens [B, N] under one (order [N], block [N]): float64 [B].
+    """-log p(window) in nats per row of tokens [B, N] under one (order [N], block [N]): float64 [B],
+    on the tokens' device (callers sum on the device and read the total once, not once per batch).
 
     The log-softmax runs in `dtype` (the model's own dtype should match: load it in float64 for
     float64 scores); the sum over tokens is always float64.
@@ -103,7 +105,7 @@ def window_nll(
     logp = torch.log_softmax(logits.to(dtype), dim=-1)
     targets = torch.gather(tokens, 1, order)
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return nll.double().sum(dim=1).cpu()
+    return nll.double().sum(dim=1)
 
 
 @dataclass
@@ -178,7 +180,8 @@ def score_orders(
 ) -> tuple[np.ndarray, int, int, int | None]:
     """Total NLL (nats) of all windows under each order: ([K] float64, windows, tokens, bytes or None)."""
     device = next(model.parameters()).device
-    totals = np.zeros(len(orders), dtype=np.float64)
+    # Summed on the device, read once at the end: no host sync per batch and order.
+    totals = torch.zeros(len(orders), dtype=torch.float64, device=device)
     windows = tokens = 0
     num_bytes = None if byte_table is None else 0
     total = None if total_windows is None else total_windows * len(orders)
@@ -186,15 +189,15 @@ def score_orders(
         for rows in batches:
             x = torch.as_tensor(rows, dtype=torch.long, device=device)
             for k, (order, block) in enumerate(orders):
-                totals[k] += float(window_nll(model, x, order, block, dtype).sum())
+                totals[k] += window_nll(model, x, order, block, dtype).sum()
                 bar.update(len(rows))
             windows += x.shape[0]
             tokens += x.numel()
-            if byte_table is not None:
+            if byte_table is not None and num_bytes is not None:
                 num_bytes += int(byte_table[rows].sum())
     if windows == 0:
         raise ValueError("no windows to evaluate")
-    return totals, windows, tokens, num_bytes
+    return totals.cpu().numpy(), windows, tokens, num_bytes
 
 
 def evaluate_likelihood(

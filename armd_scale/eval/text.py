@@ -1,12 +1,12 @@
 """Text <-> token ids for evaluation and generation, whatever a checkpoint was trained on.
 
-A run trained on text has a SentencePiece tokenizer; a run trained on a synthetic source
-(`synthetic:markov?...`) has only ids, described by a `tokenizer.json` of kind `synthetic`. Commands
-should work on both, so they go through a `TextCodec`:
+A run trained on text has a tokenizer (SentencePiece or a Hugging Face tokenizer.json); a run
+trained on a synthetic source (`synthetic:markov?...`) has only ids, described by a `tokenizer.json`
+of kind `synthetic`. Commands should work on both, so they go through a `TextCodec`:
 
-- `SentencePieceCodec`: the run's tokenizer. `byte_lengths()` gives the UTF-8 length of every token's
-  decoded surface, so bits per byte can be summed token by token and does not depend on where a
-  window boundary falls.
+- `TokenizerCodec`: the run's tokenizer. `byte_lengths()` gives, per id, the UTF-8 bytes of text the
+  token stands for, so bits per byte can be summed token by token and does not depend on where a
+  window boundary falls (exact for byte-level BPE and lossless SentencePiece; see the backends).
 - `IdCodec`: ids written as decimal numbers separated by spaces. It has no bytes, so bits per byte is
   undefined (None) for such runs.
 """
@@ -24,7 +24,7 @@ from ..data.errors import DataError
 
 
 class TextCodec(Protocol):
-    kind: str  # "sentencepiece" or "ids"
+    kind: str  # "text" or "ids"
     sha256: str | None  # tokenizer identity (shard manifests and checkpoints carry the same value)
     vocab_size: int
     eos_id: int | None
@@ -36,17 +36,16 @@ class TextCodec(Protocol):
     def byte_lengths(self) -> np.ndarray | None: ...
 
 
-class SentencePieceCodec:
-    """The run's SentencePiece tokenizer (documents are encoded line by line, as `armd shards` does)."""
+class TokenizerCodec:
+    """The run's tokenizer; documents are encoded as `armd shards` encodes them."""
 
-    kind = "sentencepiece"
+    kind = "text"
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.sha256: str | None = tokenizer.sha256
         self.vocab_size: int = tokenizer.vocab_size
         self.eos_id: int | None = tokenizer.eos_id
-        self._bytes: np.ndarray | None = None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -55,28 +54,14 @@ class SentencePieceCodec:
         return self.tokenizer.decode(ids)
 
     def byte_lengths(self) -> np.ndarray:
-        """UTF-8 bytes of each token's decoded surface: 0 for pad/bos/eos, 1 for a byte-fallback piece.
-
-        SentencePiece decodes piece by piece (identity normalisation, no dummy prefix), so the
-        bytes of a decoded sequence are the sum of these. An unknown token counts as the bytes of
-        its surface ` ⁇ `, not of the text it replaced: the ids no longer know what that was.
-        """
-        if self._bytes is None:
-            sp = self.tokenizer.sp
-            out = np.zeros(self.vocab_size, dtype=np.int64)
-            for i in range(self.vocab_size):
-                if sp.is_control(i):
-                    continue
-                out[i] = 1 if sp.is_byte(i) else len(sp.decode([i]).encode("utf-8"))
-            self._bytes = out
-        return self._bytes
+        return self.tokenizer.byte_lengths()
 
 
 class IdCodec:
     """Ids as text (`"5 9 4"`), for runs trained on a synthetic token source with no text tokenizer."""
 
     kind = "ids"
-    eos_id = None
+    eos_id: int | None = None
 
     def __init__(self, vocab_size: int, sha256: str | None = None, source: str = "") -> None:
         self.vocab_size = vocab_size
@@ -104,24 +89,40 @@ class IdCodec:
 def codec_for(pretrained) -> TextCodec:
     """The codec of a loaded checkpoint (`armd_scale.pretrained.Pretrained`).
 
-    A run without a tokenizer directory, or with a synthetic one, gets an `IdCodec`; a tokenizer
-    directory that has vanished is an error naming it, since its ids would decode to nonsense.
+    A run without a tokenizer, or with a synthetic one, gets an `IdCodec`. A tokenizer directory that
+    has vanished, a tokenizer that is not the one the run was trained with (another SHA-256), or one
+    with more ids than the model are errors naming it: its ids would decode to nonsense.
     """
-    from ..data.tokenizer import INFO_FILE, Tokenizer, tokenizer_info
+    from ..data.tokenizer import INFO_FILE, IdsOnlyTokenizer, load_tokenizer
 
     vocab = pretrained.config.model.vocab_size
     tok_dir = pretrained.tokenizer_dir
     if not tok_dir:
         return IdCodec(vocab, pretrained.tokenizer_sha256, f"{pretrained.source} (no tokenizer recorded)")
-    if "://" not in tok_dir and not (Path(tok_dir) / INFO_FILE).is_file():
+    local = None if "://" in tok_dir else Path(tok_dir)
+    if local is not None and local.is_dir() and not (local / INFO_FILE).is_file():
         raise DataError(
             f"checkpoint {pretrained.source} names tokenizer directory {tok_dir}, which has no {INFO_FILE}; "
             "was the data cache deleted? Rebuild it or export the checkpoint with its tokenizer"
         )
-    info = tokenizer_info(tok_dir)
-    if info.get("kind") != "sentencepiece":
-        return IdCodec(vocab, info.get("sha256", pretrained.tokenizer_sha256), info.get("source", tok_dir))
-    return SentencePieceCodec(Tokenizer.load(tok_dir))
+    try:
+        tokenizer = load_tokenizer(tok_dir)
+    except IdsOnlyTokenizer as e:
+        return IdCodec(vocab, e.info.get("sha256", pretrained.tokenizer_sha256), e.info.get("source", tok_dir))
+    except DataError as e:
+        raise DataError(f"checkpoint {pretrained.source} names tokenizer {tok_dir}: {e}") from None
+    expected = pretrained.tokenizer_sha256
+    if expected and tokenizer.sha256 != expected:
+        raise DataError(
+            f"tokenizer {tok_dir} has sha256 {tokenizer.sha256} but checkpoint {pretrained.source} was trained with "
+            f"{expected}: the tokenizer changed since training; restore the one it was trained with"
+        )
+    if tokenizer.vocab_size > vocab:
+        raise DataError(
+            f"tokenizer {tok_dir} has {tokenizer.vocab_size} ids but the model of {pretrained.source} only "
+            f"{vocab}: a model cannot be smaller than its tokenizer"
+        )
+    return TokenizerCodec(tokenizer)
 
 
 def count_bytes(codec: TextCodec, tokens: np.ndarray) -> int | None:

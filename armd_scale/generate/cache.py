@@ -1,4 +1,4 @@
-"""KV-cached decoding for ARMD and the AR baseline (DESIGN 2.6).
+"""KV-cached decoding for ARMD and the AR baseline (docs/GENERATION.md).
 
 Both decoders expose one call,
 
@@ -33,9 +33,12 @@ rows) attention plus per-row work, never a recompute of past tokens.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
+from ..model import Model
 from ..model.armd import ARMDModel, ARModel
 from ..model.attention import PreparedMask, attend, prepare
 from ..model.layers import Block
@@ -148,7 +151,7 @@ class _Decoder:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.layers = [StepLayer(layer) for layer in model.layers]
+        self.layers = [StepLayer(cast(Block, layer)) for layer in model.layers]  # ModuleList items are Blocks
         self.n_committed = 0
         self.forward_calls = 0
 
@@ -157,11 +160,14 @@ class _Decoder:
         return [_KVBuffer(*shape, self.device, self.dtype) for _ in range(count)]
 
     def _check(self, commit_tokens, commit_positions, target_positions) -> tuple[torch.Tensor, ...]:
-        """Default missing parts to empty [B, 0], move to the model's device, validate shapes and positions."""
-        empty = torch.empty(self.batch_size, 0, dtype=torch.long, device=self.device)
-        commit_tokens = empty if commit_tokens is None else commit_tokens.to(self.device)
-        commit_positions = empty if commit_positions is None else commit_positions.to(self.device)
-        target_positions = empty if target_positions is None else target_positions.to(self.device)
+        """Default missing parts to empty [B, 0], validate shapes and positions, and return
+        (tokens, commit positions, target positions) on the model's device plus both position tensors on
+        the host. Positions are validated and compared (warm or cold step) on the host: a sampler that
+        passes host positions (as `generate` does) costs no device synchronisation per step."""
+        empty = torch.empty(self.batch_size, 0, dtype=torch.long)
+        commit_tokens = empty if commit_tokens is None else commit_tokens
+        commit_positions = empty if commit_positions is None else commit_positions.cpu()
+        target_positions = empty if target_positions is None else target_positions.cpu()
         named = (
             ("commit_tokens", commit_tokens),
             ("commit_positions", commit_positions),
@@ -177,7 +183,14 @@ class _Decoder:
         for name, t in (("commit_positions", commit_positions), ("target_positions", target_positions)):
             if t.numel() and ((t < 0) | (t >= limit)).any():
                 raise ValueError(f"{name} must lie in [0, model.max_seq_len={limit})")
-        return commit_tokens, commit_positions, target_positions
+        move = {"device": self.device, "non_blocking": True}
+        return (
+            commit_tokens.to(**move),
+            commit_positions.to(**move),
+            target_positions.to(**move),
+            commit_positions,
+            target_positions,
+        )
 
     def _room(self, needed: int) -> None:
         if needed > self.max_len:
@@ -186,6 +199,8 @@ class _Decoder:
 
 class ARMDDecoder(_Decoder):
     """Cached decoding for `ARMDModel`: content-stream cache, query-stream cache, prefix state."""
+
+    model: ARMDModel
 
     def __init__(self, model: ARMDModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
@@ -198,7 +213,7 @@ class ARMDDecoder(_Decoder):
         if model.neighbour is not None:  # neighbour attention reads the embeddings and positions of committed tokens
             self.x0_cache = torch.zeros(batch_size, self.max_len, cfg.d_model, device=self.device, dtype=self.dtype)
             self.pos_cache = torch.zeros(batch_size, self.max_len, dtype=torch.long, device=self.device)
-        self.pending: torch.Tensor | None = None  # target positions whose G K/V sit at [n_committed, ...)
+        self.pending: torch.Tensor | None = None  # target positions (host) whose G K/V sit at [n_committed, ...)
         self.last_block_mean: torch.Tensor | None = None  # previous_block_input: mean X0 of the last commit
 
     def _g0(self, pos: torch.Tensor) -> torch.Tensor:
@@ -227,10 +242,10 @@ class ARMDDecoder(_Decoder):
         target_positions: torch.Tensor | None,
     ) -> torch.Tensor:
         """Commit one block and return logits [B, T, V] for the next block's target positions."""
-        tokens, cpos, tpos = self._check(commit_tokens, commit_positions, target_positions)
+        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
         model, n = self.model, self.n_committed
         c, t = cpos.shape[1], tpos.shape[1]
-        warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos))
+        warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos_host))
         self._room(n + c + t)
         self.forward_calls += 1
 
@@ -274,7 +289,7 @@ class ARMDDecoder(_Decoder):
             g = layer(g, rope_g, ALL, ALL, buf, n + c - cg, causal_mask)
 
         self.n_committed = n + c
-        self.pending = tpos.clone() if t else None
+        self.pending = tpos_host.clone() if t else None
         return model.head(g[:, cg:])
 
 
@@ -286,11 +301,13 @@ class ARDecoder(_Decoder):
     predicted, and reused when that token is committed.
     """
 
+    model: ARModel
+
     def __init__(self, model: ARModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
         self.caches = self._buffers(model.cfg.n_layers)
         self.last_token: torch.Tensor | None = None  # [B, 1] most recently committed token
-        self.pending: torch.Tensor | None = None  # [B, 1] position of the row at index n_committed
+        self.pending: torch.Tensor | None = None  # [B, 1] position (host) of the row at index n_committed
 
     @torch.inference_mode()
     def step(
@@ -300,14 +317,14 @@ class ARDecoder(_Decoder):
         target_positions: torch.Tensor | None,
     ) -> torch.Tensor:
         """Commit tokens (each its own block, in the order given) and predict at most one target."""
-        tokens, cpos, tpos = self._check(commit_tokens, commit_positions, target_positions)
+        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
         if tpos.shape[1] > 1:
             raise ValueError(
                 f"arch 'ar' predicts one token per step (single-token blocks); got {tpos.shape[1]} targets"
             )
         model, n = self.model, self.n_committed
         c = cpos.shape[1]
-        reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos[:, :1])
+        reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos_host[:, :1])
         # rows [n + reuse, n + c + t): inputs are the previous tokens, positions the tokens they predict
         prev = [] if self.last_token is None else [self.last_token]
         inputs = torch.cat(prev + [tokens], dim=1)
@@ -324,7 +341,7 @@ class ARDecoder(_Decoder):
         if c:
             self.last_token = tokens[:, -1:].clone()
         self.n_committed = n + c
-        self.pending = tpos.clone() if tpos.shape[1] else None
+        self.pending = tpos_host.clone() if tpos.shape[1] else None
         if q == 0:
             return h.new_zeros(self.batch_size, 0, model.cfg.vocab_size)
         self.forward_calls += 1
@@ -338,7 +355,7 @@ class ARDecoder(_Decoder):
         return model.head(h[:, q - tpos.shape[1] :])
 
 
-def make_decoder(model: ARMDModel | ARModel, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:
+def make_decoder(model: Model, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:
     """The cached decoder for a model's architecture."""
     if isinstance(model, ARMDModel):
         return ARMDDecoder(model, batch_size, max_len)

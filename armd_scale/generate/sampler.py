@@ -1,4 +1,4 @@
-"""Sampling schedules on top of the cached decoders (DESIGN 2.6).
+"""Sampling schedules on top of the cached decoders (docs/GENERATION.md).
 
 A `DecodePlan` says what is known up front (prompt or infill tokens, committed as the first block)
 and which positions are generated together at each later step. One loop runs every plan:
@@ -14,7 +14,7 @@ first call. Plans:
   S stream heads one at a time, then position j of every stream together: S + N/S - 1 calls.
 - `infill_plan`: known tokens at arbitrary positions first, then the unknown positions left to
   right (streams=1) or in SBP order over the unknown positions (which need not be contiguous).
-- `order_plan`: any (order, block) from `armd_scale.model.orders`, e.g. a diffusion(T) schedule.
+- `order_plan`: any (order, block) from `armd_scale.model.generation_orders`, e.g. a diffusion(T) schedule.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.orders import sbp_pattern
+from ..model import Model
+from ..model.generation_orders import sbp_pattern
+from ..rng import seeded, uniform
 from .cache import make_decoder
 from .reference import FullForwardDecoder
 
@@ -188,7 +190,7 @@ def sample_logits(
     """Draw one token per row of logits [..., V] by inverting the CDF at one uniform per row.
 
     dtype is the precision of the softmax and the CDF: float64 avoids the low-probability tail
-    shift that float32 sampling causes (DESIGN 2.7). temperature 0 means argmax. top_p keeps the
+    shift that float32 sampling causes (docs/EVALUATION.md). temperature 0 means argmax. top_p keeps the
     smallest set of most likely tokens whose mass reaches top_p (always at least one).
     """
     if temperature < 0 or not 0 < top_p <= 1:
@@ -201,7 +203,8 @@ def sample_logits(
         probs, index = probs.sort(dim=-1, descending=True)
         probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand(*cdf.shape[:-1], 1, generator=generator, dtype=dtype, device=cdf.device) * cdf[..., -1:]
+    # drawn on the generator's device and moved (armd_scale/rng.py): a seed gives the same tokens on any device
+    u = uniform(*cdf.shape[:-1], 1, generator=generator, device=cdf.device, dtype=dtype) * cdf[..., -1:]
     choice = torch.searchsorted(cdf, u, right=True)
     # rounding can put u at the very top of the CDF: stay on the last token with nonzero mass
     last_nonzero = (probs > 0).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
@@ -210,7 +213,7 @@ def sample_logits(
 
 
 def generate(
-    model: torch.nn.Module,
+    model: Model,
     plan: DecodePlan,
     *,
     temperature: float = 1.0,
@@ -228,25 +231,25 @@ def generate(
     plan.validate()
     device = next(model.parameters()).device
     if generator is None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else seed)
+        generator = seeded(0 if seed is None else seed)
     b, n = plan.batch_size, plan.length
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     decoder = make_decoder(model, b, n) if use_cache else FullForwardDecoder(model, b, n)
+    # Positions stay on the host for the decoder (no device sync per step); tokens stay on the device.
     out = torch.zeros(b, n, dtype=torch.long, device=device)
     commit_tokens = plan.known_tokens.to(device)
-    commit_positions = plan.known_positions.to(device)
-    out.scatter_(1, commit_positions, commit_tokens)
+    commit_positions = plan.known_positions.cpu()
+    out.scatter_(1, commit_positions.to(device), commit_tokens)
     for positions in plan.blocks:
-        positions = positions.to(device)
+        positions = positions.cpu()
         logits = decoder.step(commit_tokens, commit_positions, positions)
         commit_tokens = sample_logits(
             logits, temperature=temperature, top_p=top_p, generator=generator, dtype=sample_dtype
         )
         commit_positions = positions
-        out.scatter_(1, positions, commit_tokens)
+        out.scatter_(1, positions.to(device, non_blocking=True), commit_tokens)
     seconds = time.perf_counter() - start
     model.train(was_training)
     return SampleResult(out, decoder.forward_calls, seconds)

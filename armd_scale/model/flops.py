@@ -48,8 +48,22 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 3.0 * forward_flops(cfg, seq_len) / seq_len
 
 
-# Dense peak FLOP/s per device for MFU, by substring of torch.cuda.get_device_name() (no sparsity).
+# Dense peak FLOP/s per device for MFU (no 2:4 sparsity; fp32 is the non-tensor rate), matched by
+# substring of torch.cuda.get_device_name(), first match wins: more specific names come first
+# ("GB200" before "B200"; "GH200" matches "H200", the same Hopper GPU).
+# Sources (published figures; sparse figures halved where only those are given):
+# - B200: NVIDIA HGX platform page, HGX B200 (8 GPUs): FP16/BF16 36 PFLOPS sparse, FP32 600 TFLOPS
+#   -> 2.25 PFLOPS dense and 75 TFLOPS per GPU (https://www.nvidia.com/en-us/data-center/hgx/).
+# - GB200: NVIDIA GB200 NVL72 page (72 GPUs): FP16/BF16 360 PFLOPS sparse, FP32 6,480 TFLOPS
+#   -> 2.5 PFLOPS dense and 90 TFLOPS per GPU (https://www.nvidia.com/en-us/data-center/gb200-nvl72/).
+# - MI300X: AMD Instinct MI300X data sheet: FP16/BF16 1,307.4 TFLOPS dense (2,614.9 with sparsity),
+#   FP32 163.4 TFLOPS (https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html);
+#   ROCm builds of torch report "AMD Instinct MI300X".
+# - H100/H200 SXM, A100, A10G, L40S, L4, V100: the NVIDIA data sheets of each GPU.
 PEAK_FLOPS = {
+    "GB200": {"bf16": 2500e12, "fp16": 2500e12, "fp32": 90e12},
+    "B200": {"bf16": 2250e12, "fp16": 2250e12, "fp32": 75e12},
+    "MI300X": {"bf16": 1307.4e12, "fp16": 1307.4e12, "fp32": 163.4e12},
     "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
     "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
     "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},

@@ -16,19 +16,24 @@ Both are upper bounds on -log p(x) (NELBO_T >= NELBO >= NLL; T=1 is the product 
 all-masked marginals). The single-draw estimator `(1/s) * masked NLL` is unbiased for both: for
 NELBO_T draw s on the grid {1/T, ..., 1} instead of the interval, since T * (1/t) = 1/(t/T).
 
+The reverse process (MDLM's ancestral sampler) is decoding and lives with the other samplers in
+`generate/mdlm.py`.
+
 Nothing here draws from a global RNG: every function takes its uniforms or a generator, so the
-trainer can make noise a pure function of (seed, step, sample index).
+trainer can make noise a pure function of (seed, step, sample index). Draws follow the package's
+rule (armd_scale/rng.py): made on the generator's device, then moved to the tokens' device.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..rng import uniform
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,7 +57,7 @@ def stratified_rates(batch: int, steps: int, generator: torch.Generator | None, 
     """Antithetic rates for a batch: v_i = (u + i / batch) mod 1 with one shared u (MDLM's low-discrepancy
     sampler). Every v_i is still uniform, so the estimator stays unbiased, and one batch covers [0, 1)
     evenly, which cuts the variance the 1/s weight otherwise brings."""
-    u = torch.rand((), generator=generator, dtype=torch.float64)
+    u = uniform(generator=generator, device="cpu", dtype=torch.float64)
     v = torch.remainder(u + torch.arange(batch, dtype=torch.float64) / batch, 1.0)
     return rates_from_uniform(v, steps, eps)
 
@@ -102,7 +107,7 @@ def discrete_nelbo(
     total = torch.zeros(tokens.shape[0], dtype=torch.float64, device=tokens.device)
     for t in range(1, steps + 1):
         rates = torch.full((tokens.shape[0],), t / steps, dtype=torch.float64)
-        uniforms = torch.rand(tokens.shape, generator=generator, dtype=torch.float64)
+        uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
         total += masked_nll(denoise(noisy), tokens, masked).sum(dim=1) / t
     return total
@@ -132,56 +137,3 @@ def exact_nelbo(denoise: Denoiser, tokens: torch.Tensor, steps: int, mask_id: in
     all_masks = masks.repeat(b, 1)
     loss = masked_nll(denoise(x.masked_fill(all_masks, mask_id)).double(), x, all_masks).sum(dim=1).cpu()
     return (loss.view(b, len(masks)) * weights).sum(dim=1)
-
-
-@torch.no_grad()
-def ancestral_sample(
-    denoise: Denoiser,
-    *,
-    mask_id: int,
-    batch_size: int,
-    seq_len: int,
-    steps: int,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    init: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-):
-    """Ancestral sampling with T steps of the reverse process (MDLM's SUBS sampler).
-
-    Start from all-mask (or `init`: known tokens, mask id where to generate). At step t = T..1 every
-    still-masked token is revealed with probability (alpha_{t-1} - alpha_t) / (1 - alpha_t) = 1/t, its
-    value drawn from p(x_j | z_t); revealed tokens never change again (carry-over). At t = 1 the
-    probability is 1, so no mask is left. When a step reveals nothing the next input is unchanged and
-    its logits are reused, so forward calls <= T. Tokens are drawn in float64 (DESIGN 2.7). Uniforms
-    come from `generator` (a CPU generator) whatever the device, so samples are reproducible.
-    Returns a `generate.SampleResult`.
-    """
-    from ..generate.sampler import SampleResult, sample_logits  # generate imports model: import late
-
-    if steps < 1:
-        raise ValueError(f"the sampler needs steps >= 1, got {steps}")
-    start = time.perf_counter()
-    if init is None:
-        x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
-    else:
-        if init.shape != (batch_size, seq_len):
-            raise ValueError(f"init must be [batch_size={batch_size}, seq_len={seq_len}], got {tuple(init.shape)}")
-        x = init.to(device=device, dtype=torch.long).clone()
-    calls, logits = 0, None
-    for t in range(steps, 0, -1):
-        masked = x == mask_id
-        if not bool(masked.any()):
-            break
-        if logits is None:
-            logits = denoise(x)
-            calls += 1
-        reveal = masked & (torch.rand(x.shape, generator=generator, dtype=torch.float64) < 1.0 / t).to(x.device)
-        if bool(reveal.any()):
-            drawn = sample_logits(
-                logits[reveal].cpu(), temperature=temperature, top_p=top_p, generator=generator, dtype=torch.float64
-            )
-            x[reveal] = drawn.to(x.device)
-            logits = None  # the input changed: the next step needs a new forward call
-    return SampleResult(tokens=x, forward_calls=calls, seconds=time.perf_counter() - start)

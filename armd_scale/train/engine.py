@@ -3,13 +3,13 @@
 Choices:
 - The optimizer is torch's AdamW (fused on CUDA) wrapped in `GuardedAdamW`, so the NaN/inf guard can
   skip an update from inside the optimizer whatever ZeRO stage wraps it.
-- Tensor parallelism is DeepSpeed AutoTP with the ARMD partition spec: q/k/v and the MLP up/gate
-  projections column-parallel, attention output and MLP down row-parallel; embeddings, the tied
-  LM head, norms and the prefix-aggregation table stay replicated.
+- Tensor parallelism is DeepSpeed AutoTP with the plan in `model/parallelize.py` (q/k/v and the MLP
+  up/gate projections column-parallel, attention output and MLP down row-parallel, the rest replicated).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +18,10 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..model import Model
+from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
 from .distributed import DistInfo
 from .schedule import build_scheduler
-
-ARMD_TP_LAYER_SPECS = [
-    {"patterns": [r".*\.attn\.w[qkv]\.weight$", r".*\.mlp\.(gate|up)\.weight$"], "partition_type": "column"},
-    {"patterns": [r".*\.attn\.wo\.weight$", r".*\.mlp\.down\.weight$"], "partition_type": "row"},
-]
 
 
 @dataclass(frozen=True)
@@ -78,9 +75,60 @@ def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool =
     if cfg.parallel.tp > 1:
         ds["tensor_parallel"] = {
             "autotp_size": cfg.parallel.tp,
-            "partition_config": {"use_default_specs": False, "layer_specs": ARMD_TP_LAYER_SPECS},
+            "partition_config": {"use_default_specs": False, "layer_specs": TP_LAYER_SPECS},
         }
-    return ds
+    return merge_user_deepspeed(ds, cfg.parallel.deepspeed)
+
+
+# Where each DeepSpeed key we generate comes from, for error messages.
+_GENERATED_FROM = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size / (train.micro_batch_size x data-parallel ranks)",
+    "train_batch_size": "train.global_batch_size",
+    "gradient_clipping": "train.grad_clip",
+    "zero_optimization.stage": "parallel.zero_stage",
+    "bf16": "parallel.precision",
+    "fp16": "parallel.precision",
+    "amp": "parallel.precision",
+    "tensor_parallel": "parallel.tp",
+    "checkpoint.load_universal": "the resume logic (universal checkpoints)",
+}
+# Keys DeepSpeed must not own: the optimizer and schedule are ours (GuardedAdamW, train/schedule.py).
+_REFUSED = {"optimizer": "train.lr, train.beta1/beta2, train.weight_decay", "scheduler": "train.lr_schedule"}
+
+
+def merge_user_deepspeed(generated: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`generated` with the user's `parallel.deepspeed` dict merged in, recursively.
+
+    New keys are added; nested dicts merge key by key; a key we generate may be repeated only with the
+    same value. A different value is an error naming the key, both values and the config key that sets
+    it: two sources of truth for one setting is how a run silently trains with the wrong batch size.
+    Keys the config owns even where it leaves them out (`bf16` in an fp32 run, `tensor_parallel` without
+    TP, `train_batch_size` under TP) cannot be added either.
+    """
+    out = copy.deepcopy(generated)
+    for key, value in extra.items():
+        path = f"{prefix}{key}"
+        if not prefix and key in _REFUSED:
+            raise ConfigError(
+                f"parallel.deepspeed.{key} is not allowed: armd_scale builds its own {key} from {_REFUSED[key]}"
+            )
+        if key not in out:
+            if path in _GENERATED_FROM:
+                raise ConfigError(
+                    f"parallel.deepspeed.{path}={value!r}: this key is armd_scale's to set, from "
+                    f"{_GENERATED_FROM[path]}; change that instead"
+                )
+            out[key] = copy.deepcopy(value)
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge_user_deepspeed(out[key], value, prefix=f"{path}.")
+        elif out[key] != value:
+            source = _GENERATED_FROM.get(path) or _GENERATED_FROM.get(path.split(".")[0]) or "armd_scale itself"
+            raise ConfigError(
+                f"parallel.deepspeed.{path}={value!r} contradicts {out[key]!r}, which the generated DeepSpeed "
+                f"config sets from {source}; change that instead (or drop the key)"
+            )
+    return out
 
 
 class GuardedAdamW(torch.optim.AdamW):
@@ -107,7 +155,9 @@ class GuardedAdamW(torch.optim.AdamW):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices (linear weights, embeddings); never norms, start vectors, PE tables or the
     neighbour-attention score table (decay would pull its scores towards uniform attention)."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -116,18 +166,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(
-    cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False
-):
+def build_engine(cfg: Config, model: Model, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False):
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
-
-    from .universal import UNIVERSAL_CHECKPOINT_INFO
 
     model.activation_checkpointing = cfg.parallel.activation_checkpointing
     # Saved by the engine with every checkpoint (AutoTP overwrites it with its own under TP; passing
     # it in client_state instead would override AutoTP's and corrupt a TP conversion).
-    model.universal_checkpoint_info = dict(UNIVERSAL_CHECKPOINT_INFO)
+    # (an attribute of DeepSpeed's protocol, not of our model classes)
+    setattr(model, "universal_checkpoint_info", dict(UNIVERSAL_CHECKPOINT_INFO))  # noqa: B010
     optimizer = GuardedAdamW(
         param_groups(model, cfg.train.weight_decay),
         lr=cfg.train.lr,
@@ -148,6 +195,10 @@ def build_engine(
 
         params = [p for p in engine.module.parameters() if p.requires_grad]
         optimizer.clip = lambda: clip_grad_norm_(params, max_norm=cfg.train.grad_clip or float("inf"), mpu=engine.mpu)
+    if cfg.model.compile:
+        # DeepSpeed's own path: torch.compile of the module in place (inductor), so parameter names,
+        # checkpoints and ZeRO hooks are those of the eager module.
+        engine.compile()
     return engine, optimizer, ds_scheduler
 
 
@@ -164,7 +215,7 @@ def repair_optimizer_after_universal_load(optimizer: torch.optim.Optimizer, trai
     decay) and gives every parameter the *same* Adam step tensor, which AdamW then increments once
     per group per step. Hyper-parameters come back from the config; step tensors are un-shared.
     """
-    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0), strict=True):
+    for group, decay in zip(optimizer.param_groups, (train_cfg.weight_decay, 0.0), strict=False):
         group["weight_decay"] = decay
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):

@@ -8,7 +8,7 @@ The loop only knows this interface:
     objective.val_metrics(mean)                         # names and values for the metrics log
 
 Randomness is a pure function of (train.seed, step, global sample index): the whole global batch's
-noise is drawn from one per-step generator and each rank takes its rows (as `order_schedule` does for
+noise is drawn from one per-step generator and each rank takes its rows (as `step_orders` does for
 orders). A resumed run therefore draws exactly what an uninterrupted one would, a 2-process run the
 same as a single process, and no RNG state needs saving. Validation noise depends on the sample's
 position in the validation set only, and is the same at every evaluation, so curves compare like
@@ -28,7 +28,8 @@ import torch
 from ..config import Config
 from ..model import masked_diffusion as md
 from ..model import order_loss, token_nll
-from .order_schedule import draw_step_orders, step_generator
+from ..rng import uniform
+from .step_orders import draw_step_orders, step_generator
 
 # Mixed into train.seed so the diffusion noise stream is independent of the order stream.
 _NOISE_SALT = 0x6D646C6D  # "mdlm"
@@ -65,23 +66,28 @@ class Objective(ABC):
 
 
 class OrderObjective(Objective):
-    """armd and ar: teacher-forced conditionals of the step's orders in one forward pass (DESIGN 2.1).
-    Validation is the exact left-to-right NLL."""
+    """armd and ar: teacher-forced conditionals of the step's orders in one forward pass
+    (docs/TRAINING.md, What happens in a step). Validation is the exact left-to-right NLL."""
 
     def __init__(self, cfg: Config, global_batch: int):
         self.cfg = cfg
         self.global_batch = global_batch
-        self.order = self.block = None
+        self.order: torch.Tensor | None = None  # this rank's rows of the step (begin_step)
+        self.block: torch.Tensor | None = None
 
     def begin_step(self, step: int, rows: slice, device: torch.device) -> dict[str, float]:
         t = self.cfg.train
         order, block, info = draw_step_orders(
             t.order, step=step, global_batch=self.global_batch, seq_len=self.cfg.data.seq_len, seed=t.seed
         )
-        self.order, self.block = order[rows].to(device), block[rows].to(device)
+        # drawn on the host (a CPU generator per step, armd_scale/rng.py), copied without waiting
+        self.order = order[rows].to(device, non_blocking=True)
+        self.block = block[rows].to(device, non_blocking=True)
         return info
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
+        if self.order is None or self.block is None:
+            raise RuntimeError("micro_loss before begin_step: the step's orders were not drawn")
         order = self.order[micro]
         return order_loss(engine(tokens, order, self.block[micro]), tokens, order)
 
@@ -110,8 +116,9 @@ class MaskedDiffusionObjective(Objective):
         self.global_batch = global_batch
         self.mask_id = mask_id
         self.eval_steps = cfg.train.eval_elbo_steps
-        self.rates = self.uniforms = None
-        offset = torch.rand((), generator=step_generator(cfg.train.seed ^ _VAL_SALT, 0), dtype=torch.float64)
+        self.rates: torch.Tensor | None = None  # this rank's rows of the step (begin_step)
+        self.uniforms: torch.Tensor | None = None
+        offset = uniform(generator=step_generator(cfg.train.seed ^ _VAL_SALT, 0), dtype=torch.float64)
         self.val_offset = float(offset)
 
     @property
@@ -121,11 +128,14 @@ class MaskedDiffusionObjective(Objective):
     def begin_step(self, step: int, rows: slice, device: torch.device) -> dict[str, float]:
         gen = step_generator(self.cfg.train.seed ^ _NOISE_SALT, step)
         rates = md.stratified_rates(self.global_batch, 0, gen)
-        uniforms = torch.rand(self.global_batch, self.cfg.data.seq_len, generator=gen, dtype=torch.float64)
-        self.rates, self.uniforms = rates[rows].to(device), uniforms[rows].to(device)
+        uniforms = uniform(self.global_batch, self.cfg.data.seq_len, generator=gen, dtype=torch.float64)
+        self.rates = rates[rows].to(device, non_blocking=True)
+        self.uniforms = uniforms[rows].to(device, non_blocking=True)
         return {}
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
+        if self.rates is None or self.uniforms is None:
+            raise RuntimeError("micro_loss before begin_step: the step's noise was not drawn")
         per_sequence = md.nelbo_estimate(engine, tokens, self.rates[micro], self.uniforms[micro], self.mask_id)
         return per_sequence.sum() / tokens.numel()
 
@@ -135,9 +145,9 @@ class MaskedDiffusionObjective(Objective):
             index = first_index + i
             rates.append(md.kronecker_rate(index, self.val_offset, self.eval_steps))
             gen = step_generator(self.cfg.train.seed ^ _VAL_SALT, index + 1)
-            uniforms.append(torch.rand(tokens.shape[1], generator=gen, dtype=torch.float64))
-        rates, uniforms = torch.stack(rates), torch.stack(uniforms)
-        return float(md.nelbo_estimate(engine, tokens, rates, uniforms, self.mask_id).sum()), tokens.numel()
+            uniforms.append(uniform(tokens.shape[1], generator=gen, dtype=torch.float64))
+        nelbo = md.nelbo_estimate(engine, tokens, torch.stack(rates), torch.stack(uniforms), self.mask_id)
+        return float(nelbo.sum()), tokens.numel()
 
     def val_metrics(self, mean: float) -> dict[str, float]:
         return {"val/elbo": mean, "val/ppl_bound": math.exp(min(mean, 50.0))}

@@ -199,3 +199,40 @@ def test_memory_filesystem_with_workers_uses_threads() -> None:
     )
     ids = [i for b in loader for i in sample_ids(b)]
     assert len(ids) == len(set(ids)) == 296 and np.max(ids) < 300
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_pin_memory_pins_every_batch_off_the_training_thread(indexed_set: str, monkeypatch, prefetch: int) -> None:
+    """Page-locking needs CUDA; here torch's pin_memory is replaced by a recorder (the loader is under
+    test, not torch): every batch goes through it, in the prefetch thread when there is one, and the
+    batches are those of an unpinned loader."""
+    import threading
+
+    import torch
+
+    threads: list[str] = []
+
+    def record_pin(self):
+        threads.append(threading.current_thread().name)
+        out = self.clone()
+        out.was_pinned = True
+        return out
+
+    plain = [sample_ids(b) for b in take_batches(make(indexed_set, prefetch=prefetch), 8)]
+    monkeypatch.setattr(torch.Tensor, "pin_memory", record_pin)
+    pinned = take_batches(make(indexed_set, prefetch=prefetch, pin_memory=True), 8)
+    assert all(getattr(b, "was_pinned", False) for b in pinned)
+    assert [sample_ids(b) for b in pinned] == plain
+    expected_thread = "armd-data-prefetch" if prefetch else threading.main_thread().name
+    assert threads and set(threads) == {expected_thread}
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_pin_memory_gives_page_locked_batches(indexed_set: str) -> None:
+    assert all(b.is_pinned() for b in take_batches(make(indexed_set, pin_memory=True), 4))
+
+
+def take_batches(loader: ShardLoader, count: int) -> list:
+    with loader:
+        it = iter(loader)
+        return [next(it) for _ in range(count)]

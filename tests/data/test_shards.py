@@ -12,7 +12,7 @@ from armd_scale.cli import main
 from armd_scale.data.errors import DataError
 from armd_scale.data.loader import ShardLoader
 from armd_scale.data.manifest import dtype_for_vocab, read_manifest
-from armd_scale.data.order import holdout
+from armd_scale.data.sample_order import holdout
 from armd_scale.data.shards import ShardSetWriter, build_shards, verify_shards
 from armd_scale.data.textio import expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ def test_validation_holds_out_whole_documents(tmp_path: Path, tokenizer: Tokeniz
     mask = holdout(40, 0.25, 5)
     assert mask.sum() == 10 and ms["val"].totals["documents"] == 10 and ms["train"].totals["documents"] == 30
     for split, chosen in (("val", mask), ("train", ~mask)):
-        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen) if c])
+        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen, strict=True) if c])
         stream = shard_stream(f"{out}/{split}")
         assert (stream == expected[: len(stream)]).all() and len(expected) - len(stream) < 4
 
@@ -173,3 +173,42 @@ def test_shards_from_other_tar_writers_still_decode(tmp_path: Path) -> None:
         decode_shard(ours, url="u", seq_len=6, dtype="uint16", expected_samples=4)
     with pytest.raises(BadShardError, match="has 12 bytes, expected 14"):
         decode_shard(ours, url="u", seq_len=7, dtype="uint16", expected_samples=5)
+
+
+def test_building_streams_with_bounded_memory_and_without_torch(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """12 MB of JSON lines (.jsonl.zst) shard in a process that stays far below the data's size and
+    never imports torch (webdataset's writer did: +200 MB). The old reader held the whole
+    decompressed file, its decoded text and its lines at once."""
+    import json
+    import subprocess
+    import sys
+
+    zstandard = pytest.importorskip("zstandard")
+    from armd_scale.data.corpora import pydoc_documents
+
+    docs = pydoc_documents()
+    path = tmp_path / "big.jsonl.zst"
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as out:
+        size, i = 0, 0
+        while size < 12 << 20:
+            line = (json.dumps({"text": f"{i}: {docs[i % len(docs)]}"}) + "\n").encode()
+            out.write(line)
+            size, i = size + len(line), i + 1
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("reads the peak RSS (VmHWM) from /proc, which this system lacks")
+    code = (
+        "import re, sys\n"
+        "from armd_scale.cli import main\n"
+        f"rc = main(['shards', '--tokenizer', {str(tokenizer_dir)!r}, '--input', {str(path)!r}, '--seq-len', '256',"
+        f" '--shard-size-mb', '1', '--out', {str(tmp_path / 'out')!r}, '--no-progress'])\n"
+        # VmHWM, not ru_maxrss: the latter keeps the forked parent's (pytest's) size across exec
+        "peak = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "print('torch' in sys.modules, peak // 1024)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    torch_imported, peak_mib = proc.stdout.split()[-2:]
+    assert torch_imported == "False"
+    assert int(peak_mib) < 120, f"peak RSS {peak_mib} MiB for 12 MB of input"  # old code: 403 MiB
+    assert read_manifest(str(tmp_path / "out" / "train")).totals["documents"] == i

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from armd_scale.data.errors import DataError
-from armd_scale.data.textio import decode_text, expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import Tokenizer, tokenizer_info, train_tokenizer
+from armd_scale.data.textio import expand_inputs, iter_corpus
+from armd_scale.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_info, train_tokenizer
 from tests.data.conftest import CORPORA, DOC_GZ, DOCS_JSONL, DOCS_TXT
 
 
@@ -41,8 +40,8 @@ def test_a_replaced_model_file_is_detected(tmp_path: Path) -> None:
     train_tokenizer(["builtin:pydoc"], str(b), vocab_size=220)
     (a / "tokenizer.model").write_bytes((b / "tokenizer.model").read_bytes())
     with pytest.raises(DataError, match="was replaced"):
-        Tokenizer.load(str(a))
-    assert Tokenizer.load(str(a / "tokenizer.model")).vocab_size == 220  # a bare model file loads
+        load_tokenizer(str(a))
+    assert load_tokenizer(str(a / "tokenizer.model")).vocab_size == 220  # a bare model file loads
 
 
 def test_training_is_deterministic_and_unigram_works(tmp_path: Path, tokenizer: Tokenizer) -> None:
@@ -57,19 +56,13 @@ def test_inputs_files_folders_globs_jsonl_gz(tmp_path: Path, corpus_dir: Path) -
     folder = expand_inputs([str(corpus_dir)])
     assert [Path(p).name for p in folder] == ["a.txt", "b.jsonl", "c.txt.gz"]
     assert [Path(p).name for p in expand_inputs([str(corpus_dir / "*.txt*")])] == ["a.txt", "c.txt.gz"]
-    assert [Path(p).name for p in expand_inputs([str(corpus_dir / "README")])] == ["README"]  # named: read
+    with pytest.raises(DataError, match=rf"{corpus_dir / 'README'}: cannot tell its format.*--input-format"):
+        expand_inputs([str(corpus_dir / "README")])  # named explicitly, but never read as text by guess
+    assert [Path(p).name for p in expand_inputs([str(corpus_dir / "README")], input_format="text")] == ["README"]
     docs = list(iter_corpus(folder, text_field="body"))
     assert docs == ["\n\n".join(DOCS_TXT)] + DOCS_JSONL + [DOC_GZ]  # a .txt file is one document by default
     tok = train_tokenizer([str(corpus_dir), "builtin:pydoc"], str(tmp_path / "t"), vocab_size=256, text_field="body")
     assert tok.info["trained_on"]["documents"] == 5 + len(list(iter_corpus(["builtin:pydoc"])))
-
-
-def test_decoding_falls_back_to_latin1_and_normalises_newlines(tmp_path: Path) -> None:
-    assert decode_text("caf\xe9\r\nline\rend".encode("latin-1")) == "caf\xe9\nline\nend"
-    assert decode_text("\ufeffna\u00efve\r\n".encode("utf-8")) == "na\u00efve\n"
-    gz = tmp_path / "x.txt.gz"
-    gz.write_bytes(gzip.compress(b"one\r\n\r\ntwo"))
-    assert list(iter_corpus([str(gz)], doc_split="paragraph")) == ["one", "two"]
 
 
 def test_input_errors_name_file_line_and_key(tmp_path: Path) -> None:
@@ -77,7 +70,7 @@ def test_input_errors_name_file_line_and_key(tmp_path: Path) -> None:
         expand_inputs([str(tmp_path / "missing.txt")])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match="matches no text file"):
+    with pytest.raises(DataError, match="matches no input file"):
         expand_inputs([str(empty)])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')

@@ -9,6 +9,9 @@ asks first, so tests/eval and tests/generate share them.
   checkpoint with a real text tokenizer, for bits per byte, text input, generation and the sweep.
 - `text_ar`: the `ar` baseline with the same tokenizer, 10 steps: a judge.
 - `text_mdlm`: the `mdlm` baseline with the same tokenizer, 10 steps: for the study's mdlm tools.
+- `text_bpe`, `text_wordpiece`: a 2-layer ARMD, 20 steps, on pydoc shards built here with a
+  GPT-2-style byte-level BPE / BERT-style WordPiece tokenizer.json of 400 ids trained here, the model's
+  vocabulary padded to 448 (as GPT-2's 50,257 -> 50,304).
 """
 
 from __future__ import annotations
@@ -86,6 +89,31 @@ RUNS: dict[str, list[str]] = {
         "train.checkpoint_every=10",
     ],
 }
+HF_VOCAB, HF_PADDED_VOCAB = 400, 448
+# runs on shards of a Hugging Face tokenizer trained here: name -> tokenizer kind
+HF_RUNS = {"text_bpe": "byte-bpe", "text_wordpiece": "wordpiece"}
+for _name in HF_RUNS:
+    RUNS[_name] = [
+        *TINY_MODEL,
+        *COMMON,
+        f"model.vocab_size={HF_PADDED_VOCAB}",
+        "train.lr=3e-3",
+        "train.steps=20",
+        "train.checkpoint_every=20",
+    ]
+
+
+def hf_data(base: Path, kind: str) -> tuple[Path, Path]:
+    """(tokenizer dir, shard dir with train/ and val/) of pydoc with a `kind` tokenizer, built once."""
+    from armd_scale.data.manifest import MANIFEST_FILE
+    from armd_scale.data.shards import build_shards
+    from armd_scale.data.tokenizer import train_tokenizer
+
+    tok, shards = base / f"tok-{kind}", base / f"shards-{kind}"
+    if not (shards / "train" / MANIFEST_FILE).is_file():
+        train_tokenizer(["builtin:pydoc"], str(tok), vocab_size=HF_VOCAB, kind=kind)
+        build_shards(["builtin:pydoc"], str(shards), str(tok), seq_len=SEQ_LEN, val_fraction=0.05, overwrite=True)
+    return tok, shards
 
 
 @dataclass
@@ -128,7 +156,11 @@ def cli_env() -> dict[str, str]:
 def tiny_run(factory: pytest.TempPathFactory, name: str) -> TinyRun:
     base = factory.getbasetemp() / "eval_runs"
     run_dir, cache = base / name, base / "cache"
-    run = TinyRun(run_dir, cache, RUNS[name])
+    overrides = list(RUNS[name])
+    if name in HF_RUNS:
+        tok, shards = hf_data(base, HF_RUNS[name])
+        overrides += [f"data.train={shards / 'train'}", f"data.val={shards / 'val'}", f"data.tokenizer={tok}"]
+    run = TinyRun(run_dir, cache, overrides)
     status = run_dir / "exit_status.json"
     if status.is_file() and json.loads(status.read_text())["code"] == 0:
         return run
@@ -137,7 +169,7 @@ def tiny_run(factory: pytest.TempPathFactory, name: str) -> TinyRun:
         "-m",
         "armd_scale.cli",
         "train",
-        *RUNS[name],
+        *overrides,
         *_train_extras(),
         f"data.cache_dir={cache}",
         f"run.dir={run_dir}",
@@ -145,26 +177,6 @@ def tiny_run(factory: pytest.TempPathFactory, name: str) -> TinyRun:
     proc = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"training the '{name}' run failed:\n{proc.stdout}\n{proc.stderr}"
     return run
-
-
-@pytest.fixture(scope="session")
-def markov_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "markov")
-
-
-@pytest.fixture(scope="session")
-def text_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text")
-
-
-@pytest.fixture(scope="session")
-def text_ar_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_ar")
-
-
-@pytest.fixture(scope="session")
-def text_mdlm_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_mdlm")
 
 
 @pytest.fixture(autouse=True, scope="module")

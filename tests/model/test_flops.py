@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from armd_scale.model import build_model, order_loss
 from armd_scale.model.flops import peak_flops, training_flops_per_token
-from armd_scale.model.orders import make_order
+from armd_scale.model.generation_orders import make_order
 
 from .conftest import tiny_model_config
 
@@ -50,3 +50,20 @@ def test_armd_costs_more_than_ar_and_less_than_twice():
 def test_peak_flops_table():
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert peak_flops("Some CPU", "bf16") is None
+
+
+@pytest.mark.parametrize(
+    "name, precision, peak",
+    [
+        ("NVIDIA B200", "bf16", 2250e12),
+        ("NVIDIA B200", "fp32", 75e12),
+        ("NVIDIA GB200", "bf16", 2500e12),  # not B200's entry, although "B200" is a substring
+        ("NVIDIA GB200", "fp16", 2500e12),
+        ("AMD Instinct MI300X", "bf16", 1307.4e12),
+        ("AMD Instinct MI300X", "fp32", 163.4e12),
+        ("NVIDIA GH200 480GB", "bf16", 989e12),
+        ("Tesla V100-SXM2-32GB", "bf16", None),  # no bf16 tensor cores: no MFU rather than a wrong one
+    ],
+)
+def test_peak_flops_of_current_accelerators(name, precision, peak):
+    assert peak_flops(name, precision) == peak

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from armd_scale.checkpoints.layout import shape_differences, step_of, tag_for
 from armd_scale.config import ConfigError, load_config
-from armd_scale.train.checkpoint import shape_differences, step_of, tag_for
 from armd_scale.train.engine import GuardedAdamW, batch_layout, deepspeed_config, param_groups
-from armd_scale.train.order_schedule import draw_step_orders
 from armd_scale.train.schedule import lr_factor, set_lr_for_step
+from armd_scale.train.step_orders import draw_step_orders
 
 
 def test_batch_layout_and_errors():
@@ -34,26 +34,6 @@ def test_deepspeed_dict_is_generated_from_the_config():
     ds = deepspeed_config(cfg, batch_layout(cfg, 2), load_universal=True)
     assert ds["tensor_parallel"]["autotp_size"] == 2
     assert "train_batch_size" not in ds and ds["fp16"]["enabled"] and ds["checkpoint"]["load_universal"]
-
-
-def test_tp_partition_spec_matches_the_armd_layers():
-    """q/k/v and MLP up/gate are column-parallel, wo and down row-parallel, everything else replicated."""
-    import re
-
-    from armd_scale.model import build_model
-    from armd_scale.train.engine import ARMD_TP_LAYER_SPECS
-
-    names = [n for n, _ in build_model(load_config().model).named_parameters()]
-    kind = {}
-    for spec in ARMD_TP_LAYER_SPECS:
-        for name in names:
-            if any(re.match(p, name) for p in spec["patterns"]):
-                assert name not in kind, f"{name} matched twice"
-                kind[name] = spec["partition_type"]
-    assert kind["layers.0.attn.wq.weight"] == kind["layers.3.mlp.gate.weight"] == "column"
-    assert kind["layers.1.attn.wo.weight"] == kind["layers.2.mlp.down.weight"] == "row"
-    assert len(kind) == 4 * 7  # 4 layers x (wq, wk, wv, wo, gate, up, down)
-    assert not any(n in kind for n in names if n.startswith(("embed", "pos_table", "start", "final_norm")))
 
 
 def test_lr_schedule_shapes():
@@ -125,11 +105,46 @@ def test_checkpoint_names_and_shape_diff():
     assert tag_for(120) == "step_00000120" and step_of("step_00000120") == 120
     with pytest.raises(ValueError, match="not a checkpoint folder name"):
         step_of("latest")
-    diffs = shape_differences({"d_model": 64, "n_layers": 2}, {"d_model": 128, "n_layers": 2})
+    model = load_config().to_dict()["model"]
+    diffs = shape_differences({**model, "d_model": 64}, {**model, "d_model": 128})
     assert diffs == ["model.d_model: checkpoint 64 vs config 128"]
     # query-stream inputs change parameters (or, for pe_lr_scale, what the stored table means)
-    diffs = shape_differences({"neighbour_heads": 0, "pe_lr_scale": 1.0}, {"neighbour_heads": 4, "pe_lr_scale": 2.0})
+    saved = {**model, "neighbour_heads": 0, "pe_lr_scale": 1.0}
+    diffs = shape_differences(saved, {**model, "neighbour_heads": 4, "pe_lr_scale": 2.0})
     assert diffs == [
         "model.neighbour_heads: checkpoint 0 vs config 4",
         "model.pe_lr_scale: checkpoint 1.0 vs config 2.0",
+    ]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.neighbour_heads=2",
+        "model.neighbour_kind=directional",
+        "model.positional_start_table=separate",
+        "model.positional_start_scope=first_block",
+        "model.prefix_agg=none",
+        "model.prefix_norm=true",
+        "model.prefix_query_table=true",
+        "model.previous_block_input=true",
+        "model.pe_lr_scale=2.0",
+    ],
+)
+def test_resume_refuses_a_changed_query_stream_input(override):
+    """Each of these changes the parameters or the function trained weights compute."""
+    saved = load_config().to_dict()["model"]
+    changed = load_config(overrides=[override]).to_dict()["model"]
+    key = override.split("=")[0].removeprefix("model.")
+    assert [d.split(":")[0] for d in shape_differences(saved, changed)] == [f"model.{key}"]
+
+
+def test_a_checkpoint_older_than_neighbour_attention_compares_as_trained():
+    """A saved config without neighbour_heads was trained without neighbour heads: resuming it with
+    neighbour_heads=0 is the same model, with today's default it is not."""
+    saved = load_config(overrides=["model.neighbour_heads=0", "model.positional_start_init=normal"]).to_dict()["model"]
+    del saved["neighbour_heads"], saved["positional_start_init"]
+    assert shape_differences(saved, load_config(overrides=["model.neighbour_heads=0"]).to_dict()["model"]) == []
+    assert shape_differences(saved, load_config().to_dict()["model"]) == [
+        f"model.neighbour_heads: checkpoint 0 vs config {load_config().model.neighbour_heads}"
     ]

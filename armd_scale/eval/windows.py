@@ -2,9 +2,10 @@
 
 A `--data` path is a shard set if it holds a `manifest.json` (one split directory of
 `armd shards`); anything else is text input as `armd shards --input` reads it (files, folders,
-globs, `builtin:pydoc`). Text is turned into windows exactly as `armd shards` packs it: every
-document is encoded line by line with the checkpoint's tokenizer, followed by EOS, the documents are
-concatenated in input order and cut into `seq_len` windows, and the last partial window is dropped.
+globs, `hf:` datasets, `builtin:pydoc`). Text is turned into windows exactly as `armd shards` packs
+it: every document is encoded with the checkpoint's tokenizer, followed by the separator, the
+documents are concatenated in input order and cut into `seq_len` windows, and the last partial
+window is dropped.
 Evaluating text therefore gives the same number as evaluating shards built from that text.
 
 Windows are read in file order, never shuffled, so `--max-tokens` always takes the same prefix.
@@ -89,19 +90,23 @@ def pack_text(
     *,
     text_field: str = "text",
     doc_split: DocSplit = "file",
+    input_format: str = "auto",
     max_windows: int | None = None,
 ) -> np.ndarray:
     """[windows, seq_len] token ids of text inputs, packed as `armd shards` packs them."""
-    if codec.kind != "sentencepiece":
+    if codec.kind != "text":
         raise DataError(
             f"text inputs {list(inputs)} need a text tokenizer, but the checkpoint was trained on ids only "
             "(a synthetic source); evaluate it on shard sets"
         )
-    sources = expand_inputs(inputs)
+    eos = codec.eos_id
+    if eos is None:
+        raise DataError(f"the tokenizer (sha256 {codec.sha256}) has no end-of-sequence id to separate documents")
+    sources = expand_inputs(inputs, input_format=input_format)
     stream: list[int] = []
-    for doc in iter_corpus(sources, text_field=text_field, doc_split=doc_split):
+    for doc in iter_corpus(sources, text_field=text_field, doc_split=doc_split, input_format=input_format):
         stream.extend(codec.encode(doc))
-        stream.append(codec.eos_id)
+        stream.append(eos)
         if max_windows is not None and len(stream) >= max_windows * seq_len:
             break
     n = len(stream) // seq_len
@@ -123,6 +128,7 @@ def open_eval_data(
     max_tokens: int | None = None,
     text_field: str = "text",
     doc_split: DocSplit = "file",
+    input_format: str = "auto",
 ) -> EvalData:
     """Shard sets (in the order given) then all text inputs together as one packed stream.
 
@@ -162,7 +168,15 @@ def open_eval_data(
     if texts:
         left = None if budget is None else budget - data.num_windows
         if left is None or left > 0:
-            windows = pack_text(texts, codec, seq_len, text_field=text_field, doc_split=doc_split, max_windows=left)
+            windows = pack_text(
+                texts,
+                codec,
+                seq_len,
+                text_field=text_field,
+                doc_split=doc_split,
+                input_format=input_format,
+                max_windows=left,
+            )
             data._parts.append(windows)
             data.sources.append({"path": texts, "kind": "text", "windows": len(windows)})
     if data.num_windows == 0:

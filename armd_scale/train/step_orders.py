@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 
 from ..config import OrderConfig
-from ..model.orders import make_order, shuffled_count
+from ..model.generation_orders import make_order, shuffled_count
+from ..rng import integers, seeded
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+    return seeded((seed * 1_000_003 + step) % (2**63))
 
 
 def draw_step_orders(
@@ -26,7 +27,7 @@ def draw_step_orders(
     info: dict[str, float] = {}
     if kind == "sbp":
         choices = [s for s in order_cfg.streams]
-        streams = choices[int(torch.randint(len(choices), (1,), generator=gen))]
+        streams = choices[int(integers(len(choices), 1, generator=gen))]
         if seq_len % streams:
             raise ValueError(f"train.order.streams contains {streams}, which does not divide seq_len={seq_len}")
         order, block = make_order("sbp", global_batch, seq_len, streams=streams)

@@ -1,10 +1,13 @@
-"""Generation orders and block structures (DESIGN 2.5).
+"""Generation orders and block structures (docs/ARCHITECTURE.md, Contract).
 
 Every function returns `(order, block)`, two LongTensors of shape [batch, seq_len]:
 `order[b, k]` is the original (text) position of the k-th generated token and `block[b, k]` its block
 index, non-decreasing in k and starting at 0. Tokens of one block are generated together, each
 conditioned only on earlier blocks. The model never sees anything else about the order, so adding a
 new order kind needs no model change.
+
+Orders are host-side data: they are returned on the CPU (the trainer and the samplers move them),
+and every draw goes through `armd_scale.rng`, so a generator of any device works.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from ..rng import permutation, uniform
 
 OrderFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 ORDER_KINDS = ("l2r", "random", "progressive", "sbp", "diffusion")
@@ -66,7 +71,7 @@ def random_order(
     batch_size: int, seq_len: int, *, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A uniform random permutation per row, one token per block (any-order autoregression)."""
-    order = torch.argsort(torch.rand(batch_size, seq_len, generator=generator), dim=1)
+    order = torch.argsort(uniform(batch_size, seq_len, generator=generator, device="cpu"), dim=1)
     return order, _single_token_blocks(batch_size, seq_len)
 
 
@@ -108,13 +113,13 @@ def progressive_order(
         return order, block
     if reading == "scatter":
         for b in range(batch_size):
-            slots = torch.randperm(seq_len, generator=generator)[:k].sort().values
-            order[b, slots] = slots[torch.randperm(k, generator=generator)]
+            slots = permutation(seq_len, generator, "cpu")[:k].sort().values
+            order[b, slots] = slots[permutation(k, generator, "cpu")]
     elif reading == "window":
         for b in range(batch_size):
             for start in range(0, seq_len, k):
                 width = min(k, seq_len - start)
-                order[b, start : start + width] = start + torch.randperm(width, generator=generator)
+                order[b, start : start + width] = start + permutation(width, generator, "cpu")
     else:
         raise ValueError(f"progressive reading '{reading}' is not one of 'scatter', 'window'")
     return order, block
@@ -154,7 +159,7 @@ def masking_times(
     - loglinear (MDLM): alpha(t) = 1 - t, so t = u.
     - cosine: alpha(t) = cos(pi t / 2), so t = (2 / pi) * arccos(1 - u).
     """
-    u = torch.rand(batch_size, seq_len, generator=generator, dtype=torch.float64)
+    u = uniform(batch_size, seq_len, generator=generator, device="cpu", dtype=torch.float64)
     if schedule == "loglinear":
         t = u
     elif schedule == "cosine":
@@ -180,7 +185,7 @@ def diffusion_order(
     if steps < 1:
         raise ValueError(f"diffusion order needs steps >= 1, got {steps}")
     tau = masking_times(batch_size, seq_len, steps=steps, schedule=schedule, generator=generator)
-    tie_break = torch.rand(batch_size, seq_len, generator=generator, dtype=torch.float64)
+    tie_break = uniform(batch_size, seq_len, generator=generator, device="cpu", dtype=torch.float64)
     # Sort key: larger tau first; ties broken uniformly at random.
     order = torch.argsort(-(tau.double()) + tie_break * 0.5, dim=1)
     sorted_tau = torch.gather(tau, 1, order)

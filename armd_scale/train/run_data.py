@@ -21,7 +21,10 @@ class TrainData:
     tokenizer_sha256: str
     vocab_size: int
 
-    def train_loader(self, layout: BatchLayout, dp_rank: int, dp_world: int) -> ShardLoader:
+    def train_loader(
+        self, layout: BatchLayout, dp_rank: int, dp_world: int, *, pin_memory: bool = False
+    ) -> ShardLoader:
+        """pin_memory: batches in page-locked memory, so the copy to a GPU is asynchronous (CUDA only)."""
         d = self.cfg.data
         return ShardLoader(
             self.train_url,
@@ -35,6 +38,7 @@ class TrainData:
             on_bad_shard=d.on_bad_shard,
             expect_tokenizer_sha=self.tokenizer_sha256,
             expect_seq_len=d.seq_len,
+            pin_memory=pin_memory,
         )
 
     def val_loader(self, micro_batch: int, dp_rank: int, dp_world: int) -> ShardLoader | None:
@@ -64,11 +68,9 @@ def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
         raise ConfigError(
             f"shards at {train_url} hold sequences of {manifest.seq_len} tokens but data.seq_len={cfg.data.seq_len}"
         )
-    if manifest.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"the tokenizer of {train_url} has {manifest.vocab_size} tokens but model.vocab_size="
-            f"{cfg.model.vocab_size}; set model.vocab_size >= {manifest.vocab_size}"
-        )
+    fit_model_vocab(cfg, manifest.vocab_size, train_url)
+    if tokenizer_dir is not None:
+        check_tokenizer(tokenizer_dir, manifest.tokenizer_sha256, train_url)
     if val_url is not None:
         val = read_manifest(val_url)
         if val.tokenizer_sha256 != manifest.tokenizer_sha256:
@@ -77,3 +79,44 @@ def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
                 f"training shards with {manifest.tokenizer_sha256[:12]}"
             )
     return TrainData(cfg, train_url, val_url, tokenizer_dir, manifest.tokenizer_sha256, manifest.vocab_size)
+
+
+def fit_model_vocab(cfg: Config, tokenizer_vocab: int, where: str) -> None:
+    """Refuse a model smaller than its tokenizer; record vocabulary padding (model.vocab_size above
+    the tokenizer's size) in `model.tokenizer_vocab_size`, so padded ids get no probability."""
+    model = cfg.model
+    if tokenizer_vocab > model.vocab_size:
+        padded = -(-tokenizer_vocab // 64) * 64
+        raise ConfigError(
+            f"the tokenizer of {where} has {tokenizer_vocab} ids but model.vocab_size={model.vocab_size}: a model "
+            f"cannot be smaller than its tokenizer; set model.vocab_size >= {tokenizer_vocab} (e.g. {padded}, "
+            "a multiple of 64)"
+        )
+    if model.tokenizer_vocab_size is None:
+        if tokenizer_vocab < model.vocab_size:
+            model.tokenizer_vocab_size = tokenizer_vocab
+    elif model.tokenizer_vocab_size != tokenizer_vocab:
+        raise ConfigError(
+            f"model.tokenizer_vocab_size={model.tokenizer_vocab_size} but the tokenizer of {where} has "
+            f"{tokenizer_vocab} ids; drop the setting (the trainer takes it from the shards)"
+        )
+
+
+def check_tokenizer(spec: str, expected_sha256: str, where: str) -> None:
+    """data.tokenizer must be the tokenizer the shards were built with: the run records it for
+    evaluation and generation, which would otherwise decode ids with the wrong vocabulary."""
+    from ..data.errors import DataError
+    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
+
+    sha: str | None
+    try:
+        sha = load_tokenizer(spec).sha256
+    except IdsOnlyTokenizer as e:
+        sha = e.info.get("sha256")
+    except DataError as e:
+        raise ConfigError(f"data.tokenizer={spec!r}: {e}") from None
+    if sha != expected_sha256:
+        raise ConfigError(
+            f"data.tokenizer={spec!r} has sha256 {sha} but the shards at {where} were built with tokenizer "
+            f"{expected_sha256}: point data.tokenizer at the tokenizer the shards were built with"
+        )

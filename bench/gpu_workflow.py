@@ -1,0 +1,329 @@
+"""The user workflow that bench/gpu_check.sh runs on one GPU, step by step, with one table at the end.
+
+    python bench/gpu_workflow.py --out DIR               # on a CUDA machine (what gpu_check.sh runs)
+    python bench/gpu_workflow.py --out DIR --plumbing    # the same steps on the CPU, tiny sizes
+
+Steps (each a row of the final table; a step whose input failed is skipped and says why):
+1. kernels: flex and flash against sdpa in bf16 (`bench/gpu_check.py kernels`).
+2. train ARCH BACKEND for armd, ar, mdlm x sdpa, flex, flash: the owt-small shape in bf16 on the
+   built-in corpus, `STEPS` steps, the end-of-run sample on, the final checkpoint; checked: exit 0,
+   exit_status.json finished without end-of-run errors, the sample printed, finite losses; reported:
+   loss, median step time, tokens/s, MFU and the armd/ar step-time ratio.
+3. resume ARCH: the sdpa run again, stopped at STEPS/2 (exit 75, checkpoint) and resumed; its losses
+   must follow the uninterrupted run's (relative tolerance RESUME_TOL: bf16 kernels are not
+   bit-reproducible on a GPU; the plumbing run is exact).
+4. eval ppl l2r / random / diffusion (armd) and diffusion (mdlm) on the GPU, equal to the same
+   evaluation on the CPU within EVAL_TOL (both fp32).
+5. generate: armd left to right with a prompt, SBP with 4 streams, infilling; ar; mdlm; forward-call
+   counts and kept tokens are checked (and whether the CPU draws the same tokens, for information).
+6. eval sbp: S = 1, 2, 4 judged by the ar run.
+7. convert --to export (then eval ppl on the export equals eval ppl on the checkpoint) and --to
+   universal.
+8. ZeRO-2 on 2 processes (NCCL) when the machine has 2 GPUs or more: losses follow the 1-process run.
+
+--plumbing runs every step with tiny models on the CPU (fp32, only the sdpa backend, gloo for the
+2-process step, "GPU" evaluations on the CPU): it checks this script's commands, files and
+comparisons, so the first run on a GPU fails only for GPU reasons. It is NOT a GPU check and says so.
+Exit status: 0 all checks passed; 1 any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+import torch  # noqa: E402
+from check_runner import Plan, Skip, Workflow, gpu_plan, plumbing_plan, table  # noqa: E402
+
+__all__ = ["Plan", "Skip", "Workflow", "gpu_plan", "main", "plumbing_plan", "run_workflow", "table"]
+
+ARCHS = ("armd", "ar", "mdlm")
+BACKENDS = ("sdpa", "flex", "flash")
+
+
+# -- the steps ---------------------------------------------------------------------------------------
+
+
+def kernels(wf: Workflow) -> str:
+    if wf.plan.plumbing:
+        raise Skip("needs CUDA (plumbing run)")
+    proc = wf.run("kernels", [sys.executable, str(REPO / "bench" / "gpu_check.py"), "kernels"])
+    last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    if proc.returncode:
+        raise AssertionError(f"{last} (logs/kernels.log)")
+    return last
+
+
+def data(wf: Workflow) -> str:
+    from armd_scale.data.manifest import read_manifest
+
+    manifest = read_manifest(wf.val_url().rsplit("/val", 1)[0] + "/train")
+    return f"built-in corpus: {manifest.num_samples} training windows of {manifest.seq_len} tokens"
+
+
+def backend_unavailable(backend: str, plan: Plan) -> str | None:
+    if backend == "sdpa":
+        return None
+    if plan.plumbing:
+        return "needs CUDA (FlexAttention has no CPU backward, flash-attn is CUDA-only)"
+    if backend == "flash":
+        from armd_scale.model.attention import flash_available
+
+        if not flash_available():
+            return "flash_attn is not installed (pip install 'armd_scale[gpu]')"
+    return None
+
+
+def train(wf: Workflow, arch: str, backend: str) -> str:
+    reason = backend_unavailable(backend, wf.plan)
+    if reason:
+        raise Skip(reason)
+    run_dir = wf.out / "runs" / f"{arch}-{backend}"
+    extra = [f"model.arch={arch}", f"model.attention_backend={backend}"]
+    proc = wf.run(f"train-{arch}-{backend}", wf.train_cmd(run_dir, *extra))
+    if proc.returncode:
+        raise AssertionError(f"exit {proc.returncode} (logs/train-{arch}-{backend}.log)")
+    status = json.loads((run_dir / "exit_status.json").read_text())
+    if status["code"] != 0 or status["reason"] != "finished" or status.get("end_of_run_errors"):
+        raise AssertionError(f"exit_status.json says {status}")
+    if "sample (" not in proc.stdout:
+        raise AssertionError("no end-of-run sample was printed")
+    losses = wf.losses(run_dir)
+    if sorted(losses) != list(range(1, wf.plan.steps + 1)) or not all(map(math.isfinite, losses.values())):
+        raise AssertionError(f"losses {losses}")
+    wf.runs[(arch, backend)] = run_dir
+    return f"loss {losses[1]:.3f} -> {losses[wf.plan.steps]:.3f}, sample printed; {speed(wf, arch, backend)}"
+
+
+def speed(wf: Workflow, arch: str, backend: str) -> str:
+    from gpu_check import speed_row  # bench/ is on sys.path
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    row = speed_row(wf.runs[(arch, backend)], wf.plan.skip_timed, device)
+    if row is None:
+        return "no timed steps"
+    text = f"{row['median_step_s']:.3f} s/step, {row['tokens_per_s']:,.0f} tokens/s"
+    text += f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""
+    ar = wf.runs.get(("ar", backend))
+    if arch == "armd" and ar is not None:
+        ar_row = speed_row(ar, wf.plan.skip_timed, device)
+        if ar_row:
+            text += f", armd/ar step time {row['median_step_s'] / ar_row['median_step_s']:.2f}x"
+    return text
+
+
+def resume_runs(wf: Workflow) -> dict[str, tuple[list[subprocess.CompletedProcess], float]]:
+    """For every arch whose sdpa run finished: the same run stopped at STEPS/2, then resumed. The three
+    archs run side by side (these runs are not timed), each pair in order."""
+    archs = [a for a in ARCHS if (a, "sdpa") in wf.runs]
+    half = wf.plan.steps // 2
+    cmds = {a: wf.train_cmd(wf.out / "runs" / f"resume-{a}", f"model.arch={a}", "model.attention_backend=sdpa")
+            for a in archs}  # fmt: skip
+    start = time.perf_counter()
+    first = wf.run_parallel({f"resume-{a}": [*cmds[a], f"train.stop_at_step={half}"] for a in archs})
+    second = wf.run_parallel({f"resume-{a}": cmds[a] for a in archs if first[f"resume-{a}"].returncode == 75})
+    seconds = time.perf_counter() - start
+    return {a: ([first[f"resume-{a}"]] + ([second[f"resume-{a}"]] if f"resume-{a}" in second else []), seconds)
+            for a in archs}  # fmt: skip
+
+
+def resume(wf: Workflow, arch: str, runs: dict) -> str:
+    run_dir = wf.out / "runs" / f"resume-{arch}"
+    half = wf.plan.steps // 2
+    procs, seconds = runs[arch]
+    status = json.loads((run_dir / "exit_status.json").read_text()) if (run_dir / "exit_status.json").exists() else {}
+    if procs[0].returncode != 75 or len(procs) < 2:
+        raise AssertionError(f"the stop at step {half} exited {procs[0].returncode}, not 75 (logs/resume-{arch}.log)")
+    if procs[1].returncode or status.get("code") != 0 or f"(step {half})" not in procs[1].stdout + procs[1].stderr:
+        raise AssertionError(f"the resume from step {half} exited {procs[1].returncode} (logs/resume-{arch}.log)")
+    worst = wf.compare_losses(wf.losses(run_dir), wf.losses(wf.runs[(arch, "sdpa")]), wf.plan.resume_tol)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return (
+        f"stopped at {half} (exit 75), resumed to {wf.plan.steps}: max relative loss difference {worst:.1e} "
+        f"(the archs' resume runs took {seconds:.0f} s side by side)"
+    )
+
+
+def eval_ppl(wf: Workflow, arch: str, order: list[str]) -> str:
+    checkpoint, label = str(wf.runs[(arch, "sdpa")]), "-".join([arch, order[1]])
+    common = ["eval", "ppl", "--checkpoint", checkpoint, "--data", wf.val_url(), "--max-tokens",
+              str(wf.plan.eval_tokens), "--batch-size", "2", "--no-progress", *order]  # fmt: skip
+    docs = {}
+    for side, device in (("device", wf.plan.device), ("cpu", "cpu")):  # twice in a plumbing run too
+        path = wf.out / "eval" / f"ppl-{label}-{side}.json"
+        code, log = wf.cli(f"eval-{label}", *common, "--device", device, "--json", str(path))
+        if code:
+            raise AssertionError(f"exit {code} on {device}: {log.strip().splitlines()[-2]}")
+        docs[side] = json.loads(path.read_text())
+    dev, cpu = docs["device"], docs["cpu"]
+    rel = max(abs(a - b) / abs(b) for a, b in zip(per_order(dev), per_order(cpu), strict=True))
+    if not rel <= wf.plan.eval_tol:
+        raise AssertionError(f"{wf.plan.device} and CPU differ by {rel:.2e} (relative) > {wf.plan.eval_tol:g}")
+    return (
+        f"{dev['nll_per_token']:.4f} nats/token ({dev['likelihood']}) on {wf.plan.device} over {dev['tokens']} "
+        f"tokens; CPU {cpu['nll_per_token']:.4f}: max relative difference {rel:.1e} <= {wf.plan.eval_tol:g}"
+    )
+
+
+def per_order(doc: dict) -> list[float]:
+    return doc.get("nll_per_order") or [doc["nll_per_token"]]
+
+
+def generate(wf: Workflow, arch: str, args: list[str], expected_calls: Callable[[dict], int], label: str) -> str:
+    checkpoint = str(wf.runs[(arch, "sdpa")])
+    docs = {}
+    for side, device in (("device", wf.plan.device), ("cpu", "cpu")):  # twice in a plumbing run too
+        path = wf.out / "generate" / f"{arch}-{label}-{side}.json"
+        code, log = wf.cli(f"generate-{arch}-{label}", "generate", "--checkpoint", checkpoint, *args, "--seed", "3",
+                           "--device", device, "--json", str(path))  # fmt: skip
+        if code:
+            raise AssertionError(f"exit {code} on {device}: {log.strip().splitlines()[-2]}")
+        docs[side] = json.loads(path.read_text())
+    doc = docs["device"]
+    if doc["forward_calls"] != expected_calls(doc) or doc["forward_calls"] < 1:
+        raise AssertionError(f"{doc['forward_calls']} forward calls for {args}, expected {expected_calls(doc)}")
+    if "--infill" in args:
+        check_infill(checkpoint, args[args.index("--infill") + 1], doc)
+    same = [s["tokens"] for s in doc["samples"]] == [s["tokens"] for s in docs["cpu"]["samples"]]
+    return (
+        f"{len(doc['samples'])} sample(s) of {doc['length']} tokens, {doc['forward_calls']} forward calls, "
+        f"{doc['tokens_per_s']:,.0f} tokens/s on {wf.plan.device}; same tokens as on the CPU: {'yes' if same else 'no'}"
+    )
+
+
+def check_infill(checkpoint: str, text: str, doc: dict) -> None:
+    """Every sample keeps the known tokens of the infill text at their positions."""
+    from armd_scale.commands.generate import parse_infill
+    from armd_scale.eval.text import codec_for
+    from armd_scale.pretrained import load_pretrained
+
+    ids, known = parse_infill(text, codec_for(load_pretrained(checkpoint)))
+    for sample in doc["samples"]:
+        kept = [t for t, k in zip(sample["tokens"], known, strict=True) if k]
+        if kept != [t for t, k in zip(ids, known, strict=True) if k]:
+            raise AssertionError("a sample changed a known token of the infill text")
+
+
+def eval_sbp(wf: Workflow) -> str:
+    n, out = wf.plan.gen_length, wf.out / "sbp"
+    code, log = wf.cli("eval-sbp", "eval", "sbp", "--checkpoint", str(wf.runs[("armd", "sdpa")]), "--judge",
+                       str(wf.runs[("ar", "sdpa")]), "--streams", "1,2,4", "--length", str(n), "--num-samples", "2",
+                       "--device", wf.plan.device, "--out", str(out), "--no-progress")  # fmt: skip
+    if code:
+        raise AssertionError(f"exit {code}: {log.strip().splitlines()[-2]}")
+    rows = json.loads((out / "results.json").read_text())["results"]
+    for r in rows:
+        if r["forward_calls"] != r["streams"] + n // r["streams"] - 1 or not math.isfinite(r["gen_ppl"]):
+            raise AssertionError(f"S={r['streams']}: {r['forward_calls']} forward calls, gen PPL {r['gen_ppl']}")
+    return ", ".join(f"S={r['streams']}: {r['tokens_per_s']:,.0f} tok/s, gen PPL {r['gen_ppl']:.1f}" for r in rows)
+
+
+def convert(wf: Workflow, to: str) -> str:
+    checkpoint, out = wf.runs[("armd", "sdpa")], wf.out / f"converted-{to}"
+    code, log = wf.cli(f"convert-{to}", "convert", "--checkpoint", str(checkpoint), "--to", to, "--out", str(out),
+                       "--json", "--quiet")  # fmt: skip
+    if code:
+        raise AssertionError(f"exit {code}: {log.strip().splitlines()[-2]}")
+    if to == "universal":
+        return f"universal checkpoint written and validated ({sum(1 for _ in out.rglob('*'))} files)"
+    docs = []
+    for source in (checkpoint, out):  # the export scores exactly what the checkpoint scores
+        path = wf.out / "eval" / f"ppl-export-check-{len(docs)}.json"
+        code, _ = wf.cli("convert-export", "eval", "ppl", "--checkpoint", str(source), "--data", wf.val_url(),
+                         "--max-tokens", str(wf.plan.eval_tokens), "--device", wf.plan.device, "--no-progress",
+                         "--json", str(path))  # fmt: skip
+        if code:
+            raise AssertionError(f"eval ppl of {source} exited {code}")
+        docs.append(json.loads(path.read_text())["nll_per_token"])
+    if docs[0] != docs[1]:
+        raise AssertionError(f"the export scores {docs[1]!r}, the checkpoint {docs[0]!r}")
+    return f"export written; eval ppl on {wf.plan.device}: {docs[1]:.4f} nats/token, identical to the checkpoint"
+
+
+def zero2(wf: Workflow) -> str:
+    if not wf.plan.processes:
+        raise Skip(f"needs 2 GPUs, this machine has {torch.cuda.device_count()}")
+    run_dir = wf.out / "runs" / "zero2"
+    extra = ["model.arch=armd", "model.attention_backend=sdpa", "parallel.zero_stage=2"]
+    proc = wf.run("zero2", wf.train_cmd(run_dir, *extra, processes=wf.plan.processes))
+    if proc.returncode:
+        raise AssertionError(f"exit {proc.returncode} (logs/zero2.log)")
+    worst = wf.compare_losses(wf.losses(run_dir), wf.losses(wf.runs[("armd", "sdpa")]), wf.plan.resume_tol)
+    backend = "gloo" if wf.plan.plumbing else "nccl"
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return f"{wf.plan.processes} processes on {backend}: max relative loss difference to 1 process {worst:.1e}"
+
+
+def run_workflow(wf: Workflow) -> None:
+    wf.step("kernels", lambda: kernels(wf))
+    wf.step("data", lambda: data(wf))
+    for arch in ARCHS:
+        for backend in BACKENDS:
+            wf.step(f"train {arch} {backend}", lambda a=arch, b=backend: train(wf, a, b), needs=("data",))
+            if backend != "sdpa":  # only the sdpa runs' checkpoints are used below (1.5 GB each on a GPU)
+                shutil.rmtree(wf.out / "runs" / f"{arch}-{backend}" / "checkpoints", ignore_errors=True)
+    resumed = resume_runs(wf)
+    for arch in ARCHS:
+        wf.step(f"resume {arch}", lambda a=arch: resume(wf, a, resumed), needs=(f"train {arch} sdpa",))
+    orders = {"l2r": ["--order", "l2r"], "random": ["--order", "random", "--orders", "2"],
+              "diffusion": ["--order", "diffusion", "--steps", "8", "--orders", "2"]}  # fmt: skip
+    for name, args in orders.items():
+        wf.step(f"eval ppl armd {name}", lambda a=args: eval_ppl(wf, "armd", a), needs=("train armd sdpa",))
+    wf.step("eval ppl mdlm diffusion", lambda: eval_ppl(wf, "mdlm", orders["diffusion"]), needs=("train mdlm sdpa",))
+    n = wf.plan.gen_length
+    cases = [  # (arch, label, arguments, forward calls expected of the JSON document)
+        ("armd", "prompt", ["--prompt", "The ", "--length", str(n)], lambda d: d["length"] - d["known_tokens"]),
+        ("armd", "sbp", ["--length", str(n), "--streams", "4", "--num-samples", "2"], lambda d: 4 + n // 4 - 1),
+        ("armd", "infill", ["--infill", "The [MASK:6] is [MASK:3] and"], lambda d: d["length"] - d["known_tokens"]),
+        ("ar", "sequential", ["--length", str(n)], lambda d: n),
+        # mdlm: at most T = 16 calls (a step that reveals nothing reuses the last logits)
+        ("mdlm", "ancestral", ["--length", str(n), "--steps", "16"], lambda d: min(16, d["forward_calls"])),
+    ]
+    for arch, label, args, calls in cases:
+        wf.step(f"generate {arch} {label}", lambda a=arch, g=args, c=calls, lb=label: generate(wf, a, g, c, lb),
+                needs=(f"train {arch} sdpa",))  # fmt: skip
+    wf.step("eval sbp", lambda: eval_sbp(wf), needs=("train armd sdpa", "train ar sdpa"))
+    wf.step("convert export", lambda: convert(wf, "export"), needs=("train armd sdpa",))
+    wf.step("convert universal", lambda: convert(wf, "universal"), needs=("train armd sdpa",))
+    wf.step("zero2 2 processes", lambda: zero2(wf), needs=("train armd sdpa",))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="scratch directory (emptied first)")
+    ap.add_argument("--plumbing", action="store_true", help="the same steps on the CPU with tiny sizes")
+    args = ap.parse_args(argv)
+    if args.plumbing:
+        plan = plumbing_plan()
+    else:
+        if not torch.cuda.is_available():
+            print("gpu_workflow: no CUDA device (use --plumbing for the CPU plumbing check)", file=sys.stderr)
+            return 2
+        e = os.environ
+        plan = gpu_plan(int(e.get("STEPS", 12)), int(e.get("GLOBAL_BATCH", 32)), int(e.get("MICRO_BATCH", 16)))
+    shutil.rmtree(args.out, ignore_errors=True)
+    for sub in ("runs", "logs", "eval", "generate"):
+        (args.out / sub).mkdir(parents=True)
+    wf = Workflow(args.out.resolve(), plan)
+    start = time.perf_counter()
+    run_workflow(wf)
+    text = table(wf, time.perf_counter() - start)
+    print("\n" + text)
+    (wf.out / "summary.md").write_text(text)
+    (wf.out / "results.json").write_text(json.dumps([r.__dict__ for r in wf.results], indent=1) + "\n")
+    return 1 if any(r.status == "FAILED" for r in wf.results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
