@@ -246,7 +246,8 @@ def plot_curves(variants: dict, preset: str, names: list[tuple[str, str]], path:
         v = variants[(g, n)]
         steps = mean_curve(v, lambda f: [(float(s), y) for s, y in f["curve"]])
         flops = mean_curve(v, flops_curve)
-        label = f"{n} ({len(v['seeds'])} seed{'s' if len(v['seeds']) > 1 else ''})"
+        shown = "new default" if n in ("nb-start-zero-init", "new") else n
+        label = f"{shown} ({len(v['seeds'])} seed{'s' if len(v['seeds']) > 1 else ''})"
         axes[0].plot([x for x, _ in steps], [y for _, y in steps], marker=".", label=label)
         axes[1].plot([x / 1e12 for x, _ in flops], [y for _, y in flops], marker=".", label=label)
     axes[0].set_xlabel("optimizer step")
@@ -299,7 +300,7 @@ def plot_scaling(variants: dict, rows: list[dict], path: Path) -> dict:
 
 
 # Variants drawn in the scaling plot, with their labels.
-SCALING_NAMES = {"nb": "ARMD l2r", "nb-progressive": "ARMD progressive", "old": "old ARMD l2r"}
+SCALING_NAMES = {"new": "ARMD l2r", "new-progressive": "ARMD progressive", "old": "old ARMD l2r"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     (args.docs / "results.md").write_text(markdown(rows))
     key = [("table", "ar"), ("table", "ar-L1"), ("table", "old"), ("table", "paper"), ("pstart", "nb")]
+    key.append(("pstart", "nb-start-zero-init"))  # the new default
     plot_curves(variants, "tiny", key, args.docs / "curves_tiny.png")
-    study = [("study", n) for n in ("ar", "old", "paper", "nb")]
+    study = [("study", n) for n in ("ar", "old", "new", "new-progressive")]
     plot_curves(variants, "study", study, args.docs / "curves_study.png")
     scaling = plot_scaling(variants, rows, args.docs / "scaling.png")
     curves = {
