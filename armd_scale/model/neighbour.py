@@ -48,12 +48,13 @@ def initial_scores(heads: int, max_len: int, kind: str) -> torch.Tensor:
     offset = torch.arange(-(max_len - 1), max_len).float()  # pos n - pos i: > 0 = key left of the query
     if kind == "symmetric":
         return -initial_slopes(heads)[:, None] * offset.abs()[None, :]
-    scores = torch.full((heads, offset.numel()), -16.0)
+    # built with torch.where, not boolean-mask assignment, so it also runs on the meta device (dry run)
+    rows = []
     for h in range(heads):
         slope = 4.0 ** (1 - h // 2)
         side = offset > 0 if h % 2 == 0 else offset < 0
-        scores[h, side] = slope * (2 - offset[side].abs())
-    return scores
+        rows.append(torch.where(side, slope * (2 - offset.abs()), torch.full_like(offset, -16.0)))
+    return torch.stack(rows)
 
 
 class NeighbourAttention(nn.Module):
