@@ -49,12 +49,13 @@ class ModelConfig:
     n_two_stream_layers: int | None = None
     # Width of the learned positional table used by prefix aggregation.
     d_pe: int = 64
-    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), or a mean.
-    prefix_agg: Literal["mean", "sum"] = "sum"
+    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), a mean,
+    # or none (G0 without the paper's aggregate; only sensible with neighbour_heads > 0).
+    prefix_agg: Literal["mean", "sum", "none"] = "sum"
     # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
     pe_init_tau: float = 2.0
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
-    # queries know their position (see docs/ARCHITECTURE.md).
+    # queries know their position (see docs/ARCHITECTURE.md and positional_start_init).
     positional_start: bool = True
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     # Hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it per branch, rounded).
@@ -71,6 +72,38 @@ class ModelConfig:
     # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
     # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
     tokenizer_vocab_size: int | None = None
+    # -- The query stream's input G0 (docs/ARCHITECTURE.md; measured in docs/REPRODUCTION.md, "The
+    # left-to-right gap"). The paper's input is s + prefix aggregation: neighbour_heads=0,
+    # positional_start=false.
+    # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
+    # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
+    neighbour_heads: int = 4
+    # Which table the positional start W_s PE[pos n] reads: the prefix-aggregation table, or its own.
+    positional_start_table: Literal["shared", "separate"] = "shared"
+    # Which queries get the positional start: all, or only those with nothing revealed before them.
+    positional_start_scope: Literal["all", "first_block"] = "all"
+    # Initial W_s: zeros (G0 starts as without it; the default) or normal(init_std) like every matrix,
+    # which swamps the content of G0 at the start and cost 0.4-0.5 nats/token on tiny-cpu.
+    positional_start_init: Literal["normal", "zero"] = "zero"
+    # RMS-normalise the prefix-aggregation sum of each query (to the embeddings' initial scale).
+    prefix_norm: bool = False
+    # Learning-rate multiplier of the PE table(s), by reparametrisation (stored = table / scale);
+    # 0 freezes them at their initial value.
+    pe_lr_scale: float = 1.0
+    # A separate query-side PE table for the prefix sum, <PEq[pos n], PE[pos i]>, initialised as the
+    # key table shifted by one position: an asymmetric kernel that can peak on the previous position
+    # while keeping the O(1) decoding state (a positive semi-definite <PE_n, PE_i> cannot).
+    prefix_query_table: bool = False
+    # Add the mean embedding of the immediately preceding block to G0: the paper's rejected "Shift"
+    # (AR's input under l2r). A diagnostic: it keeps our contract but makes the conditionals depend on
+    # the order in which the evidence was revealed, not only on the evidence.
+    previous_block_input: bool = False
+    # Neighbour heads: directional (the default: heads alternate left/right of the query and may attend
+    # to "nothing", so under an order unlike training a head gives the same kind of token or nothing), or
+    # symmetric (head h scores -4^(1-h)|distance|, either side alike; a row always sums to 1). Equal left
+    # to right on tiny-cpu; directional is better in any order (random-order NLL 4.67 vs 5.33 after
+    # progressive training, 4.15 vs 4.39 after random-order training). model/neighbour.py.
+    neighbour_kind: Literal["symmetric", "directional"] = "directional"
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
@@ -79,6 +112,10 @@ class ModelConfig:
                 f"model.tokenizer_vocab_size={self.tokenizer_vocab_size} must be in [1, model.vocab_size="
                 f"{self.vocab_size}]: a model cannot be smaller than its tokenizer"
             )
+        if self.neighbour_heads < 0:
+            raise ConfigError(f"model.neighbour_heads={self.neighbour_heads} must be >= 0 (0 = off)")
+        if self.pe_lr_scale < 0:
+            raise ConfigError(f"model.pe_lr_scale={self.pe_lr_scale} must be >= 0 (0 = frozen PE table)")
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
@@ -351,6 +388,26 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
     except ConfigError as e:
         raise ConfigError(f"{origin}: {e}") from None
     return cfg.validate()
+
+
+# A checkpoint saves its whole resolved config, so a model field it lacks did not exist when it was
+# written; it was trained with that field's value of the time, not today's default.
+LEGACY_MODEL_VALUES = {"neighbour_heads": 0, "positional_start_init": "normal", "neighbour_kind": "symmetric"}
+
+
+def saved_model_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's `model` mapping with the fields it predates filled with their values of the time
+    (LEGACY_MODEL_VALUES); the one place both loading and the resume/init_from checks read it through."""
+    return {**{k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in model}, **model}
+
+
+def saved_config_from_dict(raw: dict[str, Any], origin: str = "<checkpoint>") -> Config:
+    """`config_from_dict` for the config saved with a checkpoint: model fields added after it was written
+    take the value they had then (LEGACY_MODEL_VALUES), so old checkpoints load as what they are."""
+    model = raw.get("model")
+    if isinstance(model, dict):
+        raw = {**raw, "model": saved_model_fields(model)}
+    return config_from_dict(raw, origin)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

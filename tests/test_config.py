@@ -87,3 +87,22 @@ def test_non_mapping_yaml(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(path)
+
+
+def test_a_checkpoint_config_without_new_model_fields_loads_as_it_was_trained():
+    """A saved config lacking neighbour_heads / positional_start_init predates them: the model it
+    describes had no neighbour heads and a normally initialised W_s, and its weights must load."""
+    from armd_scale.config import saved_config_from_dict
+    from armd_scale.model import build_model
+
+    old = load_config(overrides=["model.neighbour_heads=0", "model.positional_start_init=normal"])
+    raw = old.to_dict()
+    del raw["model"]["neighbour_heads"], raw["model"]["positional_start_init"]
+    upgraded = saved_config_from_dict(raw)
+    assert upgraded.model.neighbour_heads == 0 and upgraded.model.positional_start_init == "normal"
+    state = build_model(old.model).state_dict()
+    build_model(upgraded.model).load_state_dict(state, strict=True)
+    with pytest.raises(RuntimeError, match="neighbour"):  # today's defaults would not fit those weights
+        build_model(load_config().model).load_state_dict(state, strict=True)
+    # a config that has the fields keeps them
+    assert saved_config_from_dict(load_config().to_dict()).model.neighbour_heads == load_config().model.neighbour_heads

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
+from ..config import saved_model_fields
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
@@ -54,6 +55,16 @@ SHAPE_FIELDS = (
     "mlp_ratio",
     "tie_embeddings",
     "positional_start",
+    # the query stream's input (docs/ARCHITECTURE.md): parameters, or what they mean
+    "neighbour_heads",
+    "neighbour_kind",
+    "positional_start_table",
+    "positional_start_scope",
+    "prefix_agg",
+    "prefix_norm",
+    "prefix_query_table",
+    "previous_block_input",
+    "pe_lr_scale",  # the PE tables are stored divided by it
 )
 
 
@@ -108,7 +119,9 @@ def set_latest(ckpt_dir: Path, tag: str) -> None:
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`model.KEY: checkpoint A vs config B` for every shape field that differs."""
+    """`model.KEY: checkpoint A vs config B` for every shape field that differs. A field the saved
+    config lacks did not exist when it was written: it counts as its value of the time."""
+    saved = saved_model_fields(saved)
     return [
         f"model.{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
         for k in SHAPE_FIELDS

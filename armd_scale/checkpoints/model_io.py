@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, config_from_dict
+from ..config import Config, saved_config_from_dict
 from ..model import build_model
 
 
 def config_of(config: dict[str, Any], origin: str) -> Config:
     """The validated Config saved with a checkpoint (`origin` names the file in errors)."""
-    return config_from_dict(config, origin=origin)
+    return saved_config_from_dict(config, origin=origin)
 
 
 def build(config: Config, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -18,7 +18,9 @@ What the ARMD cache holds, and why it is enough:
   full forward uses once the token is known. They are written into the cache at prediction time
   ("pending") and become committed when the next step commits those same positions: no recompute.
 - the prefix-aggregation state S = sum_i PE[pos i]^T X0[i] ([d_pe, d]) and the count of tokens in
-  it: G0[n] = start(pos n) + PE[pos n] @ S / count.
+  it: G0[n] = start(pos n) + PE[pos n] @ S (/ count for the mean).
+- with neighbour attention (model/neighbour.py): the embeddings X0 and positions of committed tokens,
+  which its content-free softmax over relative positions reads for each new target.
 
 A commit whose positions are not the previous step's targets (a prompt, the known tokens of an
 infill, or any caller-chosen block) is a *cold* commit: the same forward call also runs those
@@ -208,18 +210,29 @@ class ARMDDecoder(_Decoder):
         self.g_cache = self._buffers(cfg.n_layers - self.n_two_stream)  # query-stream K/V, + pending targets
         self.prefix_state = torch.zeros(batch_size, cfg.d_pe, cfg.d_model, device=self.device, dtype=self.dtype)
         self.prefix_count = 0
+        if model.neighbour is not None:  # neighbour attention reads the embeddings and positions of committed tokens
+            self.x0_cache = torch.zeros(batch_size, self.max_len, cfg.d_model, device=self.device, dtype=self.dtype)
+            self.pos_cache = torch.zeros(batch_size, self.max_len, dtype=torch.long, device=self.device)
         self.pending: torch.Tensor | None = None  # target positions (host) whose G K/V sit at [n_committed, ...)
+        self.last_block_mean: torch.Tensor | None = None  # previous_block_input: mean X0 of the last commit
 
     def _g0(self, pos: torch.Tensor) -> torch.Tensor:
-        """Prefix aggregation from the running state (O(d_pe * d) per target, independent of length)."""
-        model = self.model
-        g0 = model.query_start(pos).to(self.dtype)
-        if self.prefix_count == 0:
+        """Prefix aggregation from the running state (O(d_pe * d) per target, independent of length),
+        plus neighbour attention over the committed embeddings (O(committed) per target)."""
+        model, count = self.model, self.prefix_count
+        g0 = model.query_start(pos, count == 0).to(self.dtype)
+        if count == 0:
             return g0
-        agg = torch.bmm(model.pos_table[pos].to(self.dtype), self.prefix_state)
-        if model.cfg.prefix_agg == "mean":
-            agg = agg / self.prefix_count
-        return g0 + agg
+        if self.last_block_mean is not None:  # previous_block_input: the block committed last
+            g0 = g0 + self.last_block_mean[:, None, :]
+        if model.cfg.prefix_agg != "none":
+            agg = torch.bmm(model.pe_query(pos).to(self.dtype), self.prefix_state)
+            if model.cfg.prefix_agg == "mean":
+                agg = agg / count
+            g0 = g0 + model.finish_aggregate(agg)
+        if model.neighbour is not None:
+            g0 = g0 + model.neighbour(self.x0_cache[:, :count], pos, self.pos_cache[:, :count], None)
+        return g0
 
     @torch.inference_mode()
     def step(
@@ -239,9 +252,13 @@ class ARMDDecoder(_Decoder):
         x = model.embed(tokens)
         g_rows = [] if warm else [self._g0(cpos)]  # a cold commit also runs its G rows (targets of its block)
         if c:
-            pe = model.pos_table[cpos].to(self.dtype)
+            pe = model.pe(cpos).to(self.dtype)
             self.prefix_state += torch.bmm(pe.transpose(1, 2), x)
+            if model.neighbour is not None:
+                self.x0_cache[:, self.prefix_count : self.prefix_count + c] = x
+                self.pos_cache[:, self.prefix_count : self.prefix_count + c] = cpos
             self.prefix_count += c
+            self.last_block_mean = x.mean(dim=1) if model.cfg.previous_block_input else None
         g_rows.append(self._g0(tpos))
         g = torch.cat(g_rows, dim=1)
         g_pos = tpos if warm else torch.cat([cpos, tpos], dim=1)

@@ -10,8 +10,10 @@ frame*: tokens are gathered into generation order and carry their original posit
 
 Forward pass, top to bottom:
 1. X0 = embedding of the tokens in generation order (the content stream).
-2. G0 = s + mean_{i: block[i] < block[n]} <PE[pos n], PE[pos i]> X0[i] (prefix aggregation: the
-   strictly causal input of the query stream; s is a learned start vector so the first block is not 0).
+2. G0 = s + W_s PE[pos n] + sum_{i: block[i] < block[n]} <PE[pos n], PE[pos i]> X0[i] + N(n): prefix
+   aggregation, the strictly causal input of the query stream (s is a learned start vector so the first
+   block is not 0), plus neighbour attention N (model/neighbour.py), a sharp content-free path to the
+   nearest revealed tokens (AR's input shift under the left-to-right order).
 3. Two-stream layers: X attends to X under Mc; G attends to X under Msc; both streams share weights.
    The X output of the last two-stream layer is never read, so that layer runs the G stream only.
 4. Block-causal layers on G (Mc), final norm, LM head tied to the embedding.
@@ -30,6 +32,7 @@ from .attention import prepare
 from .generation_orders import l2r_order
 from .layers import Block, init_weights
 from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
+from .neighbour import NeighbourAttention
 from .rope import RotaryEmbedding
 from .vocab import mask_padded_vocab
 
@@ -110,31 +113,82 @@ class ARMDModel(_Transformer):
         super().__init__(cfg)
         self.n_two_stream = cfg.two_stream_layers
         d_pe = cfg.d_pe
-        self.pos_table = nn.Parameter(initial_pos_table(cfg.max_seq_len, d_pe, cfg.pe_init_tau))
+        # Stored as table / pe_lr_scale so that Adam's steps move the table pe_lr_scale times faster.
+        self.pe_scale = cfg.pe_lr_scale or 1.0
+        table = initial_pos_table(cfg.max_seq_len, d_pe, cfg.pe_init_tau)
+        self.pos_table = nn.Parameter(table / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
         self.start = nn.Parameter(torch.randn(cfg.d_model) * cfg.init_std)
         # Position-conditioned start: without it a first-block query knows nothing about *where* it
         # is (RoPE is relative and there are no keys to attend to), so p(x_n | nothing) could not
         # depend on n. Positions, unlike contents, may be seen by every query.
         self.start_proj = nn.Linear(d_pe, cfg.d_model, bias=False) if cfg.positional_start else None
+        self.start_pos_table = None
+        if cfg.positional_start and cfg.positional_start_table == "separate":  # W_s reads its own table
+            self.start_pos_table = nn.Parameter(table.clone() / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
+        self.prefix_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.prefix_norm else None
+        self.query_pos_table = None
+        if cfg.prefix_query_table:  # row n starts as row n - 1 of the key table (row 0 as row 0)
+            shifted = torch.cat([table[:1], table[:-1]])
+            self.query_pos_table = nn.Parameter(shifted / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
         init_weights(self, cfg.init_std, cfg.n_layers)
+        # Built after init_weights, which would overwrite its deliberate initial values.
+        self.neighbour = (
+            NeighbourAttention(cfg.d_model, cfg.neighbour_heads, cfg.max_seq_len, cfg.neighbour_kind)
+            if cfg.neighbour_heads
+            else None
+        )
+        if self.start_proj is not None and cfg.positional_start_init == "zero":
+            nn.init.zeros_(self.start_proj.weight)
+        if self.prefix_norm is not None:  # the normalised sum starts at the embeddings' scale, like AR's input
+            nn.init.constant_(self.prefix_norm.weight, cfg.init_std)
 
     # -- pieces reused by cached decoding ---------------------------------------------------------
 
-    def query_start(self, pos: torch.Tensor) -> torch.Tensor:
-        """The content-free part of G0 for target positions pos [B, T]: s (+ W_s PE[pos])."""
+    def pe(self, pos: torch.Tensor) -> torch.Tensor:
+        """Rows of the prefix-aggregation PE table (the key side) for positions pos."""
+        return self.pos_table[pos] * self.pe_scale
+
+    def pe_query(self, pos: torch.Tensor) -> torch.Tensor:
+        """Query-side rows of the prefix sum: the same table, or its own with prefix_query_table."""
+        return self.pe(pos) if self.query_pos_table is None else self.query_pos_table[pos] * self.pe_scale
+
+    def query_start(self, pos: torch.Tensor, empty_prefix: torch.Tensor | bool = True) -> torch.Tensor:
+        """The content-free part of G0 for target positions pos [B, T]: s (+ W_s PE[pos]).
+
+        empty_prefix [B, T] (or a bool for all rows): whether the query has nothing revealed before it;
+        with positional_start_scope=first_block only those rows get the positional term."""
         start = self.start.expand(*pos.shape, -1)
         if self.start_proj is not None:
-            start = start + self.start_proj(self.pos_table[pos])
+            table = self.pos_table if self.start_pos_table is None else self.start_pos_table
+            positional = self.start_proj(table[pos] * self.pe_scale)
+            if self.cfg.positional_start_scope == "first_block":
+                if isinstance(empty_prefix, bool):
+                    empty_prefix = torch.full(pos.shape, empty_prefix, device=pos.device)
+                positional = positional * empty_prefix[..., None].to(positional.dtype)
+            start = start + positional
         return start
 
+    def finish_aggregate(self, agg: torch.Tensor) -> torch.Tensor:
+        """The optional per-query normalisation of the prefix-aggregation sum."""
+        return agg if self.prefix_norm is None else self.prefix_norm(agg)
+
     def prefix_aggregate(self, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-        """G0 = start(pos n) + agg over strictly earlier blocks of <PE[pos n], PE[pos i]> X0[i] (dense form)."""
-        pe = self.pos_table[pos]  # [B, N, d_pe]
+        """G0 = start(pos n) + agg over strictly earlier blocks of <PE[pos n], PE[pos i]> X0[i]
+        (+ neighbour attention over the same tokens), dense form."""
         visible = dense_strict(block)  # [B, N(query), N(key)]
-        weights = torch.bmm(pe, pe.transpose(1, 2)) * visible.to(pe.dtype)
-        if self.cfg.prefix_agg == "mean":
-            weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
-        return self.query_start(pos).to(x.dtype) + torch.bmm(weights.to(x.dtype), x)
+        g = self.query_start(pos, ~visible.any(dim=-1)).to(x.dtype)
+        if self.cfg.prefix_agg != "none":
+            pe = self.pe(pos)  # [B, N, d_pe]
+            weights = torch.bmm(self.pe_query(pos), pe.transpose(1, 2)) * visible.to(pe.dtype)
+            if self.cfg.prefix_agg == "mean":
+                weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
+            g = g + self.finish_aggregate(torch.bmm(weights.to(x.dtype), x))
+        if self.neighbour is not None:
+            g = g + self.neighbour(x, pos, pos, visible)
+        if self.cfg.previous_block_input:
+            previous = (block[:, None, :] == block[:, :, None] - 1).to(x.dtype)  # [B, query, key]
+            g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
+        return g
 
     def forward(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         self._check_inputs(tokens, order, block)

@@ -7,7 +7,8 @@ computes gradients for both inputs and weights of every matmul).
 
 ARMD vs AR: the two-stream layers (all but the last) run queries, output projection and MLP on 2N rows
 against N keys; the last two-stream layer runs only the query stream; prefix aggregation adds two
-N x N products. MFU uses these counts with a peak-FLOPs table keyed by device name.
+N x N products and neighbour attention one N x N product per head. MFU uses these counts with a
+peak-FLOPs table keyed by device name.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
         total = (two - 1) * _layer_flops(cfg, 2 * n, n, n)  # both streams
         total += _layer_flops(cfg, n, n, n)  # last two-stream layer: G queries only
         total += (cfg.n_layers - two) * _layer_flops(cfg, n, n, n)  # block-causal layers
-        total += 2 * n * n * cfg.d_pe + 2 * n * n * d  # prefix aggregation
+        total += 2 * n * n * cfg.d_pe + 2 * n * n * d if cfg.prefix_agg != "none" else 0  # prefix aggregation
         total += 2 * n * cfg.d_pe * d if cfg.positional_start else 0  # position-conditioned start
+        total += 2 * cfg.neighbour_heads * n * n * d  # neighbour attention: weights @ embeddings per head
         return total + head
     if cfg.arch == "mdlm":
         return cfg.n_layers * _layer_flops(cfg, n, n, n) + head

@@ -26,6 +26,12 @@ Per model:
 - armd: L2 - 1 two-stream calls (R = 2T, K = T), one query-only call (R = K = T rows, kept apart),
   L - L2 self-attention calls (R = T); prefix aggregation keeps the N x N weights and visibility
   per sequence, B N^2 (e + 1) bytes, plus two gathers of the PE rows, 2 T d_pe e.
+- armd neighbour attention (model/neighbour.py, H = model.neighbour_heads heads, replicated under
+  tensor parallelism): the int64 relative-position index and the visibility mask, 9 B N^2; per head
+  the softmax weights and the masked weights, 2 H B N^2 e (directional: one [N, N + 1] softmax,
+  H B N (N + 1) e, and no row mask), the head outputs H T d e and, with more than one head, the
+  embeddings broadcast over heads for the batched matmul, H T d e. At N = 1024 with 4 heads this is
+  25 MiB of N x N terms per sequence in bf16, 8x the prefix aggregation's N x N weights.
 - head: the final norm norm(T), the fp32 log-softmax of the logits 4 T V (and in 16-bit the fp32 copy
   of the logits is not kept); token ids 8 T per embedding lookup; rotary tables.
 
@@ -114,7 +120,20 @@ def activation_bytes(
     other += 8 * t + 2 * t * head_dim * e  # token ids of the embedding lookup, rotary cos/sin
     if cfg.arch == "armd":
         other += b * n * n * (e + 1) + 2 * t * cfg.d_pe * e + 16 * t  # prefix aggregation, its index rows
+        other += neighbour_bytes(cfg, b, n, e)
         other += 4 * t * head_dim * e  # rotary tables of the two-stream calls ([X; G] rows)
         if multi_token_blocks and cfg.attention_backend == "sdpa":
             other += 4 * b * n * n
     return ActivationEstimate(layers=layers, layers_checkpointed=checkpointed, other=other)
+
+
+def neighbour_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, e: int) -> int:
+    """What neighbour attention keeps for the backward pass (module docstring): its scores are dense
+    [B, H, N, N], whatever the attention backend, so at long sequences this is the term that grows."""
+    heads, b, n, d = cfg.neighbour_heads, micro_batch, seq_len, cfg.d_model
+    if cfg.arch != "armd" or heads == 0:
+        return 0
+    kept = 9 * b * n * n + heads * b * n * d * e * (2 if heads > 1 else 1)  # index + mask; outputs (+ broadcast)
+    if cfg.neighbour_kind == "directional":
+        return kept + heads * b * n * (n + 1) * e  # one softmax over the keys and "nothing"
+    return kept + 2 * heads * b * n * n * e + b * n  # softmax and masked weights; the empty-row mask

@@ -153,7 +153,8 @@ class GuardedAdamW(torch.optim.AdamW):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (linear weights, embeddings); never norms, start vectors or the PE table."""
+    """Decay matrices (linear weights, embeddings); never norms, start vectors, PE tables or the
+    neighbour-attention score table (decay would pull its scores towards uniform attention)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     seen: set[int] = set()
@@ -161,7 +162,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 and "pos_table" not in name else no_decay).append(p)
+        (decay if p.dim() >= 2 and "pos_table" not in name and "rel_bias" not in name else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -34,6 +34,25 @@ CONFIGS = [
     pytest.param(dict(n_layers=4, n_two_stream_layers=1), id="L4-two1"),
     pytest.param(dict(n_layers=4, prefix_agg="mean"), id="L4-mean"),  # "sum" is the default: every other case
     pytest.param(dict(n_layers=3, mlp="gelu", positional_start=False), id="L3-gelu-nostart"),
+    pytest.param(dict(n_layers=4, neighbour_heads=0, positional_start_init="normal"), id="L4-no-neighbour"),
+    pytest.param(dict(n_layers=4, neighbour_heads=1, prefix_agg="none"), id="L4-neighbour-only"),
+    pytest.param(dict(n_layers=4, neighbour_heads=3, neighbour_kind="directional"), id="L4-directional"),
+    pytest.param(dict(n_layers=4, neighbour_heads=0, prefix_query_table=True), id="L4-query-table"),
+    pytest.param(dict(n_layers=4, previous_block_input=True), id="L4-previous-block"),
+    pytest.param(
+        dict(
+            n_layers=4,
+            neighbour_heads=3,
+            prefix_agg="mean",
+            prefix_norm=True,
+            positional_start=True,
+            positional_start_init="normal",
+            positional_start_table="separate",
+            positional_start_scope="first_block",
+            pe_lr_scale=3.0,
+        ),
+        id="L4-start-variants",
+    ),
 ]
 
 
@@ -131,10 +150,10 @@ def test_float64_cache_is_exact_to_rounding():
     assert (cached - full).abs().max().item() <= 1e-10
 
 
-@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state"])
+@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state", "x0_cache", "pos_cache"])
 def test_corrupting_the_cache_changes_logits(part):
     """Guard for the tests above: every part of the cached state is read by later steps."""
-    model = tiny_model("armd", n_layers=4)
+    model = tiny_model("armd", n_layers=4, neighbour_heads=2)
     order, block = draw_order("l2r", {}, None, batch=1, n=8)
     tokens = torch.randint(0, 11, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -145,6 +164,10 @@ def test_corrupting_the_cache_changes_logits(part):
         decoder.step(*commit, order[:, k : k + 1])
     if part == "prefix_state":
         decoder.prefix_state.mul_(1.5)
+    elif part == "x0_cache":  # neighbour attention's values: the committed embeddings
+        decoder.x0_cache[:, 2] += 0.5
+    elif part == "pos_cache":  # and their positions, which its scores read
+        decoder.pos_cache[:, 2] = 0
     else:
         for buf in getattr(decoder, part):
             buf.k[:, :, :2] += 0.5

@@ -54,6 +54,15 @@ def test_sbp_forward_calls(armd, streams):
     assert generate(armd, sbp_plan(N, streams, 2), seed=0, use_cache=False).forward_calls == result.forward_calls
 
 
+@pytest.mark.parametrize("streams", [2, 4])
+def test_sbp_with_directional_neighbour_heads(streams):
+    """The directional neighbour heads keep the call count and the cache's agreement with the full forward."""
+    model = tiny_model("armd", n_layers=4, neighbour_heads=3, neighbour_kind="directional")
+    result = sample_sbp(model, N, streams, batch_size=2, seed=0, temperature=0)
+    assert result.forward_calls == streams + N // streams - 1
+    assert_greedy_consistent(model, sbp_plan(N, streams, 2), result.tokens)
+
+
 def test_sbp_one_stream_equals_sequential_l2r(armd):
     seq = sample_sequential(armd, N, batch_size=3, seed=7)
     sbp = sample_sbp(armd, N, 1, batch_size=3, seed=7)

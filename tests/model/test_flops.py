@@ -12,11 +12,21 @@ from armd_scale.model.generation_orders import make_order
 from .conftest import tiny_model_config
 
 
-@pytest.mark.parametrize("arch", ["armd", "ar"])
 @pytest.mark.parametrize("mlp", ["swiglu", "gelu"])
 @pytest.mark.parametrize("n_layers", [2, 6])
-def test_training_flops_match_flop_counter(arch, mlp, n_layers):
-    cfg = tiny_model_config(arch, mlp=mlp, n_layers=n_layers, vocab_size=300, d_model=64, max_seq_len=64)
+@pytest.mark.parametrize(
+    "arch,query_input",
+    [
+        pytest.param("ar", {}, id="ar"),
+        pytest.param("armd", {}, id="armd"),
+        pytest.param("armd", dict(neighbour_heads=0, positional_start=True), id="armd-old-input"),
+        pytest.param(
+            "armd", dict(neighbour_heads=8, prefix_agg="none", positional_start=False), id="armd-neighbour-only"
+        ),
+    ],
+)
+def test_training_flops_match_flop_counter(arch, query_input, mlp, n_layers):
+    cfg = tiny_model_config(arch, mlp=mlp, n_layers=n_layers, vocab_size=300, d_model=64, max_seq_len=64, **query_input)
     model = build_model(cfg)
     batch, n = 2, 48
     tokens = torch.randint(0, 300, (batch, n))

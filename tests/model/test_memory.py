@@ -64,3 +64,16 @@ def test_activation_checkpointing_keeps_layer_inputs_and_one_layer():
     per_layer = plain.layers // 8
     assert plain.layers_checkpointed == 8 * (4 * 64 * 64 * 2) + per_layer  # 8 inputs of T x d x 2 bytes + one layer
     assert plain.total_checkpointed < plain.total
+
+
+@pytest.mark.parametrize("kind", ["symmetric", "directional"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_neighbour_attention_is_counted(kind, heads):
+    """Neighbour attention's dense [B, H, N, N] weights, measured apart from the rest (d != N so the N^2
+    and N d terms cannot stand in for each other)."""
+    shape = dict(arch="armd", d_pe=16, n_layers=2, d_model=64, n_heads=4, max_seq_len=32, vocab_size=256)
+    without = ModelConfig(**shape, neighbour_heads=0)
+    with_heads = ModelConfig(**shape, neighbour_heads=heads, neighbour_kind=kind)
+    measured = saved_bytes(with_heads, 3, "bf16", "l2r") - saved_bytes(without, 3, "bf16", "l2r")
+    estimate = activation_bytes(with_heads, 3, 32, "bf16").total - activation_bytes(without, 3, 32, "bf16").total
+    assert estimate == measured

@@ -19,6 +19,10 @@ def hand_count(m) -> int:
     total = m.vocab_size * d * (1 if m.tie_embeddings else 2) + m.n_layers * block + d  # + final norm
     if m.arch == "armd":
         total += m.max_seq_len * m.d_pe + d + (m.d_pe * d if m.positional_start else 0)  # PE table, s, W_s
+        # neighbour attention: a score per head and relative position (2 max_len - 1 of them), a gain per
+        # head and channel, and a "nothing" logit per head when directional
+        heads = m.neighbour_heads
+        total += heads * (2 * m.max_seq_len - 1 + d) + (heads if m.neighbour_kind == "directional" else 0)
     else:
         total += d  # ar: start vector; mdlm: mask embedding
     return total
@@ -80,9 +84,9 @@ def test_cli_prints_the_figures_for_owt_small_zero3(tmp_path, capsys):
     out = capsys.readouterr().out
     for fragment in (
         '"stage": 3',
-        "parameters:              123,702,784",
-        "without the token embedding 85,069,312",
-        "training FLOPs per token: 1.084e+09",
+        "parameters:              123,714,048",  # incl. 4 directional sink logits
+        "without the token embedding 85,080,576",
+        "training FLOPs per token: 1.103e+09",
         "tokens per optimizer step: 524,288",
         "model states (ZeRO-3):",
         "DeepSpeed's ZeRO-3 estimate (no offload):",
@@ -105,6 +109,6 @@ def test_dry_run_of_a_big_preset_never_allocates_its_weights(monkeypatch):
 
     monkeypatch.setattr(dry, "build_model", build_and_keep)
     doc = dry_run(load_config("owt-medium"), world_size=8)
-    assert doc["params"] == 354_076_672 and len(built) == 1
+    assert doc["params"] == 354_088_960 and len(built) == 1
     tensors = [*built[0].parameters(), *built[0].buffers()]
     assert tensors and all(t.is_meta for t in tensors)

@@ -90,11 +90,14 @@ def test_guarded_adamw_skips_exactly_one_update():
 def test_param_groups_decay_only_matrices():
     from armd_scale.model import build_model
 
-    model = build_model(load_config().model)
+    model = build_model(load_config(overrides=["model.neighbour_heads=2"]).model)
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() >= 2 for p in decay["params"])
     assert any(names[id(p)] == "pos_table" for p in no_decay["params"])
+    # decay would pull neighbour attention's scores towards uniform weights
+    assert any(names[id(p)] == "neighbour.rel_bias" for p in no_decay["params"])
+    assert any(names[id(p)] == "neighbour.gain" for p in decay["params"])
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
 
 
@@ -102,5 +105,46 @@ def test_checkpoint_names_and_shape_diff():
     assert tag_for(120) == "step_00000120" and step_of("step_00000120") == 120
     with pytest.raises(ValueError, match="not a checkpoint folder name"):
         step_of("latest")
-    diffs = shape_differences({"d_model": 64, "n_layers": 2}, {"d_model": 128, "n_layers": 2})
+    model = load_config().to_dict()["model"]
+    diffs = shape_differences({**model, "d_model": 64}, {**model, "d_model": 128})
     assert diffs == ["model.d_model: checkpoint 64 vs config 128"]
+    # query-stream inputs change parameters (or, for pe_lr_scale, what the stored table means)
+    saved = {**model, "neighbour_heads": 0, "pe_lr_scale": 1.0}
+    diffs = shape_differences(saved, {**model, "neighbour_heads": 4, "pe_lr_scale": 2.0})
+    assert diffs == [
+        "model.neighbour_heads: checkpoint 0 vs config 4",
+        "model.pe_lr_scale: checkpoint 1.0 vs config 2.0",
+    ]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.neighbour_heads=2",
+        "model.neighbour_kind=directional",
+        "model.positional_start_table=separate",
+        "model.positional_start_scope=first_block",
+        "model.prefix_agg=none",
+        "model.prefix_norm=true",
+        "model.prefix_query_table=true",
+        "model.previous_block_input=true",
+        "model.pe_lr_scale=2.0",
+    ],
+)
+def test_resume_refuses_a_changed_query_stream_input(override):
+    """Each of these changes the parameters or the function trained weights compute."""
+    saved = load_config().to_dict()["model"]
+    changed = load_config(overrides=[override]).to_dict()["model"]
+    key = override.split("=")[0].removeprefix("model.")
+    assert [d.split(":")[0] for d in shape_differences(saved, changed)] == [f"model.{key}"]
+
+
+def test_a_checkpoint_older_than_neighbour_attention_compares_as_trained():
+    """A saved config without neighbour_heads was trained without neighbour heads: resuming it with
+    neighbour_heads=0 is the same model, with today's default it is not."""
+    saved = load_config(overrides=["model.neighbour_heads=0", "model.positional_start_init=normal"]).to_dict()["model"]
+    del saved["neighbour_heads"], saved["positional_start_init"]
+    assert shape_differences(saved, load_config(overrides=["model.neighbour_heads=0"]).to_dict()["model"]) == []
+    assert shape_differences(saved, load_config().to_dict()["model"]) == [
+        f"model.neighbour_heads: checkpoint 0 vs config {load_config().model.neighbour_heads}"
+    ]

@@ -1,0 +1,134 @@
+"""The left-to-right gap study's run list parser and report arithmetic (bench/ar_gap_run.py, ar_gap_report.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+
+import pytest
+import yaml
+
+from armd_scale.config import load_config
+from armd_scale.model.flops import training_flops_per_token
+
+from .test_study_tools import REPO
+
+
+def load_script(name: str):
+    """Import bench/<name>.py under its own name (the report imports the runner by that name, and
+    dataclasses need their module registered)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+RUN_LIST = """
+define old model.neighbour_heads=0 model.positional_start=true
+preset tiny --config tiny-cpu train.order.kind=l2r
+run g ar tiny 0,1 model.arch=ar
+run g old tiny 3 @old train.lr=1e-3 +random
+run g deep tiny 0 @old model.n_layers=6 eqflops
+"""
+
+
+def test_run_list_expands_defines_seeds_and_equal_flops(tmp_path):
+    runner = load_script("ar_gap_run")
+    path = tmp_path / "runs.txt"
+    path.write_text(RUN_LIST)
+    presets, runs = runner.parse_run_list(path)
+    assert presets["tiny"] == ["--config", "tiny-cpu", "train.order.kind=l2r"]
+    assert [(r.name, r.seed) for r in runs] == [("ar", 0), ("ar", 1), ("old", 3), ("deep", 0)]
+    old = runs[2]
+    assert old.overrides == ["model.neighbour_heads=0", "model.positional_start=true", "train.lr=1e-3"]
+    assert old.eval_random and not runs[0].eval_random
+    assert old.dir(tmp_path) == tmp_path / "runs" / "g" / "old" / "seed3"
+    # eqflops: a 6-layer ARMD trains as many steps as cost the 4-layer AR's FLOPs at the preset's steps
+    steps = int(runs[3].overrides[-1].removeprefix("train.steps="))
+    base = load_config("tiny-cpu")
+    deep = load_config("tiny-cpu", ["model.n_layers=6", "model.neighbour_heads=0", "model.positional_start=true"])
+    ar_flops = training_flops_per_token(dataclasses.replace(base.model, arch="ar"), 128) * base.train.steps
+    assert steps == round(ar_flops / training_flops_per_token(deep.model, 128))
+    assert 0 < steps < base.train.steps
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("run g a nopreset 0 x=1", "preset 'nopreset' is not defined"),
+        ("preset p --config tiny-cpu\nrun g a p 0 @missing", "'@missing' is not defined"),
+        ("preset p --config tiny-cpu\nrun g a p zero", "seeds 'zero'"),
+        ("bogus line", "expected 'define'"),
+    ],
+)
+def test_run_list_errors_name_the_line(tmp_path, text, message):
+    runner = load_script("ar_gap_run")
+    path = tmp_path / "runs.txt"
+    path.write_text(text)
+    with pytest.raises(runner.RunListError, match=message) as info:
+        runner.parse_run_list(path)
+    assert f"{path}:" in str(info.value)
+
+
+def test_missing_environment_variable_fails_only_the_run_that_needs_it(tmp_path, monkeypatch):
+    runner = load_script("ar_gap_run")
+    monkeypatch.delenv("ARGAP_TEST_DATA", raising=False)
+    path = tmp_path / "runs.txt"
+    path.write_text("preset p --config tiny-cpu data.train=${ARGAP_TEST_DATA}/x\nrun g a p 0\n")
+    presets, runs = runner.parse_run_list(path)
+    status = runner.execute(runs[0], presets, tmp_path)
+    assert status.startswith("FAILED g/a/seed0") and "ARGAP_TEST_DATA" in status
+    assert not (tmp_path / "runs").exists()
+
+
+def test_gap_at_equal_flops_reads_the_curves():
+    """ARMD costs 1.25x AR per step: at AR's final FLOPs (step 400) ARMD is at step 320."""
+    report = load_script("ar_gap_report")
+
+    def variant(curve, flops_per_token):
+        facts = {"curve": curve, "flops_per_token": flops_per_token, "tokens_per_step": 10}
+        return {"seeds": {0: facts}}
+
+    ar = variant([(0, 6.0), (200, 5.0), (400, 4.0)], 1.0)
+    armd = variant([(0, 6.0), (160, 5.5), (320, 4.5), (480, 4.0)], 1.25)
+    assert report.gap_at_equal_flops(armd, ar) == pytest.approx(0.5)
+    # along the way: at ARMD's step 160 (AR step 200) the gap is 0.5 as well
+    assert dict(report.gap_curve(armd, ar))[160 * 12.5] == pytest.approx(0.5)
+    assert report.interpolate([(0, 1.0), (10, 2.0)], 11) is None
+
+
+def test_report_on_finished_runs(tmp_path):
+    """Two fake finished runs of one preset: the table lists them with the gap to AR."""
+    report = load_script("ar_gap_report")
+    runs_file = tmp_path / "runs.txt"
+    runs_file.write_text("preset tiny --config tiny-cpu\nrun g ar tiny 0 model.arch=ar\nrun g nb tiny 0 x.y=1\n")
+    cfg = load_config("tiny-cpu")
+    for name, arch, finals in (("ar", "ar", [4.0, 3.0]), ("nb", "armd", [4.5, 3.2])):
+        run_dir = tmp_path / "out" / "runs" / "g" / name / "seed0"
+        run_dir.mkdir(parents=True)
+        raw = cfg.to_dict()
+        raw["model"]["arch"] = arch
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+        lines = [{"step": 300, "val/nll": finals[0]}, {"step": 600, "val/nll": finals[1]}]
+        (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (run_dir / "exit_status.json").write_text(json.dumps({"reason": "finished"}))
+    docs = tmp_path / "docs"
+    assert report.main(["--out", str(tmp_path / "out"), "--runs", str(runs_file), "--docs", str(docs)]) == 0
+    table = (docs / "results.md").read_text()
+    assert "| nb | 3.200 | 3.200 | +0.200 |" in table
+    summary = json.loads((docs / "summary.json").read_text())
+    nb = next(r for r in summary["variants"] if r["name"] == "nb")
+    assert nb["flops_vs_ar"] > 1.0
+
+
+def test_the_study_run_list_parses():
+    runner = load_script("ar_gap_run")
+    presets, runs = runner.parse_run_list(REPO / "bench" / "ar_gap_runs.txt")
+    assert {"tiny", "study"} <= set(presets)
+    names = {(r.group, r.name) for r in runs}
+    assert ("table", "ar") in names and ("table", "old") in names
