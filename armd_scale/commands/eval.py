@@ -19,7 +19,10 @@ from .common import add_device_arg, chosen_device
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp}", required=True)
+    from .eval_harness import add_harness_args, run_harness
+    from .eval_zeroshot import add_zeroshot_args, run_zeroshot
+
+    sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp,zeroshot,harness}", required=True)
     ppl = sub.add_parser(
         "ppl",
         help="NLL / perplexity / bits per byte of shards or text",
@@ -34,11 +37,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     add_sbp_args(sbp)
     sbp.set_defaults(func=run_sbp)
+    zeroshot = sub.add_parser(
+        "zeroshot",
+        help="zero-shot perplexity suite of SEDD/RADD/MDLM (Table 1) on local files",
+        description="LAMBADA, WikiText-2/103, PTB and LM1B under the published protocol: detokenizers, blocks, "
+        "exact l2r NLL (armd, ar) or the T-step ELBO (mdlm).",
+    )
+    add_zeroshot_args(zeroshot)
+    zeroshot.set_defaults(func=run_zeroshot)
+    harness = sub.add_parser(
+        "harness",
+        help="lm-evaluation-harness tasks through the `armd` lm_eval model",
+        description="Calls lm_eval.simple_evaluate with this checkpoint (needs the harness extra).",
+    )
+    add_harness_args(harness)
+    harness.set_defaults(func=run_harness)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:  # only reached if a sub-subcommand forgot its func
-    print("armd eval: choose ppl or sbp", file=sys.stderr)
+    print("armd eval: choose ppl, sbp, zeroshot or harness", file=sys.stderr)
     return 2
 
 
@@ -95,8 +113,18 @@ def add_sbp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="B", help="samples decoded together (default: all K)")
     p.add_argument(
         "--judge",
-        metavar="PATH",
-        help="armd checkpoint or local transformers causal-LM directory (default: the generator itself)",
+        metavar="PATH|NAME",
+        help="armd checkpoint, transformers causal-LM directory, or hub name in the local cache (e.g. gpt2-large); "
+        "default: the generator itself",
+    )
+    p.add_argument(
+        "--judge-dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="transformers judges: precision (default float32, as MDLM)",
+    )
+    p.add_argument(
+        "--judge-batch-size", type=int, default=8, metavar="B", help="transformers judges: samples per pass (8)"
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -193,6 +221,8 @@ def run_sbp(args: argparse.Namespace) -> int:
             seed=args.seed,
             sample_dtype=args.sample_dtype,
             float64=args.float64,
+            judge_dtype=args.judge_dtype,
+            judge_batch_size=args.judge_batch_size,
             device=device,
             progress=not args.no_progress,
         )
