@@ -6,9 +6,7 @@ import json
 import math
 import subprocess
 import sys
-import types
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from armd_scale.cli import main
 from armd_scale.data.tokenizer import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
-from armd_scale.eval.text import IdCodec, TokenizerCodec, codec_for
+from armd_scale.eval.text import TokenizerCodec, codec_for
 from armd_scale.pretrained import load_pretrained
 
 from .runs import cli_env
@@ -164,44 +162,3 @@ def test_codec_of_a_synthetic_run_writes_ids(markov_run):
     assert codec.decode([5, 11, 4]) == "5 11 4" and codec.encode(" 5 11\n4 ") == [5, 11, 4]
     with pytest.raises(ValueError, match="not a token id"):
         codec.encode("5 12")
-
-
-def test_transformers_judge_prepends_bos_and_truncates(tmp_path, monkeypatch):
-    """The transformers path with a stand-in package: a uniform 10-way LM, so NLL = ln 10 per scored token."""
-    calls = []
-
-    class Tok:
-        bos_token_id = 0
-
-        def __call__(self, text, add_special_tokens=True):
-            assert add_special_tokens is False
-            return {"input_ids": [1 + ord(c) % 9 for c in text]}
-
-    class LM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.config = SimpleNamespace(n_positions=6)
-
-        def forward(self, x):
-            return SimpleNamespace(logits=torch.zeros(*x.shape, 10, dtype=self.w.dtype) + 0 * self.w)
-
-    def loader(make):
-        def from_pretrained(path, *, local_files_only):
-            calls.append((path, local_files_only))
-            return make()
-
-        return SimpleNamespace(from_pretrained=from_pretrained)
-
-    fake = types.ModuleType("transformers")
-    fake.AutoTokenizer, fake.AutoModelForCausalLM = loader(Tok), loader(LM)
-    monkeypatch.setitem(sys.modules, "transformers", fake)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "fake"}))
-    judge = load_judge(str(tmp_path), generator_path="unused")
-    assert calls == [(str(tmp_path), True)] * 2  # never a download
-    assert judge.describe()["kind"] == "transformers" and judge.describe()["dtype"] == "float64"
-    # "5 11" (4 chars) and "1 2" (3 chars): BOS + text, every text token scored
-    score = judge.score(np.array([[5, 11], [1, 2]]), IdCodec(100))
-    assert (score.tokens, score.truncated) == (7, 0) and score.nll == pytest.approx(7 * math.log(10))
-    long = judge.score(np.array([[12345, 67890]]), IdCodec(100000))  # 11 chars + BOS > 6 positions
-    assert (long.tokens, long.truncated) == (5, 1)
