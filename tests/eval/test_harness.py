@@ -224,3 +224,21 @@ def test_sbp_needs_arch_armd(text_ar_run):
 
     with pytest.raises(ValueError, match="SBP decoding needs arch armd"):
         ARMDHarnessLM(checkpoint=str(text_ar_run.dir), device="cpu", streams=2)
+
+
+def test_mdlm_generates_with_its_ancestral_sampler(text_mdlm_run):
+    from armd_scale.eval.harness import ARMDHarnessLM
+    from armd_scale.rng import seeded
+
+    lm = ARMDHarnessLM(checkpoint=str(text_mdlm_run.dir), device="cpu", steps=4, seed=7)
+    tok = lm.pre.tokenizer()
+    prompt = tok.encode("The module")
+    init = torch.full((1, len(prompt) + 6), lm.model.mask_id)
+    init[0, : len(prompt)] = torch.tensor(prompt)
+    direct = lm.model.sample(1, len(prompt) + 6, 4, generator=seeded(7), temperature=0.0, init=init)
+    assert bool((direct.tokens != lm.model.mask_id).all())  # every position was generated
+    new = direct.tokens[0, len(prompt) :].tolist()
+    if tok.eos_id in new:
+        new = new[: new.index(tok.eos_id)]
+    (text,) = lm.generate_until(_instances([("The module", {"until": [], "max_gen_toks": 6})], "generate_until"))
+    assert text == tok.decode(new)
