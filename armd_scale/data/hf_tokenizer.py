@@ -129,7 +129,7 @@ class HFTokenizer(Tokenizer):
     def _decoder_types(self) -> set[str]:
         dec = self.spec.get("decoder") or {}
         parts = dec.get("decoders", [dec]) if dec.get("type") == "Sequence" else [dec]
-        return {p.get("type") for p in parts if isinstance(p, dict)}
+        return {str(p.get("type")) for p in parts if isinstance(p, dict)}
 
     def byte_lengths(self) -> np.ndarray:
         if self._bytes is not None:

@@ -113,7 +113,9 @@ def train_hf_tokenizer(
     from tqdm import tqdm
 
     sources = expand_inputs(inputs, storage_options, input_format)
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options
+    )
     stats = {"documents": 0, "characters": 0}
 
     def documents(count: bool) -> Iterator[str]:

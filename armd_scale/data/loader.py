@@ -32,8 +32,8 @@ import torch
 
 from armd_scale.data.errors import BadShardError, DataError, DataMismatchError
 from armd_scale.data.manifest import check_expectations, read_manifest
-from armd_scale.data.order import GlobalOrder
 from armd_scale.data.prefetch import Background, ShardCache, make_executor
+from armd_scale.data.sample_order import GlobalOrder
 from armd_scale.data.shardio import load_shard
 from armd_scale.data.urls import StorageOptions, protocol_of
 

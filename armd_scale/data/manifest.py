@@ -108,7 +108,8 @@ class Manifest:
             raise DataError(f"{where}: dtype {m.dtype!r} is not one of {', '.join(DTYPES)}")
         if "fingerprint" in raw and raw["fingerprint"] != m.fingerprint:
             raise DataError(
-                f"{where}: stored fingerprint {raw['fingerprint']} does not match its content ({m.fingerprint}); the manifest was edited"
+                f"{where}: stored fingerprint {raw['fingerprint']} does not match its content ({m.fingerprint}); "
+                "the manifest was edited"
             )
         return m
 

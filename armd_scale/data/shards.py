@@ -31,7 +31,7 @@ from tqdm import tqdm
 from armd_scale import __version__
 from armd_scale.data.errors import BadShardError, DataError
 from armd_scale.data.manifest import MANIFEST_FILE, Manifest, ShardEntry, dtype_for_vocab, read_manifest, write_manifest
-from armd_scale.data.order import holdout
+from armd_scale.data.sample_order import holdout
 from armd_scale.data.shardio import FIELD_BY_DTYPE, NUMPY_DTYPE, load_shard
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer, encode_chunks_in_worker, init_encode_worker, load_tokenizer
@@ -268,7 +268,9 @@ def build_shards(
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer, storage_options)
     sources = expand_inputs(inputs, storage_options, input_format)
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options
+    )
     scan = iter_corpus(sources, warn=False, **read)
     n_docs = sum(1 for _ in tqdm(scan, desc="shards: scanning", unit="doc", disable=not progress))
     if n_docs == 0:

@@ -199,7 +199,9 @@ def train_tokenizer(
     """Train a tokenizer of `kind` on `inputs` into the directory `out` and return it loaded.
     SentencePiece options (model_type, character_coverage, byte_fallback, max_sentences,
     num_threads, seed) apply to kind "sentencepiece"; `lowercase` to "wordpiece"."""
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, progress=progress)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, progress=progress
+    )
     if kind == "sentencepiece":
         from armd_scale.data.sp_tokenizer import train_sentencepiece
 

@@ -1,4 +1,4 @@
-"""Generative perplexity of samples under a judge model, and their unigram entropy (DESIGN 2.7).
+"""Generative perplexity of samples under a judge model, and their unigram entropy (docs/EVALUATION.md).
 
 A judge scores each sample left to right: gen PPL = exp(sum of judge NLL / number of judge tokens),
 token-weighted over all samples. Judges:
@@ -162,12 +162,14 @@ class TransformersJudge:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # as MDLM does
         # transformers 5 loads in the checkpoint's dtype unless told: pin the precision the protocol names
-        model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype)
+        loaded = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype)
+        cfg = loaded.config
+        model: torch.nn.Module = loaded
         self.model = model.to(device=device, dtype=dtype).eval()
         self.dtype = dtype
         self.batch_size = batch_size
-        cfg = self.model.config
-        self.context = int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
+        context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        self.context = int(context or 1024)
         self.max_length = min(max_length or self.context, self.context)
 
     def describe(self) -> dict[str, Any]:
@@ -268,14 +270,19 @@ def load_judge(
     """The judge at `path`: an armd checkpoint, a transformers directory, a hub name found in the local
     Hugging Face cache (`gpt2-large`), or (None) the generator itself. `max_length`, `dtype` and
     `batch_size` apply to transformers judges (the MDLM protocol)."""
+    from ..checkpoints.pretrained import load_pretrained
     from ..data.hf_tokenizer import is_hub_name
-    from ..pretrained import load_pretrained
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")
-    kw = dict(device=device, max_length=max_length, dtype=dtype, batch_size=batch_size)
-    if is_transformers_dir(path):
-        return TransformersJudge(path, **kw)
-    if not Path(path).expanduser().exists() and is_hub_name(path):
-        return TransformersJudge(resolve_hub_model(path), name=path, **kw)
+    if is_transformers_dir(path) or (not Path(path).expanduser().exists() and is_hub_name(path)):
+        local = path if is_transformers_dir(path) else resolve_hub_model(path)
+        return TransformersJudge(
+            local,
+            device=device,
+            max_length=max_length,
+            dtype=dtype,
+            batch_size=batch_size,
+            name=None if local == path else path,
+        )
     return CheckpointJudge(load_pretrained(path, device=device, dtype=torch.float64))

@@ -39,7 +39,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ..model.orders import l2r_order
+from ..model.generation_orders import l2r_order
+from ..model.mdlm import MDLMModel
 from ..rng import seeded, uniform
 
 DEFAULT_MC_SAMPLES = 128  # LLaDA's mc_num
@@ -74,8 +75,8 @@ class ARMDHarnessLM(TemplateLM):
         **unused: Any,
     ):
         super().__init__()
+        from ..checkpoints.pretrained import load_pretrained
         from ..devices import resolve_device
-        from ..pretrained import load_pretrained
         from .text import codec_for
 
         self.dtype = torch.float64 if str(float64).lower() in ("1", "true") else torch.float32
@@ -86,6 +87,8 @@ class ARMDHarnessLM(TemplateLM):
         self.codec = codec_for(self.pre)
         if self.codec.kind != "text" or self.codec.eos_id is None:
             raise ValueError(f"{self.pre.source} has no text tokenizer; lm-eval tasks need one")
+        self.eos_id: int = self.codec.eos_id
+        self.mdlm = self.model if isinstance(self.model, MDLMModel) else None
         self.batch_size = 8 if str(batch_size).startswith("auto") else _int_arg(batch_size, "batch_size")
         self.streams = _int_arg(streams, "streams")
         if self.streams > 1 and self.arch != "armd":
@@ -101,7 +104,7 @@ class ARMDHarnessLM(TemplateLM):
 
     @property
     def eot_token_id(self) -> int:
-        return int(self.codec.eos_id)
+        return self.eos_id
 
     @property
     def max_length(self) -> int:
@@ -195,7 +198,8 @@ class ARMDHarnessLM(TemplateLM):
             masked = torch.zeros(k, len(tokens), dtype=torch.bool, device=self._device)
             masked[:, span] = masked_span
             rows = x.expand(k, -1)
-            logits = self.model(rows.masked_fill(masked, self.model.mask_id))
+            assert self.mdlm is not None
+            logits = self.mdlm(rows.masked_fill(masked, self.mdlm.mask_id))
             logp = torch.log_softmax(logits.to(self.dtype), dim=-1).gather(-1, rows.unsqueeze(-1)).squeeze(-1)
             per_draw = (logp.double() * masked).sum(dim=1) * (n / counts.to(self._device, torch.float64))
             total += float(per_draw.sum())
@@ -259,18 +263,18 @@ class ARMDHarnessLM(TemplateLM):
 
     @torch.no_grad()
     def _generate_batch(self, plans: list[dict[str, Any]]) -> list[str]:
-        from ..generate import sample_sbp
+        from ..generate import sample_mdlm, sample_sbp
 
         p, gen = len(plans[0]["prompt"]), plans[0]["gen"]
         temperature, top_p = plans[0]["sampling"]
         length, b = p + gen, len(plans)
         prompt = torch.tensor([plan["prompt"] for plan in plans], dtype=torch.long).view(b, p)
-        if self.arch == "mdlm":
-            init = torch.full((b, length), self.model.mask_id, dtype=torch.long)
+        if self.mdlm is not None:
+            init = torch.full((b, length), self.mdlm.mask_id, dtype=torch.long)
             init[:, :p] = prompt
             steps = self.steps or gen
-            result = self.model.sample(
-                b, length, steps, generator=self.generator, temperature=temperature, top_p=top_p, init=init
+            result = sample_mdlm(
+                self.mdlm, b, length, steps, generator=self.generator, temperature=temperature, top_p=top_p, init=init
             )
         else:
             result = sample_sbp(

@@ -32,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.errors import DataError
-from ..model.orders import l2r_order
+from ..model.generation_orders import l2r_order
+from ..model.mdlm import MDLMModel
 from ..rng import seeded
 from .likelihood import position_nll
 from .text import TextCodec, bits_per_byte, codec_for
@@ -54,10 +55,16 @@ class Blocks:
     bos: int | None  # the BOS id the mdlm protocol wraps with (None for sedd)
 
 
+def _separator(codec: TextCodec) -> int:
+    if codec.kind != "text" or codec.eos_id is None:
+        raise DataError("the zero-shot suite needs a checkpoint with a text tokenizer (this one has ids only)")
+    return codec.eos_id
+
+
 def _bos_id(codec: TextCodec) -> int:
     """MDLM wraps blocks with `tokenizer.bos_token` (GPT-2: <|endoftext|>, the separator itself)."""
     bos = getattr(getattr(codec, "tokenizer", None), "bos_id", None)
-    return codec.eos_id if bos is None else int(bos)
+    return _separator(codec) if bos is None else int(bos)
 
 
 def _count_words(stream: Sequence[int], codec: TextCodec) -> int:
@@ -75,13 +82,12 @@ def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: TextCodec, block_l
     """Detokenize, tokenize, append the separator to every row, concatenate, cut into blocks."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    if codec.kind != "text" or codec.eos_id is None:
-        raise DataError("the zero-shot suite needs a checkpoint with a text tokenizer (this one has ids only)")
+    separator = _separator(codec)
     stream: list[int] = []
     count = 0
     for row in rows:
         stream.extend(codec.encode(bench.detokenize(row)))
-        stream.append(codec.eos_id)
+        stream.append(separator)
         count += 1
     content = block_len if protocol == "sedd" else block_len - 2
     if content < 1:
@@ -96,7 +102,7 @@ def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: TextCodec, block_l
     bos = None
     if protocol == "mdlm":
         bos = _bos_id(codec)
-        kept = np.concatenate([np.full((n, 1), bos), kept, np.full((n, 1), codec.eos_id)], axis=1)
+        kept = np.concatenate([np.full((n, 1), bos), kept, np.full((n, 1), separator)], axis=1)
     return Blocks(kept, count, len(stream), len(stream) - n * content, _count_words(stream[: n * content], codec), bos)
 
 
@@ -128,6 +134,7 @@ def score_blocks(
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
         x = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
         if arch == "mdlm":
+            assert isinstance(model, MDLMModel) and steps is not None  # evaluate_zeroshot checks both
             total += model.elbo(x, steps, generator).double().sum()
         else:
             total += position_nll(model, x, order[0], block[0], dtype)[:, first:].sum()
@@ -176,7 +183,7 @@ def evaluate_zeroshot(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The `armd eval zeroshot` document: `tasks` is [(benchmark name, [files])], in table order or not."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
@@ -234,7 +241,7 @@ def evaluate_zeroshot(
         "block_len": length,
         "scored_positions": f"{first}..{length - 1} of each block",
         "bos_id": None if protocol == "sedd" else _bos_id(codec),
-        "separator_id": codec.eos_id,
+        "separator_id": _separator(codec),
         "tokenizer_sha256": codec.sha256,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,

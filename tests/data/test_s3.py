@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ from armd_scale.data.manifest import read_manifest  # noqa: E402
 from armd_scale.data.shards import build_shards, verify_shards  # noqa: E402
 from armd_scale.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from armd_scale.data.urls import url_to_fs  # noqa: E402
+from armd_scale.ports import free_port  # noqa: E402
 from tests.data.conftest import shard_stream  # noqa: E402
 
 BUCKET = "armd-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_serving(url: str, proc: subprocess.Popen, log, timeout_s: float) -> None:
@@ -54,7 +48,7 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log, timeout_s: float)
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     # the server logs every request: to a file, since an unread pipe would fill up and stall it
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w+b")
     proc = subprocess.Popen(

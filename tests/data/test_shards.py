@@ -12,7 +12,7 @@ from armd_scale.cli import main
 from armd_scale.data.errors import DataError
 from armd_scale.data.loader import ShardLoader
 from armd_scale.data.manifest import dtype_for_vocab, read_manifest
-from armd_scale.data.order import holdout
+from armd_scale.data.sample_order import holdout
 from armd_scale.data.shards import ShardSetWriter, build_shards, verify_shards
 from armd_scale.data.textio import expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ def test_validation_holds_out_whole_documents(tmp_path: Path, tokenizer: Tokeniz
     mask = holdout(40, 0.25, 5)
     assert mask.sum() == 10 and ms["val"].totals["documents"] == 10 and ms["train"].totals["documents"] == 30
     for split, chosen in (("val", mask), ("train", ~mask)):
-        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen) if c])
+        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen, strict=True) if c])
         stream = shard_stream(f"{out}/{split}")
         assert (stream == expected[: len(stream)]).all() and len(expected) - len(stream) < 4
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from armd_scale.cli import main
-from armd_scale.generate import sample_sbp
+from armd_scale.generate import sample_mdlm, sample_sbp
 from armd_scale.pretrained import load_pretrained
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra armd_scale[harness]")
@@ -235,7 +235,7 @@ def test_mdlm_generates_with_its_ancestral_sampler(text_mdlm_run):
     prompt = tok.encode("The module")
     init = torch.full((1, len(prompt) + 6), lm.model.mask_id)
     init[0, : len(prompt)] = torch.tensor(prompt)
-    direct = lm.model.sample(1, len(prompt) + 6, 4, generator=seeded(7), temperature=0.0, init=init)
+    direct = sample_mdlm(lm.model, 1, len(prompt) + 6, 4, generator=seeded(7), temperature=0.0, init=init)
     assert bool((direct.tokens != lm.model.mask_id).all())  # every position was generated
     new = direct.tokens[0, len(prompt) :].tolist()
     if tok.eos_id in new:
