@@ -7,14 +7,11 @@ Every number says which likelihood it is: `l2r` and `random` are exact, `diffusi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from ..atomic import write_atomic
 from ..data.formats import INPUT_FORMATS
 from ..data.readers import DOC_SPLITS
-from .common import add_device_arg, chosen_device
+from .common import add_device_arg, chosen_device, fail, write_json
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -147,18 +144,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def write_json(path: str, doc: dict) -> None:
-    """Whole file or nothing: write a temporary sibling, then rename."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(doc, indent=1) + "\n")
-
-
-def _fail(command: str, e: Exception) -> int:
-    print(f"armd {command}: error: {e}", file=sys.stderr)
-    return 1
-
-
 def run_ppl(args: argparse.Namespace) -> int:
     from armd_scale.eval.ppl import eval_ppl
 
@@ -184,7 +169,7 @@ def run_ppl(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as e:
-        return _fail("eval ppl", e)
+        return fail("eval ppl", e)
     bpb = "n/a (no text tokenizer)" if doc["bits_per_byte"] is None else f"{doc['bits_per_byte']:.4f}"
     spread = ""
     if doc["kind"] != "l2r":
@@ -224,7 +209,7 @@ def run_sbp(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _fail("eval sbp", e)
+        return fail("eval sbp", e)
     from armd_scale.eval.sbp import markdown_table
 
     print(markdown_table(doc), end="")

@@ -35,8 +35,7 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_harness(args: argparse.Namespace) -> int:
-    from .common import chosen_device
-    from .eval import _fail, write_json
+    from .common import chosen_device, fail, write_json
 
     try:
         import lm_eval  # noqa: F401
@@ -50,7 +49,7 @@ def run_harness(args: argparse.Namespace) -> int:
         device = chosen_device(args, "eval harness")
         results = evaluate_harness(args, str(device))
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        return _fail("eval harness", e)
+        return fail("eval harness", e)
     from lm_eval.utils import make_table
 
     print(make_table(results))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
@@ -56,8 +55,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     from armd_scale.eval.zeroshot import evaluate_zeroshot, markdown_table
 
-    from .common import chosen_device
-    from .eval import _fail, write_json
+    from .common import chosen_device, fail, write_json, write_text
 
     if len(args.task) != len(args.data):
         print(
@@ -81,15 +79,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, OSError) as e:
-        return _fail("eval zeroshot", e)
+        return fail("eval zeroshot", e)
     table = markdown_table(doc)
     print(table, end="")
     if args.json:
         write_json(args.json, doc)
     if args.markdown:
-        out = Path(args.markdown)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(table)
-        tmp.replace(out)
+        write_text(args.markdown, table)
     return 0
