@@ -1,0 +1,258 @@
+"""`armd convert --to hf`: a transformers folder that loads without armd_scale and reproduces the model.
+
+The decisive test loads the folder in a separate Python where `import armd_scale` fails (the module
+entry is blocked, `python -I` ignores PYTHONPATH and the working tree), with transformers' own
+AutoModelForCausalLM / AutoTokenizer, and compares what it computes with armd_scale's model here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from armd_scale.checkpoints.hf_mapping import check_exportable
+from armd_scale.checkpoints.report import ConversionError
+from armd_scale.checkpoints.source import open_source
+from armd_scale.checkpoints.weights import full_state
+from armd_scale.cli import main
+from armd_scale.config import ModelConfig
+from armd_scale.pretrained import load_pretrained
+
+transformers = pytest.importorskip("transformers", reason="--to hf needs the transformers extra")
+
+TEXTS = ["The module provides functions.", "  indented\n\tx = 1\n", "a   b", "ünïcödé ✓", "<|endoftext|> </s> [SEP]"]
+
+BLOCKED = r"""
+import json, sys
+sys.modules["armd_scale"] = None  # `import armd_scale` (and every submodule) now raises ImportError
+try:
+    import armd_scale
+    blocked = False
+except ImportError:
+    blocked = True
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+texts = json.loads(sys.argv[1])
+results = []
+for folder, inputs, out in zip(*[iter(sys.argv[2:])] * 3):
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
+    x = torch.load(inputs, weights_only=True)
+    pos = torch.arange(x.shape[1]).expand_as(x)
+    with torch.no_grad():
+        contract = model(x, pos, pos)
+        standard = model(input_ids=x[:, :-1]).logits
+        generated = model.generate(x[:1, :5], max_new_tokens=6, do_sample=False)
+    torch.save({"contract": contract, "standard": standard, "generated": generated}, out)
+    results.append({
+        "ids": [tok(t)["input_ids"] for t in texts],
+        "class": type(model).__name__,
+        "dtype": str(next(model.parameters()).dtype),
+    })
+loaded = sorted(m for m in sys.modules if m.startswith("armd_scale") and sys.modules[m])
+print(json.dumps({"blocked": blocked, "loaded": loaded, "results": results}))
+"""
+
+
+def _convert(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["convert", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@torch.no_grad()
+def _greedy(model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy left-to-right continuation from armd_scale's model, one full forward pass per token."""
+    x = prompt
+    for _ in range(steps):
+        n = x.shape[1] + 1
+        pos = torch.arange(n).expand(x.shape[0], n)
+        logits = model(torch.cat([x, torch.zeros_like(x[:, :1])], dim=1), pos, pos)
+        x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
+
+
+def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_run, tmp_path, capsys):
+    """SentencePiece (converted to tokenizer.json) and byte-level BPE runs; fp32 logits must be equal."""
+    runs = {"sp": text_run, "bpe": text_bpe_run}
+    args = []
+    for name, run in runs.items():
+        out = tmp_path / name
+        code, stdout, err = _convert(capsys, "--checkpoint", str(run.dir), "--to", "hf", "--out", str(out), "--json")
+        assert code == 0, err
+        report = json.loads(stdout)
+        assert report["to"] == "hf" and report["max_abs_logit_diff"] == 0.0 and report["exact_required"]
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["README.md", "armd_scale.json", "armd_tokenizer", "config.json", "configuration_armd.py",
+             "generation_config.json", "model.safetensors", "modeling_armd.py", "tokenizer.json",
+             "tokenizer_config.json"]
+        )  # fmt: skip
+        config = json.loads((out / "config.json").read_text())
+        assert config["model_type"] == "armd"
+        assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_armd.ARMDForCausalLM"
+        from safetensors import safe_open
+
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            keys = set(f.keys())
+        assert "model.embed.weight" in keys and "model.lm_head.weight" not in keys  # the tied matrix stored once
+        mc = load_pretrained(run.dir).config.model
+        x = torch.randint(
+            0, mc.tokenizer_vocab_size or mc.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3)
+        )
+        torch.save(x, tmp_path / f"{name}-x.pt")
+        args += [str(out), str(tmp_path / f"{name}-x.pt"), str(tmp_path / f"{name}-y.pt")]
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", BLOCKED, json.dumps(TEXTS), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in proc.stdout
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["blocked"] and child["loaded"] == []  # armd_scale was never importable there
+    for (name, run), result in zip(runs.items(), child["results"], strict=True):
+        assert result["class"] == "ARMDForCausalLM" and result["dtype"] == "torch.float32"
+        pre = load_pretrained(run.dir)
+        x = torch.load(tmp_path / f"{name}-x.pt", weights_only=True)
+        got = torch.load(tmp_path / f"{name}-y.pt", weights_only=True)
+        pos = torch.arange(32).expand(2, 32)
+        with torch.no_grad():
+            expected = pre.model(x, pos, pos)
+        assert torch.equal(got["contract"], expected)  # the contract, exactly
+        assert torch.equal(got["standard"], expected[:, 1:])  # the standard call: logits[k] predicts token k + 1
+        assert torch.equal(got["generated"], _greedy(pre.model, x[:1, :5], 6))
+        tok = pre.tokenizer()
+        assert result["ids"] == [tok.encode(t) for t in TEXTS]  # AutoTokenizer gives the training ids
+
+
+def test_an_ar_run_becomes_a_stock_llama(text_ar_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    code, stdout, err = _convert(
+        capsys, "--checkpoint", str(text_ar_run.dir), "--to", "hf", "--out", str(out), "--json"
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert not report["exact_required"] and report["max_abs_logit_diff"] <= 1e-5
+    assert not list(out.glob("*.py"))  # no custom code
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+    assert "auto_map" not in config
+
+    pre = load_pretrained(text_ar_run.dir)
+    t = pre.config.model.vocab_size  # no vocabulary padding in this run: BOS is id T
+    llama = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    assert type(llama).__name__ == "LlamaForCausalLM" and llama.config.bos_token_id == t
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    ours = pre.tokenizer()
+    for text in TEXTS:
+        assert tok(text)["input_ids"] == [t] + ours.encode(text)  # the start token in front of every text
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, t, (2, 32), generator=g)
+    pos = torch.arange(32).expand(2, 32)
+    with torch.no_grad():
+        expected = pre.model(x, pos, pos)
+        got = llama(input_ids=torch.cat([torch.full((2, 1), t), x[:, :-1]], dim=1)).logits
+    assert (got[..., :t] - expected).abs().max() <= 1e-5
+    assert (torch.log_softmax(got[..., :t], -1) - torch.log_softmax(expected, -1)).abs().max() <= 1e-5
+    assert (got[..., t] == 0).all() and llama.generation_config.suppress_tokens == [t]
+
+    # armd_scale reads the folder back (eval, generate, train.init_from): the same weights exactly
+    back = open_source(out)
+    assert back.kind == "hf" and back.step == 10
+    source = full_state(open_source(text_ar_run.dir))
+    restored = full_state(back)
+    assert restored.keys() <= source.keys()
+    assert all(torch.equal(restored[k], source[k]) for k in restored if k not in ("lm_head.weight",))
+    assert torch.equal(load_pretrained(out).model(x, pos, pos), expected)
+
+
+def test_layout_armd_exports_an_ar_run_as_custom_code_exactly(text_ar_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    args = ["--checkpoint", str(text_ar_run.dir), "--to", "hf", "--layout", "armd", "--out", str(out), "--json"]
+    code, stdout, err = _convert(capsys, *args)
+    assert code == 0, err
+    assert json.loads(stdout)["max_abs_logit_diff"] == 0.0
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out), trust_remote_code=True, local_files_only=True
+    ).eval()
+    pre = load_pretrained(text_ar_run.dir)
+    x = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(20).expand(2, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x, pos, pos), pre.model(x, pos, pos))
+
+
+def test_init_from_a_transformers_folder(text_run, tmp_path, capsys):
+    """A shared model can be fine-tuned here: train.init_from takes the folder, with its shape and tokenizer checks."""
+    from armd_scale.checkpoints.model_io import build, config_of
+    from armd_scale.config import ConfigError
+    from armd_scale.train.init_from import load_init_weights
+
+    out = tmp_path / "hf"
+    code, _, err = _convert(capsys, "--checkpoint", str(text_run.dir), "--to", "hf", "--out", str(out))
+    assert code == 0, err
+    source = open_source(text_run.dir)
+    cfg = config_of({**source.config, "train": {**source.config["train"], "init_from": str(out)}}, "test")
+    torch.manual_seed(123)
+    model = build(cfg)
+    message = load_init_weights(model, cfg, source.meta["tokenizer_sha256"])
+    assert str(out) in message and "(step 20)" in message
+    expected = full_state(source)
+    assert all(torch.equal(p.detach(), expected[k]) for k, p in model.state_dict().items())
+    with pytest.raises(ConfigError, match="was trained with tokenizer"):
+        load_init_weights(build(cfg), cfg, "0" * 64)
+
+
+def test_model_card_and_provenance(text_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    code, _, err = _convert(capsys, "--checkpoint", str(text_run.dir), "--to", "hf", "--out", str(out))
+    assert code == 0, err
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "trust_remote_code=True" in card and "| `model.n_layers` | `2` |" in card
+    assert "steps: 20 of 20 planned" in card and "max abs logit difference 0 (required: exactly 0)" in card
+    record = json.loads((out / "armd_scale.json").read_text())
+    assert record["format"] == "armd_scale-hf-1" and record["layout"] == "armd" and record["step"] == 20
+    assert record["config"] == open_source(text_run.dir).config and record["conversion"]["to"] == "hf"
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"hf: {out}" in printed and "modelling code transformers runs with trust_remote_code=True" in printed
+
+
+def test_model_options_the_exported_code_lacks_are_refused(text_mdlm_run, tmp_path, capsys):
+    code, _, err = _convert(capsys, "--checkpoint", str(text_mdlm_run.dir), "--to", "hf", "--out", str(tmp_path / "o"))
+    assert code == 1 and "model.arch='mdlm' has no Hugging Face export" in err
+    assert not (tmp_path / "o").exists()
+
+    # a model option added after the exporter was written: refused unless at its default
+    later = dataclasses.make_dataclass(
+        "Later", [("query_input", str, dataclasses.field(default="plain"))], bases=(ModelConfig,)
+    )
+    assert check_exportable(later(query_input="plain"))  # at its default: a note, the logit check decides
+    with pytest.raises(ConversionError, match=r"model.query_input='gated': the Hugging Face export code does not"):
+        check_exportable(later(query_input="gated"))
+    with pytest.raises(ConversionError, match="model.prefix_agg='max'"):
+        check_exportable(dataclasses.replace(ModelConfig(), prefix_agg="max"))  # type: ignore[arg-type]
+
+
+def test_a_tokenizer_that_does_not_convert_exactly_is_refused(text_run, tmp_path, capsys):
+    """A SentencePiece unigram model reads `<s>` in text as a piece after conversion: the check catches it."""
+    from armd_scale.checkpoints.hf_tokenizer import export_tokenizer_files
+    from armd_scale.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["builtin:pydoc"], str(tmp_path / "uni"), vocab_size=200, model_type="unigram")
+    with pytest.raises(ConversionError, match="encodes .* differently from the run's tokenizer"):
+        export_tokenizer_files(tok, model_max_length=31)
