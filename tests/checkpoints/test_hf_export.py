@@ -1,17 +1,16 @@
 """`armd convert --to hf`: a transformers folder that loads without armd_scale and reproduces the model.
 
-The decisive test loads the folder in a separate Python where `import armd_scale` fails (the module
-entry is blocked, `python -I` ignores PYTHONPATH and the working tree), with transformers' own
-AutoModelForCausalLM / AutoTokenizer, and compares what it computes with armd_scale's model here.
+The decisive test loads the folder in a fresh virtual environment that has transformers and torch
+but not armd_scale (isolated_python.py; `import armd_scale` fails there, checked), run from the
+export folders' parent with PYTHONPATH cleared, with transformers' own AutoModelForCausalLM /
+AutoTokenizer, and compares what it computes with armd_scale's model here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,18 +22,18 @@ from armd_scale.checkpoints.weights import full_state
 from armd_scale.cli import main
 from armd_scale.config import ModelConfig
 from armd_scale.pretrained import load_pretrained
+from tests.checkpoints.isolated_python import clean_env, python_without_armd_scale
 
 transformers = pytest.importorskip("transformers", reason="--to hf needs the transformers extra")
 
 TEXTS = ["The module provides functions.", "  indented\n\tx = 1\n", "a   b", "ünïcödé ✓", "<|endoftext|> </s> [SEP]"]
 
-BLOCKED = r"""
+ISOLATED = r"""
 import json, sys
-sys.modules["armd_scale"] = None  # `import armd_scale` (and every submodule) now raises ImportError
 try:
     import armd_scale
     blocked = False
-except ImportError:
+except ModuleNotFoundError:
     blocked = True
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -57,7 +56,8 @@ for folder, inputs, out in zip(*[iter(sys.argv[2:])] * 3):
         "dtype": str(next(model.parameters()).dtype),
     })
 loaded = sorted(m for m in sys.modules if m.startswith("armd_scale") and sys.modules[m])
-print(json.dumps({"blocked": blocked, "loaded": loaded, "results": results}))
+venv = sys.prefix != sys.base_prefix
+print(json.dumps({"blocked": blocked, "venv": venv, "loaded": loaded, "results": results}))
 """
 
 
@@ -109,20 +109,20 @@ def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_
         torch.save(x, tmp_path / f"{name}-x.pt")
         args += [str(out), str(tmp_path / f"{name}-x.pt"), str(tmp_path / f"{name}-y.pt")]
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    python = python_without_armd_scale(tmp_path / "venv")
+    env = clean_env(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", BLOCKED, json.dumps(TEXTS), *args],
+        [str(python), "-c", ISOLATED, json.dumps(TEXTS), *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=tmp_path,  # the export folders' parent
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Do you wish to run the custom code" not in proc.stdout
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["blocked"] and child["loaded"] == []  # armd_scale was never importable there
+    assert child["venv"] and child["blocked"] and child["loaded"] == []  # armd_scale was never importable there
     for (name, run), result in zip(runs.items(), child["results"], strict=True):
         assert result["class"] == "ARMDForCausalLM" and result["dtype"] == "torch.float32"
         pre = load_pretrained(run.dir)
