@@ -17,8 +17,9 @@ start vector as a BOS row), `armd` (custom code, `trust_remote_code=True`) for e
 
 Validation, before anything is published: the folder is loaded back with transformers'
 `AutoModelForCausalLM` and run on the fixed batch of validate.py next to the source weights. The
-custom code must give exactly the same fp32 logits, through armd_scale's contract and through the
-standard left-to-right call; a stock Llama computes RoPE tables in float32 and normalises in its own
+custom code must give exactly the same fp32 logits, through armd_scale's contract (on the batch in
+left-to-right order and again in a seeded random order with blocks of 3) and through the standard
+left-to-right call; a stock Llama computes RoPE tables in float32 and normalises in its own
 order, so its logits over the real vocabulary must agree within 1e-5. Reading the folder back the way
 armd_scale does (`--checkpoint DIR`, `train.init_from=DIR`) must give exactly the source's logits.
 """
@@ -101,8 +102,10 @@ def export_hf(
     batch = fixed_batch(cfg)
     real = real_vocab(mc)
     tokens, order, block = batch.tensors(real)  # real ids: a Llama export has no rows for padded ones
+    any_order = _any_order(tokens, mc.arch)
     with torch.no_grad():
         expected = reference(tokens, order, block).float()
+        expected_any = reference(*any_order).float()
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tok = None
@@ -132,6 +135,8 @@ def export_hf(
 
         progress("validating: transformers loads the folder, both models on the fixed batch")
         diff, standard = _transformers_logits_gap(tmp, chosen, tokens, order, block, expected, real)
+        if chosen == "armd":  # neighbour heads and multi-token blocks see keys on both sides only here
+            diff = max(diff, _transformers_logits_gap(tmp, chosen, *any_order, expected_any, real)[0])
         back = model_from_state(cfg, read_hf_state(tmp, chosen, mc), f"{tmp} (read back)").float().eval()
         with torch.no_grad():
             readback = max_abs_diff(expected, back(tokens, order, block).float())
@@ -245,11 +250,22 @@ def _write_llama(tmp: Path, cfg, state, separator: int | None) -> None:
     generation.save_pretrained(tmp)
 
 
+def _any_order(tokens: torch.Tensor, arch: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed tokens under a seeded random order, in blocks of 3 (single tokens for arch ar, which
+    allows no larger blocks): the custom code must reproduce the contract beyond left to right."""
+    b, n = tokens.shape
+    g = torch.Generator().manual_seed(1)
+    order = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
+    block = (torch.arange(n) // (1 if arch == "ar" else 3)).expand(b, n)
+    return tokens, order, block
+
+
 @torch.no_grad()
 def _transformers_logits_gap(
     folder: Path, layout: str, tokens, order, block, expected: torch.Tensor, real: int
 ) -> tuple[float, float]:
-    """(contract or Llama gap, standard-call gap) of the folder as transformers loads it."""
+    """(contract or Llama gap, standard-call gap) of the folder as transformers loads it; the standard
+    call (left to right) is compared only when order is the left-to-right one."""
     from transformers import AutoModelForCausalLM
 
     model: Any = AutoModelForCausalLM.from_pretrained(
@@ -261,6 +277,8 @@ def _transformers_logits_gap(
         got = model(input_ids=torch.cat([bos, tokens[:, :-1]], dim=1)).logits.float()
         return max_abs_diff(expected[..., :real], got[..., :real]), 0.0
     contract = max_abs_diff(expected, model(tokens, order, block).float())
+    if not torch.equal(order, torch.arange(order.shape[1]).expand_as(order)):
+        return contract, 0.0
     standard = max_abs_diff(expected[:, 1:], model(input_ids=tokens[:, :-1]).logits.float())
     return contract, standard
 

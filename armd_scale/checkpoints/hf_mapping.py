@@ -44,7 +44,7 @@ FIELDS: dict[str, tuple[Any, ...] | str] = {
     "max_seq_len": ANY,
     "n_two_stream_layers": ANY,
     "d_pe": ANY,
-    "prefix_agg": ("sum", "mean"),
+    "prefix_agg": ("sum", "mean", "none"),
     "pe_init_tau": INIT_ONLY,
     "positional_start": (True, False),
     "mlp": ("swiglu", "gelu"),
@@ -56,6 +56,27 @@ FIELDS: dict[str, tuple[Any, ...] | str] = {
     "attention_backend": RUNTIME,
     "compile": RUNTIME,
     "tokenizer_vocab_size": ANY,
+    # the query stream's input options (model/neighbour.py, ARMDModel.prefix_aggregate)
+    "neighbour_heads": ANY,
+    "neighbour_kind": ("symmetric", "directional"),
+    "positional_start_table": ("shared", "separate"),
+    "positional_start_scope": ("all", "first_block"),
+    "positional_start_init": INIT_ONLY,
+    "prefix_norm": (True, False),
+    "prefix_query_table": (True, False),
+    "previous_block_input": (True, False),
+    "pe_lr_scale": ANY,
+}
+# Their values when a ModelConfig predates them: the paper's query-stream input (ARMDConfig's defaults).
+QUERY_INPUT_OFF: dict[str, Any] = {
+    "neighbour_heads": 0,
+    "neighbour_kind": "symmetric",
+    "positional_start_table": "shared",
+    "positional_start_scope": "all",
+    "prefix_norm": False,
+    "prefix_query_table": False,
+    "previous_block_input": False,
+    "pe_lr_scale": 1.0,
 }
 LLAMA_MAP = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -132,6 +153,7 @@ def armd_config(mc: ModelConfig) -> dict[str, Any]:
         "norm_eps": mc.norm_eps,
         "tokenizer_vocab_size": mc.tokenizer_vocab_size,
         "tie_word_embeddings": mc.tie_embeddings,
+        **{name: getattr(mc, name, off) for name, off in QUERY_INPUT_OFF.items()},
     }
 
 

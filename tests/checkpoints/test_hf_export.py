@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
-from armd_scale.checkpoints.hf_mapping import check_exportable
+from armd_scale.checkpoints.hf_mapping import QUERY_INPUT_OFF, check_exportable
 from armd_scale.checkpoints.report import ConversionError
 from armd_scale.checkpoints.source import open_source
 from armd_scale.checkpoints.weights import full_state
@@ -43,13 +44,15 @@ results = []
 for folder, inputs, out in zip(*[iter(sys.argv[2:])] * 3):
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
-    x = torch.load(inputs, weights_only=True)
+    given = torch.load(inputs, weights_only=True)
+    x = given["tokens"]
     pos = torch.arange(x.shape[1]).expand_as(x)
     with torch.no_grad():
         contract = model(x, pos, pos)
+        any_order = model(x, given["order"], given["block"])
         standard = model(input_ids=x[:, :-1]).logits
         generated = model.generate(x[:1, :5], max_new_tokens=6, do_sample=False)
-    torch.save({"contract": contract, "standard": standard, "generated": generated}, out)
+    torch.save({"contract": contract, "any_order": any_order, "standard": standard, "generated": generated}, out)
     results.append({
         "ids": [tok(t)["input_ids"] for t in texts],
         "class": type(model).__name__,
@@ -79,10 +82,59 @@ def _greedy(model, prompt: torch.Tensor, steps: int) -> torch.Tensor:
     return x
 
 
+def _inputs(model) -> dict[str, torch.Tensor]:
+    """A fixed batch of real ids, with a seeded random order in blocks of 4 for the contract beyond l2r."""
+    mc = model.cfg
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, mc.tokenizer_vocab_size or mc.vocab_size, (2, 32), generator=g)
+    order = torch.stack([torch.randperm(32, generator=g) for _ in range(2)])
+    return {"tokens": tokens, "order": order, "block": (torch.arange(32) // 4).expand(2, 32)}
+
+
+def _load_in_isolation(tmp_path, folders: dict[str, Path]) -> list[tuple[dict, dict]]:
+    """Load every folder with transformers in a fresh venv without armd_scale, on `_inputs` saved beside it
+    (tmp_path/NAME-x.pt); return (facts, outputs) per folder."""
+    args = []
+    for name, folder in folders.items():
+        args += [str(folder), str(tmp_path / f"{name}-x.pt"), str(tmp_path / f"{name}-y.pt")]
+    python = python_without_armd_scale(tmp_path / "venv")
+    env = clean_env(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [str(python), "-c", ISOLATED, json.dumps(TEXTS), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,  # the export folders' parent
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in proc.stdout
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["venv"] and child["blocked"] and child["loaded"] == []  # armd_scale was never importable there
+    out = []
+    for name, result in zip(folders, child["results"], strict=True):
+        assert result["class"] == "ARMDForCausalLM" and result["dtype"] == "torch.float32"
+        out.append((result, torch.load(tmp_path / f"{name}-y.pt", weights_only=True)))
+    return out
+
+
+def _assert_reproduces(model, got: dict[str, torch.Tensor]) -> None:
+    """The transformers model's outputs equal armd_scale's model's, fp32 bit for bit."""
+    given = _inputs(model)
+    x = given["tokens"]
+    pos = torch.arange(32).expand(2, 32)
+    with torch.no_grad():
+        expected = model(x, pos, pos)
+        expected_any = model(x, given["order"], given["block"])
+    assert torch.equal(got["contract"], expected)  # the contract, exactly
+    assert torch.equal(got["any_order"], expected_any)  # any order, blocks of 4
+    assert torch.equal(got["standard"], expected[:, 1:])  # the standard call: logits[k] predicts token k + 1
+    assert torch.equal(got["generated"], _greedy(model, x[:1, :5], 6))
+
+
 def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_run, tmp_path, capsys):
     """SentencePiece (converted to tokenizer.json) and byte-level BPE runs; fp32 logits must be equal."""
     runs = {"sp": text_run, "bpe": text_bpe_run}
-    args = []
     for name, run in runs.items():
         out = tmp_path / name
         code, stdout, err = _convert(capsys, "--checkpoint", str(run.dir), "--to", "hf", "--out", str(out), "--json")
@@ -102,40 +154,87 @@ def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             keys = set(f.keys())
         assert "model.embed.weight" in keys and "model.lm_head.weight" not in keys  # the tied matrix stored once
-        mc = load_pretrained(run.dir).config.model
-        x = torch.randint(
-            0, mc.tokenizer_vocab_size or mc.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3)
-        )
-        torch.save(x, tmp_path / f"{name}-x.pt")
-        args += [str(out), str(tmp_path / f"{name}-x.pt"), str(tmp_path / f"{name}-y.pt")]
-
-    python = python_without_armd_scale(tmp_path / "venv")
-    env = clean_env(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [str(python), "-c", ISOLATED, json.dumps(TEXTS), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,  # the export folders' parent
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Do you wish to run the custom code" not in proc.stdout
-    child = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert child["venv"] and child["blocked"] and child["loaded"] == []  # armd_scale was never importable there
-    for (name, run), result in zip(runs.items(), child["results"], strict=True):
-        assert result["class"] == "ARMDForCausalLM" and result["dtype"] == "torch.float32"
+        torch.save(_inputs(load_pretrained(run.dir).model), tmp_path / f"{name}-x.pt")
+    results = _load_in_isolation(tmp_path, {name: tmp_path / name for name in runs})
+    for run, (result, got) in zip(runs.values(), results, strict=True):
         pre = load_pretrained(run.dir)
-        x = torch.load(tmp_path / f"{name}-x.pt", weights_only=True)
-        got = torch.load(tmp_path / f"{name}-y.pt", weights_only=True)
-        pos = torch.arange(32).expand(2, 32)
-        with torch.no_grad():
-            expected = pre.model(x, pos, pos)
-        assert torch.equal(got["contract"], expected)  # the contract, exactly
-        assert torch.equal(got["standard"], expected[:, 1:])  # the standard call: logits[k] predicts token k + 1
-        assert torch.equal(got["generated"], _greedy(pre.model, x[:1, :5], 6))
+        _assert_reproduces(pre.model, got)
         tok = pre.tokenizer()
         assert result["ids"] == [tok.encode(t) for t in TEXTS]  # AutoTokenizer gives the training ids
+
+
+# The query stream's input options (model/neighbour.py); older ModelConfigs lack them.
+HAS_QUERY_INPUT_OPTIONS = all(hasattr(ModelConfig(), f) for f in QUERY_INPUT_OFF)
+QUERY_INPUT_VARIANTS = {
+    "default": {},  # ModelConfig's defaults: neighbour heads on
+    "directional": {
+        "neighbour_kind": "directional",
+        "positional_start_table": "separate",
+        "positional_start_scope": "first_block",
+        "prefix_norm": True,
+        "prefix_query_table": True,
+        "pe_lr_scale": 3.0,
+    },
+    "neighbours_only": {"prefix_agg": "none", "neighbour_heads": 2, "previous_block_input": True, "mlp": "gelu"},
+}
+
+
+def _variant_export(run, out: Path, fields: dict, capsys) -> Path:
+    """An export directory of `run` with the query-stream options set to ModelConfig's defaults, then
+    `fields`: the run's weights where the shapes agree, every other parameter moved well away from its
+    initial value (so each neighbour head, sink, table and norm matters), the tied matrix stored once."""
+    from safetensors.torch import load_file, save_file
+
+    from armd_scale.checkpoints.model_io import build, config_of, tied_aliases, without_aliases
+
+    code, _, err = _convert(capsys, "--checkpoint", str(run.dir), "--to", "export", "--out", str(out))
+    assert code == 0, err
+    meta = json.loads((out / "config.json").read_text())
+    defaults = ModelConfig()
+    query_input = {f: getattr(defaults, f) for f in [*QUERY_INPUT_OFF, "positional_start_init", "prefix_agg"]}
+    meta["config"]["model"].update({**query_input, **fields})
+    cfg = config_of(meta["config"], "variant")
+    torch.manual_seed(0)
+    model = build(cfg)
+    saved = load_file(str(out / "model.safetensors"))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in saved and saved[name].shape == p.shape:
+                p.copy_(saved[name])
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    aliases = tied_aliases(model)
+    state = without_aliases({k: v.detach().contiguous() for k, v in model.state_dict().items()}, aliases)
+    save_file(state, str(out / "model.safetensors"))
+    meta.update(tied=aliases, parameters=sum(t.numel() for t in state.values()))
+    meta.pop("conversion")
+    (out / "config.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.mark.skipif(not HAS_QUERY_INPUT_OPTIONS, reason="ModelConfig has no query-stream input options here")
+def test_query_stream_options_export_and_reproduce(text_run, tmp_path, capsys):
+    """The default model (neighbour heads on), directional heads with every other query-input option, and
+    neighbour heads without the prefix sum: each exports, loads without armd_scale, and gives our logits."""
+    assert ModelConfig().neighbour_heads > 0  # the default model has neighbour heads: it must be shareable
+    folders = {}
+    for name, fields in QUERY_INPUT_VARIANTS.items():
+        source = _variant_export(text_run, tmp_path / f"{name}-export", fields, capsys)
+        out = tmp_path / name
+        code, stdout, err = _convert(capsys, "--checkpoint", str(source), "--to", "hf", "--out", str(out), "--json")
+        assert code == 0, err
+        assert json.loads(stdout)["max_abs_logit_diff"] == 0.0
+        config = json.loads((out / "config.json").read_text())
+        mc = load_pretrained(source).config.model
+        assert all(config[f] == getattr(mc, f) for f in QUERY_INPUT_OFF)
+        torch.save(_inputs(load_pretrained(source).model), tmp_path / f"{name}-x.pt")
+        folders[name] = out
+    results = _load_in_isolation(tmp_path, folders)
+    for name, (_, got) in zip(folders, results, strict=True):
+        pre = load_pretrained(tmp_path / f"{name}-export")
+        assert pre.model.neighbour is not None
+        _assert_reproduces(pre.model, got)
 
 
 def test_an_ar_run_becomes_a_stock_llama(text_ar_run, tmp_path, capsys):

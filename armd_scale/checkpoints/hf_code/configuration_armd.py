@@ -30,6 +30,16 @@ class ARMDConfig(PretrainedConfig):
         norm_eps: float = 1e-6,
         tokenizer_vocab_size: int | None = None,
         tie_word_embeddings: bool = True,
+        # The query stream's input options. Their defaults here mean "off" (the paper's input), so a
+        # folder whose config.json predates them loads as what it is.
+        neighbour_heads: int = 0,
+        neighbour_kind: str = "symmetric",
+        positional_start_table: str = "shared",
+        positional_start_scope: str = "all",
+        prefix_norm: bool = False,
+        prefix_query_table: bool = False,
+        previous_block_input: bool = False,
+        pe_lr_scale: float = 1.0,
         **kwargs,
     ):
         self.arch = arch
@@ -47,6 +57,14 @@ class ARMDConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.norm_eps = norm_eps
         self.tokenizer_vocab_size = tokenizer_vocab_size
+        self.neighbour_heads = neighbour_heads
+        self.neighbour_kind = neighbour_kind
+        self.positional_start_table = positional_start_table
+        self.positional_start_scope = positional_start_scope
+        self.prefix_norm = prefix_norm
+        self.prefix_query_table = prefix_query_table
+        self.previous_block_input = previous_block_input
+        self.pe_lr_scale = pe_lr_scale
         # the names generic transformers code looks for
         self.hidden_size = d_model
         self.num_hidden_layers = n_layers

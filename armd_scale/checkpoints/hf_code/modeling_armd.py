@@ -156,6 +156,38 @@ class ARMDBlock(nn.Module):
         return h + self.mlp(self.mlp_norm(h))
 
 
+class ARMDNeighbourAttention(nn.Module):
+    """Neighbour attention of the query stream's input: H content-free softmax heads over the token
+    embeddings of strictly earlier blocks, scored by relative position only (a learned table per head),
+    each head scaled per channel by a learned gain and the heads summed. `directional` heads also
+    score a "nothing" key (a learned logit per head) whose value is 0, so they may attend to nothing."""
+
+    def __init__(self, d_model: int, heads: int, max_len: int, kind: str):
+        super().__init__()
+        if kind not in ("symmetric", "directional"):
+            raise ValueError(f"neighbour_kind {kind!r}: this code implements 'symmetric' and 'directional'")
+        self.max_len = max_len
+        self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_len - 1))  # [h, (pos n - pos i) + max_len - 1]
+        self.sink = nn.Parameter(torch.zeros(heads)) if kind == "directional" else None
+        self.gain = nn.Parameter(torch.zeros(heads, d_model))
+
+    def forward(self, x: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """x [B, K, d] key embeddings, q_pos [B, Q], k_pos [B, K], visible [B, Q, K] -> [B, Q, d]
+        (a query with no visible key gets 0)."""
+        rel = q_pos[:, :, None] - k_pos[:, None, :] + (self.max_len - 1)
+        scores = self.rel_bias[:, rel].transpose(0, 1).to(x.dtype)  # [B, H, Q, K]
+        scores = scores.masked_fill(~visible[:, None], float("-inf"))
+        if self.sink is not None:
+            b, h, q, _ = scores.shape
+            sink = self.sink.to(x.dtype)[None, :, None, None].expand(b, h, q, 1)
+            weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        else:
+            weights = torch.softmax(scores, dim=-1)
+            weights = weights.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
+        mixed = torch.matmul(weights, x[:, None])  # [B, H, Q, d]
+        return (mixed * self.gain.to(x.dtype)[None, :, None, :]).sum(dim=1)
+
+
 class ARMDNetwork(nn.Module):
     """The network under armd_scale's parameter names (embed, layers.i..., final_norm, lm_head, ...)."""
 
@@ -168,8 +200,19 @@ class ARMDNetwork(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.start = nn.Parameter(torch.zeros(config.d_model))
         if config.arch == "armd":
-            self.pos_table = nn.Parameter(torch.zeros(config.max_seq_len, config.d_pe))
+            table = (config.max_seq_len, config.d_pe)
+            # the PE tables are stored divided by pe_lr_scale (a learning-rate reparametrisation in training)
+            self.pe_scale = config.pe_lr_scale or 1.0
+            self.pos_table = nn.Parameter(torch.zeros(table))
             self.start_proj = nn.Linear(config.d_pe, config.d_model, bias=False) if config.positional_start else None
+            separate = config.positional_start and config.positional_start_table == "separate"
+            self.start_pos_table = nn.Parameter(torch.zeros(table)) if separate else None
+            self.query_pos_table = nn.Parameter(torch.zeros(table)) if config.prefix_query_table else None
+            self.prefix_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps) if config.prefix_norm else None
+            self.neighbour = None
+            if config.neighbour_heads:  # a fresh model's heads start at 0 gain: it adds nothing until trained
+                heads, kind = config.neighbour_heads, config.neighbour_kind
+                self.neighbour = ARMDNeighbourAttention(config.d_model, heads, config.max_seq_len, kind)
         elif config.arch != "ar":
             raise ValueError(f"arch {config.arch!r}: this code implements arch 'armd' and 'ar' only")
 
@@ -193,18 +236,39 @@ class ARMDNetwork(nn.Module):
             return self._ar(tokens, order, block)
         return self._armd(tokens, order, block)
 
+    def _query_input(self, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """G0 of every query: s (+ W_s PE[pos n]) + sum over strictly earlier blocks of
+        <PEq[pos n], PE[pos i]> X0[i] (optionally a mean, RMS-normalised, or left out)
+        + neighbour attention (+ the mean embedding of the previous block)."""
+        cfg = self.config
+        visible = block[:, None, :] < block[:, :, None]  # [B, query, key]
+        g = self.start.expand(*pos.shape, -1)
+        if self.start_proj is not None:
+            table = self.pos_table if self.start_pos_table is None else self.start_pos_table
+            positional = self.start_proj(table[pos] * self.pe_scale)
+            if cfg.positional_start_scope == "first_block":  # only queries with nothing revealed before them
+                positional = positional * (~visible.any(dim=-1))[..., None].to(positional.dtype)
+            g = g + positional
+        g = g.to(x.dtype)
+        if cfg.prefix_agg != "none":
+            pe = self.pos_table[pos] * self.pe_scale
+            pe_q = pe if self.query_pos_table is None else self.query_pos_table[pos] * self.pe_scale
+            weights = torch.bmm(pe_q, pe.transpose(1, 2)) * visible.to(pe.dtype)
+            if cfg.prefix_agg == "mean":
+                weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
+            agg = torch.bmm(weights.to(x.dtype), x)
+            g = g + (agg if self.prefix_norm is None else self.prefix_norm(agg))
+        if self.neighbour is not None:
+            g = g + self.neighbour(x, pos, pos, visible)
+        if cfg.previous_block_input:
+            previous = (block[:, None, :] == block[:, :, None] - 1).to(x.dtype)
+            g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
+        return g
+
     def _armd(self, tokens, order, block):
         cfg = self.config
         x = self.embed(torch.gather(tokens, 1, order))
-        pe = self.pos_table[order]
-        visible = block[:, None, :] < block[:, :, None]
-        weights = torch.bmm(pe, pe.transpose(1, 2)) * visible.to(pe.dtype)
-        if cfg.prefix_agg == "mean":
-            weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
-        start = self.start.expand(*order.shape, -1)
-        if self.start_proj is not None:
-            start = start + self.start_proj(pe)
-        g = start.to(x.dtype) + torch.bmm(weights.to(x.dtype), x)
+        g = self._query_input(x, order, block)
         rope = self._rope(order, x.dtype)
         rope2 = (torch.cat([rope[0], rope[0]], dim=2), torch.cat([rope[1], rope[1]], dim=2))
         n = tokens.shape[1]
@@ -246,8 +310,9 @@ class ARMDPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
         elif isinstance(module, ARMDNetwork):
             nn.init.normal_(module.start, std=0.02)
-            if getattr(module, "pos_table", None) is not None:
-                nn.init.normal_(module.pos_table, std=module.config.d_pe**-0.25)
+            for name in ("pos_table", "start_pos_table", "query_pos_table"):
+                if getattr(module, name, None) is not None:
+                    nn.init.normal_(getattr(module, name), std=module.config.d_pe**-0.25)
 
 
 class ARMDForCausalLM(ARMDPreTrainedModel, GenerationMixin):
