@@ -3,9 +3,9 @@
 `armd eval sbp` decodes armd/ar checkpoints only; an mdlm run samples with its own ancestral sampler
 (`MDLMModel.sample`, T reverse steps, at most T forward calls). This script draws K unconditional
 samples of length N for each T, times the decoding, and scores them with the same judge code
-(`armd_scale.eval.genppl`: the judge's exact l2r likelihood in float64, and unigram entropy), so
-its rows sit beside an SBP sweep's rows. Give T equal to the SBP forward-call counts
-(S + N/S - 1) to compare at an equal number of network calls.
+(`armd_scale.eval.genppl`: an armd/ar judge's exact l2r likelihood in float64, a transformers judge
+under MDLM's protocol, and unigram entropy), so its rows sit beside an SBP sweep's rows. Give T equal
+to the SBP forward-call counts (S + N/S - 1) to compare at an equal number of network calls.
 
     python bench/repro_mdlm_samples.py --checkpoint RUN_MDLM --judge RUN_AR --length 128 \
         --steps 128,65,35 --num-samples 32 --seed 0 --out DIR
@@ -52,7 +52,7 @@ def sweep(
         raise SystemExit(f"error: {checkpoint} is arch '{pre.config.model.arch}', this script samples mdlm runs")
     model = pre.model.eval()
     codec = codec_for(pre)
-    scorer = load_judge(judge, generator_path=checkpoint)
+    scorer = load_judge(judge, generator_path=checkpoint, max_length=length)
     sample_mdlm(model, 1, length, 2, generator=torch.Generator().manual_seed(seed))  # untimed warm-up
     rows = []
     for t in steps:

@@ -36,3 +36,14 @@ def test_deepspeed_is_pinned_with_an_upper_bound_that_admits_the_installed_relea
     assert any(s.operator == "<" for s in spec), f"deepspeed{spec} has no upper bound"
     assert spec.contains(version("deepspeed")), f"installed deepspeed {version('deepspeed')} is outside {spec}"
     assert not spec.contains("0.20.0")
+
+
+def test_the_test_extra_installs_the_optional_extras_whose_tests_ci_runs():
+    """The judges, --to hf and harness tests skip without transformers / lm-eval: CI installs the test extra,
+    so it must carry the same requirements as the transformers and harness extras, and .ci/run checks they import."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    test = {str(Requirement(r)) for r in extras["test"]}
+    for extra in ("transformers", "harness"):
+        assert {str(Requirement(r)) for r in extras[extra]} <= test, f"extra {extra!r} is not in the test extra"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "'.[test]'" in ci and 'python -c "import transformers, lm_eval"' in ci

@@ -71,7 +71,7 @@ def export(
         size = sum(t.numel() * t.element_size() for t in weights.values())
         progress(f"writing {EXPORT_WEIGHTS}: {len(weights)} tensors, {size / 2**20:.1f} MiB, {dtype}")
         save_file(weights, str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt", "armd_scale": EXPORT_FORMAT})
-        has_tokenizer = tokenizer and _copy_tokenizer(source.meta, tmp / EXPORT_TOKENIZER, notes, progress)
+        has_tokenizer = tokenizer and copy_tokenizer(source.meta, tmp / EXPORT_TOKENIZER, notes, progress)
         if not tokenizer:
             notes.append("tokenizer left out (--no-tokenizer)")
         if dtype != "fp32":
@@ -123,7 +123,7 @@ def export(
     return report
 
 
-def _copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress: Progress) -> bool:
+def copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress: Progress) -> bool:
     """Copy the run's tokenizer files (SentencePiece model + record, or a tokenizer.json, also one
     found by hub name) after checking it is the one the checkpoint was trained with; a tokenizer that
     changed since would silently garble every output."""

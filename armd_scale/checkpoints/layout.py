@@ -10,6 +10,9 @@
     EXPORT_DIR/               written by `armd convert --to export` (export.py)
       model.safetensors, config.json, tokenizer/
 
+    HF_DIR/                   written by `armd convert --to hf` (hf_export.py)
+      config.json, model.safetensors, tokenizer.json, ..., armd_scale.json, armd_tokenizer/
+
 Every reader and writer of these names imports them from here. docs/CHECKPOINTS.md describes the
 fields of meta.json and config.json.
 """
@@ -39,6 +42,12 @@ EXPORT_FORMAT = "armd_scale-export-1"
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 EXPORT_TOKENIZER = "tokenizer"
+
+# a Hugging Face transformers folder written by `armd convert --to hf` (hf_export.py): transformers' own
+# files (config.json, model.safetensors, tokenizer.json, ...) plus ours, which let armd_scale read it back
+HF_FORMAT = "armd_scale-hf-1"
+HF_META = "armd_scale.json"  # the resolved run config, provenance and the validation record
+HF_TOKENIZER = "armd_tokenizer"  # the run's own tokenizer files, as an export's tokenizer/
 
 # Model fields that change parameter shapes or semantics: a resume or a `train.init_from` with a
 # different value is refused.

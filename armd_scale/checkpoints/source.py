@@ -5,7 +5,8 @@ Accepted paths, and what they resolve to:
 - a DeepSpeed checkpoint folder (RUN_DIR/checkpoints/step_N: meta.json + COMPLETE + engine files);
 - a universal folder written by `armd convert --to universal` (meta.json + COMPLETE + universal/<tag>/),
   or DeepSpeed's universal tag folder itself (`.../universal/step_N`, meta.json two levels up);
-- an export directory (model.safetensors + config.json).
+- an export directory (model.safetensors + config.json);
+- a Hugging Face folder written by `armd convert --to hf` (armd_scale.json beside transformers' files).
 
 A folder without COMPLETE is a save that was cut short and is refused. Opening a DeepSpeed or
 universal folder checks every pickle-based file in it with the restricted unpickler first
@@ -26,6 +27,8 @@ from .layout import (
     EXPORT_CONFIG,
     EXPORT_TOKENIZER,
     EXPORT_WEIGHTS,
+    HF_META,
+    HF_TOKENIZER,
     MARKER,
     META,
     UNIVERSAL,
@@ -35,7 +38,7 @@ from .layout import (
 )
 from .safe_load import assert_weights_only_loadable
 
-Kind = Literal["deepspeed", "universal", "export"]
+Kind = Literal["deepspeed", "universal", "export", "hf"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Source:
 
     @property
     def meta_file(self) -> Path:
-        return self.folder / (EXPORT_CONFIG if self.kind == "export" else META)
+        return self.folder / {"export": EXPORT_CONFIG, "hf": HF_META}.get(self.kind, META)
 
     @property
     def step(self) -> int | None:
@@ -68,8 +71,8 @@ class Source:
     @property
     def tokenizer_dir(self) -> str | None:
         """Where the run's tokenizer is: an export's own `tokenizer/`, else the directory meta.json names."""
-        if self.kind == "export":
-            tok = self.folder / EXPORT_TOKENIZER
+        if self.kind in ("export", "hf"):
+            tok = self.folder / (EXPORT_TOKENIZER if self.kind == "export" else HF_TOKENIZER)
             return str(tok) if tok.is_dir() else None
         return self.meta.get("tokenizer_dir")
 
@@ -78,6 +81,8 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     path = Path(path).expanduser().absolute()  # reports and config.json record where the weights came from
     if (path / "zero").is_dir() and glob.glob(str(path / "*model_states.pt")) and not (path / META).exists():
         return _bare_universal(path, check_safe)
+    if (path / HF_META).is_file() and (path / EXPORT_CONFIG).is_file():
+        return Source("hf", path, _read_export_config(path / HF_META))
     if (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file():
         return Source("export", path, _read_export_config(path / EXPORT_CONFIG))
     if (path / META).is_file():
@@ -89,7 +94,8 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
         return _checkpoint(path / CHECKPOINTS / tags[-1], path, check_safe)
     raise FileNotFoundError(
         f"{path} is not a run directory with a complete checkpoint, a checkpoint folder (with {META} and "
-        f"{MARKER}) or an export directory (with {EXPORT_WEIGHTS} and {EXPORT_CONFIG})"
+        f"{MARKER}), an export directory (with {EXPORT_WEIGHTS} and {EXPORT_CONFIG}) or a folder written by "
+        f"`armd convert --to hf` (with {HF_META})"
     )
 
 

@@ -77,6 +77,14 @@ def _safety(source: Source, files: list[dict[str, Any]]) -> str:
     pickled = [f for f in files if Path(f["path"]).suffix in PICKLE_SUFFIXES]
     if source.kind == "export" and not pickled:
         return "safetensors and JSON only (nothing executable)"
+    if source.kind == "hf" and not pickled:
+        code = [f["path"] for f in files if f["path"].endswith(".py")]
+        if not code:
+            return "safetensors and JSON only (nothing executable)"
+        return (
+            "safetensors and JSON, plus the modelling code transformers runs with trust_remote_code=True "
+            f"({', '.join(code)}; armd_scale never runs it)"
+        )
     # open_source already loaded every one of them with weights_only=True
     return f"all {len(pickled)} pickle-based files load with weights_only=True"
 

@@ -4,7 +4,8 @@
   parameter's partition dimension (model/parallelize.py).
 - ZeRO-1/2/3: through DeepSpeed's universal form, converted once and cached in the folder as a resume
   would (universal.py); the universal form holds unsharded fp32 weights.
-- a universal folder: its fp32 weights; an export: its safetensors.
+- a universal folder: its fp32 weights; an export: its safetensors; a Hugging Face folder: its
+  safetensors mapped back to our names (hf_mapping.py).
 
 Tied parameters come back as stored (each shared tensor once for universal folders and exports);
 `model_io.load_weights` restores every alias from the model itself.
@@ -31,6 +32,13 @@ def full_state(source: Source) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         state = load_file(str(source.folder / EXPORT_WEIGHTS))
+    elif source.kind == "hf":
+        from .hf_mapping import read_hf_state
+        from .model_io import config_of
+
+        state = read_hf_state(
+            source.folder, source.meta["layout"], config_of(source.config, str(source.meta_file)).model
+        )
     elif source.kind == "universal":
         assert source.universal_dir is not None  # open_source sets it for every universal source
         state = read_universal(source.universal_dir)

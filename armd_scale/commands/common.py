@@ -1,10 +1,13 @@
-"""Argument helpers shared by subcommands."""
+"""Argument and output helpers shared by subcommands."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from ..atomic import write_atomic
 from ..config import Config, load_config
 
 
@@ -32,3 +35,23 @@ def chosen_device(args: argparse.Namespace, command: str):
     device = resolve_device(args.device)
     print(f"armd {command}: computing on {describe(device)}", file=sys.stderr)
     return device
+
+
+def write_json(path: str, doc: dict) -> None:
+    """Whole file or nothing: write a temporary sibling, then rename."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Whole file or nothing, parent folders created."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text)
+
+
+def fail(command: str, e: Exception) -> int:
+    """Report a refused or failed command on stderr; exit code 1."""
+    print(f"armd {command}: error: {e}", file=sys.stderr)
+    return 1

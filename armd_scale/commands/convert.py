@@ -1,10 +1,12 @@
-"""`armd convert --checkpoint PATH --to universal|export --out DIR`.
+"""`armd convert --checkpoint PATH --to universal|export|hf --out DIR`.
 
 universal: a DeepSpeed checkpoint (run dir or step folder) -> a folder holding only DeepSpeed's
 universal form plus our meta.json/COMPLETE; copy it to RUN_DIR/checkpoints/step_N to resume on
 another world size or TP degree.
 export: a DeepSpeed or universal checkpoint -> model.safetensors + config.json + tokenizer/, which
 `armd generate` and `armd eval` load without DeepSpeed.
+hf: any checkpoint -> a Hugging Face transformers folder (custom code, or a stock Llama for an `ar`
+run) that `AutoModelForCausalLM` / `AutoTokenizer` load without armd_scale (checkpoints/hf_export.py).
 
 Every conversion runs the source and the result on one fixed batch and prints the max abs logit
 difference (0 for fp32, or the conversion fails and writes nothing). Progress goes to stderr; the
@@ -30,7 +32,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="run dir, checkpoint folder (step_N), universal folder, or .../universal/step_N",
     )
-    parser.add_argument("--to", required=True, choices=("universal", "export"), help="what to write")
+    parser.add_argument(
+        "--to",
+        required=True,
+        choices=("universal", "export", "hf"),
+        help="universal: resumable; export: weights for armd_scale; hf: a transformers folder (AutoModelForCausalLM)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     parser.add_argument(
         "--dtype",
@@ -38,7 +45,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=("fp32", "bf16", "fp16"),
         help="export only: dtype of model.safetensors (default fp32, validated exact)",
     )
-    parser.add_argument("--no-tokenizer", action="store_true", help="export only: do not copy the tokenizer")
+    parser.add_argument("--no-tokenizer", action="store_true", help="export, hf: do not copy the tokenizer")
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=("auto", "armd", "llama"),
+        help="hf only: auto (a stock Llama for an ar run with SwiGLU, else custom code), armd (custom code), llama",
+    )
+    parser.add_argument("--push-to-hub", metavar="REPO", help="hf only: also upload the folder to this Hub repository")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -63,8 +77,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace, progress: Progress) -> ConversionReport:
+    from ..checkpoints.report import ConversionError
+
+    if args.to != "hf" and (args.layout != "auto" or args.push_to_hub):
+        raise ConversionError("--layout and --push-to-hub apply to --to hf only")
+    if args.to == "hf":
+        from ..checkpoints.hf_export import export_hf
+
+        if args.dtype != "fp32":
+            raise ConversionError("--to hf writes fp32 weights (validated); --dtype applies to --to export")
+        return export_hf(
+            args.checkpoint,
+            args.out,
+            tokenizer=not args.no_tokenizer,
+            layout=args.layout,
+            overwrite=args.overwrite,
+            push_to_hub=args.push_to_hub,
+            progress=progress,
+        )
     if args.to == "universal":
-        from ..checkpoints.report import ConversionError
         from ..checkpoints.to_universal import to_universal
 
         if args.dtype != "fp32" or args.no_tokenizer:

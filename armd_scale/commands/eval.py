@@ -7,18 +7,18 @@ Every number says which likelihood it is: `l2r` and `random` are exact, `diffusi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from ..atomic import write_atomic
 from ..data.formats import INPUT_FORMATS
 from ..data.readers import DOC_SPLITS
-from .common import add_device_arg, chosen_device
+from .common import add_device_arg, chosen_device, fail, write_json
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp}", required=True)
+    from .eval_harness import add_harness_args, run_harness
+    from .eval_zeroshot import add_zeroshot_args, run_zeroshot
+
+    sub = parser.add_subparsers(dest="eval_command", metavar="{ppl,sbp,zeroshot,harness}", required=True)
     ppl = sub.add_parser(
         "ppl",
         help="NLL / perplexity / bits per byte of shards or text",
@@ -33,11 +33,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     add_sbp_args(sbp)
     sbp.set_defaults(func=run_sbp)
+    zeroshot = sub.add_parser(
+        "zeroshot",
+        help="zero-shot perplexity suite of SEDD/RADD/MDLM (Table 1) on local files",
+        description="LAMBADA, WikiText-2/103, PTB and LM1B under the published protocol: detokenizers, blocks, "
+        "exact l2r NLL (armd, ar) or the T-step ELBO (mdlm).",
+    )
+    add_zeroshot_args(zeroshot)
+    zeroshot.set_defaults(func=run_zeroshot)
+    harness = sub.add_parser(
+        "harness",
+        help="lm-evaluation-harness tasks through the `armd` lm_eval model",
+        description="Calls lm_eval.simple_evaluate with this checkpoint (needs the harness extra).",
+    )
+    add_harness_args(harness)
+    harness.set_defaults(func=run_harness)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:  # only reached if a sub-subcommand forgot its func
-    print("armd eval: choose ppl or sbp", file=sys.stderr)
+    print("armd eval: choose ppl, sbp, zeroshot or harness", file=sys.stderr)
     return 2
 
 
@@ -94,8 +109,18 @@ def add_sbp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="B", help="samples decoded together (default: all K)")
     p.add_argument(
         "--judge",
-        metavar="PATH",
-        help="armd checkpoint or local transformers causal-LM directory (default: the generator itself)",
+        metavar="PATH|NAME",
+        help="armd checkpoint, transformers causal-LM directory, or hub name in the local cache (e.g. gpt2-large); "
+        "default: the generator itself",
+    )
+    p.add_argument(
+        "--judge-dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="transformers judges: precision (default float32, as MDLM)",
+    )
+    p.add_argument(
+        "--judge-batch-size", type=int, default=8, metavar="B", help="transformers judges: samples per pass (8)"
     )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -117,18 +142,6 @@ def _int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("give at least one value")
     return values
-
-
-def write_json(path: str, doc: dict) -> None:
-    """Whole file or nothing: write a temporary sibling, then rename."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(doc, indent=1) + "\n")
-
-
-def _fail(command: str, e: Exception) -> int:
-    print(f"armd {command}: error: {e}", file=sys.stderr)
-    return 1
 
 
 def run_ppl(args: argparse.Namespace) -> int:
@@ -156,7 +169,7 @@ def run_ppl(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as e:
-        return _fail("eval ppl", e)
+        return fail("eval ppl", e)
     bpb = "n/a (no text tokenizer)" if doc["bits_per_byte"] is None else f"{doc['bits_per_byte']:.4f}"
     spread = ""
     if doc["kind"] != "l2r":
@@ -190,11 +203,13 @@ def run_sbp(args: argparse.Namespace) -> int:
             seed=args.seed,
             sample_dtype=args.sample_dtype,
             float64=args.float64,
+            judge_dtype=args.judge_dtype,
+            judge_batch_size=args.judge_batch_size,
             device=device,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _fail("eval sbp", e)
+        return fail("eval sbp", e)
     from armd_scale.eval.sbp import markdown_table
 
     print(markdown_table(doc), end="")

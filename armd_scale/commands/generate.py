@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.json:
-        from .eval import write_json
+        from .common import write_json
 
         write_json(args.json, doc)
     return 0

@@ -2,7 +2,9 @@
 
 Submodules: `likelihood` (l2r / random-order NLL, diffusion ELBO), `data` (evaluation windows from
 shards or text), `text` (token <-> text, bytes), `genppl` (judges, entropy), `sbp` (the sweep),
-`ppl` (the `armd eval ppl` function), `schema` (the JSON the commands write).
+`ppl` (the `armd eval ppl` function), `zeroshot` and `zeroshot_data` (the SEDD/MDLM zero-shot
+perplexity suite), `harness` (the lm-evaluation-harness model; imports lm_eval), `schema` (the JSON
+the commands write).
 """
 
 from .likelihood import LIKELIHOOD_KINDS, LikelihoodResult, draw_orders, evaluate_likelihood, score_orders, window_nll

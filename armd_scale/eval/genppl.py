@@ -2,14 +2,14 @@
 
 A judge scores each sample left to right: gen PPL = exp(sum of judge NLL / number of judge tokens),
 token-weighted over all samples. Judges:
-- an ARMD or AR checkpoint (any `--checkpoint` PATH), scored with the exact l2r likelihood;
-- a causal LM directory loadable by `transformers` (`config.json` with a `model_type`), read from the
-  local path only: nothing is ever downloaded;
+- a causal LM loadable by `transformers`: a local directory (`config.json` with a `model_type`) or a
+  hub name (`gpt2-large`) found in the local Hugging Face cache; nothing is ever downloaded. Scored
+  with MDLM's published protocol (`TransformersJudge`: retokenization, first token unscored, one EOS
+  per sample counted, float32), so numbers compare with the MDLM/BD3LM/SEDD tables;
+- an ARMD or AR checkpoint (any `--checkpoint` PATH), scored with the exact l2r likelihood in
+  float64; with the generator's tokenizer (same SHA-256) it reads the sampled ids directly, else the
+  decoded text re-tokenized;
 - none given: the generator itself, scored l2r ("self"), which measures consistency, not quality.
-
-What the judge reads: with the same tokenizer (same SHA-256) the sampled ids directly; otherwise the
-generator's decoded text, re-tokenized by the judge. Scoring runs in float64 unless the judge refuses
-it, because low-probability tokens dominate generative perplexity and float32 shifts them.
 
 Unigram entropy: the entropy (nats) of the token histogram of one sample, averaged over samples. A
 model that repeats itself gets a low gen PPL *and* a low entropy, which is why both are reported.
@@ -119,9 +119,34 @@ class CheckpointJudge:
 
 
 class TransformersJudge:
-    """A causal LM from a local `transformers` directory; the tokenizer must sit beside it."""
+    """A causal LM from a local `transformers` directory (or a hub name found in the local cache),
+    scored with MDLM's generative-perplexity protocol (kuleshov-group/mdlm `diffusion.py`,
+    `compute_generative_perplexity` and `eval_retokenize`; docs/EVALUATION.md, "Judges"):
 
-    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu"):
+    1. every sample is decoded with the generator's tokenizer, its separators written as the judge's
+       EOS text (`<|endoftext|>` for GPT-2), as MDLM's `batch_decode` without skip_special_tokens,
+       then transformers' `clean_up_tokenization` (" ." -> ".", " 's" -> "'s", ...), which
+       `batch_decode` applied by default in the transformers release MDLM pins (4.38);
+    2. all samples are re-tokenized together by the judge's tokenizer: no BOS added, truncated to
+       `max_length` tokens (the sample length N, as MDLM's `config.model.length`), right-padded
+       with EOS to the longest, with an attention mask;
+    3. batches of `batch_size` (MDLM: 8) run through the judge in `dtype` (MDLM: float32);
+    4. targets 1..L-1 are scored (the first token is context only): NLL = cross-entropy of
+       logits[:, :-1] against ids[:, 1:], weighted by (token != EOS) or (it is the first EOS of its
+       row), so one EOS per row counts and padding after it does not;
+    5. gen PPL = exp(sum of weighted NLL / sum of weights): token-weighted over all samples.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        name: str | None = None,
+    ):
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
@@ -130,45 +155,95 @@ class TransformersJudge:
                 "installed: pip install transformers (or judge with an armd checkpoint)"
             ) from None
         self.path = str(path)
+        self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        loaded = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"judge {self.path}: its tokenizer has no EOS token, which the protocol pads with")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # as MDLM does
+        # transformers 5 loads in the checkpoint's dtype unless told: pin the precision the protocol names
+        loaded = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=dtype)
         cfg = loaded.config
         model: torch.nn.Module = loaded
-        model = model.to(device).eval()
-        try:
-            model = model.to(torch.float64)
-        except (RuntimeError, TypeError, ValueError):  # quantized or otherwise fixed-precision weights
-            pass
-        self.model = model
-        self.dtype = next(model.parameters()).dtype
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.dtype = dtype
+        self.batch_size = batch_size
         context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
-        self.max_len = int(context or 1024)
+        self.context = int(context or 1024)
+        self.max_length = min(max_length or self.context, self.context)
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "transformers",
             "path": self.path,
+            **({"name": self.name} if self.name else {}),
             "tokenizer": "retokenized",
             "dtype": str(self.dtype).removeprefix("torch."),
+            "protocol": "mdlm",
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
         }
+
+    def texts(self, samples: np.ndarray, codec: TextCodec) -> list[str]:
+        """Step 1: each sample's text, generator separators written as the judge's EOS text."""
+        eos_text = self.tokenizer.eos_token
+        out = []
+        for row in samples:
+            row = [int(t) for t in row]
+            cuts = [i for i, t in enumerate(row) if t == codec.eos_id] if codec.eos_id is not None else []
+            parts, start = [], 0
+            for cut in cuts + [len(row)]:
+                parts.append(codec.decode(row[start:cut]))
+                start = cut + 1
+            out.append(self.tokenizer.clean_up_tokenization(eos_text.join(parts)))
+        return out
 
     @torch.no_grad()
     def score(self, samples: np.ndarray, codec: TextCodec) -> JudgeScore:
+        import torch.nn.functional as F
+
+        texts = self.texts(samples, codec)
+        full = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        truncated = sum(len(ids) > self.max_length for ids in full)
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            return_token_type_ids=False,
+            return_attention_mask=True,
+            truncation=True,
+            padding=True,
+            max_length=self.max_length,
+            add_special_tokens=False,
+        )
         device = next(self.model.parameters()).device
-        bos = self.tokenizer.bos_token_id
-        total, count, truncated = 0.0, 0, 0
-        for row in samples:
-            ids = self.tokenizer(codec.decode(row), add_special_tokens=False)["input_ids"]
-            ids = ([bos] if bos is not None else []) + list(ids)  # without BOS the first token is unscored
-            truncated += len(ids) > self.max_len
-            ids = ids[: self.max_len]
-            if len(ids) < 2:
-                continue
-            x = torch.tensor([ids], device=device)
-            logp = torch.log_softmax(self.model(x).logits[:, :-1].to(self.dtype), dim=-1)
-            total += float(-logp.gather(-1, x[:, 1:].unsqueeze(-1)).double().sum())
-            count += len(ids) - 1
-        return JudgeScore(total, count, truncated)
+        eos = self.tokenizer.eos_token_id
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, enc["input_ids"].shape[0], self.batch_size):
+            ids = enc["input_ids"][start : start + self.batch_size].to(device)
+            mask = enc["attention_mask"][start : start + self.batch_size].to(device)
+            logits = self.model(ids, attention_mask=mask).logits
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            first_eos = (ids == eos).cumsum(dim=-1) == 1
+            weight = (first_eos | (ids != eos))[:, 1:]
+            total += (nll.double() * weight).sum()
+            count += weight.sum()
+        return JudgeScore(float(total), int(count), truncated)
+
+
+def resolve_hub_model(name: str) -> str:
+    """The local snapshot folder of hub model `name` (e.g. gpt2-large) in the Hugging Face cache;
+    never downloads."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as e:  # not cached (the error class differs between huggingface_hub versions)
+        raise FileNotFoundError(
+            f"judge '{name}' is not a local path and is not in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}; {type(e).__name__}). armd_scale never downloads: on a machine with "
+            f'internet run `hf download {name}` once (docs/EVALUATION.md, "Judges"), or pass a model directory'
+        ) from None
 
 
 def is_transformers_dir(path: str | Path) -> bool:
@@ -183,12 +258,31 @@ def is_transformers_dir(path: str | Path) -> bool:
     return isinstance(raw, dict) and "model_type" in raw and "config" not in raw
 
 
-def load_judge(path: str | None, *, generator_path: str, device: str | torch.device = "cpu") -> Judge:
-    """The judge at `path` (armd checkpoint or transformers directory), or the generator itself."""
+def load_judge(
+    path: str | None,
+    *,
+    generator_path: str,
+    device: str | torch.device = "cpu",
+    max_length: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+) -> Judge:
+    """The judge at `path`: an armd checkpoint, a transformers directory, a hub name found in the local
+    Hugging Face cache (`gpt2-large`), or (None) the generator itself. `max_length`, `dtype` and
+    `batch_size` apply to transformers judges (the MDLM protocol)."""
     from ..checkpoints.pretrained import load_pretrained
+    from ..data.hf_tokenizer import is_hub_name
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")
-    if is_transformers_dir(path):
-        return TransformersJudge(path, device=device)
+    if is_transformers_dir(path) or (not Path(path).expanduser().exists() and is_hub_name(path)):
+        local = path if is_transformers_dir(path) else resolve_hub_model(path)
+        return TransformersJudge(
+            local,
+            device=device,
+            max_length=max_length,
+            dtype=dtype,
+            batch_size=batch_size,
+            name=None if local == path else path,
+        )
     return CheckpointJudge(load_pretrained(path, device=device, dtype=torch.float64))

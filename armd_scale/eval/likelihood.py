@@ -85,6 +85,28 @@ def draw_orders(
 
 
 @torch.no_grad()
+def position_nll(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    order: torch.Tensor,
+    block: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """-log p(token) of every token of rows [B, N] under one (order [N], block [N]): float64 [B, N] in
+    generation order (entry k is the token at position order[k]), on the tokens' device.
+
+    The log-softmax runs in `dtype` (the model's own dtype should match: load it in float64 for
+    float64 scores); the result is float64 so callers can sum without losing precision.
+    """
+    b, n = tokens.shape
+    order = order.to(tokens.device).expand(b, n)
+    block = block.to(tokens.device).expand(b, n)
+    logits = model(tokens, order, block)
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
+    targets = torch.gather(tokens, 1, order)
+    return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
+
+
 def window_nll(
     model: torch.nn.Module,
     tokens: torch.Tensor,
@@ -93,19 +115,8 @@ def window_nll(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """-log p(window) in nats per row of tokens [B, N] under one (order [N], block [N]): float64 [B],
-    on the tokens' device (callers sum on the device and read the total once, not once per batch).
-
-    The log-softmax runs in `dtype` (the model's own dtype should match: load it in float64 for
-    float64 scores); the sum over tokens is always float64.
-    """
-    b, n = tokens.shape
-    order = order.to(tokens.device).expand(b, n)
-    block = block.to(tokens.device).expand(b, n)
-    logits = model(tokens, order, block)
-    logp = torch.log_softmax(logits.to(dtype), dim=-1)
-    targets = torch.gather(tokens, 1, order)
-    nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return nll.double().sum(dim=1)
+    on the tokens' device (callers sum on the device and read the total once, not once per batch)."""
+    return position_nll(model, tokens, order, block, dtype).sum(dim=1)
 
 
 @dataclass

@@ -43,6 +43,8 @@ def sweep(
     seed: int = 0,
     sample_dtype: str = "float64",
     float64: bool = False,
+    judge_dtype: str = "float32",
+    judge_batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -54,13 +56,21 @@ def sweep(
         raise ValueError(f"--streams {bad}: every S must be >= 1 and divide --length {length}")
     if num_samples < 1:
         raise ValueError(f"--num-samples {num_samples} must be >= 1")
-    if sample_dtype not in DTYPES:
-        raise ValueError(f"sample dtype '{sample_dtype}' is not one of {', '.join(DTYPES)}")
+    for what, value in (("sample", sample_dtype), ("judge", judge_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{what} dtype '{value}' is not one of {', '.join(DTYPES)}")
     pre = load_pretrained(checkpoint, device=device, dtype=torch.float64 if float64 else torch.float32)
     if length > pre.config.model.max_seq_len:
         raise ValueError(f"--length {length} exceeds the model's max_seq_len={pre.config.model.max_seq_len}")
     codec = codec_for(pre)
-    scorer = load_judge(judge, generator_path=checkpoint, device=device)
+    scorer = load_judge(
+        judge,
+        generator_path=checkpoint,
+        device=device,
+        max_length=length,
+        dtype=DTYPES[judge_dtype],
+        batch_size=judge_batch_size,
+    )
     batch = batch_size or num_samples
     # one small decode first, so that lazy initialisation is not billed to the first S
     sample_sbp(pre.model, length, streams[0], batch_size=1, seed=seed, sample_dtype=DTYPES[sample_dtype])

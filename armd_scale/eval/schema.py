@@ -1,4 +1,5 @@
-"""The JSON that `armd eval ppl`, `armd generate --json` and `armd eval sbp` write, as data.
+"""The JSON that `armd eval ppl`, `armd generate --json`, `armd eval sbp` and `armd eval zeroshot` write,
+as data.
 
 The schemas are plain dicts of `Field`s so that one definition serves three purposes: `validate()`
 (used by the tests on real command output), docs/EVALUATION.md (whose field tables a test checks
@@ -114,7 +115,44 @@ SBP: dict[str, Field] = {
     "results": _f(list, "one row per S, in sweep order", items=SBP_ROW),
 }
 
-SCHEMAS: dict[str, dict[str, Field]] = {"generate": GENERATE, "sbp": SBP}
+ZEROSHOT_ROW: dict[str, Field] = {
+    "task": _f(str, "benchmark: lambada, wikitext2, ptb, wikitext103 or lm1b"),
+    "title": _f(str, "its column in Table 1"),
+    "split": _f(str, "the split the protocol's public code evaluates (the files given are the user's)"),
+    "data": _f(list, "the files read, in order", items=str),
+    "rows": _f(int, "dataset rows read (every row is a document and gets a separator)"),
+    "blocks": _f(int, "blocks of block_len tokens scored"),
+    "stream_tokens": _f(int, "tokens of all rows, separators included"),
+    "dropped_tokens": _f(int, "tokens of the remainder that fills no block"),
+    "tokens": _f(int, "scored tokens (the denominator of nll_per_token)"),
+    "nll": _f(NUMBER, "total NLL in nats (an upper bound for elbo)"),
+    "nll_per_token": _f(NUMBER, "nll / tokens"),
+    "ppl": _f(NUMBER, "exp(nll_per_token): token-weighted over all blocks"),
+    "words": _f(int, "whitespace-separated words of the detokenized text the blocks cover"),
+    "word_ppl": _f(OPT_NUMBER, "exp(nll / words)"),
+    "bytes": _f((int, NoneType), "UTF-8 bytes of the scored tokens"),
+    "bits_per_byte": _f(OPT_NUMBER, "nll in bits / bytes"),
+}
+ZEROSHOT: dict[str, Field] = {
+    "protocol": _f(str, "sedd (raw blocks) or mdlm ([BOS] + L-2 tokens + [EOS])", ("sedd", "mdlm")),
+    "checkpoint": _f(str, "the checkpoint folder the weights came from"),
+    "step": _f((int, NoneType), "its training step"),
+    "arch": _f(str, "armd, ar or mdlm"),
+    "likelihood": _f(str, "exact (armd, ar: left to right) or elbo (mdlm: T-step bound)", ("exact", "elbo")),
+    "method": _f(str, "the estimator in words"),
+    "steps": _f((int, NoneType), "mdlm: T of the ELBO; null for exact"),
+    "block_len": _f(int, "L, tokens per block"),
+    "scored_positions": _f(str, "which positions of a block are scored"),
+    "bos_id": _f((int, NoneType), "mdlm protocol: the BOS id blocks start with"),
+    "separator_id": _f(int, "the id appended to every row (and ending mdlm-protocol blocks)"),
+    "tokenizer_sha256": _f((str, NoneType), "the checkpoint's tokenizer"),
+    "dtype": _f(str, "precision of the forward pass", ("float32", "float64")),
+    "seed": _f(int, "seed of the mdlm ELBO's masks"),
+    "aggregation": _f(str, "how per-block numbers are combined"),
+    "results": _f(list, "one entry per benchmark, in --task order", items=ZEROSHOT_ROW),
+}
+
+SCHEMAS: dict[str, dict[str, Field]] = {"generate": GENERATE, "sbp": SBP, "zeroshot": ZEROSHOT}
 
 
 class SchemaError(ValueError):
@@ -158,7 +196,7 @@ def ppl_fields(kind: str) -> dict[str, Field]:
 
 
 def validate(doc: Any, schema: str) -> None:
-    """Raise SchemaError unless `doc` follows schema 'ppl', 'generate' or 'sbp'."""
+    """Raise SchemaError unless `doc` follows schema 'ppl', 'generate', 'sbp' or 'zeroshot'."""
     errors: list[str] = []
     if schema == "ppl":
         kind = doc.get("kind") if isinstance(doc, dict) else None

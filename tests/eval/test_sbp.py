@@ -16,7 +16,7 @@ from armd_scale.cli import main
 from armd_scale.data.tokenizer import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
-from armd_scale.eval.text import IdCodec, TokenizerCodec, codec_for
+from armd_scale.eval.text import TokenizerCodec, codec_for
 from armd_scale.pretrained import load_pretrained
 
 from .runs import cli_env
@@ -162,54 +162,3 @@ def test_codec_of_a_synthetic_run_writes_ids(markov_run):
     assert codec.decode([5, 11, 4]) == "5 11 4" and codec.encode(" 5 11\n4 ") == [5, 11, 4]
     with pytest.raises(ValueError, match="not a token id"):
         codec.encode("5 12")
-
-
-def _tiny_transformers_dir(path, n_positions: int) -> None:
-    """A real GPT-2 (1 layer, width 16) and a word-level tokenizer over the words "0".."99", built from a
-    config and saved locally: the judge loads them like any model directory, nothing is downloaded."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<s>": 0, "[UNK]": 1} | {str(i): i + 2 for i in range(100)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="[UNK]")
-    tok.save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        vocab_size=len(vocab), n_positions=n_positions, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
-    )
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-
-
-def test_transformers_judge_scores_with_a_real_model(tmp_path, monkeypatch):
-    """BOS is prepended, every text token is scored, long samples are cut to the judge's context, and
-    the NLL is what the model's own loss (transformers' shift and cross-entropy) gives for those ids."""
-    transformers = pytest.importorskip("transformers")
-    _tiny_transformers_dir(tmp_path, n_positions=6)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail
-    judge = load_judge(str(tmp_path), generator_path="unused")
-    assert judge.describe() == {
-        "kind": "transformers",
-        "path": str(tmp_path),
-        "tokenizer": "retokenized",
-        "dtype": "float64",
-    }
-
-    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).double().eval()
-
-    def reference_nll(words: list[int]) -> float:
-        ids = torch.tensor([[0] + [w + 2 for w in words]])  # BOS, then the word ids
-        with torch.no_grad():
-            return float(model(ids, labels=ids).loss) * (ids.shape[1] - 1)
-
-    score = judge.score(np.array([[5, 11, 7], [1, 2, 3]]), IdCodec(100))
-    assert (score.tokens, score.truncated) == (6, 0)
-    assert score.nll == pytest.approx(
-        reference_nll([5, 11, 7]) + reference_nll([1, 2, 3]), rel=1e-6
-    )  # transformers' loss upcasts to float32 only
-    long = judge.score(np.array([[4, 5, 6, 7, 8, 9, 10]]), IdCodec(100))  # BOS + 7 > 6 positions
-    assert (long.tokens, long.truncated) == (5, 1)
-    assert long.nll == pytest.approx(
-        reference_nll([4, 5, 6, 7, 8]), rel=1e-6
-    )  # transformers' loss upcasts to float32 only

@@ -1,7 +1,7 @@
 """The JSON schemas: the validator rejects what it should, and docs/EVALUATION.md documents every field.
 
-Real command output is validated in test_likelihood.py (ppl, all kinds), test_sbp.py (sbp) and
-tests/generate/test_cli.py (generate).
+Real command output is validated in test_likelihood.py (ppl, all kinds), test_sbp.py (sbp),
+test_zeroshot.py (zeroshot) and tests/generate/test_cli.py (generate).
 """
 
 from __future__ import annotations
@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from armd_scale.eval.schema import GENERATE, PPL_BY_KIND, PPL_COMMON, SAMPLE, SBP, SBP_ROW, SchemaError, validate
+from armd_scale.eval.schema import (
+    GENERATE,
+    PPL_BY_KIND,
+    PPL_COMMON,
+    SAMPLE,
+    SBP,
+    SBP_ROW,
+    ZEROSHOT,
+    ZEROSHOT_ROW,
+    SchemaError,
+    validate,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "EVALUATION.md"
 
@@ -89,8 +100,8 @@ def test_nested_samples_are_checked():
 def test_docs_describe_every_field():
     """Each schema field appears as a table row "| `name` |" in docs/EVALUATION.md."""
     text = DOC.read_text()
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", text, flags=re.M))
-    fields = set(PPL_COMMON) | set(GENERATE) | set(SAMPLE) | set(SBP) | set(SBP_ROW)
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, flags=re.M))
+    fields = set(PPL_COMMON) | set(GENERATE) | set(SAMPLE) | set(SBP) | set(SBP_ROW) | set(ZEROSHOT) | set(ZEROSHOT_ROW)
     for kind_fields in PPL_BY_KIND.values():
         fields |= set(kind_fields)
     assert not fields - documented, f"fields missing from {DOC.name}: {sorted(fields - documented)}"

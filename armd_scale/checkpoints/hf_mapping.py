@@ -1,0 +1,251 @@
+"""How an armd_scale model maps onto a Hugging Face transformers model, both ways, as data.
+
+Two layouts:
+- `armd` (custom code, `trust_remote_code=True`): the code in hf_code/ under armd_scale's own
+  parameter names with a `model.` prefix; any `armd` model and any `ar` model (its gelu MLP and
+  its learned start vector have no stock equivalent).
+- `llama` (a stock `LlamaForCausalLM`, no custom code): an `ar` model with the SwiGLU MLP. The
+  layers map one to one (attn_norm -> input_layernorm, wq/wk/wv/wo -> q/k/v/o_proj, mlp_norm ->
+  post_attention_layernorm, gate/up/down -> gate/up/down_proj, final_norm -> norm; RoPE is the same
+  half-split rotation). Llama reads a token embedding at every position, but our AR model's first
+  input is the learned start vector s: s becomes the embedding row of one added token, BOS, with id
+  T (the tokenizer's size; padded ids past T are dropped), and the tokenizer puts BOS in front of
+  every text. Llama position k then sees [BOS, x_0, ..., x_{k-1}] exactly as our model sees
+  [s, x_0, ..., x_{k-1}]. The output matrix keeps T real rows plus a zero row for BOS (logit 0), so
+  embeddings are stored untied; score with logits[..., :T] (BOS is suppressed in generation).
+
+Every field of `ModelConfig` is listed in `FIELDS` with how the exported code treats it. A field
+this module does not know (a model option added later) is refused unless it has its default, and
+the exporter's logit check then decides: an option can never export wrong code silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from ..model.layers import mlp_hidden
+from .report import ConversionError
+
+ANY = "any value"
+INIT_ONLY = "initialisation only: does not change a trained model's function"
+RUNTIME = "a runtime choice with the same function: the exported code uses PyTorch SDPA"
+FIELDS: dict[str, tuple[Any, ...] | str] = {
+    "arch": ("armd", "ar"),
+    "vocab_size": ANY,
+    "n_layers": ANY,
+    "d_model": ANY,
+    "n_heads": ANY,
+    "max_seq_len": ANY,
+    "n_two_stream_layers": ANY,
+    "d_pe": ANY,
+    "prefix_agg": ("sum", "mean", "none"),
+    "pe_init_tau": INIT_ONLY,
+    "positional_start": (True, False),
+    "mlp": ("swiglu", "gelu"),
+    "mlp_ratio": ANY,
+    "tie_embeddings": (True, False),
+    "rope_theta": ANY,
+    "norm_eps": ANY,
+    "init_std": INIT_ONLY,
+    "attention_backend": RUNTIME,
+    "compile": RUNTIME,
+    "tokenizer_vocab_size": ANY,
+    # the query stream's input options (model/neighbour.py, ARMDModel.prefix_aggregate)
+    "neighbour_heads": ANY,
+    "neighbour_kind": ("symmetric", "directional"),
+    "positional_start_table": ("shared", "separate"),
+    "positional_start_scope": ("all", "first_block"),
+    "positional_start_init": INIT_ONLY,
+    "prefix_norm": (True, False),
+    "prefix_query_table": (True, False),
+    "previous_block_input": (True, False),
+    "pe_lr_scale": ANY,
+}
+# Their values when a ModelConfig predates them: the paper's query-stream input (ARMDConfig's defaults).
+QUERY_INPUT_OFF: dict[str, Any] = {
+    "neighbour_heads": 0,
+    "neighbour_kind": "symmetric",
+    "positional_start_table": "shared",
+    "positional_start_scope": "all",
+    "prefix_norm": False,
+    "prefix_query_table": False,
+    "previous_block_input": False,
+    "pe_lr_scale": 1.0,
+}
+LLAMA_MAP = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight",
+    "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def check_exportable(mc: ModelConfig) -> list[str]:
+    """Refuse, naming the field, a model the exported code would not reproduce; returns notes."""
+    notes = []
+    for field in dataclasses.fields(mc):
+        value = getattr(mc, field.name)
+        rule = FIELDS.get(field.name)
+        if rule is None:
+            if value != _default(field):
+                raise ConversionError(
+                    f"model.{field.name}={value!r}: the Hugging Face export code does not implement this model option "
+                    f"(it knows {', '.join(FIELDS)}); export with --to export instead"
+                )
+            notes.append(f"model.{field.name} is new to the exporter and at its default; the logit check covers it")
+        elif isinstance(rule, tuple) and value not in rule:
+            supported = ", ".join(repr(v) for v in rule)
+            raise ConversionError(
+                f"model.{field.name}={value!r} has no Hugging Face export (supported: {supported}); "
+                "use --to export, which armd_scale loads"
+            )
+    return notes
+
+
+def llama_incompatibility(mc: ModelConfig) -> str | None:
+    """Why this model cannot be a stock LlamaForCausalLM (None: it can)."""
+    if mc.arch != "ar":
+        return f"arch {mc.arch} is not a plain causal transformer"
+    if mc.mlp != "swiglu":
+        return f"model.mlp={mc.mlp}: Llama's MLP is gated (SwiGLU)"
+    return None
+
+
+def real_vocab(mc: ModelConfig) -> int:
+    return mc.tokenizer_vocab_size or mc.vocab_size
+
+
+def armd_config(mc: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments of hf_code's ARMDConfig."""
+    return {
+        "arch": mc.arch,
+        "vocab_size": mc.vocab_size,
+        "n_layers": mc.n_layers,
+        "d_model": mc.d_model,
+        "n_heads": mc.n_heads,
+        "max_seq_len": mc.max_seq_len,
+        "n_two_stream_layers": mc.two_stream_layers,
+        "d_pe": mc.d_pe,
+        "prefix_agg": mc.prefix_agg,
+        "positional_start": mc.positional_start,
+        "mlp": mc.mlp,
+        "mlp_hidden": mlp_hidden(mc.d_model, mc.mlp_ratio, mc.mlp),
+        "rope_theta": mc.rope_theta,
+        "norm_eps": mc.norm_eps,
+        "tokenizer_vocab_size": mc.tokenizer_vocab_size,
+        "tie_word_embeddings": mc.tie_embeddings,
+        **{name: getattr(mc, name, off) for name, off in QUERY_INPUT_OFF.items()},
+    }
+
+
+def llama_config(mc: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments of transformers' LlamaConfig (BOS = id T, vocabulary T + 1)."""
+    t = real_vocab(mc)
+    return {
+        "vocab_size": t + 1,
+        "hidden_size": mc.d_model,
+        "intermediate_size": mlp_hidden(mc.d_model, mc.mlp_ratio, mc.mlp),
+        "num_hidden_layers": mc.n_layers,
+        "num_attention_heads": mc.n_heads,
+        "num_key_value_heads": mc.n_heads,
+        "head_dim": mc.d_model // mc.n_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": mc.max_seq_len,
+        "rms_norm_eps": mc.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": mc.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": t,
+    }
+
+
+def to_armd_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v for k, v in state.items()}
+
+
+def from_armd_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def to_llama_state(state: dict[str, torch.Tensor], mc: ModelConfig) -> dict[str, torch.Tensor]:
+    t = real_vocab(mc)
+    embed = state["embed.weight"]
+    head = state.get("lm_head.weight", embed)
+    out = {
+        "model.embed_tokens.weight": torch.cat([embed[:t], state["start"][None].to(embed.dtype)]),
+        "lm_head.weight": torch.cat([head[:t], torch.zeros(1, head.shape[1], dtype=head.dtype)]),
+        "model.norm.weight": state["final_norm.weight"],
+    }
+    for i in range(mc.n_layers):
+        for ours, theirs in LLAMA_MAP.items():
+            out[f"model.layers.{i}.{theirs}"] = state[f"layers.{i}.{ours}"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_llama_state(state: dict[str, torch.Tensor], mc: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our parameters from a Llama export; padded vocabulary rows (never read) come back as zeros."""
+    t = real_vocab(mc)
+    embed = state["model.embed_tokens.weight"]
+    if embed.shape[0] != t + 1:
+        raise ConversionError(f"model.embed_tokens.weight has {embed.shape[0]} rows, expected {t + 1} (T + BOS)")
+
+    def padded(rows: torch.Tensor) -> torch.Tensor:
+        pad = torch.zeros(mc.vocab_size - t, rows.shape[1], dtype=rows.dtype)
+        return torch.cat([rows, pad])
+
+    out = {
+        "embed.weight": padded(embed[:t]),
+        "start": embed[t].clone(),
+        "final_norm.weight": state["model.norm.weight"],
+    }
+    head = state["lm_head.weight"][:t]
+    if not mc.tie_embeddings:
+        out["lm_head.weight"] = padded(head)
+    elif not torch.equal(head, embed[:t]):
+        raise ConversionError(
+            "lm_head.weight differs from model.embed_tokens.weight, but the run ties them (model.tie_embeddings): "
+            "the folder's weights were changed after export"
+        )
+    for i in range(mc.n_layers):
+        for ours, theirs in LLAMA_MAP.items():
+            out[f"layers.{i}.{ours}"] = state[f"model.layers.{i}.{theirs}"]
+    return out
+
+
+def read_hf_state(folder: Path, layout: str, mc: ModelConfig) -> dict[str, torch.Tensor]:
+    """armd_scale's parameters from the safetensors of a `--to hf` folder (one file or an index of shards)."""
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(folder / name)))
+    if layout == "llama":
+        return from_llama_state(state, mc)
+    if layout == "armd":
+        return from_armd_state(state)
+    raise ConversionError(f"{folder}: unknown layout {layout!r} (expected 'armd' or 'llama')")

@@ -1,0 +1,280 @@
+"""`armd eval zeroshot`: the zero-shot perplexity protocol of SEDD / RADD / MDLM (the paper's Table 1).
+
+Per benchmark, from the user's local files (eval/zeroshot_data.py): rows -> the benchmark's
+detokenizer -> the checkpoint's tokenizer -> the separator appended to every row -> all rows
+concatenated in file order (globally, not per 1000-row `datasets.map` batch as the published code
+does) -> cut into blocks of L tokens (L = the run's training length unless `block_len` is given),
+the remainder dropped. Two named protocols (docs/EVALUATION.md lists every difference):
+
+- `sedd` (SEDD/RADD, `data.py:get_dataset`): blocks are L consecutive tokens, no BOS; every
+  position is scored.
+- `mdlm` (MDLM, `dataloader.py:_group_texts` with `wrap=True`): blocks are [BOS] + L-2 tokens +
+  [EOS]. A left-to-right model scores positions 1..L-1 (BOS is context, as MDLM's AR rows);
+  the diffusion baseline scores all L positions, BOS and EOS included, as MDLM's `_loss` does.
+
+Scores: `armd` and `ar` give the exact left-to-right NLL of each block (one forward pass); `mdlm`
+gives the T-step negative ELBO (`MDLMModel.elbo`, T forward passes per block), an upper bound,
+labelled `elbo` everywhere. Aggregation is token-weighted: PPL = exp(sum of NLL over all blocks /
+scored tokens), per benchmark. Per-word and per-byte figures divide the same total NLL by the words
+(whitespace-separated, of the detokenized text the blocks cover) and the UTF-8 bytes of the scored
+tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.errors import DataError
+from ..model.generation_orders import l2r_order
+from ..model.mdlm import MDLMModel
+from ..rng import seeded
+from .likelihood import position_nll
+from .text import TextCodec, bits_per_byte, codec_for
+from .zeroshot_data import BENCHMARKS, Benchmark, benchmark, read_rows
+
+PROTOCOLS = ("sedd", "mdlm")
+AGGREGATION = "token-weighted: exp(total NLL / scored tokens) over all blocks of a benchmark"
+
+
+@dataclass
+class Blocks:
+    """One benchmark wrapped into blocks under a protocol."""
+
+    tokens: np.ndarray  # [n, L] int64
+    rows: int  # dataset rows read
+    stream_tokens: int  # tokens of all rows, separators included
+    dropped: int  # tokens of the remainder that fills no block
+    words: int  # whitespace-separated words of the text the blocks cover
+    bos: int | None  # the BOS id the mdlm protocol wraps with (None for sedd)
+
+
+def _separator(codec: TextCodec) -> int:
+    if codec.kind != "text" or codec.eos_id is None:
+        raise DataError("the zero-shot suite needs a checkpoint with a text tokenizer (this one has ids only)")
+    return codec.eos_id
+
+
+def _bos_id(codec: TextCodec) -> int:
+    """MDLM wraps blocks with `tokenizer.bos_token` (GPT-2: <|endoftext|>, the separator itself)."""
+    bos = getattr(getattr(codec, "tokenizer", None), "bos_id", None)
+    return _separator(codec) if bos is None else int(bos)
+
+
+def _count_words(stream: Sequence[int], codec: TextCodec) -> int:
+    """Words of the text `stream` stands for: decoded between separators, so two documents never
+    merge into one word."""
+    words, start = 0, 0
+    for end in [i for i, t in enumerate(stream) if t == codec.eos_id] + [len(stream)]:
+        if end > start:
+            words += len(codec.decode(stream[start:end]).split())
+        start = end + 1
+    return words
+
+
+def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: TextCodec, block_len: int, protocol: str) -> Blocks:
+    """Detokenize, tokenize, append the separator to every row, concatenate, cut into blocks."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    separator = _separator(codec)
+    stream: list[int] = []
+    count = 0
+    for row in rows:
+        stream.extend(codec.encode(bench.detokenize(row)))
+        stream.append(separator)
+        count += 1
+    content = block_len if protocol == "sedd" else block_len - 2
+    if content < 1:
+        raise DataError(f"block length {block_len} leaves no room for text under protocol {protocol}")
+    n = len(stream) // content
+    if n == 0:
+        raise DataError(
+            f"{bench.name}: {count} rows give {len(stream)} tokens, less than one block of {block_len}; "
+            "pass more text or a smaller --block-len"
+        )
+    kept = np.asarray(stream[: n * content], dtype=np.int64).reshape(n, content)
+    bos = None
+    if protocol == "mdlm":
+        bos = _bos_id(codec)
+        kept = np.concatenate([np.full((n, 1), bos), kept, np.full((n, 1), separator)], axis=1)
+    return Blocks(kept, count, len(stream), len(stream) - n * content, _count_words(stream[: n * content], codec), bos)
+
+
+def scored_from(protocol: str, arch: str) -> int:
+    """First scored position of a block: the mdlm protocol gives l2r models BOS as context only."""
+    return 1 if protocol == "mdlm" and arch != "mdlm" else 0
+
+
+@torch.no_grad()
+def score_blocks(
+    model: torch.nn.Module,
+    blocks: np.ndarray,
+    *,
+    arch: str,
+    first: int,
+    batch_size: int,
+    dtype: torch.dtype,
+    steps: int | None,
+    seed: int,
+    progress: bool = True,
+    desc: str = "",
+) -> float:
+    """Total NLL (nats) of positions first.. of every block: exact l2r, or mdlm's T-step negative ELBO."""
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    generator = seeded(seed)
+    n, length = blocks.shape
+    order, block = l2r_order(1, length)
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
+        x = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
+        if arch == "mdlm":
+            assert isinstance(model, MDLMModel) and steps is not None  # evaluate_zeroshot checks both
+            total += model.elbo(x, steps, generator).double().sum()
+        else:
+            total += position_nll(model, x, order[0], block[0], dtype)[:, first:].sum()
+    return float(total)
+
+
+def _task_result(
+    bench: Benchmark, paths: Sequence[str], blocks: Blocks, nll: float, first: int, codec: TextCodec, protocol: str
+) -> dict[str, Any]:
+    scored = blocks.tokens[:, first:]
+    tokens = int(scored.size)
+    table = codec.byte_lengths()
+    num_bytes = int(table[scored].sum()) if table is not None else None
+    per_token = nll / tokens
+    return {
+        "task": bench.name,
+        "title": bench.title,
+        "split": bench.splits[protocol],
+        "data": list(paths),
+        "rows": blocks.rows,
+        "blocks": int(blocks.tokens.shape[0]),
+        "stream_tokens": blocks.stream_tokens,
+        "dropped_tokens": blocks.dropped,
+        "tokens": tokens,
+        "nll": nll,
+        "nll_per_token": per_token,
+        "ppl": math.exp(per_token),
+        "words": blocks.words,
+        "word_ppl": math.exp(nll / blocks.words) if blocks.words else None,
+        "bytes": num_bytes,
+        "bits_per_byte": bits_per_byte(nll, num_bytes),
+    }
+
+
+def evaluate_zeroshot(
+    checkpoint: str,
+    tasks: Sequence[tuple[str, Sequence[str]]],
+    *,
+    protocol: str = "sedd",
+    block_len: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    float64: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The `armd eval zeroshot` document: `tasks` is [(benchmark name, [files])], in table order or not."""
+    from ..checkpoints.pretrained import load_pretrained
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if not tasks:
+        raise ValueError("no --task given: choose from " + ", ".join(BENCHMARKS))
+    benches = [(benchmark(name), list(paths)) for name, paths in tasks]
+    if len({b.name for b, _ in benches}) != len(benches):
+        raise ValueError("a --task is given twice; pass all its files to one --data")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be >= 1")
+    dtype = torch.float64 if float64 else torch.float32
+    pre = load_pretrained(checkpoint, device=device, dtype=dtype)
+    arch = pre.config.model.arch
+    if arch == "mdlm" and (steps is None or steps < 1):
+        raise ValueError(
+            f"{pre.source} is arch mdlm, scored with the T-step ELBO: pass --steps T >= 1 "
+            "(MDLM's own evaluation scripts use T = 1000)"
+        )
+    if arch != "mdlm" and steps is not None:
+        raise ValueError(f"--steps applies to arch mdlm only; arch {arch} is scored with its exact l2r likelihood")
+    max_len = pre.config.model.max_seq_len
+    length = block_len or min(pre.config.data.seq_len, max_len)
+    if length > max_len:
+        raise DataError(f"--block-len {length} exceeds the model's max_seq_len={max_len}")
+    codec = codec_for(pre)
+    first = scored_from(protocol, arch)
+    results = []
+    for bench, paths in benches:
+        if not paths:
+            raise DataError(f"--task {bench.name} has no --data files")
+        rows = (row for path in paths for row in read_rows(path, bench))
+        blocks = wrap_blocks(rows, bench, codec, length, protocol)
+        nll = score_blocks(
+            pre.model,
+            blocks.tokens,
+            arch=arch,
+            first=first,
+            batch_size=batch_size,
+            dtype=dtype,
+            steps=steps,
+            seed=seed,
+            progress=progress,
+            desc=f"zeroshot {bench.name}",
+        )
+        results.append(_task_result(bench, paths, blocks, nll, first, codec, protocol))
+    exact = arch != "mdlm"
+    return {
+        "protocol": protocol,
+        "checkpoint": str(pre.source),
+        "step": pre.step,
+        "arch": arch,
+        "likelihood": "exact" if exact else "elbo",
+        "method": "exact left-to-right NLL" if exact else f"negative ELBO with T={steps} steps (upper bound)",
+        "steps": None if exact else steps,
+        "block_len": length,
+        "scored_positions": f"{first}..{length - 1} of each block",
+        "bos_id": None if protocol == "sedd" else _bos_id(codec),
+        "separator_id": _separator(codec),
+        "tokenizer_sha256": codec.sha256,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": seed,
+        "aggregation": AGGREGATION,
+        "results": results,
+    }
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """Table 1's layout (one row: this checkpoint), then the per-benchmark details."""
+    by_task = {r["task"]: r for r in doc["results"]}
+    bound = "≤" if doc["likelihood"] == "elbo" else ""
+    titles = [b.title for b in BENCHMARKS.values()]
+    cells = [f"{bound}{by_task[name]['ppl']:.2f}" if name in by_task else "–" for name in BENCHMARKS]
+    model = f"{doc['arch']} (step {doc['step']})"
+    lines = [
+        f"Zero-shot perplexity, protocol `{doc['protocol']}`, blocks of {doc['block_len']} tokens: "
+        f"`{doc['checkpoint']}`, {doc['method']} ({doc['dtype']}). PPL is {AGGREGATION}"
+        + ("; ≤ marks an ELBO bound." if bound else "."),
+        "",
+        "| Model | " + " | ".join(titles) + " |",
+        "|---" * (len(titles) + 1) + "|",
+        f"| {model} | " + " | ".join(cells) + " |",
+        "",
+        "| task | split the protocol uses | rows | blocks | scored tokens | dropped | NLL/token | PPL | "
+        "word PPL | bits/byte |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        word = "n/a" if r["word_ppl"] is None else f"{r['word_ppl']:.2f}"
+        bpb = "n/a" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.4f}"
+        lines.append(
+            f"| {r['title']} | {r['split']} | {r['rows']} | {r['blocks']} | {r['tokens']} | {r['dropped_tokens']} | "
+            f"{r['nll_per_token']:.4f} | {bound}{r['ppl']:.2f} | {bound}{word} | {bound}{bpb} |"
+        )
+    return "\n".join(lines) + "\n"

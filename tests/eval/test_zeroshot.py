@@ -1,0 +1,376 @@
+"""`armd eval zeroshot`: the SEDD/RADD/MDLM zero-shot protocol.
+
+The detokenizers are checked on fixed examples whose expected output was worked out by hand from the
+published rules; the rows of each file kind against the `datasets` builders' rules; and the whole
+pipeline (rows -> detokenizer -> tokenizer + separator -> global concatenation -> blocks -> NLL)
+against an independent computation that calls the model directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from armd_scale.cli import main
+from armd_scale.data.tokenizer import load_tokenizer
+from armd_scale.eval import validate
+from armd_scale.eval.zeroshot import markdown_table
+from armd_scale.eval.zeroshot_data import (
+    BENCHMARKS,
+    lambada_detokenize,
+    lm1b_detokenize,
+    ptb_detokenize,
+    read_rows,
+    wikitext_detokenize,
+)
+from armd_scale.pretrained import load_pretrained
+from armd_scale.rng import seeded
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "corpora"
+
+# WikiText-style raw text: blank lines, a heading, @-@ separators, a trailing line break.
+WIKI = (
+    " \n"
+    " = Valkyria Chronicles = \n"
+    " \n"
+    ' The game \'s 2 @,@ 000 @-@ year history , said the " chronicle " , began in 1935 . \n'
+    " = = Gameplay = = \n"
+    " \n"
+    " Players ' units move on a map ( the overworld ) at 40 ° C and the N units fight . \n"
+    " The module provides functions for the list of objects and the class of the function . \n"
+)
+
+
+@pytest.mark.parametrize(
+    "detok, raw, expected",
+    [
+        (
+            wikitext_detokenize,
+            ' The 2 @,@ 000 @-@ year @-@ old ( approx . ) lobster \'s claws , said " big " . \n',
+            ' The 2,000-year-old (approx.) lobster\'s claws, said "big".\n',
+        ),
+        (wikitext_detokenize, " = = Description = = \n", " == Description ==\n"),
+        (wikitext_detokenize, " = = = Sub = = = \n", " === Sub ===\n"),
+        (
+            wikitext_detokenize,
+            " the players ' union at 40 ° C and N men ; ok \n",
+            " the players' union at 40°C and 1 men; ok\n",
+        ),
+        (
+            ptb_detokenize,
+            "the company 's shares rose N N to $ N \\/ share n't <unk>",
+            "the company's shares rose 1 1 to $1 / sharen't ?",
+        ),
+        (ptb_detokenize, "the boys ' toys cost # N each", "the boys' toys cost #1 each"),
+        (
+            lm1b_detokenize,
+            'He said : " it \'s http : / / www.x.com , ok ? " ( yes ) $ 5 .',
+            'He said: "it\'s http://www.x.com, ok?" (yes) $5.',
+        ),
+        (lm1b_detokenize, "Really ! [ no ] £ 3 ; a / b ?", "Really! [no] £3; a/b?"),
+        (lambada_detokenize, "  \u201cHello,\u201d she said.  ", '\n"Hello," she said.'),
+    ],
+)
+def test_detokenizers_on_fixed_examples(detok, raw, expected):
+    assert detok(raw) == expected
+
+
+def test_rows_follow_the_datasets_builders(tmp_path):
+    wiki = tmp_path / "wiki.test.raw"
+    wiki.write_text(" \n = T = \n \n a b \n")
+    assert list(read_rows(str(wiki), BENCHMARKS["wikitext2"])) == ["", " = T = \n", "", " a b \n"]
+    ptb = tmp_path / "ptb.test.txt"
+    ptb.write_text(" no it was n't \n\n the end")  # the last line has no line break
+    assert list(read_rows(str(ptb), BENCHMARKS["ptb"])) == ["no it was n't", "", "the end"]
+    lines = tmp_path / "news.en.heldout-00000-of-00050"  # no suffix: text
+    lines.write_text("First .\nSecond !\n")
+    assert list(read_rows(str(lines), BENCHMARKS["lm1b"])) == ["First .", "Second !"]
+    lam = tmp_path / "lambada_test.jsonl"
+    lam.write_text(json.dumps({"text": " a passage \n"}) + "\n\n" + json.dumps({"text": "b"}) + "\n")
+    assert list(read_rows(str(lam), BENCHMARKS["lambada"])) == [" a passage \n", "b"]  # verbatim, detok strips
+    ptb_json = tmp_path / "ptb.jsonl"
+    ptb_json.write_text(json.dumps({"sentence": " x "}) + "\n")
+    assert list(read_rows(str(ptb_json), BENCHMARKS["ptb"])) == [" x "]
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"text": ["", " = T = \n"]}), str(tmp_path / "test-00000-of-00001.parquet"))
+    assert list(read_rows(str(tmp_path / "test-00000-of-00001.parquet"), BENCHMARKS["wikitext103"])) == [
+        "",
+        " = T = \n",
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: no field 'text'"):
+        list(read_rows(str(bad), BENCHMARKS["lambada"]))
+
+
+def _independent_blocks(text_rows, detok, tokenizer, block_len, protocol):
+    """The protocol from its description, with the tokenizer called directly."""
+    stream = []
+    for row in text_rows:
+        stream += tokenizer.encode(detok(row)) + [tokenizer.eos_id]
+    if protocol == "sedd":
+        n = len(stream) // block_len
+        return torch.tensor(stream[: n * block_len]).view(n, block_len)
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    step = block_len - 2
+    n = len(stream) // step
+    return torch.tensor([[bos] + stream[i * step : (i + 1) * step] + [tokenizer.eos_id] for i in range(n)])
+
+
+@torch.no_grad()
+def _l2r_nll(model, blocks, first):
+    n = blocks.shape[1]
+    pos = torch.arange(n).expand_as(blocks)
+    logp = torch.log_softmax(model(blocks, pos, pos).float(), dim=-1)
+    return float(-logp.gather(-1, blocks.unsqueeze(-1)).squeeze(-1)[:, first:].double().sum())
+
+
+def _zeroshot(capsys, run_dir, *args):
+    code = main(["eval", "zeroshot", "--checkpoint", str(run_dir), "--no-progress", *args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("protocol, first", [("sedd", 0), ("mdlm", 1)])
+def test_wrapped_block_nll_equals_an_independent_computation(text_bpe_run, tmp_path, capsys, protocol, first):
+    """Byte-level BPE (GPT-2's kind of tokenizer): the armd run's exact l2r NLL of the wrapped blocks."""
+    wiki = tmp_path / "wiki.test.raw"
+    wiki.write_text(WIKI * 3)
+    out_json = tmp_path / "zs.json"
+    md = _zeroshot(
+        capsys,
+        text_bpe_run.dir,
+        "--task",
+        "wikitext103",
+        "--data",
+        str(wiki),
+        "--protocol",
+        protocol,
+        "--batch-size",
+        "3",
+        "--json",
+        str(out_json),
+    )
+    doc = json.loads(out_json.read_text())
+    validate(doc, "zeroshot")
+    pre = load_pretrained(text_bpe_run.dir)
+    tok = load_tokenizer(pre.tokenizer_dir)
+    rows = [line + "\n" if line.strip() else "" for line in (WIKI * 3).split("\n")[:-1]]
+    blocks = _independent_blocks(rows, wikitext_detokenize, tok, 32, protocol)
+    expected = _l2r_nll(pre.model, blocks, first)
+    r = doc["results"][0]
+    assert doc["likelihood"] == "exact" and doc["protocol"] == protocol and doc["block_len"] == 32
+    assert (r["blocks"], r["tokens"], r["rows"]) == (blocks.shape[0], blocks[:, first:].numel(), len(rows))
+    assert r["nll"] == pytest.approx(expected, rel=1e-6)
+    assert r["ppl"] == pytest.approx(math.exp(expected / blocks[:, first:].numel()), rel=1e-6)
+    assert r["bytes"] == int(tok.byte_lengths()[blocks[:, first:].numpy()].sum())
+    assert r["bits_per_byte"] == pytest.approx(expected / math.log(2) / r["bytes"], rel=1e-6)
+    if protocol == "mdlm":
+        assert doc["bos_id"] == tok.eos_id == int(blocks[0, 0]) == int(blocks[0, -1])  # GPT-2 style: BOS = EOS
+    assert "| armd (step 20) | – | – | – | " in md and f"{r['ppl']:.2f} | – |" in md  # WikiText103 column
+
+
+def test_words_and_dropped_tokens(text_bpe_run, tmp_path, capsys):
+    """A block that takes the whole stream: nothing dropped, every word of the detokenized text counted."""
+    tok = load_tokenizer(load_pretrained(text_bpe_run.dir).tokenizer_dir)
+    rows = ["The cat sat\n", "", "on a mat\n"]
+    stream = sum((tok.encode(wikitext_detokenize(r)) + [tok.eos_id] for r in rows), [])
+    assert len(stream) <= 32
+    wiki = tmp_path / "w.raw"
+    wiki.write_text("The cat sat\n\non a mat\n")
+    out = tmp_path / "zs.json"
+    _zeroshot(
+        capsys,
+        text_bpe_run.dir,
+        "--task",
+        "wikitext2",
+        "--data",
+        str(wiki),
+        "--block-len",
+        str(len(stream)),
+        "--json",
+        str(out),
+    )
+    r = json.loads(out.read_text())["results"][0]
+    assert (r["rows"], r["blocks"], r["dropped_tokens"], r["words"]) == (3, 1, 0, 6)
+    assert r["word_ppl"] == pytest.approx(math.exp(r["nll"] / 6))
+
+
+def test_ar_baseline_and_sentencepiece(text_ar_run, tmp_path, capsys):
+    ptb = tmp_path / "ptb.test.txt"
+    ptb.write_text(" the module 's functions return N values \n the class of the object \n" * 6)
+    out = tmp_path / "zs.json"
+    _zeroshot(capsys, text_ar_run.dir, "--task", "ptb", "--data", str(ptb), "--json", str(out))
+    pre = load_pretrained(text_ar_run.dir)
+    rows = [line.strip() for line in ptb.read_text().split("\n")[:-1]]
+    blocks = _independent_blocks(rows, ptb_detokenize, load_tokenizer(pre.tokenizer_dir), 32, "sedd")
+    doc = json.loads(out.read_text())
+    assert doc["arch"] == "ar" and doc["results"][0]["nll"] == pytest.approx(_l2r_nll(pre.model, blocks, 0), rel=1e-6)
+
+
+def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys):
+    lm1b = tmp_path / "news.en.heldout-00000-of-00050"
+    lm1b.write_text("The module returns a list .\nIt 's the object of the class , said he .\n" * 5)
+    out = tmp_path / "zs.json"
+    md = _zeroshot(
+        capsys,
+        text_mdlm_run.dir,
+        "--task",
+        "lm1b",
+        "--data",
+        str(lm1b),
+        "--protocol",
+        "mdlm",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--batch-size",
+        "2",
+        "--json",
+        str(out),
+    )
+    pre = load_pretrained(text_mdlm_run.dir)
+    rows = [line.strip() for line in lm1b.read_text().split("\n")[:-1]]
+    blocks = _independent_blocks(rows, lm1b_detokenize, load_tokenizer(pre.tokenizer_dir), 32, "mdlm")
+    gen = seeded(3)
+    expected = sum(float(pre.model.elbo(blocks[i : i + 2], 4, gen).double().sum()) for i in range(0, len(blocks), 2))
+    doc = json.loads(out.read_text())
+    validate(doc, "zeroshot")
+    r = doc["results"][0]
+    assert doc["likelihood"] == "elbo" and doc["steps"] == 4 and "ELBO" in doc["method"]
+    assert r["tokens"] == blocks.numel()  # MDLM counts every position of a diffusion block, BOS and EOS too
+    assert r["nll"] == pytest.approx(expected, rel=1e-9)
+    assert f"≤{r['ppl']:.2f}" in md
+
+
+def test_refusals(text_run, text_mdlm_run, tmp_path, capsys):
+    data = tmp_path / "w.raw"
+    data.write_text(WIKI)
+    assert (
+        main(
+            [
+                "eval",
+                "zeroshot",
+                "--checkpoint",
+                str(text_run.dir),
+                "--task",
+                "ptb",
+                "--task",
+                "lm1b",
+                "--data",
+                str(data),
+            ]
+        )
+        == 2
+    )
+    assert "2 --task but 1 --data" in capsys.readouterr().err
+    assert main(["eval", "zeroshot", "--checkpoint", str(text_mdlm_run.dir), "--task", "ptb", "--data", str(data)]) == 1
+    assert "pass --steps T" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "eval",
+                "zeroshot",
+                "--checkpoint",
+                str(text_run.dir),
+                "--task",
+                "ptb",
+                "--data",
+                str(data),
+                "--steps",
+                "3",
+            ]
+        )
+        == 1
+    )
+    assert "--steps applies to arch mdlm only" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "eval",
+                "zeroshot",
+                "--checkpoint",
+                str(text_run.dir),
+                "--task",
+                "ptb",
+                "--data",
+                str(data),
+                "--block-len",
+                "64",
+            ]
+        )
+        == 1
+    )
+    assert "exceeds the model's max_seq_len=32" in capsys.readouterr().err
+
+
+def test_table_layout_follows_table_1():
+    doc = {
+        "protocol": "sedd",
+        "checkpoint": "c",
+        "step": 5,
+        "arch": "armd",
+        "likelihood": "exact",
+        "method": "exact left-to-right NLL",
+        "block_len": 1024,
+        "dtype": "float32",
+        "results": [
+            {
+                "task": "lm1b",
+                "title": "1BW",
+                "split": "test",
+                "rows": 1,
+                "blocks": 1,
+                "tokens": 1024,
+                "dropped_tokens": 0,
+                "nll_per_token": 3.0,
+                "ppl": 20.0855,
+                "word_ppl": 50.0,
+                "bits_per_byte": 1.0,
+            },
+            {
+                "task": "lambada",
+                "title": "LAMBADA",
+                "split": "test",
+                "rows": 1,
+                "blocks": 1,
+                "tokens": 1024,
+                "dropped_tokens": 0,
+                "nll_per_token": 2.0,
+                "ppl": 7.389,
+                "word_ppl": None,
+                "bits_per_byte": None,
+            },
+        ],
+    }
+    lines = markdown_table(doc).splitlines()
+    assert lines[2] == "| Model | LAMBADA | WikiText2 | PTB | WikiText103 | 1BW |"
+    assert lines[4] == "| armd (step 5) | 7.39 | – | – | – | 20.09 |"
+
+
+def test_shared_corpora_through_the_protocol(text_bpe_run, tmp_path, capsys):
+    """Real WikiText-2 and LM1B text (../shared/corpora), wrapped and scored like any file a user supplies."""
+    wt2, lm1b = SHARED / "wikitext-2" / "valid.txt", SHARED / "lm1b" / "1b_benchmark.dev.tokens"
+    if not (wt2.is_file() and lm1b.is_file()):
+        pytest.skip(f"{SHARED} has no wikitext-2/valid.txt and lm1b/1b_benchmark.dev.tokens")
+    head = tmp_path / "wt2.raw"
+    head.write_text("".join(wt2.read_text().splitlines(keepends=True)[:60]))
+    out = tmp_path / "zs.json"
+    _zeroshot(capsys, text_bpe_run.dir, "--task", "wikitext2", "--data", str(head), "--json", str(out))
+    pre = load_pretrained(text_bpe_run.dir)
+    tok = load_tokenizer(pre.tokenizer_dir)
+    rows = [line + "\n" if line.strip() else "" for line in head.read_text().split("\n")[:-1]]
+    blocks = _independent_blocks(rows, wikitext_detokenize, tok, 32, "sedd")
+    r = json.loads(out.read_text())["results"][0]
+    assert r["nll"] == pytest.approx(_l2r_nll(pre.model, blocks, 0), rel=1e-6)
+    # the detokenized text is ordinary text: no " @-@ " or " , " left, so GPT-2-style BPE sees what it was made for
+    decoded = tok.decode(blocks.flatten().tolist())
+    assert " @-@ " not in decoded and " , " not in decoded
