@@ -9,7 +9,7 @@ import torch
 from armd_scale.config import ConfigError
 from armd_scale.generate import sample_sbp, sample_sequential
 from armd_scale.model import order_loss
-from armd_scale.model.orders import l2r_order
+from armd_scale.model.generation_orders import l2r_order
 from tests.model.conftest import tiny_model, tiny_model_config
 
 REAL, PADDED = 50, 64
