@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from .common import add_config_args, config_from_args
+from .common import add_config_args, config_from_args, positive_int
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--world-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="GPUs the dry run plans for (default: $WORLD_SIZE, else 1)",

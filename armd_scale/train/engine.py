@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from ..model import Model
-from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
+from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO, check_tp_plan
 from .distributed import DistInfo
 from .schedule import build_scheduler
 
@@ -42,6 +42,10 @@ def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
     tp = cfg.parallel.tp
     if world_size % tp:
         raise ConfigError(f"parallel.tp={tp} must divide the world size {world_size}")
+    try:
+        check_tp_plan(cfg.model, tp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     dp = world_size // tp
     per_step = cfg.train.micro_batch_size * dp
     if cfg.train.global_batch_size % per_step:
