@@ -16,6 +16,7 @@ fields of meta.json and config.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_atomic
+from ..config import ModelConfig
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
@@ -39,8 +41,9 @@ EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 EXPORT_TOKENIZER = "tokenizer"
 
-# Model fields that change parameter shapes or semantics: a resume or a `train.init_from` with a
-# different value is refused.
+# Model fields that change parameter shapes or what the weights mean: a `train.init_from` with a different
+# value is refused (a resume is stricter: `function_differences`). Fields such as rope_theta may change on
+# purpose when fine-tuning from trained weights.
 SHAPE_FIELDS = (
     "arch",
     "vocab_size",
@@ -114,6 +117,34 @@ def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
         for k in SHAPE_FIELDS
         if saved.get(k) != current.get(k)
     ]
+
+
+# Model fields that change neither a parameter's shape nor the function trained weights compute: how the
+# same function is evaluated (the attention kernel, torch.compile) and how weights were first drawn (only
+# read when a run starts). Every other ModelConfig field, including any added later, is protected on
+# resume: a new field is guarded the day it is added, unless it is listed here with its reason.
+NON_FUNCTION_FIELDS = frozenset({"attention_backend", "compile", "init_std", "pe_init_tau"})
+
+
+def function_differences(saved: dict[str, Any], current: dict[str, Any], fields_of: type | None = None) -> list[str]:
+    """`model.KEY: checkpoint A vs config B` for every model field that changes the function the model
+    computes (all ModelConfig fields but NON_FUNCTION_FIELDS). A key missing from `saved` (a checkpoint
+    written before the field existed) counts as the field's default, which reproduces the old behaviour."""
+    fields_of = fields_of or ModelConfig
+    defaults = {f.name: _default(f) for f in dataclasses.fields(fields_of)}
+    return [
+        f"model.{k}: checkpoint {saved.get(k, default)!r} vs config {current.get(k, default)!r}"
+        for k, default in defaults.items()
+        if k not in NON_FUNCTION_FIELDS and saved.get(k, default) != current.get(k, default)
+    ]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def universal_tag_dir(folder: Path) -> Path | None:

@@ -29,10 +29,10 @@ from ..checkpoints.layout import (
     TAG_RE,
     UNIVERSAL,
     complete_tags,
+    function_differences,
     mark_complete,
     read_meta,
     set_latest,
-    shape_differences,
     step_of,
     tag_for,
 )
@@ -108,11 +108,11 @@ class Checkpointer:
         return ResumePlan(tag, universal=universal)
 
     def _check_compatible(self, tag: str, meta: dict[str, Any]) -> None:
-        diffs = shape_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
+        diffs = function_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
         if diffs:
             raise ConfigError(
-                f"cannot resume {self.dir / tag}: the model shape changed ({'; '.join(diffs)}). "
-                "Use a new run.dir or restore these values."
+                f"cannot resume {self.dir / tag}: the model changed ({'; '.join(diffs)}). "
+                "Use a new run.dir (train.init_from can start it from these weights) or restore these values."
             )
         if meta.get("tokenizer_sha256") != self.tokenizer_sha256:
             raise ConfigError(

@@ -98,7 +98,7 @@ def test_training_refuses_a_model_smaller_than_its_tokenizer_and_a_foreign_token
     assert "point data.tokenizer at the tokenizer the shards were built with" in foreign.stderr
 
 
-def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run, text_wordpiece_run, tmp_path):
+def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run, text_wordpiece_run, tmp_path, capsys):
     export = tmp_path / "export"
     assert main(["convert", "--checkpoint", str(text_bpe_run.dir), "--to", "export", "--out", str(export)]) == 0
     _, _, other = text_wordpiece_run.data_urls()
@@ -109,3 +109,7 @@ def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run
 
     with pytest.raises(DataError, match="changed since training; restore the one it was trained with"):
         codec_for(load_pretrained(export))
+    # armd generate decodes through the same check: it refuses instead of printing another vocabulary's text
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(export), "--length", "8"]) == 1
+    assert "changed since training" in capsys.readouterr().err

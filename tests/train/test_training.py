@@ -112,6 +112,17 @@ def test_resume_refuses_a_model_shape_change(reference, tmp_path, data_cache):
     assert "model.n_heads: checkpoint 2 vs config 4" in run.output
 
 
+def test_resume_refuses_a_change_of_the_function_the_model_computes(reference, tmp_path, data_cache):
+    """rope_theta and prefix_agg change no shape but what the saved weights compute; they used to resume."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.dir, run_dir)
+    run = run_train(run_dir, data_cache, "model.rope_theta=500", "model.prefix_agg=mean", "train.steps=8")
+    assert run.returncode == 1, run.output[-3000:]
+    assert "model.prefix_agg: checkpoint 'sum' vs config 'mean'" in run.output
+    assert "model.rope_theta: checkpoint 10000.0 vs config 500.0" in run.output
+    assert "Traceback" not in run.output
+
+
 def test_resume_with_more_steps_extends_the_run(reference, tmp_path, data_cache):
     """Resuming with more steps continues on the new schedule and the loss keeps falling."""
     run_dir = tmp_path / "run"
