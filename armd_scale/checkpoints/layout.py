@@ -6,6 +6,8 @@
         COMPLETE              written last, after every rank finished: only marked folders are loaded
         universal/            DeepSpeed's universal form (universal.py), made once when needed
       latest                  name of the newest complete folder (for people and scripts)
+      step_00000050.corrupt/  a folder whose files failed verification, set aside by a resume (never read)
+      step_00000040.nonfinite/  weights that gave train.max_bad_steps non-finite losses, set aside (never read)
 
     EXPORT_DIR/               written by `armd convert --to export` (export.py)
       model.safetensors, config.json, tokenizer/
@@ -23,12 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomic
 from ..config import ModelConfig
+from .integrity import CorruptCheckpointError, fsync_dir, write_durable
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
 META = "meta.json"
+FILES = "files"  # meta.json key: {relative path: {bytes, sha256}} of every file the save wrote (integrity.py)
+CHECKSUMS = "checksums.json"  # the same list for a cached universal/ form, which meta.json predates
+CORRUPT_SUFFIX = ".corrupt"  # a resume sets a damaged step folder aside under this suffix
+NONFINITE_SUFFIX = ".nonfinite"  # ... and the trainer one whose weights gave only non-finite losses
 LATEST = "latest"
 CHECKPOINT_FORMAT = "armd_scale-checkpoint-1"
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -93,21 +99,25 @@ def read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+        raise CorruptCheckpointError(f"{path} must hold a JSON object, not {type(meta).__name__}")
     return meta
 
 
 def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json, then the COMPLETE marker, each whole: a folder is loadable only once both are."""
-    write_atomic(folder / META, json.dumps(meta, indent=1))
-    write_atomic(folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time()}))
+    """Write meta.json, then the COMPLETE marker, each whole and durable: a folder is loadable only once
+    both are, and COMPLETE reaches the disk only after meta.json and the folder's names (the caller
+    fsynced the files the marker vouches for)."""
+    fsync_dir(folder)
+    write_durable(folder / META, json.dumps(meta, indent=1))
+    write_durable(folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time()}))
+    fsync_dir(folder.parent)
 
 
 def set_latest(ckpt_dir: Path, tag: str) -> None:
-    write_atomic(ckpt_dir / LATEST, tag + "\n")
+    write_durable(ckpt_dir / LATEST, tag + "\n")
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
