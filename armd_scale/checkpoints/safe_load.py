@@ -39,8 +39,9 @@ class UnsafeCheckpointError(ValueError):
     every rank raises, reports it instead of leaving the other ranks waiting."""
 
 
-def pickle_files(folder: Path) -> list[Path]:
-    """Every pickle-based file under `folder`, staging debris (hidden entries) excluded."""
+def pickle_files(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Every pickle-based file under `folder`, staging debris (hidden entries) and the top-level
+    names in `skip` excluded."""
     folder = Path(folder)
     return sorted(
         p
@@ -48,12 +49,13 @@ def pickle_files(folder: Path) -> list[Path]:
         if p.is_file()
         and p.suffix in PICKLE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.relative_to(folder).parts[0] not in skip
     )
 
 
-def assert_weights_only_loadable(folder: Path) -> None:
+def assert_weights_only_loadable(folder: Path, skip: tuple[str, ...] = ()) -> None:
     folder = Path(folder)
-    files = pickle_files(folder)
+    files = pickle_files(folder, skip)
     if not files:
         raise FileNotFoundError(f"no checkpoint files (*.pt) under {folder}")
     for path in files:

@@ -53,6 +53,7 @@ from ..checkpoints.layout import (
     tag_for,
 )
 from ..checkpoints.safe_load import assert_weights_only_loadable, weights_only_loading
+from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..config import Config, ConfigError
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects
@@ -149,7 +150,7 @@ class Checkpointer:
         if self.dist.is_main:
             try:
                 meta = read_meta(folder)
-                assert_weights_only_loadable(folder)  # a tampered file raises UnsafeCheckpointError: fatal
+                check_intact(folder, meta, checksums=False)  # a tampered file: UnsafeCheckpointError, fatal
                 found = (meta.get(FILES) or {}, None, None)
             except CorruptCheckpointError as e:
                 found = (None, str(e), None)

@@ -56,8 +56,10 @@ class Run:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def checkpoints(self) -> list[str]:
-        ckpt = self.dir / "checkpoints"
-        return sorted(p.name for p in ckpt.glob("step_*") if (p / "COMPLETE").exists()) if ckpt.exists() else []
+        """Complete step folders (not those set aside as step_N.corrupt / step_N.nonfinite)."""
+        from armd_scale.checkpoints.layout import complete_tags
+
+        return complete_tags(self.dir / "checkpoints")
 
 
 def _env() -> dict[str, str]:
