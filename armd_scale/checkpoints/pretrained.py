@@ -36,11 +36,11 @@ class Pretrained:
 
     def tokenizer(self) -> Tokenizer:
         """The run's tokenizer (any backend), or an error saying where it was expected."""
-        from ..data.tokenizer import Tokenizer
+        from ..data.tokenizer import load_tokenizer
 
         if not self.tokenizer_dir:
             raise FileNotFoundError(f"{self.source} names no tokenizer; pass token ids or train with a tokenizer")
-        return Tokenizer.load(self.tokenizer_dir)
+        return load_tokenizer(self.tokenizer_dir)
 
 
 def load_pretrained(

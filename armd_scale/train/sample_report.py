@@ -17,11 +17,11 @@ def print_final_sample(model: Model, cfg: Config, tokenizer_dir: str | None, say
     tokens = cfg.train.sample_at_end
     if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
         return
-    from ..data.tokenizer import Tokenizer
+    from ..data.tokenizer import load_tokenizer
     from ..generate import sample_mdlm, sample_sbp, sample_sequential
 
     try:
-        tokenizer = Tokenizer.load(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
     except Exception as e:  # e.g. a synthetic source: its "tokenizer" is an id map, not sentencepiece
         say(f"(no sample printed: {e})")
         return

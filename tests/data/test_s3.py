@@ -20,7 +20,7 @@ from armd_scale.data.errors import BadShardError  # noqa: E402
 from armd_scale.data.loader import ShardLoader  # noqa: E402
 from armd_scale.data.manifest import read_manifest  # noqa: E402
 from armd_scale.data.shards import build_shards, verify_shards  # noqa: E402
-from armd_scale.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from armd_scale.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from armd_scale.data.urls import url_to_fs  # noqa: E402
 from armd_scale.ports import free_port  # noqa: E402
 from tests.data.conftest import shard_stream  # noqa: E402
@@ -89,7 +89,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> None:
     tok_url = f"s3://{BUCKET}/tokenizer"
     tok = train_tokenizer(["builtin:pydoc"], tok_url, vocab_size=200)
-    assert Tokenizer.load(tok_url).sha256 == tok.sha256
+    assert load_tokenizer(tok_url).sha256 == tok.sha256
     out = f"s3://{BUCKET}/sets/pydoc"
     manifests = build_shards(["builtin:pydoc"], out, tok_url, seq_len=32, val_fraction=0.1, samples_per_shard=200)
     local = build_shards(
