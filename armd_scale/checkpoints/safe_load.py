@@ -133,7 +133,7 @@ def _foreign_globals(path: Path) -> str:
         try:
             for op, arg, _ in pickletools.genops(io.BytesIO(data)):
                 if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                    strings.append(arg)
+                    strings.append(str(arg))
                 elif op.name == "GLOBAL":
                     found.append(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
