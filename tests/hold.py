@@ -59,12 +59,13 @@ def install(spec: str) -> None:
 class Hold:
     """Start `python -m tests.hold SPEC -- ARGV` and wait for it to reach the point."""
 
-    def __init__(self, spec: str, argv: Sequence[str], env: dict[str, str], cwd: str | None = None):
+    def __init__(self, spec: str | Sequence[str], argv: Sequence[str], env: dict[str, str], cwd: str | None = None):
+        specs = [spec] if isinstance(spec, str) else list(spec)  # several points: wait_held/release for each
         self.ready_r, ready_w = os.pipe()
         go_r, self.go_w = os.pipe()
         env = {**env, "HOLD_READY_FD": str(ready_w), "HOLD_GO_FD": str(go_r)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.hold", spec, "--", *argv],
+            [sys.executable, "-m", "tests.hold", *specs, "--", *argv],
             env=env,
             cwd=cwd,
             pass_fds=(ready_w, go_r),
