@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from armd_scale.checkpoints.layout import complete_tags
+from armd_scale.checkpoints.safe_load import safe_torch_load
 from armd_scale.config import load_config
 
 from .conftest import TINY
@@ -103,3 +104,26 @@ def test_non_finite_optimizer_state_is_never_saved(tmp_path, data_cache, monkeyp
         train(_cfg(tmp_path, data_cache))
     assert "the newest checkpoint, step_00000003, stays the last finite state" in str(err.value)
     assert _complete(tmp_path) == ["step_00000003"] and not (tmp_path / "checkpoints" / "step_00000006").exists()
+
+
+def test_the_reported_repro_resumes_with_the_sane_lr(tmp_path, data_cache, clean_process_env):
+    """As reported: 20 steps at a sane lr with checkpoint_every=2 keep_last=2, continued to 40 with an absurd
+    lr until the loss is NaN, then resumed with the sane lr. The NaN streak used to be saved on schedule,
+    retention deleted every finite checkpoint, and the resume failed at once. (The report used lr=1e3; on
+    this tiny model gradient clipping keeps that loss finite, if huge, so 1e20 makes it NaN.)"""
+    from armd_scale.train.loop import TrainingDiverged, train
+
+    every = ("train.checkpoint_every=2", "train.keep_last=2")
+    assert train(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
+    assert _complete(tmp_path) == ["step_00000018", "step_00000020"]
+    with pytest.raises(TrainingDiverged, match="loss was not finite"):
+        train(_cfg(tmp_path, data_cache, "train.steps=40", "train.lr=1e20", *every))
+    kept = _complete(tmp_path)
+    for tag in kept:  # every checkpoint left holds finite weights
+        module = safe_torch_load(tmp_path / "checkpoints" / tag / "mp_rank_00_model_states.pt")["module"]
+        assert all(torch.isfinite(v).all() for v in module.values()), tag
+    assert kept
+    assert train(_cfg(tmp_path, data_cache, "train.steps=44", *every)) == 0  # the sane lr, from the last finite one
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    last = {r["step"]: r["loss"] for r in records if "loss" in r and r["step"] > 40}
+    assert sorted(last) == [41, 42, 43, 44] and all(math.isfinite(v) and v < 10 for v in last.values()), last
