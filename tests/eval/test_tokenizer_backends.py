@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,9 +105,18 @@ def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run
     _, _, other = text_wordpiece_run.data_urls()
     for name in ("tokenizer.json", "armd_tokenizer.json"):  # another tokenizer of the same size in its place
         (export / "tokenizer" / name).write_bytes((Path(other) / name).read_bytes())
+    from armd_scale.checkpoints.integrity import CorruptCheckpointError
     from armd_scale.data.errors import DataError
     from armd_scale.eval.text import codec_for
 
+    # the export's checksums cover its tokenizer: the swap is caught first, naming the file
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(export / "tokenizer"))):
+        load_pretrained(export)
+    # without them (an export whose list leaves the tokenizer out) the identity check still refuses
+    config_path = export / "config.json"
+    config = json.loads(config_path.read_text())
+    config["files"] = {k: v for k, v in config["files"].items() if not k.startswith("tokenizer/")}
+    config_path.write_text(json.dumps(config))
     with pytest.raises(DataError, match="changed since training; restore the one it was trained with"):
         codec_for(load_pretrained(export))
     # armd generate decodes through the same check: it refuses instead of printing another vocabulary's text
