@@ -49,15 +49,18 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
+def atomic_dir(out: Path, *, staging: Path | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `out` (existing or not) when the block
     finishes without an error; on an error it is removed and `out` is left as it was.
 
     An existing `out` is first moved aside, then the new one renamed in, then the old one deleted:
-    `out` is missing only between two renames, never while a long write is under way."""
+    `out` is missing only between two renames, never while a long write is under way. `staging`
+    (default: a hidden sibling of `out`) must be on the same filesystem; a caller whose `out` lives
+    inside a folder that readers scan passes one outside that folder, so a process killed mid-write
+    leaves its debris where no reader looks."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
+    tmp = Path(staging) if staging is not None else temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -72,3 +75,24 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def describe_write_failure(path: Path, error: BaseException) -> str:
+    """What a failed write to `path` means, naming the path: a full disk says so (ENOSPC, EDQUOT, or
+    torch's zip writer's short-write message `unexpected pos`, which carries no errno) with the free
+    space left, instead of a bare `enforce fail ... unexpected pos`."""
+    import errno
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    short_write = "unexpected pos" in text
+    try:
+        free = shutil.disk_usage(next(p for p in (Path(path), *Path(path).parents) if p.exists())).free
+        room = f"{free / 2**20:.1f} MiB free on that filesystem"
+    except (OSError, StopIteration):
+        room = "free space unknown"
+    if full:
+        return f"could not write {path}: no space left on device (ENOSPC/EDQUOT; {room})"
+    if short_write:
+        return f"could not write {path}: the write was cut short, which usually means a full disk or quota ({room})"
+    return f"could not write {path}: {type(error).__name__}: {text}"

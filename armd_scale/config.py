@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -129,6 +130,8 @@ class ModelConfig:
             raise ConfigError("model.n_layers must be >= 2 for arch=armd (half are two-stream layers)")
         if self.mlp_ratio <= 0:
             raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be > 0")
+        _positive(self, "rope_theta", "norm_eps", "init_std")
+        _at_least(self, 0, "pe_init_tau")
 
     @property
     def two_stream_layers(self) -> int:
@@ -220,6 +223,7 @@ class DataConfig:
         _positive(self, "seq_len", "vocab_size")
         if self.num_workers < 0 or self.prefetch < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be >= 0")
+        _at_least(self, 0, "seed")
 
 
 @dataclass
@@ -267,17 +271,18 @@ class TrainConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def validate(self) -> None:
-        _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every", "lr", "eps")
+        _positive(self, "eval_batches", "keep_last", "max_bad_steps")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup_steps < 0 or self.eval_every < 0 or self.max_minutes < 0 or self.eval_elbo_steps < 0:
-            raise ConfigError(
-                "train.warmup_steps, train.eval_every, train.max_minutes and train.eval_elbo_steps must be >= 0"
-            )
-        if self.keep_last < 1:
-            raise ConfigError(f"train.keep_last={self.keep_last} must be >= 1")
+        for name in ("beta1", "beta2"):  # Adam's moment decay rates; 1 or more never forgets, < 0 oscillates
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")
+        # grad_clip: 0 = no clipping; a negative norm is not a limit (DeepSpeed's ZeRO-0 path would turn it into
+        # gradient ascent, ZeRO-1 into no clipping)
+        _at_least(self, 0, "warmup_steps", "eval_every", "max_minutes", "eval_elbo_steps", "weight_decay", "grad_clip")
+        _at_least(self, 0, "seed", "keep_every", "sample_at_end", "stop_at_step")
+        _at_least(self, 1, "spike_factor")
         self.order.validate()
         self.profile.validate()
 
@@ -318,6 +323,12 @@ class RunConfig:
     dir: str = "runs/tiny-cpu"
     name: str | None = None
 
+    def validate(self) -> None:
+        if not self.dir.strip():  # "" would train into the current directory
+            raise ConfigError(
+                f"run.dir={self.dir!r} must name a directory (checkpoints, metrics and config.yaml go there)"
+            )
+
 
 @dataclass
 class Config:
@@ -329,10 +340,16 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> Config:
+        self.run.validate()
         self.model.validate()
         self.data.validate()
         self.train.validate()
         self.parallel.validate()
+        if self.model.n_heads % self.parallel.tp:  # each tensor-parallel rank computes n_heads / tp whole heads
+            raise ConfigError(
+                f"parallel.tp={self.parallel.tp} must divide model.n_heads={self.model.n_heads} (tensor parallelism "
+                "splits attention by heads)"
+            )
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.train.global_batch_size % self.train.micro_batch_size:
@@ -501,14 +518,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"'{key}'={value!r} must be an integer")
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"'{key}'={value!r} must be a number")
+        if number is None:
+            raise ConfigError(f"'{key}'={value!r} must be a number")
+        if not math.isfinite(number):  # nan passes every comparison a range check makes
+            raise ConfigError(f"'{key}'={value!r} must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -518,12 +540,22 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"'{key}': unsupported config type {tp}")  # pragma: no cover - programming error
 
 
+def _group(obj: Any) -> str:
+    return type(obj).__name__.replace("Config", "").lower()
+
+
 def _positive(obj: Any, *names: str) -> None:
-    group = type(obj).__name__.replace("Config", "").lower()
     for name in names:
         value = getattr(obj, name)
         if value <= 0:
-            raise ConfigError(f"{group}.{name}={value} must be > 0")
+            raise ConfigError(f"{_group(obj)}.{name}={value} must be > 0")
+
+
+def _at_least(obj: Any, floor: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < floor:
+            raise ConfigError(f"{_group(obj)}.{name}={value} must be >= {floor}")
 
 
 def dump_config(cfg: Config) -> str:

@@ -47,12 +47,23 @@ IS_HOST=0
 export PYTHONUNBUFFERED=1
 
 # Preemption signals (USR1 from pretrain.sh's trap) go to every process of this step. The torchrun
-# agent must survive them: it installs no USR1 handler, so USR1's default action would kill it.
-# Ignoring USR1 here is inherited by torchrun (and by this shell); the trainer processes install
-# their own handler, which replaces the inherited "ignore".
-trap '' USR1
+# agent must survive them: it installs no USR1 handler, so USR1's default action would kill it. So
+# torchrun starts with USR1 ignored (inherited by the trainers, whose own handler replaces it as
+# the first thing `armd train` does). A USR1 in the trainers' first moments, before that handler
+# exists, would be ignored and lost: this shell records every USR1 in ARMD_STOP_FILE, which the
+# trainers read as a stop request (train/preemption.py), so it is acted on all the same.
+export ARMD_STOP_FILE="${TMPDIR:-/tmp}/armd-stop-$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}-$$"
+rm -f "$ARMD_STOP_FILE"
+record_usr1() {
+  echo "entrypoint: node ${SLURMD_NODENAME:-?}: USR1 at $(date "+%F %T.%3N"), recorded in $ARMD_STOP_FILE"
+  : >"$ARMD_STOP_FILE"
+}
+trap record_usr1 USR1
 
-read -r -a EXTRA <<<"$OVERRIDES"   # OVERRIDES="key=value key=value", split on whitespace
+# OVERRIDES="key=value key=value", split on spaces, tabs and newlines: every line counts (read -d ''
+# reads to the end instead of stopping at the first newline; it returns 1 at the end, hence || true).
+EXTRA=()
+read -r -d '' -a EXTRA <<<"$OVERRIDES" || true
 CONFIG_ARGS=()
 [[ -n "$CONFIG" ]] && CONFIG_ARGS=(--config "$CONFIG")
 
@@ -60,15 +71,25 @@ START="$(date +%s)"
 echo "entrypoint: node ${SLURMD_NODENAME:-?} ($NODE_RANK/$NNODES) restart ${SLURM_RESTART_COUNT:-0} at $(date +%T):" \
   "torchrun nnodes=$MIN_NODES:$NNODES nproc=$GPUS_PER_NODE rdzv=$HEAD_ADDR:$RDZV_PORT host=$IS_HOST"
 rc=0
-"$PYTHON" -m torch.distributed.run \
-  --nnodes="$MIN_NODES:$NNODES" \
-  --nproc-per-node="$GPUS_PER_NODE" \
-  --rdzv-backend=c10d \
-  --rdzv-endpoint="$HEAD_ADDR:$RDZV_PORT" \
-  --rdzv-id="$SLURM_JOB_ID" \
-  --rdzv-conf="is_host=$IS_HOST" \
-  --max-restarts="$MAX_RESTARTS" \
-  -m armd_scale.cli train "${CONFIG_ARGS[@]}" "run.dir=$RUN_DIR" "${EXTRA[@]}" || rc=$?
+# In the background, so that this shell runs its USR1 trap while torchrun runs (bash runs traps only
+# between commands); the subshell ignores USR1 before it becomes torchrun.
+(
+  trap '' USR1
+  exec "$PYTHON" -m torch.distributed.run \
+    --nnodes="$MIN_NODES:$NNODES" \
+    --nproc-per-node="$GPUS_PER_NODE" \
+    --rdzv-backend=c10d \
+    --rdzv-endpoint="$HEAD_ADDR:$RDZV_PORT" \
+    --rdzv-id="$SLURM_JOB_ID" \
+    --rdzv-conf="is_host=$IS_HOST" \
+    --max-restarts="$MAX_RESTARTS" \
+    -m armd_scale.cli train "${CONFIG_ARGS[@]}" "run.dir=$RUN_DIR" "${EXTRA[@]}"
+) &
+torchrun_pid=$!
+# A trap cuts `wait` short; wait again until torchrun has ended, then take its exit status.
+while kill -0 "$torchrun_pid" 2>/dev/null; do wait "$torchrun_pid" || true; done
+wait "$torchrun_pid" || rc=$?
+rm -f "$ARMD_STOP_FILE"
 echo "entrypoint: node ${SLURMD_NODENAME:-?}: torchrun exited $rc at $(date +%T)"
 
 # torchrun reports its own exit code, not the trainer's (under an elastic agent with restarts the

@@ -20,7 +20,7 @@
 #   DEVICE    where to compute (default: cuda when the job holds a GPU, which Slurm announces in
 #             SLURM_GPUS_ON_NODE, so a job whose GPU torch cannot see fails instead of silently using
 #             the CPU; otherwise auto = cuda if torch sees one, else cpu)
-#   EVAL_ARGS extra arguments for `armd eval ppl`, whitespace-separated
+#   EVAL_ARGS extra arguments for `armd eval ppl`, separated by spaces or newlines
 #   PYTHON    interpreter with armd_scale installed (default: python3 on PATH)
 set -euo pipefail
 
@@ -32,7 +32,10 @@ PYTHON="${PYTHON:-python3}"
 if [[ -z "${DEVICE:-}" ]]; then
   if [[ "${SLURM_GPUS_ON_NODE:-0}" =~ ^[1-9] ]]; then DEVICE=cuda; else DEVICE=auto; fi
 fi
-read -r -a EXTRA <<<"${EVAL_ARGS:-}"
+# Split on spaces, tabs and newlines: every line of a multi-line EVAL_ARGS counts (read -d '' reads to
+# the end instead of stopping at the first newline, and returns 1 there, hence || true).
+EXTRA=()
+read -r -d '' -a EXTRA <<<"${EVAL_ARGS:-}" || true
 
 # Slurm runs a copy of this script, so find the checkout through the submitted path (or ARMD_HOME).
 if [[ -z "${ARMD_HOME:-}" && -n "${SLURM_JOB_ID:-}" ]]; then

@@ -25,7 +25,7 @@
 #   CONFIG         preset name or YAML path (default: the trainer's default preset)
 #   RUN_DIR        run directory on a filesystem shared by all nodes; a requeued job resumes from
 #                  its last complete checkpoint (default: runs/<job name>-<job id> in the submit dir)
-#   OVERRIDES      extra config overrides, whitespace-separated: "train.steps=1000 train.lr=1e-3"
+#   OVERRIDES      extra config overrides, separated by spaces or newlines: "train.steps=1000 train.lr=1e-3"
 #   GPUS_PER_NODE  processes per node (default: the job's --gpus-per-node; 1 on a CPU job)
 #   MIN_NODES      fewest nodes the elastic rendezvous continues with (default: all of them)
 #   MAX_RESTARTS   times torchrun restarts the workers after a failure or a node change (default 3)

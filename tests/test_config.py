@@ -77,6 +77,58 @@ def test_invalid_values_name_key_value_and_choices(override, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        # each numeric field with a meaningful range refuses values outside it, naming key and value
+        ("train.grad_clip=-1", "train.grad_clip=-1.0 must be >= 0"),  # ZeRO-0 used to ascend the gradient
+        ("train.beta1=1.5", "train.beta1=1.5 must be in [0, 1)"),
+        ("train.beta2=1.0", "train.beta2=1.0 must be in [0, 1)"),
+        ("train.beta1=-0.1", "train.beta1=-0.1 must be in [0, 1)"),
+        ("train.eps=-1", "train.eps=-1.0 must be > 0"),
+        ("train.eps=0", "train.eps=0.0 must be > 0"),
+        ("train.lr=nan", "'train.lr'='nan' must be a finite number"),
+        ("train.lr=.inf", "'train.lr'=inf must be a finite number"),
+        ("train.lr=0", "train.lr=0.0 must be > 0"),
+        ("train.weight_decay=-0.1", "train.weight_decay=-0.1 must be >= 0"),
+        ("train.min_lr_ratio=1.5", "train.min_lr_ratio=1.5 must be in [0, 1]"),
+        ("train.max_bad_steps=0", "train.max_bad_steps=0 must be > 0"),
+        ("train.eval_batches=0", "train.eval_batches=0 must be > 0"),
+        ("train.keep_last=0", "train.keep_last=0 must be > 0"),
+        ("train.keep_every=-1", "train.keep_every=-1 must be >= 0"),
+        ("train.spike_factor=0.5", "train.spike_factor=0.5 must be >= 1"),
+        ("train.sample_at_end=-1", "train.sample_at_end=-1 must be >= 0"),
+        ("train.stop_at_step=-5", "train.stop_at_step=-5 must be >= 0"),
+        ("train.seed=-1", "train.seed=-1 must be >= 0"),
+        ("train.warmup_steps=-1", "train.warmup_steps=-1 must be >= 0"),
+        ("train.max_minutes=-1", "train.max_minutes=-1.0 must be >= 0"),
+        ("data.seed=-3", "data.seed=-3 must be >= 0"),
+        ("model.rope_theta=0", "model.rope_theta=0.0 must be > 0"),
+        ("model.norm_eps=-1e-6", "model.norm_eps=-1e-06 must be > 0"),
+        ("model.init_std=0", "model.init_std=0.0 must be > 0"),
+        ("model.pe_init_tau=-1", "model.pe_init_tau=-1.0 must be >= 0"),
+        ("model.mlp_ratio=nan", "'model.mlp_ratio'='nan' must be a finite number"),
+        ("parallel.tp=3", "parallel.tp=3 must divide model.n_heads=4"),  # used to fail at the first forward
+        ("run.dir=", "run.dir='' must name a directory"),  # used to train into the current directory
+        ("run.dir=' '", "run.dir=' ' must name a directory"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert fragment in str(err.value)
+
+
+def test_tp_must_divide_the_mlp_width_too():
+    """n_heads divisible is not enough: AutoTP also splits the MLP's hidden width."""
+    from armd_scale.train.engine import batch_layout
+
+    cfg = load_config(overrides=["parallel.tp=2", "model.mlp=gelu", "model.mlp_ratio=4.03"])  # hidden 515
+    with pytest.raises(ConfigError, match="parallel.tp=2 must divide .* layers.0.mlp.up.weight has 515 along dim"):
+        batch_layout(cfg, world_size=2)
+    batch_layout(load_config(overrides=["parallel.tp=2"]), world_size=2)  # the default widths divide
+
+
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ConfigError, match="presets: .*tiny-cpu"):
         load_config("no-such-preset")

@@ -4,7 +4,8 @@
       model.safetensors   full weights (fp32 by default), each tied tensor stored once
       config.json         {"format", "config" (resolved run config), "step", "tokenizer_sha256", "dtype",
                            "tied", "parameters", provenance (topology, loader, trainer, wandb run id,
-                           source) and "conversion" (the validation record)}
+                           source), "conversion" (the validation record) and "files" (size and
+                           SHA-256 of every other file, verified on load)}
       tokenizer/          tokenizer.model + tokenizer.json + tokenizer.vocab (SentencePiece) or
                           tokenizer.json + armd_tokenizer.json (Hugging Face), as trained
 
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 from .atomic import atomic_dir, check_out, refuse_overlap
-from .layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TOKENIZER, EXPORT_WEIGHTS
+from .integrity import digests, recorded_files
+from .layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TOKENIZER, EXPORT_WEIGHTS, FILES
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
 from .pretrained import load_pretrained
 from .report import ConversionError, ConversionReport, Progress
@@ -118,6 +120,7 @@ def export(
                 f"max abs logit difference {diff:g} (must be 0)"
             )
         config["conversion"] = report.to_dict()
+        config[FILES] = digests(tmp, [n for n in recorded_files(tmp) if n != EXPORT_CONFIG], sync=True)
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))
     progress(f"done: {out}")
     return report

@@ -6,6 +6,8 @@
         COMPLETE              written last, after every rank finished: only marked folders are loaded
         universal/            DeepSpeed's universal form (universal.py), made once when needed
       latest                  name of the newest complete folder (for people and scripts)
+      step_00000050.corrupt/  a folder whose files failed verification, set aside by a resume (never read)
+      step_00000040.nonfinite/  weights that gave train.max_bad_steps non-finite losses, set aside (never read)
 
     EXPORT_DIR/               written by `armd convert --to export` (export.py)
       model.safetensors, config.json, tokenizer/
@@ -19,18 +21,23 @@ fields of meta.json and config.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomic
-from ..config import saved_model_fields
+from ..config import ModelConfig, saved_model_fields
+from .integrity import CorruptCheckpointError, fsync_dir, write_durable
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
 META = "meta.json"
+FILES = "files"  # meta.json key: {relative path: {bytes, sha256}} of every file the save wrote (integrity.py)
+CHECKSUMS = "checksums.json"  # the same list for a cached universal/ form, which meta.json predates
+CORRUPT_SUFFIX = ".corrupt"  # a resume sets a damaged step folder aside under this suffix
+NONFINITE_SUFFIX = ".nonfinite"  # ... and the trainer one whose weights gave only non-finite losses
 LATEST = "latest"
 CHECKPOINT_FORMAT = "armd_scale-checkpoint-1"
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -49,8 +56,9 @@ HF_FORMAT = "armd_scale-hf-1"
 HF_META = "armd_scale.json"  # the resolved run config, provenance and the validation record
 HF_TOKENIZER = "armd_tokenizer"  # the run's own tokenizer files, as an export's tokenizer/
 
-# Model fields that change parameter shapes or semantics: a resume or a `train.init_from` with a
-# different value is refused.
+# Model fields that change parameter shapes or what the weights mean: a `train.init_from` with a different
+# value is refused (a resume is stricter: `function_differences`). Fields such as rope_theta may change on
+# purpose when fine-tuning from trained weights.
 SHAPE_FIELDS = (
     "arch",
     "vocab_size",
@@ -110,21 +118,25 @@ def read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+        raise CorruptCheckpointError(f"{path} must hold a JSON object, not {type(meta).__name__}")
     return meta
 
 
 def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json, then the COMPLETE marker, each whole: a folder is loadable only once both are."""
-    write_atomic(folder / META, json.dumps(meta, indent=1))
-    write_atomic(folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time()}))
+    """Write meta.json, then the COMPLETE marker, each whole and durable: a folder is loadable only once
+    both are, and COMPLETE reaches the disk only after meta.json and the folder's names (the caller
+    fsynced the files the marker vouches for)."""
+    fsync_dir(folder)
+    write_durable(folder / META, json.dumps(meta, indent=1))
+    write_durable(folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time()}))
+    fsync_dir(folder.parent)
 
 
 def set_latest(ckpt_dir: Path, tag: str) -> None:
-    write_atomic(ckpt_dir / LATEST, tag + "\n")
+    write_durable(ckpt_dir / LATEST, tag + "\n")
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -136,6 +148,36 @@ def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
         for k in SHAPE_FIELDS
         if saved.get(k) != current.get(k)
     ]
+
+
+# Model fields that change neither a parameter's shape nor the function trained weights compute: how the
+# same function is evaluated (the attention kernel, torch.compile) and how weights were first drawn (only
+# read when a run starts). Every other ModelConfig field, including any added later, is protected on
+# resume: a new field is guarded the day it is added, unless it is listed here with its reason.
+NON_FUNCTION_FIELDS = frozenset({"attention_backend", "compile", "init_std", "pe_init_tau", "positional_start_init"})
+
+
+def function_differences(saved: dict[str, Any], current: dict[str, Any], fields_of: type | None = None) -> list[str]:
+    """`model.KEY: checkpoint A vs config B` for every model field that changes the function the model
+    computes (all ModelConfig fields but NON_FUNCTION_FIELDS). A key missing from `saved` (a checkpoint
+    written before the field existed) counts as its value of the time (config.LEGACY_MODEL_VALUES), else
+    as the field's default, which reproduces the old behaviour."""
+    fields_of = fields_of or ModelConfig
+    saved = saved_model_fields(saved)
+    defaults = {f.name: _default(f) for f in dataclasses.fields(fields_of)}
+    return [
+        f"model.{k}: checkpoint {saved.get(k, default)!r} vs config {current.get(k, default)!r}"
+        for k, default in defaults.items()
+        if k not in NON_FUNCTION_FIELDS and saved.get(k, default) != current.get(k, default)
+    ]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
 
 
 def universal_tag_dir(folder: Path) -> Path | None:

@@ -6,19 +6,28 @@ unpickling, so before handing a folder to it every pickle-based file is opened h
 (`assert_weights_only_loadable`), and DeepSpeed's own loads run inside `weights_only_loading()`, which
 forces the restricted unpickler on them too. A file carrying any other object (a malicious
 `__reduce__`, say) fails with the file and the offending global named, and nothing from it runs.
+A file that cannot be read at all (cut short, bytes damaged) is a `CorruptCheckpointError` naming it,
+not a raw zip or pickle error: callers fall back to an older checkpoint on that, never on an unsafe one.
+
+Hidden entries (names starting with a dot) are the staging folders of writes that were interrupted;
+they are never part of a checkpoint and are skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from .integrity import CorruptCheckpointError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -30,9 +39,23 @@ class UnsafeCheckpointError(ValueError):
     every rank raises, reports it instead of leaving the other ranks waiting."""
 
 
-def assert_weights_only_loadable(folder: Path) -> None:
+def pickle_files(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Every pickle-based file under `folder`, staging debris (hidden entries) and the top-level
+    names in `skip` excluded."""
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix in PICKLE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.relative_to(folder).parts[0] not in skip
+    )
+
+
+def assert_weights_only_loadable(folder: Path, skip: tuple[str, ...] = ()) -> None:
+    folder = Path(folder)
+    files = pickle_files(folder, skip)
     if not files:
         raise FileNotFoundError(f"no checkpoint files (*.pt) under {folder}")
     for path in files:
@@ -69,14 +92,24 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
     raises UnsafeCheckpointError for anything else."""
     # Memory-map torch's zip format; a legacy (bare pickle) file cannot be mapped but must still meet
     # the restricted unpickler, not fail on the mmap option before anything is checked.
-    mmap = zipfile.is_zipfile(path)
     try:
+        mmap = zipfile.is_zipfile(path)
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        reason = _reason(e) or _foreign_globals(path)
+        if not reason:  # the restricted unpickler stopped, but at damaged bytes, not at a foreign object
+            raise CorruptCheckpointError(f"{path} is damaged: its pickle stream holds invalid opcodes") from None
         raise UnsafeCheckpointError(
-            f"refusing to load {path}: it contains objects that are not tensors or plain containers ({_reason(e)})"
+            f"refusing to load {path}: it contains objects that are not tensors or plain containers ({reason})"
         ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:  # an OSError (EIO, ...) is the reader's, not the file's
+        raise CorruptCheckpointError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _reason(error: Exception) -> str:
@@ -84,4 +117,39 @@ def _reason(error: Exception) -> str:
     torch's advice to retry with full unpickling, which is exactly what must not be done here."""
     text = str(error)
     found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\n|$)", text)
-    return found.group(1).strip() if found else text.strip().splitlines()[-1]
+    if found:
+        return found.group(1).strip()
+    blocked = re.search(r"unsupported GLOBAL (\S+)", text)  # "... GLOBAL posix.system whose module posix is blocked"
+    return f"Unsupported global: GLOBAL {blocked.group(1)}" if blocked else ""
+
+
+def _foreign_globals(path: Path) -> str:
+    """The globals a pickle names outside torch and the allowed DeepSpeed classes, found by reading its
+    opcodes (nothing is executed); "" when there are none or the pickle cannot be parsed."""
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in deepspeed_safe_globals()}
+    found: list[str] = []
+    for data in _pickles_of(path):
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # noqa: BLE001 - damaged bytes: report what was found before them
+            pass
+    foreign = [g for g in dict.fromkeys(found) if not g.startswith(("torch.", "collections.")) and g not in allowed]
+    return f"Unsupported global: GLOBAL {', '.join(foreign)}" if foreign else ""
+
+
+def _pickles_of(path: Path) -> list[bytes]:
+    """The pickle streams of a torch file: data.pkl of the zip format, or the legacy file itself."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return [z.read(n) for n in z.namelist() if n.endswith("data.pkl")]
+        return [Path(path).read_bytes()]
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []

@@ -10,23 +10,28 @@ Accepted paths, and what they resolve to:
 
 A folder without COMPLETE is a save that was cut short and is refused. Opening a DeepSpeed or
 universal folder checks every pickle-based file in it with the restricted unpickler first
-(safe_load.py), so each caller refuses a tampered folder up front, naming the file. The weights are
-read by `weights.full_state`.
+(safe_load.py), so each caller refuses a tampered folder up front, naming the file; then every file
+against the size and SHA-256 its meta.json records (integrity.py). A run directory whose newest
+checkpoint fails that check resolves to the newest intact one, with a warning naming the damaged
+file; a folder given directly is an error naming it. The weights are read by `weights.full_state`.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .integrity import CorruptCheckpointError, verify
 from .layout import (
     CHECKPOINTS,
     EXPORT_CONFIG,
     EXPORT_TOKENIZER,
     EXPORT_WEIGHTS,
+    FILES,
     HF_META,
     HF_TOKENIZER,
     MARKER,
@@ -39,6 +44,7 @@ from .layout import (
 from .safe_load import assert_weights_only_loadable
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,14 +90,24 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     if (path / HF_META).is_file() and (path / EXPORT_CONFIG).is_file():
         return Source("hf", path, _read_export_config(path / HF_META))
     if (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file():
-        return Source("export", path, _read_export_config(path / EXPORT_CONFIG))
+        config = _read_export_config(path / EXPORT_CONFIG)
+        if check_safe:
+            verify(path, config.get(FILES))
+        return Source("export", path, config)
     if (path / META).is_file():
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its save was cut short")
         return _checkpoint(path, None, check_safe)
     tags = complete_tags(path / CHECKPOINTS)
-    if tags:
-        return _checkpoint(path / CHECKPOINTS / tags[-1], path, check_safe)
+    first_error: CorruptCheckpointError | None = None
+    for tag in reversed(tags):  # newest first; a damaged one gives way to the newest intact one
+        try:
+            return _checkpoint(path / CHECKPOINTS / tag, path, check_safe)
+        except CorruptCheckpointError as e:
+            first_error = first_error or e
+            log.warning("skipping damaged checkpoint %s: %s", path / CHECKPOINTS / tag, e)
+    if first_error is not None:
+        raise CorruptCheckpointError(f"no intact checkpoint in {path}; the newest: {first_error}")
     raise FileNotFoundError(
         f"{path} is not a run directory with a complete checkpoint, a checkpoint folder (with {META} and "
         f"{MARKER}), an export directory (with {EXPORT_WEIGHTS} and {EXPORT_CONFIG}) or a folder written by "
@@ -99,10 +115,26 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     )
 
 
+def check_intact(folder: Path, meta: dict[str, Any], *, checksums: bool = True) -> None:
+    """Refuse a tampered folder (UnsafeCheckpointError, never a fallback) and a damaged one
+    (CorruptCheckpointError naming the file): restricted unpickling first, then the checksums.
+
+    The universal form a training checkpoint caches is not part of it: it is checked, and rebuilt if
+    damaged, where it is used (universal.convert_to_universal; the trainer's load)."""
+    cache = () if (meta.get("topology") or {}).get("layout") == UNIVERSAL else (UNIVERSAL,)
+    try:
+        assert_weights_only_loadable(folder, skip=cache)
+    except CorruptCheckpointError:
+        verify(folder, meta.get(FILES))  # the precise finding (cut short, changed bytes) where one is recorded
+        raise
+    if checksums:
+        verify(folder, meta.get(FILES))
+
+
 def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool) -> Source:
     meta = read_meta(folder)
     if check_safe:
-        assert_weights_only_loadable(folder)
+        check_intact(folder, meta)
     if (meta.get("topology") or {}).get("layout") == UNIVERSAL:
         tag_dir = universal_tag_dir(folder)
         if tag_dir is None:
@@ -118,9 +150,11 @@ def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:
             f"{tag_dir} looks like a DeepSpeed universal checkpoint but {folder / META} (its run config, step "
             "and tokenizer) is missing; pass the checkpoint folder that holds it"
         )
+    meta = read_meta(folder)
     if check_safe:
         assert_weights_only_loadable(tag_dir)
-    return Source("universal", folder, read_meta(folder), None, tag_dir)
+        verify(folder, meta.get(FILES))
+    return Source("universal", folder, meta, None, tag_dir)
 
 
 def _read_export_config(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from .layout import CHECKPOINTS, is_complete, step_folders
+from .layout import CHECKPOINTS, FILES, is_complete, step_folders
 from .model_io import build, config_of, parameter_count
 from .safe_load import PICKLE_SUFFIXES
 from .source import Source, open_source
@@ -51,6 +51,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "files": files,
         "total_bytes": sum(f["bytes"] for f in files),
         "safety": _safety(source, files),
+        "integrity": _integrity(source),
     }
     if source.kind == "export":
         info["dtype"] = source.meta.get("dtype")
@@ -66,10 +67,11 @@ def summarize(path: str | Path) -> dict[str, Any]:
 
 
 def _files(folder: Path) -> list[dict[str, Any]]:
+    """Every file of the checkpoint; hidden entries (staging left by an interrupted write) are not part of it."""
     return [
         {"path": str(p.relative_to(folder)), "bytes": p.stat().st_size}
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
 
 
@@ -87,6 +89,14 @@ def _safety(source: Source, files: list[dict[str, Any]]) -> str:
         )
     # open_source already loaded every one of them with weights_only=True
     return f"all {len(pickled)} pickle-based files load with weights_only=True"
+
+
+def _integrity(source: Source) -> str:
+    recorded = source.meta.get(FILES)
+    if not recorded:
+        return "no checksums recorded (saved before armd_scale recorded them)"
+    # open_source already compared every one of them
+    return f"all {len(recorded)} recorded files match their size and SHA-256"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -143,6 +153,7 @@ def format_summary(info: dict[str, Any]) -> str:
             ("conversion", f"to {conv['to']} from {conv['source']}: max abs logit diff {conv['max_abs_logit_diff']:g}")
         )
     rows.append(("safety", info["safety"]))
+    rows.append(("integrity", info["integrity"]))
     rows.append(("files", f"{len(info['files'])} files, {_size(info['total_bytes'])}"))
     return "\n".join([f"{k:<14}{v}" for k, v in rows] + _file_lines(info["files"]))
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .atomic import atomic_dir, check_out, refuse_overlap
-from .layout import UNIVERSAL, mark_complete, tag_for
+from .integrity import digests, recorded_files
+from .layout import FILES, UNIVERSAL, mark_complete, tag_for
 from .model_io import config_of, parameter_count
 from .report import ConversionError, ConversionReport, Progress
 from .source import open_source
@@ -105,6 +106,7 @@ def to_universal(
             "topology": {**topology, "layout": UNIVERSAL},
             "converted_from": str(source.folder),
             "conversion": report.to_dict(),
+            FILES: digests(tmp, recorded_files(tmp), sync=True),  # the new folder's own files, not the source's
         }
         mark_complete(tmp, meta)
     progress(f"done: {out}; to resume from it, copy it to RUN_DIR/checkpoints/{tag}")

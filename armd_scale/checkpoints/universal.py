@@ -13,6 +13,12 @@ A folder written by `armd convert --to universal` holds only the universal form 
 
 Every DeepSpeed load here runs under `weights_only_loading()`, which forces torch's restricted
 unpickler even where DeepSpeed asks for full unpickling.
+
+The cached universal form is staged beside the step folder (`checkpoints/.step_N.universal.tmp-HOST-PID`),
+never inside it, and renamed into `step_N/universal` when complete, with `checksums.json` listing its
+files: a conversion killed at any point leaves the checkpoint folder exactly as the save wrote it.
+The staging of a dead process on this host is removed by the next conversion of that folder; a
+cached form whose files no longer match their checksums is deleted and converted again.
 """
 
 from __future__ import annotations
@@ -20,7 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import json
+import logging
 import os
+import re
+import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +40,11 @@ import torch
 
 from ..atomic import atomic_dir
 from ..config import ConfigError
-from .layout import LATEST_UNIVERSAL, UNIVERSAL, universal_tag_dir
+from .integrity import CorruptCheckpointError, digests, fsync_dir, recorded_files, verify, write_durable
+from .layout import CHECKSUMS, LATEST_UNIVERSAL, UNIVERSAL, universal_tag_dir
 from .safe_load import assert_weights_only_loadable, safe_torch_load, weights_only_loading
+
+log = logging.getLogger(__name__)
 
 
 class ReshardError(ConfigError):
@@ -73,8 +87,11 @@ def convert_to_universal(folder: Path) -> Path:
     """
     folder = Path(folder)
     target = folder / UNIVERSAL
+    _remove_dead_staging(folder)
     if (target / folder.name).is_dir() and (target / LATEST_UNIVERSAL).is_file():
-        return target
+        if _cache_intact(target):
+            return target
+        shutil.rmtree(target)  # a damaged cache is only a cache: convert again from the checkpoint's own files
     converted = universal_tag_dir(folder)
     if converted is not None and not glob.glob(str(folder / "*model_states.pt")):
         # written by `armd convert --to universal` (nothing left to convert) but copied under another name
@@ -82,9 +99,60 @@ def convert_to_universal(folder: Path) -> Path:
             f"{folder} holds the universal checkpoint '{converted.name}' but is named '{folder.name}'; DeepSpeed "
             f"loads it by that tag: rename the folder to {converted.name}"
         )
-    with atomic_dir(target) as staging:  # a conversion cut short leaves no half-written universal/
+    with atomic_dir(target, staging=staging_dir(folder)) as staging:  # cut short: nothing inside the folder
         write_universal(folder, staging / folder.name)
+        names = recorded_files(staging)
+        write_durable(staging / CHECKSUMS, json.dumps(digests(staging, names, sync=True), indent=1))
+    fsync_dir(folder)
     return target
+
+
+STAGING_RE = re.compile(r"^\.(?P<tag>.+)\.universal\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
+
+
+def staging_dir(folder: Path) -> Path:
+    """Where the universal form of `folder` is written before it is renamed into `folder/universal`:
+    a hidden sibling (same filesystem), named by host and process so concurrent converters never share one."""
+    return folder.parent / f".{folder.name}.{UNIVERSAL}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_dead_staging(folder: Path) -> None:
+    """Remove what killed conversions of `folder` left: staging of a dead process on this host (the
+    staging of another host's process cannot be judged and stays), and the in-folder staging
+    (`.universal.tmpPID`) that earlier versions wrote."""
+    host = socket.gethostname()
+    for path in folder.parent.glob(f".{folder.name}.{UNIVERSAL}.tmp-*"):
+        m = STAGING_RE.match(path.name)
+        if m and m["tag"] == folder.name and m["host"] == host and not _alive(int(m["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(f".{UNIVERSAL}.tmp*"):
+        pid = path.name.rsplit("tmp", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _cache_intact(target: Path) -> bool:
+    """Whether a cached universal form still matches the checksums written with it (a cache made
+    before checksums existed is trusted as it is)."""
+    listing = target / CHECKSUMS
+    if not listing.is_file():
+        return True
+    try:
+        verify(target, json.loads(listing.read_text()))
+    except (CorruptCheckpointError, ValueError) as e:
+        log.warning("the cached universal form %s is damaged (%s); converting again", target, e)
+        return False
+    return True
 
 
 def write_universal(folder: Path, output: Path) -> None:

@@ -55,3 +55,47 @@ def fail(command: str, e: Exception) -> int:
     """Report a refused or failed command on stderr; exit code 1."""
     print(f"armd {command}: error: {e}", file=sys.stderr)
     return 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: 0 or less is an error, never a silent "use the default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for sizes in units (MiB, ...): finite and > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type for temperatures: finite and >= 0 (0 = greedy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type for top-p: in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
+    return value

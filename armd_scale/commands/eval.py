@@ -11,7 +11,7 @@ import sys
 
 from ..data.formats import INPUT_FORMATS
 from ..data.readers import DOC_SPLITS
-from .common import add_device_arg, chosen_device, fail, write_json
+from .common import add_device_arg, chosen_device, fail, non_negative_float, positive_int, probability, write_json
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -80,19 +80,19 @@ def add_ppl_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--orders",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="random orders / diffusion trajectories (default 8 for random and diffusion)",
     )
-    p.add_argument("--steps", type=int, metavar="T", help="diffusion steps T (needed for --order diffusion)")
+    p.add_argument("--steps", type=positive_int, metavar="T", help="diffusion steps T (needed for --order diffusion)")
     p.add_argument(
         "--schedule", choices=("loglinear", "cosine"), default="loglinear", help="diffusion masking schedule"
     )
-    p.add_argument("--max-tokens", type=int, metavar="N", help="score only the first N // seq_len windows")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N", help="score only the first N // seq_len windows")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="windows per forward pass")
     p.add_argument(
-        "--seq-len", type=int, help="window length for text input (default: the shard set's, else the run's)"
+        "--seq-len", type=positive_int, help="window length for text input (default: the shard set's, else the run's)"
     )
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     p.add_argument("--text-field", default="text", help="JSON field holding the text in .jsonl inputs")
@@ -104,9 +104,11 @@ def add_ppl_args(p: argparse.ArgumentParser) -> None:
 def add_sbp_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--streams", type=_int_list, default=[1, 2, 4, 8], metavar="S,S,...", help="default 1,2,4,8")
-    p.add_argument("--length", type=int, required=True, metavar="N", help="tokens per sample (every S must divide it)")
-    p.add_argument("--num-samples", type=int, default=16, metavar="K", help="samples per S (default 16)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="samples decoded together (default: all K)")
+    p.add_argument(
+        "--length", type=positive_int, required=True, metavar="N", help="tokens per sample (every S must divide it)"
+    )
+    p.add_argument("--num-samples", type=positive_int, default=16, metavar="K", help="samples per S (default 16)")
+    p.add_argument("--batch-size", type=positive_int, metavar="B", help="samples decoded together (default: all K)")
     p.add_argument(
         "--judge",
         metavar="PATH|NAME",
@@ -120,10 +122,14 @@ def add_sbp_args(p: argparse.ArgumentParser) -> None:
         help="transformers judges: precision (default float32, as MDLM)",
     )
     p.add_argument(
-        "--judge-batch-size", type=int, default=8, metavar="B", help="transformers judges: samples per pass (8)"
+        "--judge-batch-size",
+        type=positive_int,
+        default=8,
+        metavar="B",
+        help="transformers judges: samples per pass (8)",
     )
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=non_negative_float, default=1.0)
+    p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument(
         "--sample-dtype",
         choices=("float64", "float32"),

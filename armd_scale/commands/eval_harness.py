@@ -14,19 +14,27 @@ import sys
 
 
 def add_harness_args(p: argparse.ArgumentParser) -> None:
-    from .common import add_device_arg
+    from .common import add_device_arg, positive_int
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument("--tasks", required=True, metavar="T,T,...", help="lm_eval task or group names, comma-separated")
     p.add_argument("--include-path", metavar="DIR", help="a folder of task YAML files (local tasks)")
     p.add_argument("--num-fewshot", type=int, metavar="N", help="few-shot examples (default: the task's)")
     p.add_argument("--limit", type=float, metavar="N", help="first N documents per task (< 1: a fraction); testing")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="sequences per forward pass")
-    p.add_argument("--streams", type=int, default=1, metavar="S", help="generate_until with S SBP streams (armd)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="sequences per forward pass")
     p.add_argument(
-        "--mc-samples", type=int, default=128, metavar="K", help="arch mdlm: Monte-Carlo draws per ELBO (default 128)"
+        "--streams", type=positive_int, default=1, metavar="S", help="generate_until with S SBP streams (armd)"
     )
-    p.add_argument("--steps", type=int, metavar="T", help="arch mdlm: sampler steps (default: the generated length)")
+    p.add_argument(
+        "--mc-samples",
+        type=positive_int,
+        default=128,
+        metavar="K",
+        help="arch mdlm: Monte-Carlo draws per ELBO (default 128)",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, metavar="T", help="arch mdlm: sampler steps (default: the generated length)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and of the mdlm ELBO's masks")
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)

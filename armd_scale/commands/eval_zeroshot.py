@@ -17,7 +17,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     from armd_scale.eval.zeroshot import PROTOCOLS
     from armd_scale.eval.zeroshot_data import BENCHMARKS
 
-    from .common import add_device_arg
+    from .common import add_device_arg, positive_int
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument(
@@ -41,9 +41,11 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
         default="sedd",
         help="sedd (default): raw blocks of L tokens, SEDD/RADD; mdlm: [BOS] + L-2 tokens + [EOS]",
     )
-    p.add_argument("--block-len", type=int, metavar="L", help="tokens per block (default: the run's seq_len)")
-    p.add_argument("--steps", type=int, metavar="T", help="arch mdlm: diffusion steps of its ELBO (required there)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="blocks per forward pass")
+    p.add_argument("--block-len", type=positive_int, metavar="L", help="tokens per block (default: the run's seq_len)")
+    p.add_argument(
+        "--steps", type=positive_int, metavar="T", help="arch mdlm: diffusion steps of its ELBO (required there)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="blocks per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the mdlm ELBO's masks")
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)

@@ -15,7 +15,7 @@ import argparse
 import re
 import sys
 
-from .common import add_device_arg, chosen_device
+from .common import add_device_arg, chosen_device, non_negative_float, positive_int, probability
 
 MASK_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
@@ -27,21 +27,23 @@ def register(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--infill", metavar="TEXT", help="text with [MASK] / [MASK:k] spans to fill")
     parser.add_argument(
         "--length",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="tokens per sample, prompt included (default: the run's seq_len; ignored with --infill)",
     )
-    parser.add_argument("--streams", type=int, default=1, metavar="S", help="SBP streams (1 = left to right)")
+    parser.add_argument("--streams", type=positive_int, default=1, metavar="S", help="SBP streams (1 = left to right)")
     parser.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="T",
         help="arch mdlm: denoising steps of the ancestral sampler (default: the length)",
     )
-    parser.add_argument("--num-samples", type=int, default=1, metavar="K", help="samples, decoded as one batch")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument(
+        "--num-samples", type=positive_int, default=1, metavar="K", help="samples, decoded as one batch"
+    )
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=probability, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true", help="forward passes and sampling softmax in float64")
     add_device_arg(parser)

@@ -10,6 +10,8 @@ import time
 from armd_scale.data.formats import INPUT_FORMATS
 from armd_scale.data.readers import DOC_SPLITS
 
+from .common import positive_float, positive_int
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -27,15 +29,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="files, folders, globs (.txt, .jsonl, .json.gz, .parquet; .gz/.zst/...), hf:<dataset>, builtin:pydoc, "
         "or one synthetic:markov?vocab=..&order=.. source (needs no tokenizer)",
     )
-    parser.add_argument("--seq-len", type=int, help="tokens per packed sample")
+    parser.add_argument("--seq-len", type=positive_int, help="tokens per packed sample")
     parser.add_argument("--out", help="output URL (local path, file://, s3://, memory://)")
     parser.add_argument(
         "--val-fraction", type=float, default=0.0, help="fraction of whole documents held out into OUT/val (default 0)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="tokenizer processes; output is identical for any value")
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, help="tokenizer processes; output is identical for any value"
+    )
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out documents")
-    parser.add_argument("--samples-per-shard", type=int, help="default: as many as fit --shard-size-mb")
-    parser.add_argument("--shard-size-mb", type=float, default=64.0)
+    parser.add_argument("--samples-per-shard", type=positive_int, help="default: as many as fit --shard-size-mb")
+    parser.add_argument("--shard-size-mb", type=positive_float, default=64.0)
     parser.add_argument("--text-field", default="text", help="field / column holding the text (JSON, Parquet, hf:)")
     parser.add_argument(
         "--doc-split",

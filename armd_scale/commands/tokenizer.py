@@ -10,6 +10,8 @@ import time
 from armd_scale.data.formats import INPUT_FORMATS
 from armd_scale.data.readers import DOC_SPLITS
 
+from .common import positive_int, probability
+
 # SentencePiece-only options and their defaults (None on the command line means "not given").
 SP_DEFAULTS = {
     "model_type": "bpe",
@@ -29,7 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="files, folders, globs (.txt, .jsonl, .json.gz, .parquet; .gz/.zst/...), hf:<dataset> or builtin:pydoc",
     )
-    parser.add_argument("--vocab-size", type=int, required=True, help="number of ids, special tokens included")
+    parser.add_argument("--vocab-size", type=positive_int, required=True, help="number of ids, special tokens included")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
         "--kind",
@@ -47,7 +49,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--model-type", choices=["bpe", "unigram"], default=None, help="default bpe")
     sp.add_argument(
         "--character-coverage",
-        type=float,
+        type=probability,
         default=None,
         help="share of characters covered by the vocabulary; the rest become unk (default 0.9995)",
     )
@@ -57,9 +59,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="encode uncovered characters as UTF-8 bytes instead of unk (uses 256 ids)",
     )
-    sp.add_argument("--max-sentences", type=int, default=None, help="sample at most this many lines (default 5M)")
     sp.add_argument(
-        "--threads", type=int, default=None, help="threads; the result depends on it, so it is fixed (default 4)"
+        "--max-sentences", type=positive_int, default=None, help="sample at most this many lines (default 5M)"
+    )
+    sp.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="threads; the result depends on it, so it is fixed (default 4)",
     )
     sp.add_argument("--seed", type=int, default=None, help="default 0")
     parser.add_argument("--text-field", default="text", help="field / column holding the text (JSON, Parquet, hf:)")

@@ -1,7 +1,9 @@
 """`armd train`: train or resume a model (no launcher, torchrun, the deepspeed launcher or srun).
 
-Exit codes: 0 finished; 75 stopped early (SIGUSR1/SIGTERM, train.max_minutes or train.stop_at_step)
-after saving a complete checkpoint, so the job should be requeued; 1 failed.
+Exit codes: 0 finished; 75 stopped early (SIGUSR1/SIGTERM/Ctrl-C, train.max_minutes or
+train.stop_at_step) after saving a complete checkpoint, or during set-up before anything changed, so
+the job should be requeued; 1 failed; 130 a second Ctrl-C aborted at once. Every outcome after the
+run directory is locked is also in RUN_DIR/exit_status.json.
 
 Under an elastic torchrun with restarts (TORCHELASTIC_MAX_RESTARTS > 0) a worker exiting with 75
 would be restarted by the agent, so there the early stop exits 0 and the launcher reads
@@ -18,7 +20,7 @@ import argparse
 import os
 import sys
 
-from .common import add_config_args, config_from_args
+from .common import add_config_args, config_from_args, positive_int
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--world-size",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="GPUs the dry run plans for (default: $WORLD_SIZE, else 1)",
@@ -54,18 +56,36 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..train import EXIT_PREEMPTED
-    from ..train.loop import TrainingDiverged, train
-
     if args.dry_run:
         return dry_run(args)
+    # First of all: a SIGUSR1/SIGTERM/SIGINT from now on is a stop request, acted on where it is safe,
+    # never the default action that kills the process in the middle of minutes of set-up.
+    from ..train.preemption import StopRequest
+
+    stop = StopRequest()
+    try:
+        return _train(args, stop)
+    finally:
+        stop.restore()
+
+
+def _train(args: argparse.Namespace, stop) -> int:
+    from ..checkpoints.integrity import CorruptCheckpointError
+    from ..config import ConfigError
+    from ..data.errors import DataError
+    from ..train import EXIT_INTERRUPTED, EXIT_PREEMPTED
+    from ..train.checkpoint import CheckpointWriteError
+    from ..train.loop import TrainingDiverged, train
+
     try:
         cfg = config_from_args(args)
-        code = train(cfg)
-    except (ConfigError, TrainingDiverged) as e:
-        print(f"armd train: {e}", file=sys.stderr)
+        code = train(cfg, stop)
+    except (ConfigError, DataError, CorruptCheckpointError, CheckpointWriteError, TrainingDiverged) as e:
+        print(f"armd train: {e}", file=sys.stderr)  # the status file says the same (RUN_DIR/exit_status.json)
         return 1
+    except KeyboardInterrupt:
+        print("armd train: interrupted (a second Ctrl-C); no checkpoint was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if code == EXIT_PREEMPTED and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         return 0
     return code

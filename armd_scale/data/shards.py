@@ -146,6 +146,11 @@ class ShardSetWriter:
         if whole:
             self._write_shard(self._buffer[: whole * self.seq_len].reshape(whole, self.seq_len))
         dropped = self._fill - whole * self.seq_len
+        if not self.entries:  # a manifest over no samples would be a shard set that trains on nothing
+            raise DataError(
+                f"{self.url}: the {self.split} split has {dropped} tokens, not one whole sample of seq_len="
+                f"{self.seq_len}; lower --seq-len or add input (nothing was published)"
+            )
         manifest = Manifest(
             split=self.split,
             tokenizer_sha256=self.tokenizer_sha256,

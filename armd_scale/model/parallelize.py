@@ -36,3 +36,25 @@ def partition_dim(name: str) -> int | None:
         if any(re.match(p, name) for p in spec["patterns"]):
             return _DIMS[spec["partition_type"]]
     return None
+
+
+def check_tp_plan(model_cfg: Any, tp: int) -> None:
+    """Refuse a tensor-parallel degree that does not divide every dimension the plan splits (the MLP's
+    hidden width as well as the heads): AutoTP would otherwise fail at the first forward with a
+    reshape error that names neither the key nor the value. The model is built on the meta device
+    (shapes only), so this costs no memory for any size."""
+    if tp <= 1:
+        return
+    import torch
+
+    from . import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    for name, param in model.named_parameters():
+        dim = partition_dim(name)
+        if dim is not None and param.shape[dim] % tp:
+            raise ValueError(
+                f"parallel.tp={tp} must divide every dimension tensor parallelism splits, but {name} has "
+                f"{param.shape[dim]} along dimension {dim} (set by model.d_model/model.mlp/model.mlp_ratio)"
+            )

@@ -3,43 +3,64 @@
 The layout (step folders, meta.json, COMPLETE, latest) is `checkpoints/layout.py`'s; this module
 only decides when and what to write, and how to load it into a DeepSpeed engine.
 
-Resume takes the newest *complete* folder (a folder without COMPLETE is a save that was cut short).
+Save: every rank writes its DeepSpeed files, then hashes (SHA-256) and fsyncs the files it wrote
+itself; rank 0 records all of them in meta.json and only then writes COMPLETE (durably). A write that
+fails on any rank (a full disk, ...) fails the save on every rank with the path and the reason; the
+partial folder is removed and the previous checkpoints stay.
+
+Resume takes the newest *complete and intact* folder (a folder without COMPLETE is a save that was cut
+short). Intact: every file loads with `weights_only=True` (a tampered file is refused outright: no
+fallback) and matches the size and SHA-256 meta.json records (the ranks share the hashing). A damaged
+newest folder is named with its file, set aside as `step_N.corrupt` and the next older one is taken.
 Same world size and TP degree (or ZeRO-0 on another data-parallel size): load directly. Otherwise
 convert to DeepSpeed's universal format once (cached in the folder) and load that (see
-checkpoints/universal.py for what DeepSpeed can reshard). A model-shape change or another tokenizer
-is refused with a message naming what differs. Every file is checked to be loadable with
-`weights_only=True` first, so a tampered checkpoint cannot run code.
+checkpoints/universal.py for what DeepSpeed can reshard). A change of a model field that changes the
+function the weights compute, or another tokenizer, is refused with a message naming what differs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import describe_write_failure
+from ..checkpoints.integrity import CorruptCheckpointError, digests, recorded_files, verify
 from ..checkpoints.layout import (
     CHECKPOINT_FORMAT,
     CHECKPOINTS,
+    CORRUPT_SUFFIX,
+    FILES,
+    LATEST,
     MARKER,
+    META,
     TAG_RE,
     UNIVERSAL,
     complete_tags,
+    function_differences,
+    is_complete,
     mark_complete,
     read_meta,
     set_latest,
-    shape_differences,
     step_of,
     tag_for,
 )
 from ..checkpoints.safe_load import assert_weights_only_loadable, weights_only_loading
+from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..config import Config, ConfigError
-from .distributed import DistInfo, barrier, broadcast_object
+from .distributed import DistInfo, barrier, broadcast_object, gather_objects
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost filesystem); the message names the path."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +98,13 @@ class Checkpointer:
 
     # -- resume -----------------------------------------------------------------------------------
     def plan_resume(self) -> ResumePlan:
-        """Pick the newest complete checkpoint and decide how to load it (same on every rank)."""
+        """Pick the newest complete, intact checkpoint and decide how to load it (same on every rank).
+        Collective: the ranks share the checksum verification."""
+        tag = self._newest_intact()
         plan: ResumePlan | str = ResumePlan()
-        if self.dist.is_main:
+        if self.dist.is_main and tag is not None:
             try:
-                plan = self._plan_on_main()
+                plan = self._plan_for(tag)
             except (ConfigError, OSError, ValueError) as e:
                 plan = f"{type(e).__name__}: {e}"  # every rank must learn of the failure, not hang
         plan = broadcast_object(plan)
@@ -90,11 +113,70 @@ class Checkpointer:
             raise ConfigError(plan)
         return plan
 
-    def _plan_on_main(self) -> ResumePlan:
-        tags = complete_tags(self.dir)
-        if not tags:
-            return ResumePlan()
-        tag = tags[-1]
+    def _newest_intact(self) -> str | None:
+        """The newest complete folder whose files load safely and match their checksums. Damaged newer
+        ones are named and set aside (`step_N.corrupt`) once an intact one is found; if none is intact
+        nothing is moved and the resume stops (starting over would silently discard the run). A
+        tampered file stops the resume at once (UnsafeCheckpointError)."""
+        candidates = broadcast_object(list(reversed(complete_tags(self.dir))) if self.dist.is_main else None)
+        damaged: list[tuple[str, str]] = []
+        for tag in candidates:
+            damage = self._damage(self.dir / tag)
+            if damage is None:
+                if self.dist.is_main:
+                    for bad, why in damaged:
+                        aside = _set_aside(self.dir / bad, CORRUPT_SUFFIX)
+                        print(
+                            f"checkpoint {self.dir / bad} is damaged: {why}. Set aside as {aside.name}; "
+                            f"resuming from the newest intact checkpoint, {tag}",
+                            flush=True,
+                        )
+                    if damaged:
+                        self._refresh_latest()
+                barrier()
+                return tag
+            damaged.append((tag, damage))
+        if damaged:
+            listing = "; ".join(f"{self.dir / t}: {why}" for t, why in damaged)
+            raise ConfigError(
+                f"no intact checkpoint to resume from ({listing}). Restore them from a copy, or move them away "
+                "to start the run over"
+            )
+        return None
+
+    def _damage(self, folder: Path) -> str | None:
+        """Collective: why `folder` is damaged (the file and the reason), or None if it is intact."""
+        found: tuple[dict | None, str | None, str | None] = (None, None, None)  # (files, damage, fatal)
+        if self.dist.is_main:
+            try:
+                meta = read_meta(folder)
+                check_intact(folder, meta, checksums=False)  # a tampered file: UnsafeCheckpointError, fatal
+                found = (meta.get(FILES) or {}, None, None)
+            except CorruptCheckpointError as e:
+                found = (None, str(e), None)
+            except (ConfigError, OSError, ValueError) as e:
+                found = (None, None, f"{type(e).__name__}: {e}")
+        files, damage, fatal = broadcast_object(found)
+        if fatal is not None:
+            raise ConfigError(fatal)
+        if damage is not None:
+            return damage
+        rank, world = self.dist.rank, self.dist.world_size
+        mine = {k: v for i, (k, v) in enumerate(sorted(files.items())) if i % world == rank}  # a share each
+        local: tuple[str | None, str | None] = (None, None)  # (damage, fatal)
+        try:
+            verify(folder, mine)
+        except CorruptCheckpointError as e:
+            local = (str(e), None)
+        except OSError as e:  # the file could not be read here (EIO, a lost mount): not evidence of damage
+            local = (None, f"{type(e).__name__}: {e}")
+        results = gather_objects(local)
+        fatal = next((f for _, f in results if f is not None), None)
+        if fatal is not None:
+            raise ConfigError(fatal)
+        return next((d for d, _ in results if d is not None), None)
+
+    def _plan_for(self, tag: str) -> ResumePlan:
         meta = read_meta(self.dir / tag)
         self._check_compatible(tag, meta)
         universal = check_reshard(
@@ -108,11 +190,11 @@ class Checkpointer:
         return ResumePlan(tag, universal=universal)
 
     def _check_compatible(self, tag: str, meta: dict[str, Any]) -> None:
-        diffs = shape_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
+        diffs = function_differences(meta["config"]["model"], self.cfg.to_dict()["model"])
         if diffs:
             raise ConfigError(
-                f"cannot resume {self.dir / tag}: the model shape changed ({'; '.join(diffs)}). "
-                "Use a new run.dir or restore these values."
+                f"cannot resume {self.dir / tag}: the model changed ({'; '.join(diffs)}). "
+                "Use a new run.dir (train.init_from can start it from these weights) or restore these values."
             )
         if meta.get("tokenizer_sha256") != self.tokenizer_sha256:
             raise ConfigError(
@@ -136,8 +218,10 @@ class Checkpointer:
         return {"trainer": meta["trainer"], "loader": meta["loader"]}
 
     # -- save -------------------------------------------------------------------------------------
-    def save(self, engine, step: int, *, trainer: dict[str, Any], loader: dict[str, Any]) -> Path:
-        """Collective: every rank calls it. The folder is marked complete only after all ranks wrote."""
+    def save(self, engine, step: int, *, trainer: dict[str, Any], loader: dict[str, Any], retain: bool = True) -> Path:
+        """Collective: every rank calls it. The folder is marked complete only after all ranks wrote,
+        hashed and fsynced their files; a failure on any rank fails the save on all of them.
+        `retain=False` leaves retention to a later `apply_retention()` (once the weights proved sound)."""
         tag = tag_for(step)
         folder = self.dir / tag
         if self.dist.is_main:
@@ -161,17 +245,59 @@ class Checkpointer:
             "armd_scale": {k: meta[k] for k in ("format", "step", "tokenizer_sha256", "topology")},
             "rng": _rng_state(),
         }
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
-        barrier()
+        local: dict[str, Any] = {}
+        error: str | None = None
+        written: list[str] = []
+        try:
+            with _recording_writes(engine) as written:
+                engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+            mine = [p.relative_to(folder).as_posix() for p in map(Path, written) if folder in p.parents]
+            local = digests(folder, mine, sync=True)  # still in the page cache: about 1 GB/s
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError ("unexpected pos")
+            error = describe_write_failure(_failed_path(e, written, folder), e)
+        results = gather_objects((local, error))
+        errors = [e for _, e in results if e is not None]
+        if errors:
+            if self.dist.is_main:
+                shutil.rmtree(folder, ignore_errors=True)  # useless without COMPLETE, and it holds disk space
+            raise CheckpointWriteError(f"checkpoint {tag} not saved: {errors[0]}; the earlier checkpoints are intact")
         if self.dist.is_main:
-            mark_complete(folder, meta)
+            files: dict[str, Any] = {}
+            for part, _ in results:
+                files.update(part)
+            others = [n for n in recorded_files(folder, skip=(META, MARKER, UNIVERSAL)) if n not in files]
+            files.update(digests(folder, others, sync=True))  # written by code that bypassed the engine's writer
+            mark_complete(folder, {**meta, FILES: files})
             set_latest(self.dir, tag)
-            self._apply_retention()
+            if retain:
+                self.apply_retention()
         barrier()
         return folder
 
-    def _apply_retention(self) -> None:
-        """Keep the newest `keep_last` complete checkpoints and every `keep_every`-th step."""
+    def set_aside(self, step: int, suffix: str) -> Path | None:
+        """Collective: move the complete checkpoint of `step`, if there is one, out of the resume path;
+        returns where it went (on every rank)."""
+        aside = None
+        if self.dist.is_main and is_complete(self.dir / tag_for(step)):
+            aside = _set_aside(self.dir / tag_for(step), suffix)
+            self._refresh_latest()
+        aside = broadcast_object(aside)
+        barrier()
+        return aside
+
+    def _refresh_latest(self) -> None:
+        """`latest` names the newest complete folder again after one was set aside."""
+        tags = complete_tags(self.dir)
+        if tags:
+            set_latest(self.dir, tags[-1])
+        else:
+            (self.dir / LATEST).unlink(missing_ok=True)
+
+    def apply_retention(self) -> None:
+        """Keep the newest `keep_last` complete checkpoints and every `keep_every`-th step (rank 0's work;
+        the other ranks return at once)."""
+        if not self.dist.is_main:
+            return
         tags = complete_tags(self.dir)
         keep = set(tags[-self.cfg.train.keep_last :])
         every = self.cfg.train.keep_every
@@ -184,6 +310,46 @@ class Checkpointer:
             # complete ones beyond retention, and incomplete ones older than the newest complete save
             if (path / MARKER).is_file() or step_of(path.name) < newest:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _recording_writes(engine) -> Iterator[list[str]]:
+    """The paths this rank's DeepSpeed engine writes during the block (through its checkpoint engine's
+    `save(state_dict, path)`), so each rank hashes its own files while they are in the page cache.
+    Files written another way are hashed by rank 0 afterwards, so nothing goes unrecorded."""
+    written: list[str] = []
+    writer = getattr(engine, "checkpoint_engine", None)
+    if writer is None or not callable(getattr(writer, "save", None)):
+        yield written
+        return
+    save = writer.save
+
+    def recording_save(state_dict, path, *args, **kwargs):
+        written.append(str(path))
+        return save(state_dict, path, *args, **kwargs)
+
+    writer.save = recording_save
+    try:
+        yield written
+    finally:
+        del writer.save  # the instance attribute goes; the class's method is back
+
+
+def _failed_path(error: BaseException, written: list[str], folder: Path) -> Path:
+    """The file a failed save was writing: the OSError's own, else the last one the engine started."""
+    name = getattr(error, "filename", None)
+    return Path(name) if name else Path(written[-1]) if written else folder
+
+
+def _set_aside(folder: Path, suffix: str) -> Path:
+    """Rename a step folder out of every reader's (and retention's) way, keeping it for inspection."""
+    aside = folder.with_name(folder.name + suffix)
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}{suffix}{n}")
+    folder.rename(aside)
+    return aside
 
 
 def _rng_state() -> dict[str, Any]:

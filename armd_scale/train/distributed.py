@@ -80,6 +80,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (picklable values; small ones: a collective)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

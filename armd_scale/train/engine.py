@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config, ConfigError
 from ..model import Model
-from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
+from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO, check_tp_plan
 from .distributed import DistInfo
 from .schedule import build_scheduler
 
@@ -42,6 +42,10 @@ def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
     tp = cfg.parallel.tp
     if world_size % tp:
         raise ConfigError(f"parallel.tp={tp} must divide the world size {world_size}")
+    try:
+        check_tp_plan(cfg.model, tp)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     dp = world_size // tp
     per_step = cfg.train.micro_batch_size * dp
     if cfg.train.global_batch_size % per_step:
@@ -220,6 +224,25 @@ def repair_optimizer_after_universal_load(optimizer: torch.optim.Optimizer, trai
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
+
+
+def first_nonfinite(module: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """Where this rank holds a NaN or inf in the weights or the optimizer state (the fp32 master copy and
+    the Adam moments DeepSpeed's ZeRO/bf16 wrappers keep in `optimizer`), or None. One host read in the
+    common, finite case; the tensor is named only when something is wrong."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    tensors: list[tuple[str, torch.Tensor]] = [(f"weight {name}", p) for name, p in module.named_parameters()]
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            label = names.get(id(p), f"group {g} tensor {i}")
+            tensors.append((f"optimizer weight {label}", p))
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    tensors.append((f"optimizer state {key} of {label}", value))
+    tensors = [(n, t.detach()) for n, t in tensors if t.numel()]  # ZeRO-3 leaves empty placeholders
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+        return None
+    return next(n for n, t in tensors if not bool(torch.isfinite(t).all()))
 
 
 def data_parallel_coords(dist_info: DistInfo, tp: int) -> tuple[int, int]:

@@ -23,11 +23,13 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
+from ..checkpoints.layout import NONFINITE_SUFFIX, complete_tags, is_complete, tag_for
 from ..config import Config, dump_config
 from ..data.loader import ShardLoader
 from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
-from . import EXIT_PREEMPTED
+from . import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from .checkpoint import Checkpointer
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from .engine import (
@@ -36,17 +38,20 @@ from .engine import (
     batch_layout,
     build_engine,
     data_parallel_coords,
+    first_nonfinite,
     repair_optimizer_after_universal_load,
 )
 from .init_from import initialize_from
 from .metrics import MetricsLogger
 from .objective import Objective, make_objective
-from .preemption import StopRequest
+from .preemption import StopDuringSetup, StopRequest
 from .profiler import StepProfiler
 from .run_data import TrainData, open_train_data
+from .run_lock import run_dir_lock
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
+from .validation import evaluate
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,19 +69,49 @@ class TrainerState:
         return dict(step=self.step, bad_steps=self.bad_steps, loss_ema=self.loss_ema, wandb_run_id=self.wandb_run_id)
 
 
-def train(cfg: Config) -> int:
-    """Run (or resume) training as described by `cfg`. Returns the process exit code."""
-    dist_info = init_distributed(cfg.parallel)
-    layout = batch_layout(cfg, dist_info.world_size)
-    run_dir = _prepare_run_dir(cfg, dist_info)
-    data = open_train_data(cfg, dist_info)
-    run = _set_up(cfg, dist_info, layout, run_dir, data)
-    stop = StopRequest(cfg.train.max_minutes)
+def train(cfg: Config, stop: StopRequest | None = None) -> int:
+    """Run (or resume) training as described by `cfg`. Returns the process exit code.
+
+    `stop` holds the stop-request handlers; `armd train` installs them before anything else so that a
+    signal during set-up is acted on, not lost. Rank 0 holds the run directory's lock throughout; every
+    failure after it is taken is recorded in exit_status.json ("failed" and why) before it propagates."""
+    own_stop = stop is None
+    stop = stop or StopRequest()
     try:
-        exit_code = run.steps(stop)
+        dist_info = init_distributed(cfg.parallel)
+        layout = batch_layout(cfg, dist_info.world_size)
+        run_dir = Path(cfg.run.dir).expanduser()
+        with run_dir_lock(run_dir, dist_info, say=print if dist_info.is_main else lambda _: None):
+            return _train_locked(cfg, stop, dist_info, layout, run_dir)
     finally:
-        stop.restore()
-        run.close()
+        if own_stop:
+            stop.restore()
+
+
+def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: BatchLayout, run_dir: Path) -> int:
+    run: _Run | None = None
+    try:
+        _prepare_run_dir(cfg, dist_info, run_dir)
+        stop.check_setup(dist_info.device, "run directory")
+        data = open_train_data(cfg, dist_info)
+        stop.check_setup(dist_info.device, "data")
+        run = _set_up(cfg, dist_info, layout, run_dir, data, stop)
+        stop.set_time_limit(cfg.train.max_minutes)
+        try:
+            exit_code = run.steps(stop)
+        finally:
+            run.close()
+    except StopDuringSetup as e:
+        if dist_info.is_main:
+            print(f"{e}; exit {EXIT_PREEMPTED}", flush=True)
+            write_exit_status(run_dir, EXIT_PREEMPTED, run.state.step if run else 0, f"{e.reason} during set-up")
+        return EXIT_PREEMPTED
+    except BaseException as e:  # noqa: BLE001 - recorded for the launcher, then re-raised as it was
+        if dist_info.is_main:
+            code = EXIT_INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1
+            what = "interrupted (a second Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            write_exit_status(run_dir, code, run.state.step if run else 0, f"failed: {what}")
+        raise
     barrier()
     if dist_info.is_main:  # the status first: an optional sample that fails cannot fail a finished run
         reason = stop.reason if exit_code else "finished"
@@ -85,21 +120,22 @@ def train(cfg: Config) -> int:
     return exit_code
 
 
-def _prepare_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
-    run_dir = Path(cfg.run.dir).expanduser()
+def _prepare_run_dir(cfg: Config, dist_info: DistInfo, run_dir: Path) -> None:
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        write_atomic(run_dir / "config.yaml", dump_config(cfg))
         write_exit_status(run_dir, -1, 0, "running")  # a crash leaves this, never a stale 75
-    return run_dir
 
 
-def _set_up(cfg: Config, dist_info: DistInfo, layout: BatchLayout, run_dir: Path, data: TrainData) -> _Run:
+def _set_up(
+    cfg: Config, dist_info: DistInfo, layout: BatchLayout, run_dir: Path, data: TrainData, stop: StopRequest
+) -> _Run:
     """Model, engine and loader; resumed from the newest checkpoint or started (maybe from init_from)."""
     checkpointer = Checkpointer(
         run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256, tokenizer_dir=data.tokenizer_dir
     )
     plan = checkpointer.plan_resume()
+    stop.check_setup(dist_info.device, "resume plan")
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (TP shards them)
     model = build_model(cfg.model).to(dist_info.device)
@@ -180,10 +216,16 @@ class _Run:
     state: TrainerState
     dp_rank: int
     dp_world: int
+    unconfirmed_save: bool = False  # a checkpoint whose retention waits for the next finite loss
 
     def steps(self, stop: StopRequest) -> int:
         """Optimizer steps until train.steps, a stop request or train.stop_at_step; the exit code."""
         cfg = self.cfg
+        if not self.finished and stop.should_stop(self.dist.device):  # requested during set-up: the engine exists now
+            if not is_complete(self.checkpointer.dir / tag_for(self.state.step)):
+                self.save()
+            self.metrics.message(f"stopping at step {self.state.step} ({stop.reason}) before training; exit 75")
+            return EXIT_PREEMPTED
         self.profiler.start()
         while self.state.step < cfg.train.steps:
             t0 = time.perf_counter()
@@ -242,12 +284,23 @@ class _Run:
                 f"({state.bad_steps}/{cfg.train.max_bad_steps})"
             )
             if state.bad_steps >= cfg.train.max_bad_steps:
+                # Skipped updates leave the weights as they were before the streak: a checkpoint of that
+                # step would repeat the streak whatever the lr, so it is set aside too.
+                aside = self.checkpointer.set_aside(state.step - state.bad_steps, NONFINITE_SUFFIX)
                 raise TrainingDiverged(
                     f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
                     "lower train.lr, check the data, or raise train.max_bad_steps"
+                    + (
+                        f" (the checkpoint of the weights that produced them is set aside as {aside.name})"
+                        if aside
+                        else ""
+                    )
                 )
             return
         state.bad_steps = 0
+        if self.unconfirmed_save:  # the weights of the last checkpoint gave a finite loss: now older ones may go
+            self.checkpointer.apply_retention()
+            self.unconfirmed_save = False
         spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
         if spike:
             self.metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
@@ -288,43 +341,48 @@ class _Run:
         stopping = not self.finished and (stop.should_stop(self.dist.device) or step == cfg.train.stop_at_step)
         if stopping and step == cfg.train.stop_at_step:
             stop.reason = stop.reason or f"train.stop_at_step={cfg.train.stop_at_step}"
+        saved = False
         if self.finished or stopping or step % cfg.train.checkpoint_every == 0:
-            self.checkpointer.save(self.engine, step, trainer=self.state.to_dict(), loader=self.loader.state_dict())
+            saved = self.save(retain=self.finished or stopping)
         if stopping:
-            self.metrics.message(f"stopping at step {step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}")
+            what = "checkpoint saved" if saved else "no checkpoint (non-finite losses), the newest one stays"
+            self.metrics.message(f"stopping at step {step} ({stop.reason}); {what}, exit {EXIT_PREEMPTED}")
         return stopping
+
+    def save(self, retain: bool = True) -> bool:
+        """A checkpoint of this step, if its state is sound; False when postponed. Collective.
+
+        Never while the newest losses are non-finite (the weights are those that produced them) nor while
+        any weight or optimizer tensor holds NaN/inf on any rank: such a checkpoint would become the newest,
+        push finite ones out through retention, and be useless to resume from. With `retain=False` older
+        checkpoints are deleted only once the next step's loss, computed with these weights, is finite: an
+        update that wrecks the weights without a NaN in them cannot cost the checkpoints before it."""
+        step, bad = self.state.step, self.state.bad_steps
+        tags = complete_tags(self.checkpointer.dir)
+        last = f"the newest checkpoint, {tags[-1]}," if tags else "no checkpoint"
+        if bad:
+            if self.finished:
+                raise TrainingDiverged(
+                    f"train.steps reached at step {step} during {bad} steps of non-finite loss: no final checkpoint "
+                    f"({last} stays the last sound state); resume from it with a lower train.lr"
+                )
+            self.metrics.message(f"step {step}: checkpoint postponed, the last {bad} step(s) had a non-finite loss")
+            return False
+        local = first_nonfinite(self.engine.module, self.optimizer)
+        if all_reduce_max(1.0 if local else 0.0, self.dist.device) > 0:
+            raise TrainingDiverged(
+                f"step {step}: {local or 'a tensor on another rank'} holds NaN or inf, so no checkpoint was written "
+                f"({last} stays the last finite state); resume with a lower train.lr"
+            )
+        state, loader = self.state.to_dict(), self.loader.state_dict()
+        self.checkpointer.save(self.engine, step, trainer=state, loader=loader, retain=retain)
+        self.unconfirmed_save = not retain
+        return True
 
     def close(self) -> None:
         self.profiler.stop()
         self.metrics.close()
         self.loader.close()
-
-
-@torch.no_grad()
-def evaluate(
-    engine, objective: Objective, data: TrainData, cfg: Config, dist_info: DistInfo, dp_rank: int, dp_world: int
-) -> float | None:
-    """The objective's validation loss per token (exact l2r NLL, or a negative ELBO for mdlm) on the
-    first `train.eval_batches` validation micro-batches of every rank."""
-    micro = cfg.train.micro_batch_size
-    loader = data.val_loader(micro, dp_rank, dp_world)
-    if loader is None:
-        return None
-    engine.eval()
-    nll, count = 0.0, 0
-    try:
-        for i, tokens in enumerate(loader):
-            if i >= cfg.train.eval_batches:
-                break
-            first_index = (i * dp_world + dp_rank) * micro  # this batch's position in the validation order
-            batch_nll, batch_count = objective.eval_batch(engine, tokens.to(dist_info.device), first_index)
-            nll += batch_nll
-            count += batch_count
-    finally:
-        loader.close()
-        engine.train()
-    total, tokens_total = all_reduce_sum([nll, count], dist_info.device)
-    return total / tokens_total if tokens_total else None
 
 
 def _grad_norm(engine) -> float | None:

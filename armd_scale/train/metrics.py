@@ -1,8 +1,15 @@
 """Metrics sinks: a JSONL file (always), a progress bar and wandb, all on rank 0 only.
 
 wandb modes: off; offline (files under RUN_DIR/wandb, sync later with `wandb sync`); online; auto =
-online only when an API key is configured (WANDB_API_KEY or a netrc entry), else offline. The run id
-is stored in checkpoints so a requeued job continues the same wandb run. API keys are never logged.
+online only when an API key is configured (WANDB_API_KEY or a netrc entry) and the service answers,
+else offline. The run id is stored in checkpoints so a requeued job continues the same wandb run. API
+keys are never logged.
+
+Why auto probes the service: compute nodes are often offline, and there an online `wandb.init` waits
+for its own timeout (about 90 s) and then raises, killing the run on every requeue. So auto first
+honours WANDB_MODE (offline/dryrun -> offline, disabled -> off), then opens a TCP connection to the
+service (WANDB_BASE_URL, default https://api.wandb.ai) with a short timeout; no answer -> offline,
+with a message saying why. If the online start still fails, auto starts offline instead.
 """
 
 from __future__ import annotations
@@ -12,34 +19,72 @@ import math
 import netrc
 import os
 import secrets
+import socket
 import string
 from pathlib import Path
 from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 from ..config import Config
 
 WandbMode = Literal["off", "offline", "online"]
 
 
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 5.0  # a reachable service answers a TCP connect in milliseconds; wandb's own wait is ~90 s
+
+
 def wandb_mode(setting: str) -> WandbMode:
-    """`log.wandb` resolved: auto is online only where a key is configured."""
-    if setting == "off":
-        return "off"
-    if setting == "offline":
-        return "offline"
-    if setting == "online":
-        return "online"
+    """`log.wandb` resolved (see `resolve_wandb_mode`, which also says why auto chose offline)."""
+    return resolve_wandb_mode(setting)[0]
+
+
+def resolve_wandb_mode(setting: str, probe_timeout: float = PROBE_TIMEOUT_S) -> tuple[WandbMode, str | None]:
+    """`log.wandb` resolved, with the reason when auto falls back to offline (None otherwise): auto is
+    online only where WANDB_MODE does not say otherwise, a key is configured and the service answers."""
+    if setting in ("off", "offline", "online"):
+        return setting, None  # type: ignore[return-value]
     if setting != "auto":
         raise ValueError(f"log.wandb={setting!r} is not one of off, offline, online, auto")
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode == "disabled":
+        return "off", None
+    if env_mode in ("offline", "dryrun"):
+        return "offline", None
+    if not _has_api_key():
+        return "offline", None
+    url = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+    problem = unreachable(url, probe_timeout)
+    if problem:
+        return "offline", f"wandb service {url} cannot be reached ({problem}); logging offline under the run directory"
+    return "online", None
+
+
+def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
-        return "online"
+        return True
     try:
         path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
-        if Path(path).is_file() and netrc.netrc(path).authenticators("api.wandb.ai"):
-            return "online"
+        host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).hostname or "api.wandb.ai"
+        return Path(path).is_file() and netrc.netrc(path).authenticators(host) is not None
     except (netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
+        return False
+
+
+def unreachable(url: str, timeout: float) -> str | None:
+    """Why a TCP connection to `url`'s host and port fails within `timeout` seconds, or None if it opens."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:
+        return str(e)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def new_run_id() -> str:
@@ -65,8 +110,16 @@ class MetricsLogger:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-        mode = wandb_mode(cfg.log.wandb)
-        if mode != "off":
+        mode, why = resolve_wandb_mode(cfg.log.wandb)
+        if why:
+            self.message(why)
+        if mode == "online" and cfg.log.wandb == "auto":
+            try:
+                self._start_wandb(cfg, run_dir, mode)
+            except Exception as e:  # noqa: BLE001 - auto must never cost the run: any failure to go online
+                self.message(f"wandb could not start online ({type(e).__name__}: {e}); logging offline instead")
+                self._start_wandb(cfg, run_dir, "offline")
+        elif mode != "off":
             self._start_wandb(cfg, run_dir, mode)
 
     def _start_wandb(self, cfg: Config, run_dir: Path, mode: Literal["offline", "online"]) -> None:

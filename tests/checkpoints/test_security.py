@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -90,3 +91,30 @@ def test_payload_hidden_in_a_universal_folder_is_refused(zero1_run, tmp_path, ca
     assert main(["convert", "--checkpoint", str(out), "--to", "export", "--out", str(tmp_path / "e")]) == 1
     assert f"refusing to load {target}" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "e").exists()
+
+
+class SystemPayload:
+    """Unpickling this would run a shell command; torch blocks its module (posix) by name."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
+def test_the_refusal_names_the_offending_global(legacy, tmp_path):
+    """For globals of blocked modules torch's message changes form; the refusal used to name none."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    if legacy:
+        with open(path, "wb") as f:
+            pickle.dump(SystemPayload(marker), f, protocol=2)
+    else:
+        torch.save({"weights": torch.zeros(2), "payload": SystemPayload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {path}")) as refused:
+        safe_torch_load(path)
+    assert f"Unsupported global: GLOBAL {os.system.__module__}.system" in str(refused.value)
+    assert "weights_only" not in str(refused.value)  # never torch's advice to retry with full unpickling
+    assert not marker.exists()

@@ -84,6 +84,50 @@ def test_synthetic_shards_need_no_tokenizer(tmp_path: Path) -> None:
     assert read_manifest(str(tmp_path / "train")).num_samples == 64
 
 
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["shards", "--seq-len", "0"], "argument --seq-len: 0 must be >= 1"),
+        (["shards", "--seq-len", "-4"], "argument --seq-len: -4 must be >= 1"),
+        (["shards", "--samples-per-shard", "0"], "argument --samples-per-shard: 0 must be >= 1"),
+        (["shards", "--workers", "0"], "argument --workers: 0 must be >= 1"),
+        (["shards", "--shard-size-mb", "0"], "argument --shard-size-mb: 0.0 must be a finite number > 0"),
+        (["tokenizer", "--vocab-size", "0"], "argument --vocab-size: 0 must be >= 1"),
+        (["generate", "--checkpoint", "x", "--length", "0"], "argument --length: 0 must be >= 1"),
+        (["generate", "--checkpoint", "x", "--num-samples", "-1"], "argument --num-samples: -1 must be >= 1"),
+        (["generate", "--checkpoint", "x", "--top-p", "0"], "argument --top-p: 0.0 must be in (0, 1]"),
+        (["generate", "--checkpoint", "x", "--temperature", "-1"], "argument --temperature: -1.0 must be a finite"),
+        (["eval", "ppl", "--checkpoint", "x", "--data", "d", "--seq-len", "0"], "argument --seq-len: 0 must be >= 1"),
+        (["eval", "ppl", "--checkpoint", "x", "--data", "d", "--batch-size", "0"], "--batch-size: 0 must be >= 1"),
+        (["eval", "ppl", "--checkpoint", "x", "--data", "d", "--max-tokens", "0"], "--max-tokens: 0 must be >= 1"),
+        (["eval", "sbp", "--checkpoint", "x", "--out", "o", "--length", "0"], "argument --length: 0 must be >= 1"),
+        (["train", "--dry-run", "--world-size", "0"], "argument --world-size: 0 must be >= 1"),
+        (["eval", "zeroshot", "--checkpoint", "x", "--batch-size", "0"], "--batch-size: 0 must be >= 1"),
+        (["eval", "zeroshot", "--checkpoint", "x", "--block-len", "-8"], "--block-len: -8 must be >= 1"),
+        (["eval", "harness", "--checkpoint", "x", "--tasks", "t", "--streams", "0"], "--streams: 0 must be >= 1"),
+        (
+            ["eval", "sbp", "--checkpoint", "x", "--out", "o", "--length", "8", "--judge-batch-size", "0"],
+            "0 must be >= 1",
+        ),
+    ],
+)
+def test_zero_and_negative_counts_are_refused(argv, fragment, capsys: pytest.CaptureFixture) -> None:
+    """0 used to mean "unset" (the default) for --seq-len, --length, --samples-per-shard."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_a_seq_len_longer_than_the_corpus_publishes_nothing(tmp_path: Path, tokenizer_dir: Path, capsys) -> None:
+    """`armd shards --seq-len 100000` used to write a shard set with no samples and exit 0."""
+    out = tmp_path / "set"
+    argv = ["shards", "--tokenizer", str(tokenizer_dir), "--input", "builtin:pydoc", "--seq-len", "10000000"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}/train: the train split has" in err and "not one whole sample of seq_len=10000000" in err
+    assert not list(out.rglob("manifest.json"))
+
+
 def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main(["shards", "--input", "x.txt", "--out", str(tmp_path)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,14 +99,27 @@ def test_training_refuses_a_model_smaller_than_its_tokenizer_and_a_foreign_token
     assert "point data.tokenizer at the tokenizer the shards were built with" in foreign.stderr
 
 
-def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run, text_wordpiece_run, tmp_path):
+def test_evaluation_refuses_a_tokenizer_that_changed_since_training(text_bpe_run, text_wordpiece_run, tmp_path, capsys):
     export = tmp_path / "export"
     assert main(["convert", "--checkpoint", str(text_bpe_run.dir), "--to", "export", "--out", str(export)]) == 0
     _, _, other = text_wordpiece_run.data_urls()
     for name in ("tokenizer.json", "armd_tokenizer.json"):  # another tokenizer of the same size in its place
         (export / "tokenizer" / name).write_bytes((Path(other) / name).read_bytes())
+    from armd_scale.checkpoints.integrity import CorruptCheckpointError
     from armd_scale.data.errors import DataError
     from armd_scale.eval.text import codec_for
 
+    # the export's checksums cover its tokenizer: the swap is caught first, naming the file
+    with pytest.raises(CorruptCheckpointError, match=re.escape(str(export / "tokenizer"))):
+        load_pretrained(export)
+    # without them (an export whose list leaves the tokenizer out) the identity check still refuses
+    config_path = export / "config.json"
+    config = json.loads(config_path.read_text())
+    config["files"] = {k: v for k, v in config["files"].items() if not k.startswith("tokenizer/")}
+    config_path.write_text(json.dumps(config))
     with pytest.raises(DataError, match="changed since training; restore the one it was trained with"):
         codec_for(load_pretrained(export))
+    # armd generate decodes through the same check: it refuses instead of printing another vocabulary's text
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(export), "--length", "8"]) == 1
+    assert "changed since training" in capsys.readouterr().err

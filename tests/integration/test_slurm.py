@@ -239,3 +239,89 @@ def test_finished_run_resumes_on_one_node(
     got = {s: v for s, v in read_losses(one_node_dir).items() if s in new_steps}
     want = read_losses(reference_dir)
     assert_losses_match(got, want, new_steps)
+
+
+EVAL = REPO / "slurm" / "eval.sh"
+
+# A hold point for the trainer processes only (torchrun sets LOCAL_RANK for them, not for its agent): on
+# the first start, before `armd train` can install its signal handler, say so and wait for a go file.
+SETUP_GATE = """
+import os, time
+gate = os.environ.get("ARMD_TEST_SETUP_GATE")
+if gate and "LOCAL_RANK" in os.environ and not os.path.exists(gate + ".reached"):
+    open(gate + ".reached", "w").close()
+    while not os.path.exists(gate + ".go"):
+        time.sleep(0.05)
+"""
+
+
+def test_overrides_and_eval_args_on_many_lines_all_count(cluster: LocalSlurmCluster, data_cache: Path, tmp_path: Path):
+    """OVERRIDES and EVAL_ARGS were read with `read -r -a`, which stops at the first newline: a value
+    written one override per line passed only its first line, and none when it began with a newline."""
+    from armd_scale.config import load_config
+    from armd_scale.data.builtin import ensure_builtin_dataset
+
+    run_dir = tmp_path / "run"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    overrides = "\n" + "\n".join([*TINY.split(), f"data.cache_dir={data_cache}"]) + "\n  train.steps=7\n"
+    env = {"RUN_DIR": str(run_dir), "OVERRIDES": overrides, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    job_id = cluster.sbatch(PRETRAIN, "--gpus-per-node=0", "--nodes=1", env=env, cwd=run_dir.parent)
+    job = Job(job_id, run_dir, run_dir.parent / f"armd-pretrain-{job_id}.out")
+    wait_finished(cluster, job)
+    assert_finished_at(cluster, job, 7, world_size=1)  # the last line (train.steps=7) was applied
+
+    _, val_url, _ = ensure_builtin_dataset(load_config(None, [*TINY.split(), f"data.cache_dir={data_cache}"]).data)
+    out = tmp_path / "eval.json"
+    eval_env = {
+        "RUN_DIR": str(run_dir),
+        "DATA": str(val_url),
+        "OUT": str(out),
+        "EVAL_ARGS": "\n--batch-size 2\n--max-tokens 64\n",
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+    }
+    eval_id = cluster.sbatch(EVAL, "--gpus-per-node=0", "--output", str(tmp_path / "eval.out"), env=eval_env)
+    state = cluster.wait_job(eval_id, JOB_TIMEOUT)
+    eval_out = (tmp_path / "eval.out").read_text(errors="replace") if (tmp_path / "eval.out").exists() else ""
+    assert state == "COMPLETED", f"eval job ended {state}\n{cluster.diagnostics(eval_id)}\n{eval_out}"
+    result = read_json(out)
+    assert result["windows"] == 2 and result["tokens"] == 64, result  # --max-tokens 64 on the last line
+
+
+def test_usr1_before_the_trainer_handler_exists_requeues(cluster: LocalSlurmCluster, data_cache: Path, tmp_path: Path):
+    """The trainers start with USR1 ignored (entrypoint.sh must keep torchrun alive), so a USR1 that came
+    before `armd train` installed its handler was lost and the job ran on into its time limit. Now the
+    entrypoint records it and the trainer, seeing the record at the end of its set-up, exits 75: requeued."""
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    (gate_dir / "sitecustomize.py").write_text(SETUP_GATE)
+    gate = tmp_path / "setup"
+    run_dir = tmp_path / "run"
+    env = {
+        "RUN_DIR": str(run_dir),
+        "OVERRIDES": f"{TINY} data.cache_dir={data_cache} train.steps=5",
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(gate_dir),
+        "ARMD_TEST_SETUP_GATE": str(gate),
+    }
+    job_id = cluster.sbatch(PRETRAIN, "--gpus-per-node=0", "--nodes=1", env=env, cwd=tmp_path)
+    job = Job(job_id, run_dir, tmp_path / f"armd-pretrain-{job_id}.out")
+    poll_until(
+        lambda: Path(f"{gate}.reached").exists(), JOB_TIMEOUT, "the trainer at its first line", on_timeout=job.output
+    )
+    cluster.signal_job(job.id, "USR1", batch_only=True)  # as Slurm does before the time limit
+    poll_until(
+        lambda: "USR1 at" in job.output() and "recorded in" in job.output(), 60, "USR1 recorded", on_timeout=job.output
+    )
+    Path(f"{gate}.go").touch()
+    wait_finished(cluster, job)
+
+    text = job.output()
+    context = explain(cluster, job)
+    assert "during set-up (run directory): stopping before training, no checkpoint written; exit 75" in text, context
+    assert "requeueing job" in text and f"pretrain.sh: job {job.id} run 1 " in text, context
+    info = cluster.job_info(job.id)
+    assert info is not None and info["Restarts"] == "1", info
+    assert_finished_at(cluster, job, 5, world_size=1)
+    assert min(read_losses(run_dir)) == 1  # the first run trained nothing: the requeued one did every step

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 TINY = [
     "model.n_layers=2",
     "model.d_model=32",
@@ -54,8 +56,10 @@ class Run:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def checkpoints(self) -> list[str]:
-        ckpt = self.dir / "checkpoints"
-        return sorted(p.name for p in ckpt.glob("step_*") if (p / "COMPLETE").exists()) if ckpt.exists() else []
+        """Complete step folders (not those set aside as step_N.corrupt / step_N.nonfinite)."""
+        from armd_scale.checkpoints.layout import complete_tags
+
+        return complete_tags(self.dir / "checkpoints")
 
 
 def _env() -> dict[str, str]:
@@ -123,4 +127,14 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-__all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY"]
+@pytest.fixture
+def clean_process_env():
+    """In-process train() sets launcher variables for its world of one; later subprocess tests must not
+    inherit them. The process group itself stays up for the session (DeepSpeed caches its groups)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+__all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY", "clean_process_env"]

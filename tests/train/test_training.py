@@ -1,6 +1,7 @@
 """End-to-end single-process training: losses, checkpoints, resume, preemption, guards."""
 
 import json
+import os
 import shutil
 import signal
 
@@ -90,6 +91,35 @@ def test_incomplete_checkpoint_is_skipped(reference, tmp_path, data_cache):
     assert resumed.losses() == {s: v for s, v in reference.losses().items() if s > 3}
 
 
+@pytest.mark.parametrize("damage", ["zeroed", "truncated"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_run_resumes_from_the_intact_one(
+    damage, reference, tmp_path, data_cache
+):
+    """Zeroed bytes used to resume silently (no checksums); a truncated file ended in a zip error naming no
+    file, with no fallback to the older intact checkpoint."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.dir, run_dir)
+    (run_dir / "metrics.jsonl").unlink()
+    bad = run_dir / "checkpoints" / "step_00000006" / "mp_rank_00_model_states.pt"
+    size = bad.stat().st_size
+    if damage == "zeroed":
+        with open(bad, "r+b") as f:
+            f.seek(size // 2)
+            f.write(bytes(512))
+    else:
+        os.truncate(bad, size - 1000)
+    resumed = run_train(run_dir, data_cache)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert f"checkpoint {bad.parent} is damaged: {bad} " in resumed.output
+    assert "Set aside as step_00000006.corrupt; resuming from the newest intact checkpoint, step_00000003" in (
+        resumed.output
+    )
+    assert "resumed from step_00000003" in resumed.output
+    assert resumed.losses() == {s: v for s, v in reference.losses().items() if s > 3}  # nothing lost but time
+    assert (run_dir / "checkpoints" / "step_00000006.corrupt" / bad.name).is_file()  # kept for inspection
+    assert resumed.checkpoints() == ["step_00000003", "step_00000006"]
+
+
 def test_retention_keeps_last_k_and_every_mth(tmp_path, data_cache):
     run = run_train(
         tmp_path / "run",
@@ -110,6 +140,17 @@ def test_resume_refuses_a_model_shape_change(reference, tmp_path, data_cache):
     assert run.returncode == 1
     assert "model.d_model: checkpoint 32 vs config 64" in run.output
     assert "model.n_heads: checkpoint 2 vs config 4" in run.output
+
+
+def test_resume_refuses_a_change_of_the_function_the_model_computes(reference, tmp_path, data_cache):
+    """rope_theta and prefix_agg change no shape but what the saved weights compute; they used to resume."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.dir, run_dir)
+    run = run_train(run_dir, data_cache, "model.rope_theta=500", "model.prefix_agg=mean", "train.steps=8")
+    assert run.returncode == 1, run.output[-3000:]
+    assert "model.prefix_agg: checkpoint 'sum' vs config 'mean'" in run.output
+    assert "model.rope_theta: checkpoint 10000.0 vs config 500.0" in run.output
+    assert "Traceback" not in run.output
 
 
 def test_resume_with_more_steps_extends_the_run(reference, tmp_path, data_cache):

@@ -1,0 +1,130 @@
+"""Checkpoint integrity: per-file checksums, their verification, and durability before COMPLETE.
+
+Why: a checkpoint is the only copy of days of training. A file cut short by a full disk or a lost
+node, or bytes flipped on a disk or in a copy, used to load silently (torch's zip reader checks no
+checksum) or fail with a message naming no file. Every file a save writes is recorded in meta.json
+as `files: {relative path: {bytes, sha256}}`; readers compare size and SHA-256 before they load, and a
+mismatch is a `CorruptCheckpointError` naming the file, which the trainer and the tools answer by
+falling back to the newest intact checkpoint.
+
+Cost: SHA-256 through hashlib runs at about 1.1 GB/s per core on the development machine (SHA-NI,
+measured while the machine was busy). During a save each rank hashes only the files it wrote itself,
+right after writing them (still in the page cache), so a save costs the largest per-rank share /
+1 GB/s more; a resume or a tool reads every file once more to verify it.
+
+Durability: a file is on disk only after fsync, and a rename only after an fsync of its directory.
+Each rank fsyncs its own files before the barrier; meta.json and COMPLETE are written with
+`write_durable`, so COMPLETE can never reach the disk before the bytes it vouches for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path
+
+CHUNK = 8 << 20  # bytes read per hash update: large enough to amortise the Python overhead
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, unreadable or does not match its recorded checksum.
+
+    A ValueError (bad input), so the resume planner turns it into one error every rank raises."""
+
+
+def digest(path: Path) -> dict[str, Any]:
+    """{"bytes", "sha256"} of one file, read in chunks (memory stays flat for multi-GB files)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def digests(folder: Path, relative: list[str], *, sync: bool = False) -> dict[str, dict[str, Any]]:
+    """Digests of `folder/name` for each name; with `sync` each file is also fsynced (it was just written)."""
+    out = {}
+    for name in relative:
+        path = Path(folder) / name
+        out[name] = digest(path)
+        if sync:
+            fsync_file(path)
+    return out
+
+
+def recorded_files(folder: Path, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """Relative paths of the files under `folder` that a checksum list covers: everything but hidden
+    entries (staging of an interrupted write) and the top-level names in `skip`."""
+    folder = Path(folder)
+    names = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or rel.parts[0] in skip or any(p.startswith(".") for p in rel.parts):
+            continue
+        names.append(rel.as_posix())
+    return names
+
+
+def verify(folder: Path, files: dict[str, dict[str, Any]] | None) -> None:
+    """Raise CorruptCheckpointError naming the first file under `folder` that is missing, has another
+    size or another SHA-256 than `files` records. A folder saved before checksums existed (None) passes."""
+    if not files:
+        return
+    folder = Path(folder)
+    for name, expected in sorted(files.items()):
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"{path} is missing (the checkpoint lists it)") from None
+        if size != expected["bytes"]:
+            raise CorruptCheckpointError(
+                f"{path} has {size} bytes but {expected['bytes']} were written: the file was cut short or changed"
+            )
+        found = digest(path)["sha256"]
+        if found != expected["sha256"]:
+            raise CorruptCheckpointError(
+                f"{path} does not match its checksum (sha256 {found[:16]}..., written as "
+                f"{expected['sha256'][:16]}...): its bytes changed after the save"
+            )
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory `path` (creations, renames) durable. Some filesystems cannot fsync
+    a directory (they are durable by other means); that is not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: str) -> None:
+    """Write `path` whole (temp sibling, then rename) and durably: the temp file is fsynced before the
+    rename and the directory after it, so after a crash the file is either the old one or the new one,
+    complete, never an empty or partial file under the final name."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    fsync_dir(path.parent)
