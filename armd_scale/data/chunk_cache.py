@@ -80,24 +80,40 @@ class ChunkCache:
         if data is not None:
             self.hits += 1
             return data
-        with self._lock(sha256[:_LOCK_STRIPES]):
+        try:
+            lock = self._lock(sha256[:_LOCK_STRIPES])
+            lock.acquire()
+        except OSError as e:
+            self._unusable(e)
+            return self._fetched(fetch())
+        try:
             data = self._read_valid(sha256)  # another process may have fetched it while we waited
             if data is not None:
                 self.hits += 1
                 return data
-            data = fetch()
-            self.misses += 1
-            self.fetched_bytes += len(data)
+            data = self._fetched(fetch())
             stored = self._store(sha256, data)
+        finally:
+            lock.release()
         if stored:
             self._account(len(data))
         return data
+
+    def _fetched(self, data: bytes) -> bytes:
+        self.misses += 1
+        self.fetched_bytes += len(data)
+        return data
+
+    def _unusable(self, error: OSError) -> None:
+        if not self._write_failed:
+            log.warning("chunk cache: cannot use %s (%s); chunks are used uncached", self.root, error)
+            self._write_failed = True
 
     def _read_valid(self, sha256: str) -> bytes | None:
         path = self.path_of(sha256)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             log.warning("chunk cache: cannot read %s (%s); fetching the chunk instead", path, e)
@@ -122,9 +138,7 @@ class ChunkCache:
             return True
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            if not self._write_failed:
-                log.warning("chunk cache: cannot write to %s (%s); chunks are used uncached", self.root, e)
-                self._write_failed = True
+            self._unusable(e)
             return False
 
     # -- size bound -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ One shard set on its own is the mixture of one source with weight 1 and epochs 1
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,7 +51,10 @@ def as_sources(spec: str | MixtureSource | Sequence[str | MixtureSource]) -> lis
     items = [spec] if isinstance(spec, (str, MixtureSource)) else list(spec)
     if not items:
         raise DataError("a mixture needs at least one source")
-    sources = [MixtureSource(s.rstrip("/")) if isinstance(s, str) else s for s in items]
+    sources = [
+        MixtureSource(s.rstrip("/")) if isinstance(s, str) else dataclasses.replace(s, url=s.url.rstrip("/"))
+        for s in items
+    ]
     seen: set[str] = set()
     for i, s in enumerate(sources):
         s.check(f"source {i} ({s.url})")
