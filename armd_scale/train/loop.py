@@ -25,7 +25,7 @@ from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
-from .data import TrainData, open_train_data
+from .data import TrainData, loader_state_of_all_ranks, open_train_data
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 from .engine import batch_layout, build_engine, data_parallel_coords, repair_optimizer_after_universal_load
 from .init_from import initialize_from
@@ -196,7 +196,7 @@ def train(cfg: Config) -> int:
             if stopping and state.step == cfg.train.stop_at_step:
                 stop.reason = stop.reason or f"train.stop_at_step={cfg.train.stop_at_step}"
             if finished or stopping or state.step % cfg.train.checkpoint_every == 0:
-                checkpointer.save(engine, state.step, trainer=state.to_dict(), loader=loader.state_dict())
+                checkpointer.save(engine, state.step, trainer=state.to_dict(), loader=loader_state_of_all_ranks(loader))
             if stopping:
                 metrics.message(
                     f"stopping at step {state.step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}"
