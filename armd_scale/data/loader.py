@@ -328,7 +328,7 @@ class ShardLoader:
                     loads_ahead -= len(queued[0].acquire)
                 for key in plan.release:
                     store.release(key)
-                rows = np.stack([self._row(store, plan, i) for i in range(len(plan.keys))])
+                rows = self._rows(store, plan)
                 for i in range(0, len(rows), m):
                     yield rows[i : i + m]
         finally:
@@ -347,6 +347,16 @@ class ShardLoader:
             retry=self.retry,
             cache=self.cache,
         )
+
+    def _rows(self, store: ChunkStore, plan: StepPlan) -> np.ndarray:
+        """The step's samples for this rank's places, in place order."""
+        get = store.get
+        if not self._bad:
+            try:  # one chunk lookup per sample: no per-sample checks while no chunk is bad
+                return np.stack([get(k)[r] for k, r in zip(plan.keys.tolist(), plan.rows.tolist(), strict=True)])
+            except BadShardError:
+                pass  # _row below finds it again and handles it
+        return np.stack([self._row(store, plan, i) for i in range(len(plan.keys))])
 
     def _row(self, store: ChunkStore, plan: StepPlan, place: int) -> np.ndarray:
         """The sample at `place` of this rank's part of the step; with on_bad_shard='skip', one of a

@@ -121,6 +121,9 @@ class ChunkStore:
             entry.cancel()
 
     def get(self, key: int) -> np.ndarray:
+        entry = self._entries.get(key)
+        if type(entry) is np.ndarray:  # the common case, kept cheap: it runs once per sample
+            return entry
         if key in self._refs:
             entry = self._entries.get(key)
             if entry is None:
