@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--worlds", default="1,8,64")
     ap.add_argument("--sample-ranks", type=int, default=64, help="measure at most this many ranks per world")
     ap.add_argument("--s3", action="store_true", help="also read through a local moto S3 server")
+    ap.add_argument("--chunk-kb", type=float, help="chunk size of the set (default: the writer's)")
     ap.add_argument("--tree", default=str(HERE.parent), help="checkout whose armd_scale is measured")
     args = ap.parse_args()
     if args.child:
@@ -204,7 +205,10 @@ def main() -> None:
     tree = str(Path(args.tree).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "set"
-        write_set(str(local), SHARDS * PER_SHARD, SEQ_LEN, PER_SHARD, 32_000)
+        from armd_scale.data.shardio import chunk_samples_for
+
+        per_chunk = chunk_samples_for(SEQ_LEN, "uint16", args.chunk_kb) if args.chunk_kb else None
+        write_set(str(local), SHARDS * PER_SHARD, SEQ_LEN, PER_SHARD, 32_000, per_chunk)
         size = sum(p.stat().st_size for p in local.glob("*.tar"))
         url = str(local)
         if manifest_format(tree).endswith("/1"):
