@@ -31,13 +31,13 @@ def armd(tree: Path, *args: str, cwd: Path) -> None:
     subprocess.run([sys.executable, "-m", "armd_scale.cli", *args], env=env, cwd=cwd, check=True)
 
 
-def prepare(out: Path, tree: Path) -> Path:
+def prepare(out: Path, tree: Path, corpus: Path) -> Path:
     data = out / "data"
     if (data / "train" / "manifest.json").exists():
         return data
-    armd(tree, "tokenizer", "--input", str(CORPUS), "--vocab-size", "512", "--out", str(out / "tok"), cwd=out)
+    armd(tree, "tokenizer", "--input", str(corpus), "--vocab-size", "512", "--out", str(out / "tok"), cwd=out)
     armd(
-        tree, "shards", "--tokenizer", str(out / "tok"), "--input", str(CORPUS), "--seq-len", "128",
+        tree, "shards", "--tokenizer", str(out / "tok"), "--input", str(corpus), "--seq-len", "128",
         "--doc-split", "paragraph", "--val-fraction", "0.02", "--shard-size-mb", "1", "--out", str(data),
         "--no-progress", cwd=out,
     )  # fmt: skip
@@ -83,13 +83,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seeds", default="1234,99", help="data seeds (the model seed stays fixed)")
     ap.add_argument("--before-tree", help="a checkout of the loader before chunked reads")
+    ap.add_argument("--corpus", default=str(CORPUS))
     args = ap.parse_args()
-    if not CORPUS.is_dir():
-        sys.exit(f"{CORPUS} is not there; this bench needs the shared corpora")
+    corpus = Path(args.corpus)
+    if not corpus.is_dir():
+        sys.exit(f"{corpus} is not there; this bench needs the shared corpora (or --corpus)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tree = HERE.parent
-    data = prepare(out, tree)
+    data = prepare(out, tree, corpus)
     variants = {
         "chunked (default)": (tree, data, []),
         "full shuffle": (tree, out / "data-full-shuffle", ["data.shuffle_chunks=1"]),
