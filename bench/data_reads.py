@@ -157,7 +157,7 @@ def format_1_view(src: Path, dst: Path) -> None:
     raw["format"] = "armd_scale.shards/1"
     raw.pop("chunk_samples", None)
     for shard in raw["shards"]:
-        shard.pop("chunks", None)
+        shard.pop("chunk_sha256", None)
         (dst / shard["name"]).symlink_to(src / shard["name"])
     (dst / "manifest.json").write_text(json.dumps(raw))
 

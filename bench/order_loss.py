@@ -55,7 +55,7 @@ def format_1_copy(data: Path, dst: Path) -> Path:
         raw["format"] = "armd_scale.shards/1"
         raw.pop("chunk_samples", None)
         for shard in raw["shards"]:
-            shard.pop("chunks", None)
+            shard.pop("chunk_sha256", None)
             link = dst / split / shard["name"]
             if not link.exists():
                 link.symlink_to(data / split / shard["name"])

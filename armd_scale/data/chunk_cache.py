@@ -5,7 +5,8 @@ requeued, an evaluation that reads the same validation chunks every few hundred 
 jobs on one node training on the same data would otherwise fetch the same bytes again and again.
 
 Design:
-- Content-addressed: a chunk is stored under its SHA-256 (from the manifest), so entries of
+- Content-addressed: a chunk is stored under its checksum from the manifest (the first 128 bits of
+  its SHA-256), so entries of
   different shard sets and jobs can share one directory without any naming scheme, and a stale or
   foreign entry is impossible. Only bytes that passed the checksum are stored, and every hit is
   hashed again, so a damaged cache file is dropped and fetched anew rather than trained on.
@@ -44,7 +45,8 @@ _LOCK_STRIPES = 3  # hex digits of the hash that choose the lock file: 16**3 = 4
 
 
 class ChunkCache:
-    """Verified chunk bytes by SHA-256 under `root` (created on first use), at most about `max_bytes`.
+    """Verified chunk bytes by digest (a prefix of their SHA-256 in hex) under `root` (created on first
+    use), at most about `max_bytes`.
 
     Picklable (only the path and the bound travel), so loader worker processes use the same cache;
     `hits`, `misses` and `fetched_bytes` count this process's use."""
@@ -64,8 +66,8 @@ class ChunkCache:
         self.__init__(state["root"], state["max_bytes"])  # type: ignore[misc]
 
     # -- layout -----------------------------------------------------------------------------------
-    def path_of(self, sha256: str) -> Path:
-        return self.root / "chunks" / sha256[:2] / sha256
+    def path_of(self, digest: str) -> Path:
+        return self.root / "chunks" / digest[:2] / digest
 
     def _lock(self, name: str) -> FileLock:
         locks = self.root / "locks"
@@ -73,26 +75,28 @@ class ChunkCache:
         return FileLock(str(locks / f"{name}.lock"))
 
     # -- use --------------------------------------------------------------------------------------
-    def get_or_fetch(self, sha256: str, fetch: Callable[[], bytes]) -> bytes:
-        """The bytes whose SHA-256 is `sha256`: from the cache, or from `fetch()` (which must verify
-        them; its errors propagate and nothing is stored), fetched by one process of the node."""
-        data = self._read_valid(sha256)
+    def get_or_fetch(self, digest: str, fetch: Callable[[], bytes]) -> bytes:
+        """The bytes whose SHA-256 (hex) starts with `digest`: from the cache, or from `fetch()` (which
+        must verify them; its errors propagate and nothing is stored), fetched by one process of the node."""
+        if len(digest) < 32:
+            raise ValueError(f"chunk digest {digest!r} is too short to address the cache (at least 32 hex digits)")
+        data = self._read_valid(digest)
         if data is not None:
             self.hits += 1
             return data
         try:
-            lock = self._lock(sha256[:_LOCK_STRIPES])
+            lock = self._lock(digest[:_LOCK_STRIPES])
             lock.acquire()
         except OSError as e:
             self._unusable(e)
             return self._fetched(fetch())
         try:
-            data = self._read_valid(sha256)  # another process may have fetched it while we waited
+            data = self._read_valid(digest)  # another process may have fetched it while we waited
             if data is not None:
                 self.hits += 1
                 return data
             data = self._fetched(fetch())
-            stored = self._store(sha256, data)
+            stored = self._store(digest, data)
         finally:
             lock.release()
         if stored:
@@ -109,8 +113,8 @@ class ChunkCache:
             log.warning("chunk cache: cannot use %s (%s); chunks are used uncached", self.root, error)
             self._write_failed = True
 
-    def _read_valid(self, sha256: str) -> bytes | None:
-        path = self.path_of(sha256)
+    def _read_valid(self, digest: str) -> bytes | None:
+        path = self.path_of(digest)
         try:
             data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
@@ -118,7 +122,7 @@ class ChunkCache:
         except OSError as e:
             log.warning("chunk cache: cannot read %s (%s); fetching the chunk instead", path, e)
             return None
-        if sha256_bytes(data) != sha256:
+        if not sha256_bytes(data).startswith(digest):
             log.warning("chunk cache: %s is damaged (checksum mismatch); dropping it and fetching the chunk", path)
             path.unlink(missing_ok=True)
             return None
@@ -128,9 +132,9 @@ class ChunkCache:
             pass  # evicted meanwhile: the bytes we read are still good
         return data
 
-    def _store(self, sha256: str, data: bytes) -> bool:
-        path = self.path_of(sha256)
-        tmp = path.parent / f".{sha256}.tmp-{uuid.uuid4().hex}"
+    def _store(self, digest: str, data: bytes) -> bool:
+        path = self.path_of(digest)
+        tmp = path.parent / f".{digest}.tmp-{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)

@@ -6,8 +6,13 @@ refused. The *fingerprint* (SHA-256 over tokenizer identity, seq_len, dtype and 
 shard names, sample counts and checksums) identifies the data a loader state refers to; build
 settings and versions are kept for people but do not enter it.
 
-Format 2 adds a SHA-256 per *chunk* (`chunk_samples` consecutive records of a shard): the loader
+Format 2 adds a checksum per *chunk* (`chunk_samples` consecutive records of a shard): the loader
 reads single chunks with ranged requests, and a whole-shard checksum cannot be checked on a part.
+A chunk's checksum is the first 128 bits of its SHA-256 (32 hex digits), and a shard's checksums
+are one string, because every rank reads the whole manifest: at 64 ranks and 128 KiB chunks the
+full 64-digit digests as a JSON list cost more than 3% of what a rank trains on in an epoch, at 512
+ranks more than a quarter (docs/DATA.md). 128 bits detect any corruption and make collisions of
+the content-addressed chunk cache impossible in practice.
 Chunk checksums stay out of the fingerprint, so upgrading a format-1 manifest
 (`armd shards --upgrade-manifest`) keeps every saved loader state valid. Format 1 is still read
 (for verification, evaluation and the upgrade); the training loader asks for the upgrade.
@@ -29,6 +34,7 @@ from armd_scale.data.urls import (
     read_bytes,
     retry_call,
     retryable_read_error,
+    sha256_bytes,
     url_to_fs,
     write_atomic,
 )
@@ -37,6 +43,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "armd_scale.shards/2"
 MANIFEST_FORMAT_V1 = "armd_scale.shards/1"  # no chunk checksums; read, and upgraded on request
 DTYPES = ("uint16", "uint32")
+CHUNK_DIGEST_CHARS = 32  # hex digits of a chunk checksum: the first 128 bits of its SHA-256
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -50,7 +57,7 @@ class ShardEntry:
     samples: int
     sha256: str
     bytes: int
-    # SHA-256 of each chunk's bytes (chunk i = records [i*chunk_samples, (i+1)*chunk_samples)); empty in format 1
+    # checksum of each chunk's bytes (chunk i = records [i*chunk_samples, (i+1)*chunk_samples)); empty in format 1
     chunks: tuple[str, ...] = ()
 
 
@@ -116,7 +123,7 @@ class Manifest:
         for s in self.shards:
             entry = {"name": s.name, "samples": s.samples, "sha256": s.sha256, "bytes": s.bytes}
             if chunked:
-                entry["chunks"] = list(s.chunks)
+                entry["chunk_sha256"] = "".join(s.chunks)
             shards.append(entry)
         return {**out, "totals": self.totals, "shards": shards, "build": self.build}
 
@@ -137,7 +144,7 @@ class Manifest:
                     int(s["samples"]),
                     str(s["sha256"]),
                     int(s["bytes"]),
-                    tuple(str(c) for c in s["chunks"]) if chunked else (),
+                    _split_digests(str(s["chunk_sha256"]), where, str(s["name"])) if chunked else (),
                 )
                 for s in raw["shards"]
             ]
@@ -166,6 +173,18 @@ class Manifest:
                 "the manifest was edited"
             )
         return m
+
+
+def chunk_digest(data: bytes | memoryview) -> str:
+    """The checksum of a chunk's bytes as the manifest stores it."""
+    return sha256_bytes(data)[:CHUNK_DIGEST_CHARS]
+
+
+def _split_digests(joined: str, where: str, shard: str) -> tuple[str, ...]:
+    n = CHUNK_DIGEST_CHARS
+    if len(joined) % n or any(c not in "0123456789abcdef" for c in joined):
+        raise DataError(f"{where}: shard {shard}: chunk_sha256 must be {n} hex digits per chunk, one after another")
+    return tuple(joined[i : i + n] for i in range(0, len(joined), n))
 
 
 def chunk_count(samples: int, chunk_samples: int) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from armd_scale.data.chunk_cache import ChunkCache
 from armd_scale.data.errors import BadShardError
-from armd_scale.data.manifest import Manifest, ShardEntry
+from armd_scale.data.manifest import Manifest, ShardEntry, chunk_digest
 from armd_scale.data.urls import (
     DEFAULT_RETRY,
     RetryPolicy,
@@ -59,10 +59,10 @@ def chunk_samples_for(seq_len: int, dtype: str, chunk_kb: float) -> int:
 
 
 def chunk_checksums(data: bytes, samples: int, record: int, chunk_samples: int) -> tuple[str, ...]:
-    """SHA-256 of each run of `chunk_samples` records of a shard's bytes (the last run may be shorter)."""
+    """The checksum of each run of `chunk_samples` records of a shard's bytes (the last run may be shorter)."""
     view = memoryview(data)
     return tuple(
-        sha256_bytes(view[first * record : min(first + chunk_samples, samples) * record])
+        chunk_digest(view[first * record : min(first + chunk_samples, samples) * record])
         for first in range(0, samples, chunk_samples)
     )
 
@@ -78,7 +78,7 @@ class ChunkRef:
     samples: int
     start: int  # byte range [start, stop) within the shard
     stop: int
-    sha256: str
+    digest: str  # manifest.chunk_digest of the bytes
 
     def describe(self) -> str:
         last = self.first_sample + self.samples - 1
@@ -109,10 +109,10 @@ def _fetch_chunk(ref: ChunkRef, storage_options: StorageOptions, retry: RetryPol
             raise BadShardError(
                 ref.url, f"{what}: truncated: {len(data)} of {ref.stop - ref.start} bytes could be read", ref.index
             )
-        digest = sha256_bytes(data)
-        if digest != ref.sha256:
+        digest = chunk_digest(data)
+        if digest != ref.digest:
             raise BadShardError(
-                ref.url, f"{what}: checksum mismatch: sha256 {digest}, the manifest says {ref.sha256}", ref.index
+                ref.url, f"{what}: checksum mismatch: sha256 {digest}..., the manifest says {ref.digest}...", ref.index
             )
         return data
 
@@ -145,7 +145,7 @@ def read_chunk(
     """Fetch (through `cache` when given), verify and decode one chunk to [samples, seq_len].
     Raises BadShardError naming the shard URL and the chunk."""
     if cache is not None:
-        data = cache.get_or_fetch(ref.sha256, lambda: _fetch_chunk(ref, storage_options, retry))
+        data = cache.get_or_fetch(ref.digest, lambda: _fetch_chunk(ref, storage_options, retry))
     else:
         data = _fetch_chunk(ref, storage_options, retry)
     width = payload_bytes(seq_len, dtype)

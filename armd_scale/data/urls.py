@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import sys
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 StorageOptions = dict[str, Any] | None
@@ -51,10 +53,23 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
 
 
 def read_range(url: str, start: int, stop: int, storage_options: StorageOptions = None) -> bytes:
-    """Bytes [start, stop) of `url` in one request (an HTTP Range GET on object stores, one seek and
-    read on a local file). Fewer bytes come back when the file is shorter."""
+    """Bytes [start, stop) of `url` in one request (an HTTP Range GET on object stores, one `pread`
+    on a local file). Fewer bytes come back when the file is shorter.
+
+    Local files are read unbuffered: through fsspec's buffered file object a 30 KiB range cost a
+    64 KiB read, doubling what the loader reads for small chunks."""
     fs, path = url_to_fs(url, storage_options)
-    return fs.cat_file(path, start=start, end=stop)
+    if type(fs) is not LocalFileSystem:
+        return fs.cat_file(path, start=start, end=stop)
+    with open(path, "rb", buffering=0) as f:
+        parts = []
+        while start < stop:
+            part = os.pread(f.fileno(), stop - start, start)
+            if not part:  # end of file
+                break
+            parts.append(part)
+            start += len(part)
+        return b"".join(parts)
 
 
 def is_local(url: str) -> bool:

@@ -23,7 +23,7 @@ def _as_version_1(url: str) -> dict:
     raw["format"] = MANIFEST_FORMAT_V1
     raw.pop("chunk_samples")
     for shard in raw["shards"]:
-        shard.pop("chunks")
+        shard.pop("chunk_sha256")
     path.write_text(json.dumps(raw))
     return raw
 
@@ -71,17 +71,22 @@ def test_upgrade_refuses_a_damaged_shard_and_leaves_the_manifest(tmp_path: Path)
 def test_verify_reports_chunk_checksums_that_do_not_describe_the_shard(indexed_set: str) -> None:
     path = Path(indexed_set) / "manifest.json"
     raw = json.loads(path.read_text())
-    raw["shards"][2]["chunks"][1] = "0" * 64
+    digests = raw["shards"][2]["chunk_sha256"]
+    raw["shards"][2]["chunk_sha256"] = digests[:32] + "0" * 32 + digests[64:]  # chunk 1
     path.write_text(json.dumps(raw))
     (report,) = verify_shards(indexed_set)
     assert [url for url, _ in report.bad] == [f"{indexed_set}/shard-000002.tar"]
     assert "chunk checksum mismatch in chunk(s) [1]" in report.bad[0][1]
 
 
-def test_a_manifest_with_a_wrong_number_of_chunk_checksums_is_refused(indexed_set: str) -> None:
+def test_malformed_chunk_checksums_are_refused(indexed_set: str) -> None:
     path = Path(indexed_set) / "manifest.json"
     raw = json.loads(path.read_text())
-    raw["shards"][0]["chunks"].pop()
+    raw["shards"][0]["chunk_sha256"] = raw["shards"][0]["chunk_sha256"][:-32]
     path.write_text(json.dumps(raw))
     with pytest.raises(DataError, match="shard-000000.tar lists 7 chunk checksums, but 64 samples"):
+        read_manifest(indexed_set)
+    raw["shards"][0]["chunk_sha256"] = "x" * 32 * 8
+    path.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match="shard-000000.tar: chunk_sha256 must be 32 hex digits per chunk"):
         read_manifest(indexed_set)
