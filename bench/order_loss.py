@@ -2,7 +2,9 @@
 
 Builds a 512-piece tokenizer and seq_len-128 shards (1 MB shards, paragraphs as documents, 2% held
 out) from `../shared/corpora/gutenberg_nltk`, then trains the `tiny-cpu` preset with the same
-model seed under each order and prints the validation loss at every evaluation:
+model seed under each order and prints the validation loss at every evaluation, on the whole
+held-out split (so every order is scored on the same samples, up to a dropped tail of fewer than
+8 of them):
 
 - chunked (default): 128 KiB chunks, windows of 4 chunks;
 - full shuffle: the same shards with chunks of one sample (`--upgrade-manifest --chunk-kb 1`)
@@ -70,7 +72,7 @@ def train(tree: Path, run: Path, data: Path, tok: Path, steps: int, seed: int, e
         armd(
             tree, "train", f"run.dir={run}", f"data.train={data}/train", f"data.val={data}/val",
             f"data.tokenizer={tok}", f"data.seed={seed}", f"train.steps={steps}", "train.eval_every=100",
-            "train.eval_batches=32", f"train.checkpoint_every={steps}", "train.sample_at_end=0", "log.wandb=off",
+            "train.eval_batches=100000", f"train.checkpoint_every={steps}", "train.sample_at_end=0", "log.wandb=off",
             "log.progress_bar=false", *extra, cwd=run.parent,
         )  # fmt: skip
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from armd_scale.data.urls import sha256_bytes
 log = logging.getLogger(__name__)
 
 LOW_WATER = 0.8  # eviction goes down to this fraction of the bound, so it runs rarely
+STALE_TMP_S = 3600.0  # a temporary file this old was left by a writer that died
 _LOCK_STRIPES = 3  # hex digits of the hash that choose the lock file: 16**3 = 4096 locks
 
 
@@ -164,16 +166,19 @@ class ChunkCache:
                 tmp.unlink(missing_ok=True)
 
     def _entries(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of the stored chunks; temporary files of writers that died are deleted."""
         out = []
+        now = time.time()
         for sub in (self.root / "chunks").glob("??"):
             for path in sub.iterdir():
-                if path.name.startswith("."):
-                    continue
                 try:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
-                out.append((st.st_mtime, st.st_size, path))
+                if not path.name.startswith("."):
+                    out.append((st.st_mtime, st.st_size, path))
+                elif now - st.st_mtime > STALE_TMP_S:
+                    path.unlink(missing_ok=True)
         return out
 
     def scan_bytes(self) -> int:

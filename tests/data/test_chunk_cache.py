@@ -72,6 +72,18 @@ def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(tmp_path: Pa
     assert kept == {0, 3, 4, 5} and cache.scan_bytes() <= 5 * BLOB
 
 
+def test_temporary_files_of_dead_writers_are_cleared_by_a_scan(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "c", 1 << 20)
+    data, sha = _blob(4)
+    cache.get_or_fetch(sha, lambda: data)
+    old, fresh = cache.path_of(sha).parent / ".x.tmp-old", cache.path_of(sha).parent / ".y.tmp-new"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert cache.scan_bytes() == len(data)
+    assert not old.exists() and fresh.exists()
+
+
 def test_an_unusable_cache_directory_still_gives_the_data(tmp_path: Path, caplog) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
