@@ -12,7 +12,7 @@ the whole epoch: one lane needs such a chunk at the start of the epoch, the othe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,9 @@ class StepPlan:
     release: list[int]
 
 
-def plan_steps(order: SampleOrder, lanes: range, epoch: int, step: int, *, loop: bool) -> Iterator[StepPlan]:
+def plan_steps(
+    order: SampleOrder, lanes: range, epoch: int, step: int, *, loop: bool
+) -> Generator[StepPlan, None, None]:
     """Plans from (epoch, step) on; with loop=False they end with the epoch."""
     count = len(lanes)
     windows: list[LaneWindow | None] = [None] * count
