@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from armd_scale.data.chunk_cache import ChunkCache
-from armd_scale.data.errors import BadShardError, DataError, DataMismatchError
+from armd_scale.data.errors import BadShardError, DataError
 from armd_scale.data.loader_state import STATE_VERSION, restore_state
-from armd_scale.data.manifest import Manifest, check_expectations, read_manifest
-from armd_scale.data.mixture import MixtureSource, as_sources, mixture_fingerprint, quotas
+from armd_scale.data.manifest import check_expectations, read_manifest
+from armd_scale.data.mixture import MixtureSource, as_sources, check_compatible, mixture_fingerprint, quotas
 from armd_scale.data.prefetch import Background, ChunkStore, make_executor
 from armd_scale.data.read_plan import StepPlan, plan_steps
 from armd_scale.data.sample_order import ChunkTable, SampleOrder
@@ -92,7 +92,7 @@ class ShardLoader:
         for m in self.manifests:
             check_expectations(m, tokenizer_sha=expect_tokenizer_sha, seq_len=expect_seq_len)
             m.require_chunks()
-        _check_compatible(self.manifests)
+        check_compatible(self.manifests)
         self.url = self.sources[0].url if len(self.sources) == 1 else " + ".join(s.url for s in self.sources)
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
@@ -399,16 +399,3 @@ def _check_geometry(global_batch_size: int, micro_batch_size: int, rank: int, wo
             f"the per-rank batch global_batch_size/world_size = {global_batch_size // world_size} is not "
             f"divisible by micro_batch_size={micro_batch_size}"
         )
-
-
-def _check_compatible(manifests: list[Manifest]) -> None:
-    """Sources of one mixture must hold the same kind of samples: one tokenizer, seq_len and dtype."""
-    first = manifests[0]
-    for m in manifests[1:]:
-        for what, a, b in (
-            ("tokenizer sha256", first.tokenizer_sha256, m.tokenizer_sha256),
-            ("seq_len", first.seq_len, m.seq_len),
-            ("dtype", first.dtype, m.dtype),
-        ):
-            if a != b:
-                raise DataMismatchError(f"mixture sources differ in {what}: {first.url} has {a}, {m.url} has {b}")

@@ -26,7 +26,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from armd_scale.data.errors import DataError
+from armd_scale.data.errors import DataError, DataMismatchError
+from armd_scale.data.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,16 @@ def mixture_fingerprint(fingerprints: Sequence[str]) -> str:
     if len(fingerprints) == 1:
         return fingerprints[0]
     return hashlib.sha256(json.dumps(list(fingerprints)).encode()).hexdigest()
+
+
+def check_compatible(manifests: list[Manifest]) -> None:
+    """Sources of one mixture must hold the same kind of samples: one tokenizer, seq_len and dtype."""
+    first = manifests[0]
+    for m in manifests[1:]:
+        for what, a, b in (
+            ("tokenizer sha256", first.tokenizer_sha256, m.tokenizer_sha256),
+            ("seq_len", first.seq_len, m.seq_len),
+            ("dtype", first.dtype, m.dtype),
+        ):
+            if a != b:
+                raise DataMismatchError(f"mixture sources differ in {what}: {first.url} has {a}, {m.url} has {b}")
