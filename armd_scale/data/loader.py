@@ -34,7 +34,7 @@ import torch
 
 from armd_scale.data.chunk_cache import ChunkCache
 from armd_scale.data.errors import BadShardError, DataError
-from armd_scale.data.loader_state import STATE_VERSION, restore_state
+from armd_scale.data.loader_state import STATE_VERSION, decode_bad_chunks, encode_bad_chunks, restore_state
 from armd_scale.data.manifest import check_expectations, read_manifest
 from armd_scale.data.mixture import MixtureSource, as_sources, check_compatible, mixture_fingerprint, quotas
 from armd_scale.data.prefetch import Background, ChunkStore, make_executor
@@ -186,11 +186,7 @@ class ShardLoader:
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Global position in the data, at optimizer-step granularity; plain JSON (docs/DATA.md)."""
-        bad: list[dict[str, list[int]]] = [{} for _ in self.sources]
-        for key in sorted(self._bad):
-            source, chunk = self.order.locate(key)
-            name = self.manifests[source].shards[int(self.tables[source].shard[chunk])].name
-            bad[source].setdefault(name, []).append(int(self.tables[source].index[chunk]))
+        bad = encode_bad_chunks(self, self._bad)
         return {
             "version": STATE_VERSION,
             "epoch": self.epoch,
@@ -230,17 +226,8 @@ class ShardLoader:
         """Treat the chunks that `state` (this data's state, maybe from another rank) lists as bad
         as bad here too, without reading them: ranks read different chunks, and a resumed run must
         skip all that the interrupted one skipped."""
-        for source, entry in enumerate(state.get("sources") or []):
-            names = {s.name: i for i, s in enumerate(self.manifests[source].shards)}
-            table = self.tables[source]
-            for name, indices in (entry.get("bad_chunks") or {}).items():
-                if name not in names:
-                    raise DataError(f"loader state names bad chunks of {name}, which {self.sources[source].url} lacks")
-                for index in indices:
-                    hit = np.flatnonzero((table.shard == names[name]) & (table.index == int(index)))
-                    if len(hit) != 1:
-                        raise DataError(f"loader state names chunk {index} of {name}, which has no such chunk")
-                    self._bad.setdefault(int(self.order.key_base[source] + hit[0]), "listed as bad in the loader state")
+        for key in decode_bad_chunks(self, state):
+            self._bad.setdefault(key, "listed as bad in the loader state")
 
     def _normalise(self, epoch: int, cursor: int) -> tuple[int, int]:
         """An epoch with less than a global batch left is over: move to the next one."""

@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from armd_scale.data.errors import DataError, DataMismatchError
 
 if TYPE_CHECKING:
@@ -116,3 +118,38 @@ def _order_changes(loader: ShardLoader, state: dict[str, Any], version: int) -> 
             if key in saved and saved[key] != now:
                 changes.append(f"source {i} ({source.url}) {key} changed from {saved[key]} to {now}")
     return changes
+
+
+def encode_bad_chunks(loader: ShardLoader, bad: dict[int, str]) -> list[dict[str, list[int]]]:
+    """Per source, {shard name: [chunk numbers]} of the chunk keys in `bad`."""
+    out: list[dict[str, list[int]]] = [{} for _ in loader.sources]
+    for key in sorted(bad):
+        source, chunk = loader.order.locate(key)
+        table = loader.tables[source]
+        name = loader.manifests[source].shards[int(table.shard[chunk])].name
+        out[source].setdefault(name, []).append(int(table.index[chunk]))
+    return out
+
+
+def decode_bad_chunks(loader: ShardLoader, state: dict[str, Any]) -> list[int]:
+    """The chunk keys of `loader` that the bad chunks listed in `state` cover. Chunks listed for
+    another chunk size (the set was re-chunked since) mark every chunk holding one of their samples."""
+    if state.get("fingerprint", loader.fingerprint) != loader.fingerprint:
+        raise DataMismatchError(f"bad chunks of data {state['fingerprint']} cannot apply to {loader.fingerprint}")
+    keys: list[int] = []
+    for source, entry in enumerate(state.get("sources") or []):
+        names = {s.name: i for i, s in enumerate(loader.manifests[source].shards)}
+        table = loader.tables[source]
+        theirs = int(entry.get("chunk_samples") or loader.manifests[source].require_chunks())
+        for name, indices in (entry.get("bad_chunks") or {}).items():
+            if name not in names:
+                raise DataError(f"loader state names bad chunks of {name}, which {loader.sources[source].url} lacks")
+            for index in indices:
+                first, stop = int(index) * theirs, (int(index) + 1) * theirs
+                hit = np.flatnonzero(
+                    (table.shard == names[name]) & (table.first < stop) & (table.first + table.size > first)
+                )
+                if not len(hit):
+                    raise DataError(f"loader state names chunk {index} of {name}, which has no such chunk")
+                keys += [int(loader.order.key_base[source] + chunk) for chunk in hit]
+    return keys

@@ -11,6 +11,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from armd_scale.data.errors import BadShardError
+from armd_scale.data.manifest_upgrade import upgrade_manifests
 from armd_scale.data.urls import RetryPolicy
 from tests.data.test_loader import STEPS, G, make, take_steps
 
@@ -96,6 +97,23 @@ def test_bad_chunks_one_rank_met_reach_the_other_ranks_through_the_state(indexed
     assert others[0].state_dict()["sources"] == met[0].state_dict()["sources"]
     for ld in ranks:
         ld.close()
+
+
+def test_bad_chunks_of_a_state_saved_before_rechunking_mark_the_chunks_holding_their_samples(
+    indexed_set: str,
+) -> None:
+    path = Path(indexed_set) / "shard-000003.tar"
+    original = path.read_bytes()
+    _damage(indexed_set, 3, "checksum")
+    first = make(indexed_set, on_bad_shard="skip", loop=False)
+    take_steps([first], None)
+    state = first.state_dict()
+    assert state["sources"][0]["bad_chunks"] == {"shard-000003.tar": [0]}  # samples 0-7 in chunks of 8
+    path.write_bytes(original)  # repaired, then re-chunked: the state still says what was skipped
+    upgrade_manifests(indexed_set, chunk_kb=3)  # 1 KiB records: chunks of 3 samples
+    second = make(indexed_set, on_bad_shard="skip")
+    second.load_state_dict(state)
+    assert second.state_dict()["sources"][0]["bad_chunks"] == {"shard-000003.tar": [0, 1, 2]}  # samples 0-8
 
 
 class FlakyFileSystem(LocalFileSystem):
