@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
@@ -53,14 +54,25 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
 
 
 def read_range(url: str, start: int, stop: int, storage_options: StorageOptions = None) -> bytes:
-    """Bytes [start, stop) of `url` in one request (an HTTP Range GET on object stores, one `pread`
-    on a local file). Fewer bytes come back when the file is shorter.
+    """Bytes [start, stop) of `url`, and only those: one `pread` on a local file, one ranged request
+    (an HTTP Range GET on object stores) elsewhere. Fewer bytes come back when the file is shorter.
 
-    Local files are read unbuffered: through fsspec's buffered file object a 30 KiB range cost a
-    64 KiB read, doubling what the loader reads for small chunks."""
+    The one home of ranged reads, because each of fsspec's defaults over-reads: its buffered local
+    file reads whole 4 KiB blocks (2.7x the bytes of a 1.5 KiB range), and a filesystem without its
+    own `cat_file` reads a range through a read-ahead cache of several MB. Async filesystems (s3,
+    gcs, http) and in-memory ones fetch exactly the range in their own `cat_file`; the others get a
+    file opened with no cache, which fetches each read's range as asked."""
     fs, path = url_to_fs(url, storage_options)
-    if type(fs) is not LocalFileSystem:
+    if type(fs) is LocalFileSystem:
+        return _pread(path, start, stop)
+    if isinstance(fs, AsyncFileSystem) or type(fs).cat_file is not AbstractFileSystem.cat_file:
         return fs.cat_file(path, start=start, end=stop)
+    with fs.open(path, "rb", cache_type="none") as f:
+        f.seek(start)
+        return f.read(stop - start)
+
+
+def _pread(path: str, start: int, stop: int) -> bytes:
     with open(path, "rb", buffering=0) as f:
         parts = []
         while start < stop:
