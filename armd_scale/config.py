@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Shape and flavour of the network (DESIGN 2.4). Changing any of these changes the checkpoint."""
+    """Shape and flavour of the network (docs/ARCHITECTURE.md, Forward pass and Baselines).
+    Changing any of these changes the checkpoint."""
 
     arch: Literal["armd", "ar", "mdlm"] = "armd"
     vocab_size: int = 512
@@ -101,7 +102,8 @@ class ModelConfig:
 
 @dataclass
 class OrderConfig:
-    """Which generation orders training draws (DESIGN 2.5). Parameters unused by a kind are ignored."""
+    """Which generation orders training draws (docs/ARCHITECTURE.md, Contract).
+    Parameters unused by a kind are ignored."""
 
     kind: Literal["l2r", "random", "progressive", "sbp", "diffusion"] = "l2r"
     # progressive
@@ -172,7 +174,7 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    """Where tokens come from (DESIGN 3.3)."""
+    """Where tokens come from (docs/DATA.md)."""
 
     # A shard-set URL (local path, file://, s3://, memory://), a built-in corpus like `builtin:pydoc`, or a
     # mixture: a list of {path, weight, epochs} (docs/DATA.md, "Mixtures").
@@ -232,7 +234,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, schedule, checkpoint cadence and guards (DESIGN 3.4)."""
+    """Optimisation, schedule, checkpoint cadence and guards (docs/TRAINING.md)."""
 
     steps: int = 300
     global_batch_size: int = 16
@@ -444,7 +446,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         options = get_args(tp)

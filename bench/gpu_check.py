@@ -43,8 +43,8 @@ from armd_scale.config import ModelConfig, load_config  # noqa: E402
 from armd_scale.model import build_model  # noqa: E402
 from armd_scale.model.attention import attend, flash_available, prepare  # noqa: E402
 from armd_scale.model.flops import peak_flops, training_flops_per_token  # noqa: E402
+from armd_scale.model.generation_orders import diffusion_order, l2r_order, random_order, sbp_order  # noqa: E402
 from armd_scale.model.masks import causal_spec, full_spec, strict_spec, two_stream_spec  # noqa: E402
-from armd_scale.model.orders import diffusion_order, l2r_order, random_order, sbp_order  # noqa: E402
 
 
 def cmd_env(_args) -> int:

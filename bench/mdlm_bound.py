@@ -79,7 +79,8 @@ def main() -> None:
     nll = source_nll(source, val).mean().item() / N
     print(
         f"source: entropy rate {source.entropy_rate():.4f}, "
-        f"sequence entropy / N {source.sequence_entropy(N) / N:.4f}, exact NLL of the 512 validation sequences {nll:.4f} nats/token\n"
+        f"sequence entropy / N {source.sequence_entropy(N) / N:.4f}, "
+        f"exact NLL of the 512 validation sequences {nll:.4f} nats/token\n"
     )
     print(
         "| steps | train loss (last 50) | NELBO cont. | NELBO T=128 | NELBO T=16 | NELBO T=4 | cont. - source NLL | s |"

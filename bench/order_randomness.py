@@ -15,7 +15,8 @@ A full shuffle of all samples is the chunked order with chunks of one sample and
     python bench/order_randomness.py [--tree PATH_OF_ANOTHER_CHECKOUT]
 
 With `--tree` pointing at a checkout from before chunked reads, it measures that loader's
-shard-by-shard order (`armd_scale.data.order.GlobalOrder`) instead.
+shard-by-shard order (`GlobalOrder`, in `armd_scale.data.sample_order` or, older still,
+`armd_scale.data.order`) instead.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def batches_chunked(sizes: list[int], chunk: int, window_chunks: int, gbs: int, 
 
 def batches_by_shard(sizes: list[int], gbs: int, seed: int, epoch: int):
     """The same for the shard-by-shard order of the loader before chunked reads."""
-    order = importlib.import_module("armd_scale.data.order").GlobalOrder(sizes, seed)
+    module = importlib.import_module("armd_scale.data.sample_order")
+    if not hasattr(module, "GlobalOrder"):  # before the module was renamed
+        module = importlib.import_module("armd_scale.data.order")
+    order = module.GlobalOrder(sizes, seed)
     steps = order.num_samples // gbs
     shard = np.empty((steps, gbs), dtype=np.int64)
     row = np.empty((steps, gbs), dtype=np.int64)

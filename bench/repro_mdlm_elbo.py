@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from armd_scale.eval.data import open_eval_data  # noqa: E402
 from armd_scale.eval.ppl import default_seq_len  # noqa: E402
 from armd_scale.eval.text import bits_per_byte, codec_for  # noqa: E402
+from armd_scale.eval.windows import open_eval_data  # noqa: E402
 from armd_scale.model import masked_diffusion as md  # noqa: E402
 from armd_scale.pretrained import load_pretrained  # noqa: E402
 

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from armd_scale.eval.genppl import load_judge, unigram_entropy  # noqa: E402
 from armd_scale.eval.sbp import results_table  # noqa: E402
 from armd_scale.eval.text import codec_for  # noqa: E402
+from armd_scale.generate import sample_mdlm  # noqa: E402
 from armd_scale.pretrained import load_pretrained  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def sweep(
     model = pre.model.eval()
     codec = codec_for(pre)
     scorer = load_judge(judge, generator_path=checkpoint)
-    model.sample(1, length, 2, generator=torch.Generator().manual_seed(seed))  # untimed warm-up
+    sample_mdlm(model, 1, length, 2, generator=torch.Generator().manual_seed(seed))  # untimed warm-up
     rows = []
     for t in steps:
         gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,7 @@ def sweep(
         for start in range(0, num_samples, batch_size):
             b = min(batch_size, num_samples - start)
             begin = time.perf_counter()
-            out = model.sample(b, length, t, generator=gen, temperature=temperature, top_p=top_p)
+            out = sample_mdlm(model, b, length, t, generator=gen, temperature=temperature, top_p=top_p)
             seconds += time.perf_counter() - begin
             chunks.append(out.tokens.cpu().numpy())
             calls.append(out.forward_calls)

@@ -229,7 +229,7 @@ def likelihood_table(s: Study, set_name: str) -> tuple[str, list[dict]]:
 def curve_table(s: Study) -> str:
     by_step: dict[int, dict[str, float]] = {}
     for run in ("ar", "armd", "mdlm"):
-        for step, key, value in s.val_curve(run):
+        for step, _key, value in s.val_curve(run):
             by_step.setdefault(step, {})[run] = value
     rows = []
     for step in sorted(by_step):
@@ -348,7 +348,7 @@ def plot_curves(s: Study, path: Path) -> None:
         axes[1].plot(
             [s.flops_at(run, c[0]) / 1e12 for c in curve], vals, ls, color=color, marker="o", ms=3, label=label
         )
-    for ax, xlabel in zip(axes, ("optimizer steps", "cumulative training TFLOP (flops.py)")):
+    for ax, xlabel in zip(axes, ("optimizer steps", "cumulative training TFLOP (flops.py)"), strict=True):
         ax.set(xlabel=xlabel, ylabel="nats / token")
         ax.grid(alpha=0.3)
     axes[0].axvline(s.settings["ARMD_STEPS"], color="grey", lw=0.8)

@@ -19,7 +19,7 @@ import torch
 from armd_scale.config import load_config
 from armd_scale.model import build_model, order_loss
 from armd_scale.model.flops import training_flops_per_token
-from armd_scale.model.orders import make_order
+from armd_scale.model.generation_orders import make_order
 
 SETTINGS = {
     "tiny-cpu (L=4, d=128, N=128, B=8)": (["model.max_seq_len=128"], 128, 8),

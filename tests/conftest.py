@@ -12,9 +12,12 @@ tests/simulated_device.py, the tests then catch what would only fail on a GPU.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests.eval.runs import TinyRun, tiny_run
 
 try:  # `with torch.device(...)` recognises factories by identity, from a set cached on first use:
     from torch.utils._device import _device_constructors  # fill it with torch's own functions before
@@ -101,3 +104,47 @@ def generator_device_guard(monkeypatch):
     for name in _IN_PLACE:
         monkeypatch.setattr(torch.Tensor, name, _guard_in_place(name, getattr(torch.Tensor, name)))
     yield
+
+
+# -- shared session fixtures (pytest finds them here for every test directory; never import them) --------
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """Tokenizer and shards of the built-in corpus, built once for every training test."""
+    from armd_scale.config import DataConfig
+    from armd_scale.data.builtin import ensure_builtin_dataset
+
+    cache = tmp_path_factory.mktemp("armd_cache")
+    ensure_builtin_dataset(DataConfig(cache_dir=str(cache), seq_len=32, vocab_size=128), build=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def markov_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "markov")
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text")
+
+
+@pytest.fixture(scope="session")
+def text_ar_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text_ar")
+
+
+@pytest.fixture(scope="session")
+def text_mdlm_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text_mdlm")
+
+
+@pytest.fixture(scope="session")
+def text_bpe_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text_bpe")
+
+
+@pytest.fixture(scope="session")
+def text_wordpiece_run(tmp_path_factory) -> TinyRun:
+    return tiny_run(tmp_path_factory, "text_wordpiece")

@@ -1,12 +1,18 @@
-"""Checkpoint tools: conversion, export and inspection, outside of training.
+"""Checkpoint formats: the one home of everything that knows how checkpoints are laid out on disk.
 
-- `source`      opens any checkpoint path (run dir, DeepSpeed folder, universal folder, export dir)
-                and reads its full fp32 weights without a DeepSpeed engine.
-- `to_universal` DeepSpeed folder -> a folder holding only DeepSpeed's universal form (resumable).
-- `export`      any checkpoint -> `model.safetensors` + `config.json` + `tokenizer/` (no DeepSpeed needed).
-- `validate`    every conversion runs source and result on one fixed batch and reports the logit gap.
-- `summary`, `diff`  what `armd inspect` prints.
+Below `train/` (its Checkpointer saves and resumes through these modules) and above `model/`:
 
-Everything here reads pickle-based files with torch's restricted unpickler only (train/safe_load.py).
+- `layout`       names (step_N, meta.json, COMPLETE, latest, universal/, export files), meta.json
+                 reading, completion markers, the model-shape fields a resume must keep.
+- `safe_load`    the only place pickle-based files are opened (restricted unpickler), and the guard
+                 that forces it on DeepSpeed's own loads.
+- `source`       the one resolver: run dir / checkpoint folder / universal folder / export -> `Source`.
+- `weights`      full fp32 weights of any source without an engine, and the tensor-parallel merge.
+- `universal`    DeepSpeed's universal form: what can be resharded, conversion, reading.
+- `model_io`     models from a saved config and a state dict; tied-weight handling.
+- `pretrained`   `load_pretrained` for evaluation and generation.
+- tools: `to_universal`, `export` (with `validate`, `report`, `atomic`), `summary` and `diff` (what
+  `armd inspect` prints).
+
 The on-disk formats are described in docs/CHECKPOINTS.md.
 """

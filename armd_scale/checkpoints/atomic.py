@@ -2,19 +2,20 @@
 
 A conversion can take minutes on a large model and be interrupted at any point; readers must never
 see a half-written export or universal folder. Everything is written into a hidden sibling temp
-directory (same filesystem, so the final step is one rename) that is removed on any error.
+directory (same filesystem, so the final step is one rename) that is removed on any error
+(`armd_scale/atomic.py`); here, on top of it, the checks a user-given --out needs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..atomic import atomic_dir as replace_dir
 
-def check_out(out: Path, *, overwrite: bool = False) -> Path:
+
+def check_out(out: str | Path, *, overwrite: bool = False) -> Path:
     """Refuse an output path that would clobber something, before any expensive work starts."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
@@ -25,25 +26,10 @@ def check_out(out: Path, *, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp directory that replaces `out` when the block finishes without an error."""
-    out = check_out(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+def atomic_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """`armd_scale.atomic.atomic_dir` for an --out directory, after `check_out` refused clobbering."""
+    with replace_dir(check_out(out, overwrite=overwrite)) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():  # empty, or --overwrite: move the old one aside first so `out` is never missing long
-        old = out.parent / f".{out.name}.old{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def refuse_overlap(source: Path, out: Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .model_io import build, config_of, tied_aliases
-from .source import Source, full_state, open_source
+from .source import Source, open_source
+from .weights import full_state
 
 MISSING = "<missing>"
 

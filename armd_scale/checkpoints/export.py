@@ -9,7 +9,7 @@
                           tokenizer.json + armd_tokenizer.json (Hugging Face), as trained
 
 safetensors holds raw tensors and a JSON header, nothing executable, so an export is safe to load
-from anywhere. `armd_scale.pretrained.load_pretrained(OUT)` reads it; the validation below goes
+from anywhere. `load_pretrained(OUT)` (checkpoints/pretrained.py) reads it; the validation below goes
 through that same function, so a passing conversion proves the loader users will call.
 """
 
@@ -21,17 +21,18 @@ from typing import Any
 
 import torch
 
-from ..pretrained import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_pretrained
 from .atomic import atomic_dir, check_out, refuse_overlap
+from .layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TOKENIZER, EXPORT_WEIGHTS
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
+from .pretrained import load_pretrained
 from .report import ConversionError, ConversionReport, Progress
-from .source import full_state, open_source
+from .source import open_source
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
+from .weights import full_state
 
-EXPORT_FORMAT = "armd_scale-export-1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = {
-    "deepspeed": "the source's full fp32 weights (universal.full_state_dict)",
+    "deepspeed": "the source's full fp32 weights (weights.full_state)",
     "universal": "the source's fp32 weights (universal.read_universal)",
 }
 
@@ -107,13 +108,14 @@ def export(
             max_abs_logit_diff=diff,
             exact_required=dtype == "fp32",
             dtype=dtype,
-            parameters=config["parameters"],
+            parameters=parameter_count(reference),
             seconds=progress.elapsed,
             notes=notes,
         )
         if report.exact_required and diff != 0:
             raise ConversionError(
-                f"the fp32 export of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
+                f"the fp32 export of {source.folder} does not reproduce it: "
+                f"max abs logit difference {diff:g} (must be 0)"
             )
         config["conversion"] = report.to_dict()
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))

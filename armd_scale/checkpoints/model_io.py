@@ -1,8 +1,9 @@
-"""Models from a saved config and a plain state dict, for the checkpoint tools.
+"""Models from a saved config and a plain state dict; the one home of tied-weight handling.
 
 Tied parameters (the LM head shares the embedding matrix) are found on the model itself rather than
-by name, so every architecture's ties are handled the same way: an export stores each shared
-tensor once, and loading puts it back under every name the model uses.
+by name, so every architecture's ties are handled the same way: an export stores each shared tensor
+once (`without_aliases`), and loading puts it back under every name the model uses (`load_weights`,
+used by every reader: load_pretrained, train.init_from, the conversion checks).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import Config, config_from_dict
+from ..model import build_model
 
 
 def config_of(config: dict[str, Any], origin: str) -> Config:
@@ -22,8 +24,6 @@ def config_of(config: dict[str, Any], origin: str) -> Config:
 
 def build(config: Config, *, device: str | torch.device = "cpu") -> nn.Module:
     """The architecture named by the config, on `device` ("meta" builds shapes only, no memory)."""
-    from ..model import build_model
-
     with torch.device(device):
         return build_model(config.model)
 

@@ -1,4 +1,4 @@
-"""Open any checkpoint path the tools accept, and read its weights without a DeepSpeed engine.
+"""Resolve any checkpoint path the package accepts: the one resolver for training, tools and loading.
 
 Accepted paths, and what they resolve to:
 - a run directory (RUN_DIR): its newest complete checkpoint folder;
@@ -7,8 +7,10 @@ Accepted paths, and what they resolve to:
   or DeepSpeed's universal tag folder itself (`.../universal/step_N`, meta.json two levels up);
 - an export directory (model.safetensors + config.json).
 
-Opening a DeepSpeed or universal folder checks every pickle-based file in it with the restricted
-unpickler first, so each tool refuses a tampered folder up front, naming the file.
+A folder without COMPLETE is a save that was cut short and is refused. Opening a DeepSpeed or
+universal folder checks every pickle-based file in it with the restricted unpickler first
+(safe_load.py), so each caller refuses a tampered folder up front, naming the file. The weights are
+read by `weights.full_state`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from ..pretrained import EXPORT_CONFIG, EXPORT_WEIGHTS, resolve_checkpoint
-from ..train.checkpoint import META, read_meta
-from ..train.safe_load import assert_weights_only_loadable, safe_torch_load
-from ..train.universal import UNIVERSAL, full_state_dict, merge_tp_shards, read_universal, universal_tag_dir
+from .layout import (
+    CHECKPOINTS,
+    EXPORT_CONFIG,
+    EXPORT_TOKENIZER,
+    EXPORT_WEIGHTS,
+    MARKER,
+    META,
+    UNIVERSAL,
+    complete_tags,
+    read_meta,
+    universal_tag_dir,
+)
+from .safe_load import assert_weights_only_loadable
 
 Kind = Literal["deepspeed", "universal", "export"]
 
@@ -56,16 +65,35 @@ class Source:
     def topology(self) -> dict[str, Any] | None:
         return self.meta.get("topology")
 
+    @property
+    def tokenizer_dir(self) -> str | None:
+        """Where the run's tokenizer is: an export's own `tokenizer/`, else the directory meta.json names."""
+        if self.kind == "export":
+            tok = self.folder / EXPORT_TOKENIZER
+            return str(tok) if tok.is_dir() else None
+        return self.meta.get("tokenizer_dir")
+
 
 def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     path = Path(path).expanduser().absolute()  # reports and config.json record where the weights came from
     if (path / "zero").is_dir() and glob.glob(str(path / "*model_states.pt")) and not (path / META).exists():
         return _bare_universal(path, check_safe)
-    resolved = resolve_checkpoint(path)
-    folder = resolved.folder
-    run_dir = path if folder != path else None
-    if resolved.kind == "export":
-        return Source("export", folder, _read_json(folder / EXPORT_CONFIG), run_dir)
+    if (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file():
+        return Source("export", path, _read_export_config(path / EXPORT_CONFIG))
+    if (path / META).is_file():
+        if not (path / MARKER).is_file():
+            raise FileNotFoundError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its save was cut short")
+        return _checkpoint(path, None, check_safe)
+    tags = complete_tags(path / CHECKPOINTS)
+    if tags:
+        return _checkpoint(path / CHECKPOINTS / tags[-1], path, check_safe)
+    raise FileNotFoundError(
+        f"{path} is not a run directory with a complete checkpoint, a checkpoint folder (with {META} and "
+        f"{MARKER}) or an export directory (with {EXPORT_WEIGHTS} and {EXPORT_CONFIG})"
+    )
+
+
+def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool) -> Source:
     meta = read_meta(folder)
     if check_safe:
         assert_weights_only_loadable(folder)
@@ -89,7 +117,7 @@ def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:
     return Source("universal", folder, read_meta(folder), None, tag_dir)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_export_config(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -97,29 +125,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "config" not in data:
         raise ValueError(f"{path} must be a JSON object with at least 'config' (the resolved run config)")
     return data
-
-
-def full_state(source: Source) -> dict[str, torch.Tensor]:
-    """Complete fp32 weights (tied aliases may be absent for exports)."""
-    if source.kind == "export":
-        from safetensors.torch import load_file
-
-        state = load_file(str(source.folder / EXPORT_WEIGHTS))
-    elif source.kind == "universal":
-        state = read_universal(source.universal_dir)
-    else:
-        state = full_state_dict(source.folder, source.topology)
-    # ZeRO-0 files hold nn.Parameters; plain tensors keep autograd out of comparisons and exports
-    return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
-
-
-def saved_module_state(source: Source) -> dict[str, torch.Tensor] | None:
-    """The module weights DeepSpeed saved beside its optimizer state (mp_rank_XX_model_states.pt,
-    tensor-parallel shards merged), read without any conversion; None where they are not complete
-    (ZeRO-3 saves placeholders). In fp32 they equal the optimizer's master weights exactly, which
-    makes them an independent reference for a universal conversion."""
-    topo = source.topology or {}
-    if source.kind != "deepspeed" or topo.get("zero_stage") == 3:
-        return None
-    shards = [safe_torch_load(source.folder / f"mp_rank_{r:02d}_model_states.pt")["module"] for r in range(topo["tp"])]
-    return {k: v.detach().float() for k, v in merge_tp_shards(shards).items()}

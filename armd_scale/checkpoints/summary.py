@@ -11,9 +11,9 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import MARKER, TAG_RE, step_of
-from ..train.safe_load import PICKLE_SUFFIXES
+from .layout import CHECKPOINTS, is_complete, step_folders
 from .model_io import build, config_of, parameter_count
+from .safe_load import PICKLE_SUFFIXES
 from .source import Source, open_source
 
 
@@ -42,7 +42,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         },
         "parameters": parameter_count(build(config_of(cfg, str(source.meta_file)), device="meta")),
         "tokenizer_sha256": source.meta.get("tokenizer_sha256"),
-        "tokenizer_dir": _tokenizer_dir(source),
+        "tokenizer_dir": source.tokenizer_dir,
         "topology": {k: topology.get(k) for k in ("world_size", "dp", "tp", "zero_stage", "precision")}
         | ({"layout": topology["layout"]} if "layout" in topology else {}),
         "loader": {k: loader.get(k) for k in ("epoch", "cursor", "num_samples", "global_batch_size")},
@@ -59,15 +59,10 @@ def summarize(path: str | Path) -> dict[str, Any]:
         info["conversion"] = {k: conv.get(k) for k in ("to", "source", "max_abs_logit_diff", "reference")}
     if source.run_dir is not None:
         info["run_dir"] = str(source.run_dir)
-        info["checkpoints"] = _run_checkpoints(source.run_dir / "checkpoints")
+        info["checkpoints"] = [
+            {"tag": p.name, "complete": is_complete(p)} for p in step_folders(source.run_dir / CHECKPOINTS)
+        ]
     return info
-
-
-def _tokenizer_dir(source: Source) -> str | None:
-    if source.kind == "export":
-        tok = source.folder / "tokenizer"
-        return str(tok) if tok.is_dir() else None
-    return source.meta.get("tokenizer_dir")
 
 
 def _files(folder: Path) -> list[dict[str, Any]]:
@@ -84,11 +79,6 @@ def _safety(source: Source, files: list[dict[str, Any]]) -> str:
         return "safetensors and JSON only (nothing executable)"
     # open_source already loaded every one of them with weights_only=True
     return f"all {len(pickled)} pickle-based files load with weights_only=True"
-
-
-def _run_checkpoints(ckpt_dir: Path) -> list[dict[str, Any]]:
-    tags = sorted((p for p in ckpt_dir.iterdir() if TAG_RE.match(p.name)), key=lambda p: step_of(p.name))
-    return [{"tag": p.name, "complete": (p / MARKER).is_file()} for p in tags]
 
 
 def _iso(ts: float | None) -> str | None:

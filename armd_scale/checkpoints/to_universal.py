@@ -10,7 +10,7 @@
 
 OUT is a complete training checkpoint: copied to RUN_DIR/checkpoints/step_N (the folder name must be
 the tag) it is resumed by `armd train` on any data-parallel size and any TP degree DeepSpeed can
-reshard to (see train/universal.py), always through `load_universal`, with the step, data cursor,
+reshard to (see universal.py), always through `load_universal`, with the step, data cursor,
 RNG and wandb run id of the source. The optimizer state travels with the weights.
 
 ZeRO-0 checkpoints have no optimizer partitions for DeepSpeed to convert; they already load directly
@@ -19,17 +19,16 @@ on another data-parallel size, so this refuses them and points to `--to export` 
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
-from ..train.checkpoint import MARKER, META, tag_for
-from ..train.universal import UNIVERSAL, read_universal, write_universal
 from .atomic import atomic_dir, check_out, refuse_overlap
+from .layout import UNIVERSAL, mark_complete, tag_for
 from .model_io import config_of, parameter_count
 from .report import ConversionError, ConversionReport, Progress
-from .source import full_state, open_source, saved_module_state
+from .source import open_source
+from .universal import read_universal, write_universal
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
+from .weights import full_state, saved_module_state
 
 
 def to_universal(
@@ -97,7 +96,8 @@ def to_universal(
         )
         if report.exact_required and diff != 0:
             raise ConversionError(
-                f"the universal form of {source.folder} does not reproduce it: max abs logit difference {diff:g} (must be 0)"
+                f"the universal form of {source.folder} does not reproduce it: "
+                f"max abs logit difference {diff:g} (must be 0)"
             )
 
         meta = {
@@ -106,7 +106,6 @@ def to_universal(
             "converted_from": str(source.folder),
             "conversion": report.to_dict(),
         }
-        (tmp / META).write_text(json.dumps(meta, indent=1))
-        (tmp / MARKER).write_text(json.dumps({"step": source.step, "completed_at": time.time()}))
+        mark_complete(tmp, meta)
     progress(f"done: {out}; to resume from it, copy it to RUN_DIR/checkpoints/{tag}")
     return report

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..model.orders import l2r_order
+from ..model.generation_orders import l2r_order
 from .model_io import build, load_weights
 
 BATCH = 2

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from armd_scale.data.formats import INPUT_FORMATS
-from armd_scale.data.readers import DOC_SPLITS
-
+from ..atomic import write_atomic
+from ..data.formats import INPUT_FORMATS
+from ..data.readers import DOC_SPLITS
 from .common import add_device_arg, chosen_device
 
 
@@ -124,9 +123,7 @@ def write_json(path: str, doc: dict) -> None:
     """Whole file or nothing: write a temporary sibling, then rename."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(doc, indent=1) + "\n")
 
 
 def _fail(command: str, e: Exception) -> int:

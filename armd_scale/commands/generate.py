@@ -98,7 +98,8 @@ def generate_samples(args: argparse.Namespace) -> dict:
 
     from armd_scale.eval.text import codec_for
     from armd_scale.generate import sample_infill, sample_sbp
-    from armd_scale.pretrained import load_pretrained
+
+    from ..checkpoints.pretrained import load_pretrained
 
     dtype = torch.float64 if args.float64 else torch.float32
     if args.num_samples < 1 or args.streams < 1:
@@ -127,8 +128,7 @@ def generate_samples(args: argparse.Namespace) -> dict:
         if mdlm:
             tokens = torch.zeros(args.num_samples, length, dtype=torch.long)
             tokens[:, :known_count] = torch.tensor(prompt, dtype=torch.long)
-            known = torch.arange(length) < known_count
-            out = _mdlm_sample(pre.model, tokens, known, args)
+            out = _mdlm_sample(pre.model, tokens, torch.arange(length) < known_count, args)
         else:
             out = sample_sbp(
                 pre.model,
@@ -165,13 +165,15 @@ def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
     """The masked-diffusion baseline's ancestral sampler: known tokens stay, the rest start masked."""
     import torch
 
+    from armd_scale.generate import sample_mdlm
     from armd_scale.rng import seeded
 
     steps = args.steps or tokens.shape[1]
     if steps < 1:
         raise ValueError(f"--steps {steps} must be >= 1")
     init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
-    return model.sample(
+    return sample_mdlm(
+        model,
         tokens.shape[0],
         tokens.shape[1],
         steps,

@@ -14,6 +14,8 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print("armd inspect: give either PATH or --diff A B", file=sys.stderr)
         return 2
     stdout = sys.stdout
+    render: Callable[[dict[str, Any]], str]
     try:
         # Library output (DeepSpeed logs and reports on stdout) goes to stderr: stdout is the result only.
         with contextlib.redirect_stdout(sys.stderr):

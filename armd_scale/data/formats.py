@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -114,7 +114,7 @@ class _ZstdReader(io.RawIOBase):
         self._dctx = zstandard.ZstdDecompressor()
         self._raw = raw
         self._source = source
-        self._frame = None
+        self._frame: Any = None  # zstandard.ZstdDecompressionObj of the frame being read
         self._input = b""
         self._output = memoryview(b"")
 
@@ -154,7 +154,7 @@ def _decompressed(raw: BinaryIO, compression: str | None, source: str) -> Binary
         return bz2.BZ2File(raw)  # type: ignore[return-value]
     if compression == "xz":
         return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return io.BufferedReader(_ZstdReader(raw, source), _READ_BLOCK)  # type: ignore[return-value]
+    return io.BufferedReader(_ZstdReader(raw, source), _READ_BLOCK)
 
 
 @contextmanager

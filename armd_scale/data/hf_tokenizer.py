@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from armd_scale.data.errors import DataError
-from armd_scale.data.tokenizer import INFO_FILE, Tokenizer
+from armd_scale.data.tokenizer_base import INFO_FILE, Tokenizer
 from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, sha256_bytes
 
 HF_INFO_FILE = "armd_tokenizer.json"
@@ -129,7 +129,7 @@ class HFTokenizer(Tokenizer):
     def _decoder_types(self) -> set[str]:
         dec = self.spec.get("decoder") or {}
         parts = dec.get("decoders", [dec]) if dec.get("type") == "Sequence" else [dec]
-        return {p.get("type") for p in parts if isinstance(p, dict)}
+        return {str(p.get("type")) for p in parts if isinstance(p, dict)}
 
     def byte_lengths(self) -> np.ndarray:
         if self._bytes is not None:

@@ -28,7 +28,7 @@ from armd_scale import __version__
 from armd_scale.data.errors import DataError
 from armd_scale.data.hf_tokenizer import HF_INFO_FILE, HF_INFO_FORMAT, HFTokenizer
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import INFO_FILE
+from armd_scale.data.tokenizer_base import INFO_FILE
 from armd_scale.data.urls import StorageOptions, join_url, write_atomic
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,9 @@ def train_hf_tokenizer(
     from tqdm import tqdm
 
     sources = expand_inputs(inputs, storage_options, input_format)
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options
+    )
     stats = {"documents": 0, "characters": 0}
 
     def documents(count: bool) -> Iterator[str]:

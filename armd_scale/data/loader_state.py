@@ -23,20 +23,47 @@ single shard set with the same fingerprint. What must match and what may change:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from armd_scale.data.errors import DataError, DataMismatchError
-
-if TYPE_CHECKING:
-    from armd_scale.data.loader import ShardLoader
+from armd_scale.data.manifest import Manifest
+from armd_scale.data.mixture import MixtureSource
+from armd_scale.data.sample_order import ChunkTable, SampleOrder
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+
+
+class LoaderView(Protocol):
+    """What the state format reads of a loader (ShardLoader has it). A protocol rather than an
+    import of the loader, which imports this module."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def num_samples(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def shuffle_chunks(self) -> int: ...
+    @property
+    def global_batch_size(self) -> int: ...
+    @property
+    def sources(self) -> Sequence[MixtureSource]: ...
+    @property
+    def manifests(self) -> Sequence[Manifest]: ...
+    @property
+    def tables(self) -> Sequence[ChunkTable]: ...
+    @property
+    def order(self) -> SampleOrder: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +74,7 @@ class Position:
     shuffle_chunks: int
 
 
-def restore_state(loader: ShardLoader, state: dict[str, Any]) -> Position:
+def restore_state(loader: LoaderView, state: dict[str, Any]) -> Position:
     """Check `state` against `loader` and return the position to continue from (see module doc)."""
     if not isinstance(state, dict):
         raise DataError(f"loader state must be a mapping, got {type(state).__name__}")
@@ -99,7 +126,7 @@ def restore_state(loader: ShardLoader, state: dict[str, Any]) -> Position:
     return Position(epoch, cursor, seed, shuffle_chunks)
 
 
-def _order_changes(loader: ShardLoader, state: dict[str, Any], version: int) -> list[str]:
+def _order_changes(loader: LoaderView, state: dict[str, Any], version: int) -> list[str]:
     """What differs between the saved order and this loader's, in words."""
     changes = []
     if version == 1:
@@ -120,7 +147,7 @@ def _order_changes(loader: ShardLoader, state: dict[str, Any], version: int) -> 
     return changes
 
 
-def encode_bad_chunks(loader: ShardLoader, bad: dict[int, str]) -> list[dict[str, list[int]]]:
+def encode_bad_chunks(loader: LoaderView, bad: dict[int, str]) -> list[dict[str, list[int]]]:
     """Per source, {shard name: [chunk numbers]} of the chunk keys in `bad`."""
     out: list[dict[str, list[int]]] = [{} for _ in loader.sources]
     for key in sorted(bad):
@@ -131,7 +158,7 @@ def encode_bad_chunks(loader: ShardLoader, bad: dict[int, str]) -> list[dict[str
     return out
 
 
-def decode_bad_chunks(loader: ShardLoader, state: dict[str, Any]) -> list[int]:
+def decode_bad_chunks(loader: LoaderView, state: dict[str, Any]) -> list[int]:
     """The chunk keys of `loader` that the bad chunks listed in `state` cover. Chunks listed for
     another chunk size (the set was re-chunked since) mark every chunk holding one of their samples."""
     if state.get("fingerprint", loader.fingerprint) != loader.fingerprint:

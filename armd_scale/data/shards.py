@@ -293,7 +293,9 @@ def build_shards(
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer, storage_options)
     sources = expand_inputs(inputs, storage_options, input_format)
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, storage_options=storage_options
+    )
     scan = iter_corpus(sources, warn=False, **read)
     n_docs = sum(1 for _ in tqdm(scan, desc="shards: scanning", unit="doc", disable=not progress))
     if n_docs == 0:

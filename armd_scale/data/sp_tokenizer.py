@@ -29,7 +29,14 @@ import sentencepiece as spm
 from armd_scale import __version__
 from armd_scale.data.errors import DataError
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_documents, source_bytes
-from armd_scale.data.tokenizer import INFO_FILE, INFO_FORMAT, MODEL_FILE, VOCAB_FILE, Tokenizer, write_tokenizer_info
+from armd_scale.data.tokenizer_base import (
+    INFO_FILE,
+    INFO_FORMAT,
+    MODEL_FILE,
+    VOCAB_FILE,
+    Tokenizer,
+    write_tokenizer_info,
+)
 from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, sha256_bytes, write_atomic
 
 log = logging.getLogger(__name__)

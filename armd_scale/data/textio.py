@@ -67,8 +67,7 @@ def expand_inputs(
         for p in found:
             detect_format(p, input_format)  # raises, naming the file, if its format is unknown
         out.extend(fs.unstrip_protocol(p) if "://" in spec else p for p in found)
-    seen: set[str] = set()
-    return [s for s in out if not (s in seen or seen.add(s))]
+    return list(dict.fromkeys(out))  # without duplicates, first occurrence kept
 
 
 def iter_documents(

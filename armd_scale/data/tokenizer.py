@@ -25,128 +25,49 @@ What `load_tokenizer(spec)` accepts, in this order:
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import Any
 
 from armd_scale.data.errors import DataError
+from armd_scale.data.hf_tokenizer import HFTokenizer, is_hub_name, load_hf_dir, resolve_hub_name
+from armd_scale.data.hf_training import train_hf_tokenizer
+from armd_scale.data.sp_tokenizer import SentencePieceTokenizer, load_sentencepiece_dir, train_sentencepiece
 from armd_scale.data.textio import DocSplit
-from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, url_to_fs, write_atomic
+from armd_scale.data.tokenizer_base import (
+    INFO_FILE,
+    INFO_FORMAT,
+    MODEL_FILE,
+    TOKENIZER_KINDS,
+    VOCAB_FILE,
+    IdsOnlyTokenizer,
+    Tokenizer,
+    encode_chunks_in_worker,
+    init_encode_worker,
+    read_json,
+    tokenizer_info,
+    write_tokenizer_info,
+)
+from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, url_to_fs
 
-INFO_FILE = "tokenizer.json"
-INFO_FORMAT = "armd_scale.tokenizer/1"
-MODEL_FILE = "tokenizer.model"
-VOCAB_FILE = "tokenizer.vocab"
-TOKENIZER_KINDS = ("sentencepiece", "byte-bpe", "wordpiece")
-
-
-class IdsOnlyTokenizer(DataError):
-    """The tokenizer record describes a token source without text (a synthetic source)."""
-
-    def __init__(self, message: str, info: dict[str, Any]):
-        super().__init__(message)
-        self.info = info
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.info))
-
-
-class Tokenizer(ABC):
-    """Text <-> ids for every backend. `eos_id` is the document separator packed after every document."""
-
-    kind: ClassVar[str]
-    sha256: str
-    source: str
-    info: dict[str, Any]
-    eos_id: int
-    bos_id: int | None
-    pad_id: int | None
-    unk_id: int | None
-    # Whether a document may be encoded line by line (chunks joined by `newline_id`) with the same
-    # result as whole: lets the shard builder cut huge documents across worker processes.
-    newline_id: int | None = None
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Number of ids (1 + the largest id); a model's vocabulary must be at least this."""
-
-    @abstractmethod
-    def payload(self) -> bytes:
-        """The canonical file's bytes (its SHA-256 is the identity)."""
-
-    @abstractmethod
-    def encode_chunk(self, text: str) -> np.ndarray:
-        """int64 ids of a document, or of a run of whole lines of one when `newline_id` is set."""
-
-    @abstractmethod
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Text of `ids`; special tokens (separator, pad, BOS) decode to nothing."""
-
-    @abstractmethod
-    def byte_lengths(self) -> np.ndarray:
-        """Per id, the UTF-8 bytes of text the token stands for (0 for special tokens): bits per
-        byte sums this over the scored tokens. See each backend for where it is exact."""
-
-    @abstractmethod
-    def files(self) -> dict[str, bytes]:
-        """The files of a self-contained tokenizer directory (what an export copies)."""
-
-    @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """Facts for manifests and logs: kind, model, special tokens."""
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one document (no separator)."""
-        return self.encode_chunk(text).tolist()
-
-    @classmethod
-    def load(cls, spec: str, storage_options: StorageOptions = None) -> Tokenizer:
-        return load_tokenizer(spec, storage_options)
-
-    def __reduce__(self):  # worker processes rebuild the tokenizer from its file
-        return (_restore, (type(self), self.payload(), self.source, self.info))
-
-
-def _restore(cls, payload: bytes, source: str, info: dict[str, Any]) -> Tokenizer:
-    return cls(payload, source=source, info=info)
-
-
-def tokenizer_info(url: str, storage_options: StorageOptions = None) -> dict[str, Any]:
-    """The armd record `tokenizer.json` of a SentencePiece or synthetic tokenizer directory."""
-    info_url = join_url(url, INFO_FILE)
-    if not exists(info_url, storage_options):
-        raise DataError(f"{info_url} not found: '{url}' is not a tokenizer directory (train one with `armd tokenizer`)")
-    info = _read_json(info_url, storage_options)
-    for key in ("format", "kind", "sha256", "vocab_size"):
-        if key not in info:
-            raise DataError(f"{info_url} lacks key '{key}'")
-    if info["format"] != INFO_FORMAT:
-        raise DataError(f"{info_url} has format {info['format']!r}, expected {INFO_FORMAT!r}")
-    return info
-
-
-def write_tokenizer_info(url: str, info: dict[str, Any], storage_options: StorageOptions = None) -> None:
-    write_atomic(join_url(url, INFO_FILE), (json.dumps(info, indent=2) + "\n").encode(), storage_options)
-
-
-def _read_json(url: str, storage_options: StorageOptions) -> Any:
-    try:
-        return json.loads(read_bytes(url, storage_options))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"{url} is not valid JSON ({e}): the file is damaged; download or train the tokenizer again"
-        ) from None
+__all__ = [
+    "INFO_FILE",
+    "INFO_FORMAT",
+    "MODEL_FILE",
+    "TOKENIZER_KINDS",
+    "VOCAB_FILE",
+    "IdsOnlyTokenizer",
+    "Tokenizer",
+    "encode_chunks_in_worker",
+    "init_encode_worker",
+    "load_tokenizer",
+    "tokenizer_info",
+    "train_tokenizer",
+    "write_tokenizer_info",
+]
 
 
 def load_tokenizer(spec: str, storage_options: StorageOptions = None) -> Tokenizer:
     """The tokenizer a `--tokenizer` value names (see the module docstring for the forms)."""
-    from armd_scale.data.hf_tokenizer import HFTokenizer, is_hub_name, load_hf_dir, resolve_hub_name
-    from armd_scale.data.sp_tokenizer import SentencePieceTokenizer, load_sentencepiece_dir
-
     if spec.endswith(".model"):
         if not exists(spec, storage_options):
             raise DataError(f"tokenizer model {spec} does not exist")
@@ -160,7 +81,7 @@ def load_tokenizer(spec: str, storage_options: StorageOptions = None) -> Tokeniz
                     f"{record_url} not found: '{spec}' is not a tokenizer directory (train one with `armd tokenizer`, "
                     "or pass a folder holding a Hugging Face tokenizer.json)"
                 )
-            record = _read_json(record_url, storage_options)
+            record = read_json(record_url, storage_options)
             if isinstance(record, dict) and record.get("format") == INFO_FORMAT:
                 if record.get("kind") != "sentencepiece":
                     raise IdsOnlyTokenizer(
@@ -199,34 +120,15 @@ def train_tokenizer(
     """Train a tokenizer of `kind` on `inputs` into the directory `out` and return it loaded.
     SentencePiece options (model_type, character_coverage, byte_fallback, max_sentences,
     num_threads, seed) apply to kind "sentencepiece"; `lowercase` to "wordpiece"."""
-    read = dict(text_field=text_field, doc_split=doc_split, input_format=input_format, progress=progress)
+    read: dict[str, Any] = dict(
+        text_field=text_field, doc_split=doc_split, input_format=input_format, progress=progress
+    )
     if kind == "sentencepiece":
-        from armd_scale.data.sp_tokenizer import train_sentencepiece
-
         return train_sentencepiece(
             inputs, out, vocab_size=vocab_size, storage_options=storage_options, **read, **options
         )
     if kind in ("byte-bpe", "wordpiece"):
-        from armd_scale.data.hf_training import train_hf_tokenizer
-
         return train_hf_tokenizer(
             inputs, out, kind=kind, vocab_size=vocab_size, storage_options=storage_options, **read, **options
         )
     raise DataError(f"tokenizer kind {kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
-
-
-# -- worker-process side of parallel encoding (used by the shard builder) ------------------------
-
-_WORKER_TOKENIZER: Tokenizer | None = None
-
-
-def init_encode_worker(tokenizer: Tokenizer) -> None:
-    """Process-pool initializer: the tokenizer arrives pickled as its file and is rebuilt once."""
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
-
-
-def encode_chunks_in_worker(chunks: Sequence[str]) -> list[np.ndarray]:
-    """Token ids of each chunk (see `Tokenizer.encode_chunk`)."""
-    assert _WORKER_TOKENIZER is not None, "init_encode_worker was not called"
-    return [_WORKER_TOKENIZER.encode_chunk(c) for c in chunks]

@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN 2.7): exact and bound likelihoods, bits per byte, and the SBP sweep.
+"""Evaluation (docs/EVALUATION.md): exact and bound likelihoods, bits per byte, and the SBP sweep.
 
 Submodules: `likelihood` (l2r / random-order NLL, diffusion ELBO), `data` (evaluation windows from
 shards or text), `text` (token <-> text, bytes), `genppl` (judges, entropy), `sbp` (the sweep),

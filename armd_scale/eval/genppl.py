@@ -1,4 +1,4 @@
-"""Generative perplexity of samples under a judge model, and their unigram entropy (DESIGN 2.7).
+"""Generative perplexity of samples under a judge model, and their unigram entropy (docs/EVALUATION.md).
 
 A judge scores each sample left to right: gen PPL = exp(sum of judge NLL / number of judge tokens),
 token-weighted over all samples. Judges:
@@ -121,7 +121,7 @@ class CheckpointJudge:
 class TransformersJudge:
     """A causal LM from a local `transformers` directory; the tokenizer must sit beside it."""
 
-    def __init__(self, path: str | Path, *, device: str = "cpu"):
+    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu"):
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
@@ -131,15 +131,18 @@ class TransformersJudge:
             ) from None
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True).to(device).eval()
+        loaded = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+        cfg = loaded.config
+        model: torch.nn.Module = loaded
+        model = model.to(device).eval()
         try:
             model = model.to(torch.float64)
         except (RuntimeError, TypeError, ValueError):  # quantized or otherwise fixed-precision weights
             pass
         self.model = model
         self.dtype = next(model.parameters()).dtype
-        cfg = model.config
-        self.max_len = int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
+        context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        self.max_len = int(context or 1024)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -180,9 +183,9 @@ def is_transformers_dir(path: str | Path) -> bool:
     return isinstance(raw, dict) and "model_type" in raw and "config" not in raw
 
 
-def load_judge(path: str | None, *, generator_path: str, device: str = "cpu") -> Judge:
+def load_judge(path: str | None, *, generator_path: str, device: str | torch.device = "cpu") -> Judge:
     """The judge at `path` (armd checkpoint or transformers directory), or the generator itself."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")

@@ -1,4 +1,4 @@
-"""Likelihoods of held-out data (DESIGN 2.7), each labelled exact or bound.
+"""Likelihoods of held-out data (docs/EVALUATION.md), each labelled exact or bound.
 
 Every number here is a sum of per-token NLLs under some `(order, block)` pair, scored with one
 full forward pass per window and order (the model contract: `logits[b, k]` predicts the token at
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model.orders import diffusion_order, l2r_order, random_order
+from ..model.generation_orders import diffusion_order, l2r_order, random_order
 from ..rng import seeded
 from .text import bits_per_byte
 
@@ -193,7 +193,7 @@ def score_orders(
                 bar.update(len(rows))
             windows += x.shape[0]
             tokens += x.numel()
-            if byte_table is not None:
+            if byte_table is not None and num_bytes is not None:
                 num_bytes += int(byte_table[rows].sum())
     if windows == 0:
         raise ValueError("no windows to evaluate")

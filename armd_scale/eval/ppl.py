@@ -9,9 +9,10 @@ import torch
 
 from ..data.errors import DataError
 from ..data.manifest import read_manifest
-from .data import is_shard_set, open_eval_data
+from ..data.textio import DocSplit
 from .likelihood import evaluate_likelihood
 from .text import codec_for
+from .windows import is_shard_set, open_eval_data
 
 
 def default_seq_len(paths: Sequence[str], model_seq_len: int) -> int:
@@ -37,12 +38,12 @@ def eval_ppl(
     seq_len: int | None = None,
     device: str | torch.device = "cpu",
     text_field: str = "text",
-    doc_split: str = "file",
+    doc_split: DocSplit = "file",
     input_format: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score `data` with the checkpoint at `checkpoint` (run dir, checkpoint folder or export dir)."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     dtype = torch.float64 if float64 else torch.float32
     if kind == "diffusion" and steps is None:

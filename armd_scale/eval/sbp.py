@@ -13,7 +13,6 @@ Files are written whole or not at all (temporary name, then rename).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_path, write_atomic
 from ..generate import sample_sbp
 from ..rng import seeded
 from .genppl import load_judge, unigram_entropy
 from .text import codec_for
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def sweep(
@@ -53,7 +47,7 @@ def sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and return the `sbp` JSON document (see `write_results` to save it)."""
-    from ..pretrained import load_pretrained
+    from ..checkpoints.pretrained import load_pretrained
 
     bad = [s for s in streams if s < 1 or length % s]
     if bad:
@@ -169,10 +163,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"SBP sweep, N={doc['length']}, {doc['num_samples']} samples per S")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_results(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -180,8 +173,8 @@ def write_results(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    _write(paths["json"], (json.dumps(doc, indent=1) + "\n").encode())
-    _write(paths["md"], markdown_table(doc).encode())
+    write_atomic(paths["json"], json.dumps(doc, indent=1) + "\n")
+    write_atomic(paths["md"], markdown_table(doc))
     plot(doc, paths["png"])
     return paths
 

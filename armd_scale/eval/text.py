@@ -61,7 +61,7 @@ class IdCodec:
     """Ids as text (`"5 9 4"`), for runs trained on a synthetic token source with no text tokenizer."""
 
     kind = "ids"
-    eos_id = None
+    eos_id: int | None = None
 
     def __init__(self, vocab_size: int, sha256: str | None = None, source: str = "") -> None:
         self.vocab_size = vocab_size

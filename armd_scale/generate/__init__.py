@@ -1,6 +1,8 @@
-"""KV-cached decoding and sampling schedules (DESIGN 2.6): sequential, SBP, infilling."""
+"""Decoding: KV-cached sampling schedules (sequential, SBP, infilling; docs/GENERATION.md) and the
+mdlm baseline's ancestral sampler."""
 
 from .cache import ARDecoder, ARMDDecoder, make_decoder
+from .mdlm import ancestral_sample, sample_mdlm
 from .reference import FullForwardDecoder
 from .sampler import (
     DecodePlan,
@@ -23,12 +25,14 @@ __all__ = [
     "DecodePlan",
     "FullForwardDecoder",
     "SampleResult",
+    "ancestral_sample",
     "generate",
     "infill_plan",
     "make_decoder",
     "order_plan",
     "sample_infill",
     "sample_logits",
+    "sample_mdlm",
     "sample_reference",
     "sample_sbp",
     "sample_sequential",

@@ -1,4 +1,4 @@
-"""KV-cached decoding for ARMD and the AR baseline (DESIGN 2.6).
+"""KV-cached decoding for ARMD and the AR baseline (docs/GENERATION.md).
 
 Both decoders expose one call,
 
@@ -31,9 +31,12 @@ rows) attention plus per-row work, never a recompute of past tokens.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
+from ..model import Model
 from ..model.armd import ARMDModel, ARModel
 from ..model.attention import PreparedMask, attend, prepare
 from ..model.layers import Block
@@ -146,7 +149,7 @@ class _Decoder:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.head_dim = cfg.d_model // cfg.n_heads
-        self.layers = [StepLayer(layer) for layer in model.layers]
+        self.layers = [StepLayer(cast(Block, layer)) for layer in model.layers]  # ModuleList items are Blocks
         self.n_committed = 0
         self.forward_calls = 0
 
@@ -194,6 +197,8 @@ class _Decoder:
 
 class ARMDDecoder(_Decoder):
     """Cached decoding for `ARMDModel`: content-stream cache, query-stream cache, prefix state."""
+
+    model: ARMDModel
 
     def __init__(self, model: ARMDModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
@@ -279,6 +284,8 @@ class ARDecoder(_Decoder):
     predicted, and reused when that token is committed.
     """
 
+    model: ARModel
+
     def __init__(self, model: ARModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
         self.caches = self._buffers(model.cfg.n_layers)
@@ -331,7 +338,7 @@ class ARDecoder(_Decoder):
         return model.head(h[:, q - tpos.shape[1] :])
 
 
-def make_decoder(model: ARMDModel | ARModel, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:
+def make_decoder(model: Model, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:
     """The cached decoder for a model's architecture."""
     if isinstance(model, ARMDModel):
         return ARMDDecoder(model, batch_size, max_len)

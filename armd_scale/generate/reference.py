@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from ..model import Model
 from ..model.armd import ARModel
 
 
 class FullForwardDecoder:
     """Decode by calling `model(tokens, order, block)` once per step (O(N) work per step, no state reuse)."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, length: int):
+    def __init__(self, model: Model, batch_size: int, length: int):
         if length > model.cfg.max_seq_len:
             raise ValueError(f"length {length} exceeds model.max_seq_len={model.cfg.max_seq_len}")
         self.model = model
@@ -64,15 +65,17 @@ class FullForwardDecoder:
         commit_positions: torch.Tensor | None,
         target_positions: torch.Tensor | None,
     ) -> torch.Tensor:
-        has_commit = commit_positions is not None and commit_positions.shape[1] > 0
-        if has_commit:
-            commit_positions = commit_positions.to(self.device)
-        if self.pending is not None and not (has_commit and torch.equal(self.pending, commit_positions)):
+        commit = None
+        if commit_positions is not None and commit_positions.shape[1] > 0:
+            if commit_tokens is None:
+                raise ValueError("commit_positions given without commit_tokens")
+            commit = commit_positions.to(self.device)
+        if self.pending is not None and not (commit is not None and torch.equal(self.pending, commit)):
             self._drop_pending()  # the last targets were not committed: they are undecided again
-        if has_commit:
-            self.tokens.scatter_(1, commit_positions, commit_tokens.to(self.device))
+        if commit is not None and commit_tokens is not None:
+            self.tokens.scatter_(1, commit, commit_tokens.to(self.device))
             if self.pending is None:
-                self._append(commit_positions)
+                self._append(commit)
         self.pending = None
         if target_positions is None or target_positions.shape[1] == 0:
             return torch.zeros(self.batch_size, 0, self.model.cfg.vocab_size, device=self.device)

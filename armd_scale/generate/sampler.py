@@ -1,4 +1,4 @@
-"""Sampling schedules on top of the cached decoders (DESIGN 2.6).
+"""Sampling schedules on top of the cached decoders (docs/GENERATION.md).
 
 A `DecodePlan` says what is known up front (prompt or infill tokens, committed as the first block)
 and which positions are generated together at each later step. One loop runs every plan:
@@ -14,7 +14,7 @@ first call. Plans:
   S stream heads one at a time, then position j of every stream together: S + N/S - 1 calls.
 - `infill_plan`: known tokens at arbitrary positions first, then the unknown positions left to
   right (streams=1) or in SBP order over the unknown positions (which need not be contiguous).
-- `order_plan`: any (order, block) from `armd_scale.model.orders`, e.g. a diffusion(T) schedule.
+- `order_plan`: any (order, block) from `armd_scale.model.generation_orders`, e.g. a diffusion(T) schedule.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..model.orders import sbp_pattern
+from ..model import Model
+from ..model.generation_orders import sbp_pattern
 from ..rng import seeded, uniform
 from .cache import make_decoder
 from .reference import FullForwardDecoder
@@ -189,7 +190,7 @@ def sample_logits(
     """Draw one token per row of logits [..., V] by inverting the CDF at one uniform per row.
 
     dtype is the precision of the softmax and the CDF: float64 avoids the low-probability tail
-    shift that float32 sampling causes (DESIGN 2.7). temperature 0 means argmax. top_p keeps the
+    shift that float32 sampling causes (docs/EVALUATION.md). temperature 0 means argmax. top_p keeps the
     smallest set of most likely tokens whose mass reaches top_p (always at least one).
     """
     if temperature < 0 or not 0 < top_p <= 1:
@@ -212,7 +213,7 @@ def sample_logits(
 
 
 def generate(
-    model: torch.nn.Module,
+    model: Model,
     plan: DecodePlan,
     *,
     temperature: float = 1.0,

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TypeAlias
 
 from ..config import ModelConfig
 from .armd import ARMDModel, ARModel
 from .loss import order_loss, token_nll
 from .mdlm import MDLMModel
 
-ARCHS = {"armd": ARMDModel, "ar": ARModel, "mdlm": MDLMModel}
+Model: TypeAlias = ARMDModel | ARModel | MDLMModel  # every architecture: logits = model(tokens, order, block)
+
+ARCHS: dict[str, type[Model]] = {"armd": ARMDModel, "ar": ARModel, "mdlm": MDLMModel}
 
 
-def build_model(model_config: ModelConfig) -> nn.Module:
+def build_model(model_config: ModelConfig) -> Model:
     """Instantiate the architecture named by `model_config.arch` (weights initialised)."""
     model_config.validate()
     try:
@@ -24,4 +26,4 @@ def build_model(model_config: ModelConfig) -> nn.Module:
     return cls(model_config)
 
 
-__all__ = ["ARMDModel", "ARModel", "ARCHS", "MDLMModel", "build_model", "order_loss", "token_nll"]
+__all__ = ["ARMDModel", "ARModel", "ARCHS", "MDLMModel", "Model", "build_model", "order_loss", "token_nll"]

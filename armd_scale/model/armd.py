@@ -1,4 +1,4 @@
-"""The ARMD model (DESIGN 2.4) and the autoregressive baseline.
+"""The ARMD model (docs/ARCHITECTURE.md, Forward pass) and the autoregressive baseline.
 
 Contract shared by every architecture:
 
@@ -27,9 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .attention import prepare
+from .generation_orders import l2r_order
 from .layers import Block, init_weights
 from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
-from .orders import l2r_order
 from .rope import RotaryEmbedding
 from .vocab import mask_padded_vocab
 
@@ -51,7 +51,7 @@ class _Transformer(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.activation_checkpointing = False
 
-    def _run_layer(self, layer: Block, *args):
+    def _run_layer(self, layer: nn.Module, *args) -> torch.Tensor:
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
@@ -104,7 +104,7 @@ def initial_pos_table(max_len: int, d_pe: int, tau: float) -> torch.Tensor:
 
 
 class ARMDModel(_Transformer):
-    """Two-stream strictly causal bottom half + block-causal top half (DESIGN 2.4)."""
+    """Two-stream strictly causal bottom half + block-causal top half (docs/ARCHITECTURE.md, Forward pass)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -150,12 +150,12 @@ class ARMDModel(_Transformer):
         causal = self._mask(causal_spec(block), x)
         for i, layer in enumerate(self.layers):
             if i < self.n_two_stream - 1:
-                xg, _ = self._run_layer(layer, torch.cat([x, g], dim=1), x, rope2, rope, both)
+                xg = self._run_layer(layer, torch.cat([x, g], dim=1), x, rope2, rope, both)
                 x, g = xg[:, :n], xg[:, n:]
             elif i == self.n_two_stream - 1:
-                g, _ = self._run_layer(layer, g, x, rope, rope, strict)
+                g = self._run_layer(layer, g, x, rope, rope, strict)
             else:
-                g, _ = self._run_layer(layer, g, None, rope, rope, causal)
+                g = self._run_layer(layer, g, None, rope, rope, causal)
         return self.head(g)
 
 
@@ -187,5 +187,5 @@ class ARModel(_Transformer):
         rope = self.rope.tables(order, h.dtype)
         causal = self._mask(causal_spec(l2r_order(tokens.shape[0], n)[1].to(tokens.device)), h)
         for layer in self.layers:
-            h, _ = self._run_layer(layer, h, None, rope, rope, causal)
+            h = self._run_layer(layer, h, None, rope, rope, causal)
         return self.head(h)

@@ -1,4 +1,4 @@
-"""Attention backends over block masks (DESIGN 3.2).
+"""Attention backends over block masks (docs/ARCHITECTURE.md, Attention backends).
 
 - sdpa:  torch SDPA with a dense boolean mask. Works everywhere; the reference in tests.
 - flex:  FlexAttention with a `BlockMask` (cached per pattern). GPU path for any block structure;
@@ -97,6 +97,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask
         if mask.dense is None:  # single-token blocks: causal kernels, no mask tensor
             return _single_token_blocks(q, k, v, mask.spec.pattern, _sdpa_causal)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+        assert mask.has_key is not None  # prepare() builds it with every dense mask
         return out.masked_fill(~mask.has_key, 0.0)
     if mask.backend == "flex":
         return _flex_fn(q.device.type)(q, k, v, block_mask=mask.flex)

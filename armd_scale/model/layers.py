@@ -6,7 +6,7 @@ from* and in the mask:
 - two-stream layer:  queries from [X; G], keys/values from X, mask two_stream (Mc rows, Msc rows);
 - last two-stream layer: queries from G only (X is not used after it), keys/values from X, mask Msc;
 - block-causal layer: queries and keys/values from G, mask Mc;
-- cached decoding: queries from new rows, keys/values = cache + new rows, a general mask.
+- cached decoding (generate/cache.py): the same math with fused weights and preallocated K/V buffers.
 
 Sharing one module per layer between the two streams is the point: the query stream reuses every
 weight (attention, norms, MLP) of the content stream, as in XLNet, and adds no parameters.
@@ -71,18 +71,13 @@ class Attention(nn.Module):
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
         mask: PreparedMask,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor:
         q = apply_rotary(self._heads(self.wq(h_q)), *rope_q)
         k = apply_rotary(self._heads(self.wk(h_kv)), *rope_kv)
         v = self._heads(self.wv(h_kv))
-        new_kv = (k, v)
-        if past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)
-            v = torch.cat([past_kv[1], v], dim=2)
         out = attend(q, k, v, mask)
         b, _, t, _ = out.shape
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1)), new_kv
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class Block(nn.Module):
@@ -102,18 +97,14 @@ class Block(nn.Module):
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
         mask: PreparedMask,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor:
         """h: query-side rows [B, Q, d]; kv_src: rows that produce keys/values (None = h itself).
-
-        Returns the updated h and this call's new (k, v) so decoding can append them to a cache.
-        """
+        Returns the updated h. Cached decoding runs the same math with its own K/V buffers
+        (`generate/cache.py: StepLayer`), so the training forward carries no cache arguments."""
         normed = self.attn_norm(h)
         kv_normed = normed if kv_src is None else self.attn_norm(kv_src)
-        attn_out, new_kv = self.attn(normed, kv_normed, rope_q, rope_kv, mask, past_kv)
-        h = h + attn_out
-        h = h + self.mlp(self.mlp_norm(h))
-        return h, new_kv
+        h = h + self.attn(normed, kv_normed, rope_q, rope_kv, mask)
+        return h + self.mlp(self.mlp_norm(h))
 
 
 def init_weights(module: nn.Module, std: float, n_layers: int) -> None:

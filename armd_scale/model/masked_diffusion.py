@@ -16,6 +16,9 @@ Both are upper bounds on -log p(x) (NELBO_T >= NELBO >= NLL; T=1 is the product 
 all-masked marginals). The single-draw estimator `(1/s) * masked NLL` is unbiased for both: for
 NELBO_T draw s on the grid {1/T, ..., 1} instead of the interval, since T * (1/t) = 1/(t/T).
 
+The reverse process (MDLM's ancestral sampler) is decoding and lives with the other samplers in
+`generate/mdlm.py`.
+
 Nothing here draws from a global RNG: every function takes its uniforms or a generator, so the
 trainer can make noise a pure function of (seed, step, sample index). Draws follow the package's
 rule (armd_scale/rng.py): made on the generator's device, then moved to the tokens' device.
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Callable
 
 import torch
@@ -135,57 +137,3 @@ def exact_nelbo(denoise: Denoiser, tokens: torch.Tensor, steps: int, mask_id: in
     all_masks = masks.repeat(b, 1)
     loss = masked_nll(denoise(x.masked_fill(all_masks, mask_id)).double(), x, all_masks).sum(dim=1).cpu()
     return (loss.view(b, len(masks)) * weights).sum(dim=1)
-
-
-@torch.no_grad()
-def ancestral_sample(
-    denoise: Denoiser,
-    *,
-    mask_id: int,
-    batch_size: int,
-    seq_len: int,
-    steps: int,
-    generator: torch.Generator | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    init: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
-):
-    """Ancestral sampling with T steps of the reverse process (MDLM's SUBS sampler).
-
-    Start from all-mask (or `init`: known tokens, mask id where to generate). At step t = T..1 every
-    still-masked token is revealed with probability (alpha_{t-1} - alpha_t) / (1 - alpha_t) = 1/t, its
-    value drawn from p(x_j | z_t); revealed tokens never change again (carry-over). At t = 1 the
-    probability is 1, so no mask is left. When a step reveals nothing the next input is unchanged and
-    its logits are reused, so forward calls <= T. Tokens are drawn in float64 (DESIGN 2.7). Uniforms
-    are drawn on the generator's device and moved (armd_scale/rng.py): with a CPU generator a seed
-    gives the same sample on every device wherever the logits agree.
-    Returns a `generate.SampleResult`.
-    """
-    from ..generate.sampler import SampleResult, sample_logits  # generate imports model: import late
-
-    if steps < 1:
-        raise ValueError(f"the sampler needs steps >= 1, got {steps}")
-    start = time.perf_counter()
-    if init is None:
-        x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
-    else:
-        if init.shape != (batch_size, seq_len):
-            raise ValueError(f"init must be [batch_size={batch_size}, seq_len={seq_len}], got {tuple(init.shape)}")
-        x = init.to(device=device, dtype=torch.long).clone()
-    calls, logits = 0, None
-    for t in range(steps, 0, -1):
-        masked = x == mask_id
-        if not bool(masked.any()):
-            break
-        if logits is None:
-            logits = denoise(x)
-            calls += 1
-        reveal = masked & (uniform(*x.shape, generator=generator, device=x.device, dtype=torch.float64) < 1.0 / t)
-        if bool(reveal.any()):
-            drawn = sample_logits(
-                logits[reveal], temperature=temperature, top_p=top_p, generator=generator, dtype=torch.float64
-            )
-            x[reveal] = drawn
-            logits = None  # the input changed: the next step needs a new forward call
-    return SampleResult(tokens=x, forward_calls=calls, seconds=time.perf_counter() - start)

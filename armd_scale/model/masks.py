@@ -1,4 +1,4 @@
-"""Block-causal attention masks (DESIGN 2.3).
+"""Block-causal attention masks (docs/ARCHITECTURE.md, Forward pass).
 
 Every mask in the model is a comparison of block indices:
 

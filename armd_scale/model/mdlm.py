@@ -1,4 +1,4 @@
-"""The masked-diffusion baseline (`model.arch: mdlm`, DESIGN 2.4): a bidirectional transformer that
+"""The masked-diffusion baseline (`model.arch: mdlm`, docs/ARCHITECTURE.md, Baselines): a bidirectional transformer that
 denoises a partly masked sequence, trained with the continuous-time MDLM loss.
 
 Same blocks as `armd` and `ar` (pre-norm RMSNorm, SwiGLU/GELU MLP, RoPE on text positions, tied
@@ -15,7 +15,7 @@ Two ways to call it, both through `forward` so DeepSpeed's hooks (ZeRO-3 gatheri
 
     logits = model(noisy)                  # one bidirectional pass; logits[b, j] predicts x_j at
                                            # masked positions (meaningless where j is not masked)
-    logits = model(tokens, order, block)   # the shared contract (DESIGN 2.2): logits[b, k] predicts
+    logits = model(tokens, order, block)   # the shared contract (docs/ARCHITECTURE.md, Contract): logits[b, k] predicts
                                            # tokens[b, order[b, k]] from exactly the tokens of strictly
                                            # earlier blocks: every block >= block[b, k] is masked.
 
@@ -73,7 +73,7 @@ class MDLMModel(_Transformer):
         rope = self.rope.tables(positions, x.dtype)
         full = self._mask(full_spec(b, n, noisy.device), x)
         for layer in self.layers:
-            x, _ = self._run_layer(layer, x, None, rope, rope, full)
+            x = self._run_layer(layer, x, None, rope, rope, full)
         return self.head(x)
 
     def conditionals(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
@@ -85,9 +85,11 @@ class MDLMModel(_Transformer):
             logits = self.denoise(tokens.masked_fill(block_at >= v, self.mask_id))
             logits = torch.gather(logits, 1, order[..., None].expand(-1, -1, logits.shape[-1]))
             out = logits if out is None else torch.where((block == v)[..., None], logits, out)
+        assert out is not None  # block indices start at 0: there is always a first pass
         return out
 
-    # -- objective, bound and sampler (convenience over masked_diffusion with this model as denoiser) --
+    # -- objective and bound (convenience over masked_diffusion with this model as denoiser); the sampler
+    # is decoding and lives in generate/mdlm.py --
 
     def loss(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Continuous-time MDLM loss: mean over tokens of the one-draw NELBO estimate, with antithetic
@@ -101,31 +103,3 @@ class MDLMModel(_Transformer):
         """Negative T-step ELBO per sequence [B] (nats, an upper bound on -log p(x)), summing every
         step's term: T forward calls (see masked_diffusion.discrete_nelbo)."""
         return md.discrete_nelbo(self, tokens, steps, self.mask_id, generator)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        batch_size: int,
-        seq_len: int,
-        steps: int,
-        *,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        init: torch.Tensor | None = None,
-    ):
-        """Ancestral sampling with `steps` reverse steps (at most that many forward calls); see
-        masked_diffusion.ancestral_sample. `init` holds known tokens and `mask_id` where to generate."""
-        device = self.embed.weight.device
-        return md.ancestral_sample(
-            self,
-            mask_id=self.mask_id,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            steps=steps,
-            generator=generator,
-            temperature=temperature,
-            top_p=top_p,
-            init=init,
-            device=device,
-        )

@@ -14,6 +14,9 @@ from torch import nn
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables for positions 0..max_len-1 (half-split rotation, as in GPT-NeoX)."""
 
+    cos_table: torch.Tensor  # registered buffers (not parameters, not saved)
+    sin_table: torch.Tensor
+
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
         super().__init__()
         if head_dim % 2:

@@ -1,27 +1,19 @@
-"""Checkpoints that survive preemption and resizing.
+"""The trainer's checkpoints: save during training and resume, surviving preemption and resizing.
 
-Layout of RUN_DIR/checkpoints/:
-
-    step_00000100/          one folder per saved step (DeepSpeed engine files + ours)
-      meta.json             our client state in JSON (step, loader cursor, config, topology, ...)
-      COMPLETE              written last, after every rank finished: only marked folders are loadable
-      universal/            DeepSpeed universal form, made once when a resume needs another topology
-    latest                  name of the newest complete folder, replaced atomically (for tools/humans)
+The layout (step folders, meta.json, COMPLETE, latest) is `checkpoints/layout.py`'s; this module
+only decides when and what to write, and how to load it into a DeepSpeed engine.
 
 Resume takes the newest *complete* folder (a folder without COMPLETE is a save that was cut short).
 Same world size and TP degree (or ZeRO-0 on another data-parallel size): load directly. Otherwise
-convert to DeepSpeed's universal format once (cached in the folder) and load that (see universal.py
-for what DeepSpeed can reshard). A model-shape change or another tokenizer is refused with a
-message naming what differs. Every file is checked to be loadable with `weights_only=True` first, so
-a tampered checkpoint cannot run code.
+convert to DeepSpeed's universal format once (cached in the folder) and load that (see
+checkpoints/universal.py for what DeepSpeed can reshard). A model-shape change or another tokenizer
+is refused with a message naming what differs. Every file is checked to be loadable with
+`weights_only=True` first, so a tampered checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,73 +22,24 @@ from typing import Any
 
 import torch
 
+from ..checkpoints.layout import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINTS,
+    MARKER,
+    TAG_RE,
+    UNIVERSAL,
+    complete_tags,
+    mark_complete,
+    read_meta,
+    set_latest,
+    shape_differences,
+    step_of,
+    tag_for,
+)
+from ..checkpoints.safe_load import assert_weights_only_loadable, weights_only_loading
+from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..config import Config, ConfigError
 from .distributed import DistInfo, barrier, broadcast_object
-from .safe_load import assert_weights_only_loadable
-from .universal import UNIVERSAL, check_reshard, convert_to_universal, weights_only_loading
-
-MARKER = "COMPLETE"
-META = "meta.json"
-TAG_RE = re.compile(r"^step_(\d{8})$")
-
-# Model fields that change parameter shapes or semantics; a resume with a different value is refused.
-SHAPE_FIELDS = (
-    "arch",
-    "vocab_size",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "max_seq_len",
-    "n_two_stream_layers",
-    "d_pe",
-    "mlp",
-    "mlp_ratio",
-    "tie_embeddings",
-    "positional_start",
-)
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    m = TAG_RE.match(tag)
-    if not m:
-        raise ValueError(f"'{tag}' is not a checkpoint folder name like step_00000100")
-    return int(m.group(1))
-
-
-def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Complete checkpoint folders, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    tags = [p.name for p in ckpt_dir.iterdir() if TAG_RE.match(p.name) and (p / MARKER).is_file()]
-    return sorted(tags, key=step_of)
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    path = folder / META
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [
-        f"model.{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-        for k in SHAPE_FIELDS
-        if saved.get(k) != current.get(k)
-    ]
 
 
 @dataclass(frozen=True)
@@ -115,7 +58,7 @@ class Checkpointer:
         tokenizer_sha256: str,
         tokenizer_dir: str | None = None,
     ):
-        self.dir = run_dir / "checkpoints"
+        self.dir = run_dir / CHECKPOINTS
         self.cfg = cfg
         self.dist = dist_info
         self.tokenizer_sha256 = tokenizer_sha256
@@ -179,6 +122,8 @@ class Checkpointer:
 
     def load(self, engine, plan: ResumePlan) -> dict[str, Any]:
         """Load engine state (weights, optimizer, scheduler) and return our client state."""
+        if plan.tag is None:
+            raise ValueError("nothing to load: the resume plan names no checkpoint (a new run)")
         folder = self.dir / plan.tag
         load_dir = folder / UNIVERSAL if plan.universal else self.dir
         assert_weights_only_loadable(load_dir / plan.tag)  # names the offending file, if any
@@ -201,7 +146,7 @@ class Checkpointer:
             folder.mkdir(parents=True)
         barrier()
         meta = {
-            "format": "armd_scale-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "step": step,
             "trainer": trainer,
             "loader": loader,
@@ -219,9 +164,8 @@ class Checkpointer:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         barrier()
         if self.dist.is_main:
-            write_atomic(folder / META, json.dumps(meta, indent=1))
-            write_atomic(folder / MARKER, json.dumps({"step": step, "completed_at": time.time()}))
-            write_atomic(self.dir / "latest", tag + "\n")
+            mark_complete(folder, meta)
+            set_latest(self.dir, tag)
             self._apply_retention()
         barrier()
         return folder

@@ -7,13 +7,13 @@ never branches on "distributed or not": collectives on one rank are cheap no-ops
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from ..config import ParallelConfig
+from ..ports import free_port
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(parallel: ParallelConfig) -> DistInfo:

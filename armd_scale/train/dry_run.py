@@ -20,7 +20,6 @@ partitioned 16-bit weights out and adds the largest layer gathered at 4 bytes pe
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,8 @@ from ..config import Config, dump_config
 from ..model import build_model
 from ..model.flops import training_flops_per_token
 from ..model.memory import activation_bytes
-from .engine import ARMD_TP_LAYER_SPECS, batch_layout, deepspeed_config
+from ..model.parallelize import partition_dim
+from .engine import batch_layout, deepspeed_config
 
 GIB = 2**30
 
@@ -50,8 +50,7 @@ def count_parameters(cfg: Config) -> ParamCounts:
     """Counts from the model built on the meta device (shapes only, no memory)."""
     with torch.device("meta"):
         model = build_model(cfg.model)
-    patterns = [p for spec in ARMD_TP_LAYER_SPECS for p in spec["patterns"]]
-    split = sum(p.numel() for name, p in model.named_parameters() if any(re.match(x, name) for x in patterns))
+    split = sum(p.numel() for name, p in model.named_parameters() if partition_dim(name) is not None)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return ParamCounts(model.num_params(), model.num_params(exclude_embedding=True), split, largest)
 

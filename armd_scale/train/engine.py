@@ -3,9 +3,8 @@
 Choices:
 - The optimizer is torch's AdamW (fused on CUDA) wrapped in `GuardedAdamW`, so the NaN/inf guard can
   skip an update from inside the optimizer whatever ZeRO stage wraps it.
-- Tensor parallelism is DeepSpeed AutoTP with the ARMD partition spec: q/k/v and the MLP up/gate
-  projections column-parallel, attention output and MLP down row-parallel; embeddings, the tied
-  LM head, norms and the prefix-aggregation table stay replicated.
+- Tensor parallelism is DeepSpeed AutoTP with the plan in `model/parallelize.py` (q/k/v and the MLP
+  up/gate projections column-parallel, attention output and MLP down row-parallel, the rest replicated).
 """
 
 from __future__ import annotations
@@ -19,13 +18,10 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..model import Model
+from ..model.parallelize import TP_LAYER_SPECS, UNIVERSAL_CHECKPOINT_INFO
 from .distributed import DistInfo
 from .schedule import build_scheduler
-
-ARMD_TP_LAYER_SPECS = [
-    {"patterns": [r".*\.attn\.w[qkv]\.weight$", r".*\.mlp\.(gate|up)\.weight$"], "partition_type": "column"},
-    {"patterns": [r".*\.attn\.wo\.weight$", r".*\.mlp\.down\.weight$"], "partition_type": "row"},
-]
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,7 @@ def deepspeed_config(cfg: Config, layout: BatchLayout, *, load_universal: bool =
     if cfg.parallel.tp > 1:
         ds["tensor_parallel"] = {
             "autotp_size": cfg.parallel.tp,
-            "partition_config": {"use_default_specs": False, "layer_specs": ARMD_TP_LAYER_SPECS},
+            "partition_config": {"use_default_specs": False, "layer_specs": TP_LAYER_SPECS},
         }
     return merge_user_deepspeed(ds, cfg.parallel.deepspeed)
 
@@ -158,7 +154,9 @@ class GuardedAdamW(torch.optim.AdamW):
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices (linear weights, embeddings); never norms, start vectors or the PE table."""
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -167,18 +165,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(
-    cfg: Config, model: nn.Module, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False
-):
+def build_engine(cfg: Config, model: Model, dist_info: DistInfo, layout: BatchLayout, *, load_universal: bool = False):
     """Wrap the model in a DeepSpeed engine. Returns (engine, optimizer, lr_scheduler)."""
     import deepspeed
-
-    from .universal import UNIVERSAL_CHECKPOINT_INFO
 
     model.activation_checkpointing = cfg.parallel.activation_checkpointing
     # Saved by the engine with every checkpoint (AutoTP overwrites it with its own under TP; passing
     # it in client_state instead would override AutoTP's and corrupt a TP conversion).
-    model.universal_checkpoint_info = dict(UNIVERSAL_CHECKPOINT_INFO)
+    # (an attribute of DeepSpeed's protocol, not of our model classes)
+    setattr(model, "universal_checkpoint_info", dict(UNIVERSAL_CHECKPOINT_INFO))  # noqa: B010
     optimizer = GuardedAdamW(
         param_groups(model, cfg.train.weight_decay),
         lr=cfg.train.lr,

@@ -8,16 +8,19 @@ untouched and several fine-tunes can start from one checkpoint.
 Only weights are loaded, on every rank, before DeepSpeed wraps the model (which then shards them
 for ZeRO or tensor parallelism as usual). Rank 0 reads first: a ZeRO source is converted to the
 universal form once, in its folder, and the other ranks then read that copy instead of racing to
-write it. The source may be any checkpoint `armd_scale.pretrained`
-reads: a run directory (its newest complete checkpoint), a checkpoint folder or an export directory.
+write it. The source may be any checkpoint `checkpoints.source.open_source` resolves: a run directory
+(its newest complete checkpoint), a checkpoint folder, a universal folder or an export directory.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from ..checkpoints.layout import shape_differences
+from ..checkpoints.model_io import load_weights
+from ..checkpoints.source import open_source
+from ..checkpoints.weights import full_state
 from ..config import Config, ConfigError
-from .checkpoint import shape_differences
 from .distributed import DistInfo, broadcast_object
 
 
@@ -27,44 +30,42 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
     Refuses, naming what differs, a source with another model shape or another tokenizer: both would
     give a model that trains, but on meaningless weights.
     """
-    message = error = None
+    message: str | None = None
+    error: str | None = None
     if dist_info.is_main:
         try:
-            message = load_weights(model, cfg, tokenizer_sha256)
+            message = load_init_weights(model, cfg, tokenizer_sha256)
         except ConfigError as e:
             error = str(e)  # every rank must learn of the failure, not hang
     error = broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
-    if not dist_info.is_main:
-        message = load_weights(model, cfg, tokenizer_sha256)
+    if message is None:  # the other ranks read after rank 0 (which converted a ZeRO source once)
+        message = load_init_weights(model, cfg, tokenizer_sha256)
     return message
 
 
-def load_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> str:
+def load_init_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> str:
     """The single-process part of `initialize_from`."""
-    from ..pretrained import checkpoint_state
-
-    source = cfg.train.init_from
+    where = f"train.init_from={cfg.train.init_from!r}"
+    if not cfg.train.init_from:
+        raise ConfigError("train.init_from is not set: there is nothing to initialise from")
     try:
-        state, meta, resolved = checkpoint_state(source)
+        checkpoint = open_source(cfg.train.init_from)
+        saved_model = checkpoint.config.get("model", {})
     except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"train.init_from={source!r}: {e}") from None
-    diffs = shape_differences(meta["config"]["model"], cfg.to_dict()["model"])
+        raise ConfigError(f"{where}: {e}") from None
+    diffs = shape_differences(saved_model, cfg.to_dict()["model"])
     if diffs:
-        raise ConfigError(f"train.init_from={source!r}: the model shape differs ({'; '.join(diffs)})")
-    saved_tokenizer = meta.get("tokenizer_sha256")
+        raise ConfigError(f"{where}: the model shape differs ({'; '.join(diffs)})")
+    saved_tokenizer = checkpoint.meta.get("tokenizer_sha256")
     if saved_tokenizer and saved_tokenizer != tokenizer_sha256:
         raise ConfigError(
-            f"train.init_from={source!r} was trained with tokenizer {saved_tokenizer[:12]} but data.train uses "
-            f"{tokenizer_sha256[:12]}"
+            f"{where} was trained with tokenizer {saved_tokenizer[:12]} but data.train uses {tokenizer_sha256[:12]}"
         )
-    if cfg.model.tie_embeddings and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["embed.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"train.init_from={source!r}: weights do not fit the model: missing {missing}, unexpected {unexpected}"
-        )
-    step = meta.get("step")
-    return f"initialised weights from {resolved.folder}" + (f" (step {step})" if step is not None else "")
+    try:
+        load_weights(model, full_state(checkpoint), f"{where} ({checkpoint.folder})")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    step = checkpoint.step
+    return f"initialised weights from {checkpoint.folder}" + (f" (step {step})" if step is not None else "")

@@ -1,8 +1,9 @@
 """The training loop, top to bottom.
 
-    set up processes -> data -> model -> DeepSpeed engine -> resume -> for each optimizer step:
-        draw this step's orders or noise -> micro-batches (forward, backward) -> agree on NaN
-        -> optimizer step -> metrics -> validation -> checkpoint -> stop if preempted or out of time
+    train():  processes -> run dir -> data -> set up (model, engine, resume, metrics)
+              -> steps until done or stopped -> exit status and the optional end-of-run sample
+    a step:   draw this step's orders or noise -> micro-batches (forward, backward) -> agree on NaN
+              -> optimizer step -> metrics -> validation -> checkpoint -> stop if preempted or out of time
 
 What a step minimises and what validation reports depend on the architecture family and live in
 `objective.py` (orders and exact l2r NLL for armd/ar; masked-diffusion loss and ELBO for mdlm).
@@ -15,24 +16,34 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import Config, dump_config
+from ..data.loader import ShardLoader
 from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
-from .data import TrainData, loader_state_of_all_ranks, open_train_data
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
-from .engine import batch_layout, build_engine, data_parallel_coords, repair_optimizer_after_universal_load
+from .engine import (
+    BatchLayout,
+    GuardedAdamW,
+    batch_layout,
+    build_engine,
+    data_parallel_coords,
+    repair_optimizer_after_universal_load,
+)
 from .init_from import initialize_from
 from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopRequest
 from .profiler import StepProfiler
+from .run_data import TrainData, loader_state_of_all_ranks, open_train_data
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
@@ -57,13 +68,34 @@ def train(cfg: Config) -> int:
     """Run (or resume) training as described by `cfg`. Returns the process exit code."""
     dist_info = init_distributed(cfg.parallel)
     layout = batch_layout(cfg, dist_info.world_size)
+    run_dir = _prepare_run_dir(cfg, dist_info)
+    data = open_train_data(cfg, dist_info)
+    run = _set_up(cfg, dist_info, layout, run_dir, data)
+    stop = StopRequest(cfg.train.max_minutes)
+    try:
+        exit_code = run.steps(stop)
+    finally:
+        stop.restore()
+        run.close()
+    barrier()
+    if dist_info.is_main:  # the status first: an optional sample that fails cannot fail a finished run
+        reason = stop.reason if exit_code else "finished"
+        sample = ("sample", lambda: print_final_sample(run.engine.module, cfg, data.tokenizer_dir, print))
+        finish_run(run_dir, exit_code, run.state.step, reason, [sample] if exit_code == 0 else [])
+    return exit_code
+
+
+def _prepare_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
     run_dir = Path(cfg.run.dir).expanduser()
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(cfg))
         write_exit_status(run_dir, -1, 0, "running")  # a crash leaves this, never a stale 75
+    return run_dir
 
-    data = open_train_data(cfg, dist_info)
+
+def _set_up(cfg: Config, dist_info: DistInfo, layout: BatchLayout, run_dir: Path, data: TrainData) -> _Run:
+    """Model, engine and loader; resumed from the newest checkpoint or started (maybe from init_from)."""
     checkpointer = Checkpointer(
         run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256, tokenizer_dir=data.tokenizer_dir
     )
@@ -89,18 +121,17 @@ def train(cfg: Config) -> int:
     metrics = MetricsLogger(cfg, run_dir, is_main=dist_info.is_main, start_step=state.step, wandb_id=state.wandb_run_id)
     state.wandb_run_id = metrics.wandb_id
     if plan.tag is not None:
-        metrics.message(
-            f"resumed from {plan.tag} (step {state.step}){' via universal checkpoint' if plan.universal else ''}"
-        )
+        via = " via universal checkpoint" if plan.universal else ""
+        metrics.message(f"resumed from {plan.tag} (step {state.step}){via}")
     if init_message:
         metrics.message(init_message)
     objective = make_objective(cfg, layout.global_batch)
-    _announce(cfg, model, layout, dist_info, metrics, objective)
-
-    stop = StopRequest(cfg.train.max_minutes)
-    flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
-    peak = peak_flops(torch.cuda.get_device_name(), cfg.parallel.precision) if torch.cuda.is_available() else None
-    batches = iter(loader)
+    metrics.message(
+        f"armd_scale: arch={cfg.model.arch} params={model.num_params() / 1e6:.2f}M world={dist_info.world_size} "
+        f"tp={cfg.parallel.tp} zero={cfg.parallel.zero_stage} precision={cfg.parallel.precision} "
+        f"global_batch={layout.global_batch} micro={layout.micro_batch} grad_accum={layout.grad_accum} "
+        f"seq_len={cfg.data.seq_len} {objective.describe()}"
+    )
     profiler = StepProfiler(
         cfg.train.profile,
         run_dir,
@@ -109,111 +140,166 @@ def train(cfg: Config) -> int:
         first_step=state.step,
         say=metrics.message,
     )
-    exit_code = 0
-    try:
-        profiler.start()
-        while state.step < cfg.train.steps:
+    return _Run(
+        cfg=cfg,
+        dist=dist_info,
+        layout=layout,
+        data=data,
+        engine=engine,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        batches=iter(loader),
+        checkpointer=checkpointer,
+        objective=objective,
+        metrics=metrics,
+        profiler=profiler,
+        state=state,
+        dp_rank=dp_rank,
+        dp_world=dp_world,
+    )
+
+
+@dataclass
+class _Run:
+    """Everything one training invocation holds, and the steps it takes."""
+
+    cfg: Config
+    dist: DistInfo
+    layout: BatchLayout
+    data: TrainData
+    engine: Any  # deepspeed.DeepSpeedEngine
+    optimizer: GuardedAdamW
+    scheduler: Any
+    loader: ShardLoader
+    batches: Iterator[torch.Tensor]
+    checkpointer: Checkpointer
+    objective: Objective
+    metrics: MetricsLogger
+    profiler: StepProfiler
+    state: TrainerState
+    dp_rank: int
+    dp_world: int
+
+    def steps(self, stop: StopRequest) -> int:
+        """Optimizer steps until train.steps, a stop request or train.stop_at_step; the exit code."""
+        cfg = self.cfg
+        self.profiler.start()
+        while self.state.step < cfg.train.steps:
             t0 = time.perf_counter()
-            rows = slice(dp_rank * layout.local_batch, (dp_rank + 1) * layout.local_batch)
-            step_info = objective.begin_step(state.step, rows, dist_info.device)  # orders or noise, this rank's rows
+            step_loss, step_info, data_wait = self.optimizer_step()
+            self.state.step += 1
+            self.metrics.advance()
+            self.profiler.step()
+            self.record(step_loss, {**step_info, "data_wait_s": data_wait}, time.perf_counter() - t0)
+            if cfg.train.eval_every and (self.state.step % cfg.train.eval_every == 0 or self.finished):
+                self.validate()
+            if self.save_or_stop(stop):
+                return EXIT_PREEMPTED
+        return 0
 
-            engine.train()
-            # Summed on the device: one host sync per step, not per micro-batch.
-            nll_sum = torch.zeros((), dtype=torch.float64, device=dist_info.device)
-            data_wait = 0.0
-            for micro in range(layout.grad_accum):
-                tw = time.perf_counter()
-                tokens = next(batches).to(dist_info.device, non_blocking=True)
-                data_wait += time.perf_counter() - tw
-                mrows = slice(micro * layout.micro_batch, (micro + 1) * layout.micro_batch)
-                # Per-micro mean; DeepSpeed divides by grad_accum and averages over data-parallel ranks,
-                # so the update is the mean over every token of the global batch.
-                loss = objective.micro_loss(engine, tokens, mrows)
-                nll_sum += loss.detach().double() * tokens.numel()
-                engine.backward(loss)
-                if micro == layout.grad_accum - 1:
-                    # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere). Read
-                    # after the backward is queued, so the GPU computes it while the host waits.
-                    bad = not bool(torch.isfinite(nll_sum))
-                    optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, dist_info.device) > 0
-                engine.step()
-            total_nll, total_tokens = all_reduce_sum(
-                [float(nll_sum), tokens.numel() * layout.grad_accum], dist_info.device
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.cfg.train.steps
+
+    def optimizer_step(self) -> tuple[float, dict[str, float], float]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss over the global batch, the
+        objective's schedule state, seconds waited for data)."""
+        layout, device = self.layout, self.dist.device
+        rows = slice(self.dp_rank * layout.local_batch, (self.dp_rank + 1) * layout.local_batch)
+        step_info = self.objective.begin_step(self.state.step, rows, device)  # orders or noise, this rank's rows
+        self.engine.train()
+        # Summed on the device: one host sync per step, not per micro-batch.
+        nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+        data_wait, tokens_per_micro = 0.0, 0
+        for micro in range(layout.grad_accum):
+            tw = time.perf_counter()
+            tokens = next(self.batches).to(device, non_blocking=True)
+            data_wait += time.perf_counter() - tw
+            tokens_per_micro = tokens.numel()
+            mrows = slice(micro * layout.micro_batch, (micro + 1) * layout.micro_batch)
+            # Per-micro mean; DeepSpeed divides by grad_accum and averages over data-parallel ranks,
+            # so the update is the mean over every token of the global batch.
+            loss = self.objective.micro_loss(self.engine, tokens, mrows)
+            nll_sum += loss.detach().double() * tokens.numel()
+            self.engine.backward(loss)
+            if micro == layout.grad_accum - 1:
+                # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere). Read
+                # after the backward is queued, so the GPU computes it while the host waits.
+                bad = not bool(torch.isfinite(nll_sum))
+                self.optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, device) > 0
+            self.engine.step()
+        total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens_per_micro * layout.grad_accum], device)
+        return total_nll / total_tokens, step_info, data_wait
+
+    def record(self, step_loss: float, extra: dict[str, Any], seconds: float) -> None:
+        """The NaN/inf count, the spike check and the running mean; metrics on logging steps."""
+        cfg, state = self.cfg, self.state
+        if not math.isfinite(step_loss):
+            state.bad_steps += 1
+            self.metrics.message(
+                f"step {state.step}: non-finite loss ({step_loss}); update skipped "
+                f"({state.bad_steps}/{cfg.train.max_bad_steps})"
             )
-            # Every rank of a tensor-parallel group saw the same tokens: count each data-parallel slice once.
-            step_loss = total_nll / total_tokens
-            state.step += 1
-            metrics.advance()
-            profiler.step()
-
-            if not math.isfinite(step_loss):
-                state.bad_steps += 1
-                metrics.message(
-                    f"step {state.step}: non-finite loss ({step_loss}); update skipped "
-                    f"({state.bad_steps}/{cfg.train.max_bad_steps})"
+            if state.bad_steps >= cfg.train.max_bad_steps:
+                raise TrainingDiverged(
+                    f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
+                    "lower train.lr, check the data, or raise train.max_bad_steps"
                 )
-                if state.bad_steps >= cfg.train.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
-                        "lower train.lr, check the data, or raise train.max_bad_steps"
-                    )
-            else:
-                state.bad_steps = 0
-                spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
-                if spike:
-                    metrics.message(
-                        f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}"
-                    )
-                state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
-                if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps or spike:
-                    dt = time.perf_counter() - t0
-                    tokens_per_s = layout.global_batch * cfg.data.seq_len / dt
-                    values = {
-                        "loss": step_loss,
-                        "grad_norm": _grad_norm(engine),
-                        "lr": scheduler.get_last_lr()[0] if scheduler is not None else cfg.train.lr,
-                        "tokens_per_s": tokens_per_s,
-                        "tokens_per_s_per_device": tokens_per_s / dist_info.world_size,
-                        "step_time_s": dt,
-                        "data_wait_s": data_wait,
-                        "tokens_seen": state.step * layout.global_batch * cfg.data.seq_len,
-                        "loss_spike": spike,
-                        **step_info,
-                        **_memory(dist_info),
-                    }
-                    if peak:
-                        values["mfu"] = tokens_per_s * flops_per_token / (peak * dist_info.world_size)
-                    metrics.log(state.step, values)
+            return
+        state.bad_steps = 0
+        spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
+        if spike:
+            self.metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
+        state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
+        if state.step % cfg.train.log_every == 0 or self.finished or spike:
+            self.metrics.log(state.step, self.step_metrics(step_loss, spike, seconds) | extra)
 
-            if cfg.train.eval_every and (state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps):
-                val = evaluate(engine, objective, data, cfg, dist_info, dp_rank, dp_world)
-                if val is not None:
-                    metrics.log(state.step, objective.val_metrics(val))
-                    metrics.message(f"step {state.step}: {objective.val_message(val)}")
+    def step_metrics(self, step_loss: float, spike: bool, seconds: float) -> dict[str, Any]:
+        cfg, world = self.cfg, self.dist.world_size
+        tokens_per_s = self.layout.global_batch * cfg.data.seq_len / seconds
+        values = {
+            "loss": step_loss,
+            "grad_norm": _grad_norm(self.engine),
+            "lr": self.scheduler.get_last_lr()[0] if self.scheduler is not None else cfg.train.lr,
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": tokens_per_s / world,
+            "step_time_s": seconds,
+            "tokens_seen": self.state.step * self.layout.global_batch * cfg.data.seq_len,
+            "loss_spike": spike,
+            **_memory(self.dist),
+        }
+        if torch.cuda.is_available():
+            peak = peak_flops(torch.cuda.get_device_name(), cfg.parallel.precision)
+            if peak:
+                values["mfu"] = tokens_per_s * training_flops_per_token(cfg.model, cfg.data.seq_len) / (peak * world)
+        return values
 
-            finished = state.step >= cfg.train.steps
-            stopping = not finished and (stop.should_stop(dist_info.device) or state.step == cfg.train.stop_at_step)
-            if stopping and state.step == cfg.train.stop_at_step:
-                stop.reason = stop.reason or f"train.stop_at_step={cfg.train.stop_at_step}"
-            if finished or stopping or state.step % cfg.train.checkpoint_every == 0:
-                checkpointer.save(engine, state.step, trainer=state.to_dict(), loader=loader_state_of_all_ranks(loader))
-            if stopping:
-                metrics.message(
-                    f"stopping at step {state.step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}"
-                )
-                exit_code = EXIT_PREEMPTED
-                break
-    finally:
-        profiler.stop()
-        stop.restore()
-        metrics.close()
-        loader.close()
-    barrier()
-    if dist_info.is_main:  # the status first: an optional sample that fails cannot fail a finished run
-        sample = ("sample", lambda: print_final_sample(engine.module, cfg, data.tokenizer_dir, print))
-        reason = stop.reason if exit_code else "finished"
-        finish_run(run_dir, exit_code, state.step, reason, [sample] if exit_code == 0 else [])
-    return exit_code
+    def validate(self) -> None:
+        val = evaluate(self.engine, self.objective, self.data, self.cfg, self.dist, self.dp_rank, self.dp_world)
+        if val is not None:
+            self.metrics.log(self.state.step, self.objective.val_metrics(val))
+            self.metrics.message(f"step {self.state.step}: {self.objective.val_message(val)}")
+
+    def save_or_stop(self, stop: StopRequest) -> bool:
+        """Checkpoint on schedule, at the end and before stopping; True when the run must stop now.
+        Collective: every rank calls it at every step boundary."""
+        cfg, step = self.cfg, self.state.step
+        stopping = not self.finished and (stop.should_stop(self.dist.device) or step == cfg.train.stop_at_step)
+        if stopping and step == cfg.train.stop_at_step:
+            stop.reason = stop.reason or f"train.stop_at_step={cfg.train.stop_at_step}"
+        if self.finished or stopping or step % cfg.train.checkpoint_every == 0:
+            self.checkpointer.save(
+                self.engine, step, trainer=self.state.to_dict(), loader=loader_state_of_all_ranks(self.loader)
+            )
+        if stopping:
+            self.metrics.message(f"stopping at step {step} ({stop.reason}); checkpoint saved, exit {EXIT_PREEMPTED}")
+        return stopping
+
+    def close(self) -> None:
+        self.profiler.stop()
+        self.metrics.close()
+        self.loader.close()
 
 
 @torch.no_grad()
@@ -256,12 +342,3 @@ def _memory(dist_info: DistInfo) -> dict[str, float]:
     import psutil
 
     return {"memory/rss_gb": psutil.Process().memory_info().rss / 2**30}
-
-
-def _announce(cfg: Config, model, layout, dist_info: DistInfo, metrics: MetricsLogger, objective: Objective) -> None:
-    metrics.message(
-        f"armd_scale: arch={cfg.model.arch} params={model.num_params() / 1e6:.2f}M world={dist_info.world_size} "
-        f"tp={cfg.parallel.tp} zero={cfg.parallel.zero_stage} precision={cfg.parallel.precision} "
-        f"global_batch={layout.global_batch} micro={layout.micro_batch} grad_accum={layout.grad_accum} "
-        f"seq_len={cfg.data.seq_len} {objective.describe()}"
-    )

@@ -14,14 +14,23 @@ import os
 import secrets
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from ..config import Config
 
+WandbMode = Literal["off", "offline", "online"]
 
-def wandb_mode(setting: str) -> str:
+
+def wandb_mode(setting: str) -> WandbMode:
+    """`log.wandb` resolved: auto is online only where a key is configured."""
+    if setting == "off":
+        return "off"
+    if setting == "offline":
+        return "offline"
+    if setting == "online":
+        return "online"
     if setting != "auto":
-        return setting
+        raise ValueError(f"log.wandb={setting!r} is not one of off, offline, online, auto")
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
@@ -44,10 +53,10 @@ class MetricsLogger:
 
     def __init__(self, cfg: Config, run_dir: Path, *, is_main: bool, start_step: int, wandb_id: str | None):
         self.is_main = is_main
-        self.wandb_run = None
+        self.wandb_run: Any = None  # a wandb Run once started
         self.wandb_id = wandb_id
-        self.bar = None
-        self.file = None
+        self.bar: Any = None  # a tqdm bar on rank 0 with log.progress_bar
+        self.file: TextIO | None = None
         if not is_main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +69,7 @@ class MetricsLogger:
         if mode != "off":
             self._start_wandb(cfg, run_dir, mode)
 
-    def _start_wandb(self, cfg: Config, run_dir: Path, mode: str) -> None:
+    def _start_wandb(self, cfg: Config, run_dir: Path, mode: Literal["offline", "online"]) -> None:
         import wandb
 
         self.wandb_id = self.wandb_id or new_run_id()
@@ -77,7 +86,7 @@ class MetricsLogger:
         )
 
     def log(self, step: int, values: dict[str, Any]) -> None:
-        if not self.is_main:
+        if not self.is_main or self.file is None:
             return
         record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
         self.file.write(json.dumps(record) + "\n")

@@ -8,7 +8,7 @@ The loop only knows this interface:
     objective.val_metrics(mean)                         # names and values for the metrics log
 
 Randomness is a pure function of (train.seed, step, global sample index): the whole global batch's
-noise is drawn from one per-step generator and each rank takes its rows (as `order_schedule` does for
+noise is drawn from one per-step generator and each rank takes its rows (as `step_orders` does for
 orders). A resumed run therefore draws exactly what an uninterrupted one would, a 2-process run the
 same as a single process, and no RNG state needs saving. Validation noise depends on the sample's
 position in the validation set only, and is the same at every evaluation, so curves compare like
@@ -29,7 +29,7 @@ from ..config import Config
 from ..model import masked_diffusion as md
 from ..model import order_loss, token_nll
 from ..rng import uniform
-from .order_schedule import draw_step_orders, step_generator
+from .step_orders import draw_step_orders, step_generator
 
 # Mixed into train.seed so the diffusion noise stream is independent of the order stream.
 _NOISE_SALT = 0x6D646C6D  # "mdlm"
@@ -66,13 +66,14 @@ class Objective(ABC):
 
 
 class OrderObjective(Objective):
-    """armd and ar: teacher-forced conditionals of the step's orders in one forward pass (DESIGN 2.1).
-    Validation is the exact left-to-right NLL."""
+    """armd and ar: teacher-forced conditionals of the step's orders in one forward pass
+    (docs/TRAINING.md, What happens in a step). Validation is the exact left-to-right NLL."""
 
     def __init__(self, cfg: Config, global_batch: int):
         self.cfg = cfg
         self.global_batch = global_batch
-        self.order = self.block = None
+        self.order: torch.Tensor | None = None  # this rank's rows of the step (begin_step)
+        self.block: torch.Tensor | None = None
 
     def begin_step(self, step: int, rows: slice, device: torch.device) -> dict[str, float]:
         t = self.cfg.train
@@ -85,6 +86,8 @@ class OrderObjective(Objective):
         return info
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
+        if self.order is None or self.block is None:
+            raise RuntimeError("micro_loss before begin_step: the step's orders were not drawn")
         order = self.order[micro]
         return order_loss(engine(tokens, order, self.block[micro]), tokens, order)
 
@@ -113,7 +116,8 @@ class MaskedDiffusionObjective(Objective):
         self.global_batch = global_batch
         self.mask_id = mask_id
         self.eval_steps = cfg.train.eval_elbo_steps
-        self.rates = self.uniforms = None
+        self.rates: torch.Tensor | None = None  # this rank's rows of the step (begin_step)
+        self.uniforms: torch.Tensor | None = None
         offset = uniform(generator=step_generator(cfg.train.seed ^ _VAL_SALT, 0), dtype=torch.float64)
         self.val_offset = float(offset)
 
@@ -130,6 +134,8 @@ class MaskedDiffusionObjective(Objective):
         return {}
 
     def micro_loss(self, engine, tokens: torch.Tensor, micro: slice) -> torch.Tensor:
+        if self.rates is None or self.uniforms is None:
+            raise RuntimeError("micro_loss before begin_step: the step's noise was not drawn")
         per_sequence = md.nelbo_estimate(engine, tokens, self.rates[micro], self.uniforms[micro], self.mask_id)
         return per_sequence.sum() / tokens.numel()
 
@@ -140,8 +146,8 @@ class MaskedDiffusionObjective(Objective):
             rates.append(md.kronecker_rate(index, self.val_offset, self.eval_steps))
             gen = step_generator(self.cfg.train.seed ^ _VAL_SALT, index + 1)
             uniforms.append(uniform(tokens.shape[1], generator=gen, dtype=torch.float64))
-        rates, uniforms = torch.stack(rates), torch.stack(uniforms)
-        return float(md.nelbo_estimate(engine, tokens, rates, uniforms, self.mask_id).sum()), tokens.numel()
+        nelbo = md.nelbo_estimate(engine, tokens, torch.stack(rates), torch.stack(uniforms), self.mask_id)
+        return float(nelbo.sum()), tokens.numel()
 
     def val_metrics(self, mean: float) -> dict[str, float]:
         return {"val/elbo": mean, "val/ppl_bound": math.exp(min(mean, 50.0))}

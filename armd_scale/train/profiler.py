@@ -16,12 +16,12 @@ file names carry the optimizer steps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path, write_atomic
 from ..config import ProfileConfig
 
 PROFILE_DIR = "profile"
@@ -89,11 +89,9 @@ class StepProfiler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = f"steps_{self.first}-{self.last}"
         trace = self.out_dir / f"trace_{name}.json.gz"
-        tmp = self.out_dir / f".trace_{name}.tmp{os.getpid()}.json.gz"
-        prof.export_chrome_trace(str(tmp))
-        os.replace(tmp, trace)
+        with atomic_path(trace) as tmp:
+            prof.export_chrome_trace(str(tmp))
         table = prof.key_averages().table(sort_by=self.sort_key, row_limit=40)
         summary = self.out_dir / f"summary_{name}.txt"
-        summary.with_name(f".{summary.name}.tmp").write_text(table + "\n")
-        os.replace(summary.with_name(f".{summary.name}.tmp"), summary)
+        write_atomic(summary, table + "\n")
         self.say(f"train.profile: steps {self.first}-{self.last} traced -> {trace} and {summary.name}")

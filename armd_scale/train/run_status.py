@@ -10,10 +10,11 @@ stays what training made it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from ..atomic import write_atomic
 
 STATUS_FILE = "exit_status.json"
 
@@ -22,9 +23,7 @@ def write_exit_status(run_dir: Path, code: int, step: int, reason: str, **extra)
     """RUN_DIR/exit_status.json: how the last invocation ended, written whole (temp file, then rename).
     slurm/entrypoint.sh turns code 75 into a requeue."""
     status = {"code": code, "step": step, "reason": reason, "time": time.time(), **extra}
-    tmp = run_dir / f".{STATUS_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(status) + "\n")
-    os.replace(tmp, run_dir / STATUS_FILE)
+    write_atomic(run_dir / STATUS_FILE, json.dumps(status) + "\n")
 
 
 def finish_run(

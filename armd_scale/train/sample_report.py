@@ -8,21 +8,20 @@ generator (armd_scale/rng.py), after exit_status.json is written (train/run_stat
 
 from __future__ import annotations
 
-import torch
-
 from ..config import Config
+from ..model import MDLMModel, Model
 from ..rng import seeded
 
 
-def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str | None, say) -> None:
+def print_final_sample(model: Model, cfg: Config, tokenizer_dir: str | None, say) -> None:
     tokens = cfg.train.sample_at_end
     if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
         return
-    from ..data.tokenizer import Tokenizer
-    from ..generate import sample_sbp, sample_sequential
+    from ..data.tokenizer import load_tokenizer
+    from ..generate import sample_mdlm, sample_sbp, sample_sequential
 
     try:
-        tokenizer = Tokenizer.load(tokenizer_dir)
+        tokenizer = load_tokenizer(tokenizer_dir)
     except Exception as e:  # e.g. a synthetic source: its "tokenizer" is an id map, not sentencepiece
         say(f"(no sample printed: {e})")
         return
@@ -30,8 +29,8 @@ def print_final_sample(model: torch.nn.Module, cfg: Config, tokenizer_dir: str |
     was_training = model.training
     model.eval()
     try:
-        if cfg.model.arch == "mdlm":
-            out = model.sample(1, length, length, generator=seeded(cfg.train.seed), temperature=0.8)
+        if isinstance(model, MDLMModel):
+            out = sample_mdlm(model, 1, length, length, generator=seeded(cfg.train.seed), temperature=0.8)
             text = tokenizer.decode(out.tokens[0].tolist())
             say(f"sample (mdlm, {length} denoising steps, {out.forward_calls} forward calls):\n{text}\n")
             return

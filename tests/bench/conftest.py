@@ -1,3 +1,3 @@
-"""Fixtures for the bench-script tests: the tiny training runs of tests/eval/runs.py."""
+"""The bench-script tests run in-process calls on one torch thread (tests/eval/runs.py)."""
 
-from tests.eval.runs import _one_thread, text_ar_run, text_mdlm_run  # noqa: F401  (pytest fixtures)
+from tests.eval.runs import _one_thread  # noqa: F401  (an autouse fixture: applies to this directory)

@@ -7,14 +7,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.train.conftest import Run, data_cache, run_train  # noqa: F401  (data_cache is a fixture)
+from armd_scale.config import Config
+from armd_scale.train.distributed import DistInfo
+from armd_scale.train.objective import make_objective
+from armd_scale.train.run_data import open_train_data
+from tests.train.conftest import Run, run_train
 
 CHANGED = ("model.mlp_ratio=2.0", "train.lr=0.001")
+# Validation at the last step: the engine's own l2r NLL, the reference that conversions must reproduce.
+VALIDATE_AT_END = ("train.eval_every=6", "train.eval_batches=2")
 
 
 def _train(factory: pytest.TempPathFactory, cache: Path, name: str, *overrides: str, nproc: int = 1) -> Run:
-    run = run_train(factory.mktemp(name) / "run", cache, *overrides, nproc=nproc)
+    run = run_train(factory.mktemp(name) / "run", cache, *VALIDATE_AT_END, *overrides, nproc=nproc)
     assert run.returncode == 0, run.output[-3000:]
     assert run.checkpoints(), run.output[-3000:]
     return run
@@ -37,6 +44,36 @@ def tp2_run(tmp_path_factory, data_cache) -> Run:
     """Tensor parallelism of degree 2 (weights sharded over two model-parallel files), with a
     narrower MLP and another learning rate: also the "changed config" run for --diff."""
     return _train(tmp_path_factory, data_cache, "tp2", "parallel.tp=2", *CHANGED, nproc=2)
+
+
+def engine_val_nll(run: Run) -> float:
+    """The validation NLL the DeepSpeed engine computed at the run's last step (metrics.jsonl), with
+    the weights as they lived in training: sharded under tensor parallelism, partitioned under ZeRO."""
+    values = [r["val/nll"] for r in run.records() if "val/nll" in r and r["step"] == 6]
+    assert len(values) == 1, run.output[-3000:]
+    return values[0]
+
+
+@torch.no_grad()
+def recomputed_val_nll(model: torch.nn.Module, cfg: Config, dp_world: int) -> float:
+    """The same validation NLL computed with a plain module: the first `train.eval_batches` validation
+    micro-batches of every data-parallel rank, exact l2r NLL per token, as the trainer's `evaluate`."""
+    data = open_train_data(cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"))
+    objective = make_objective(cfg, cfg.train.global_batch_size)
+    total, count = 0.0, 0
+    for dp_rank in range(dp_world):
+        loader = data.val_loader(cfg.train.micro_batch_size, dp_rank, dp_world)
+        assert loader is not None
+        try:
+            for i, tokens in enumerate(loader):
+                if i >= cfg.train.eval_batches:
+                    break
+                first = (i * dp_world + dp_rank) * cfg.train.micro_batch_size
+                nll, n = objective.eval_batch(model.eval(), tokens, first)
+                total, count = total + nll, count + n
+        finally:
+            loader.close()
+    return total / count
 
 
 def copy_run(run: Run, dest: Path) -> Path:

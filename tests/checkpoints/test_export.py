@@ -14,14 +14,17 @@ import torch
 from safetensors import safe_open
 
 from armd_scale.checkpoints import export as export_module
-from armd_scale.checkpoints.model_io import config_of
-from armd_scale.checkpoints.report import ConversionError
-from armd_scale.checkpoints.source import full_state, open_source
-from armd_scale.checkpoints.validate import fixed_batch, logits_of, model_from_state
+from armd_scale.checkpoints.report import ConversionError, Progress
+from armd_scale.checkpoints.source import open_source
+from armd_scale.checkpoints.validate import fixed_batch, logits_of
 from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
 
+from .conftest import engine_val_nll, recomputed_val_nll
+
 REPO = Path(__file__).resolve().parents[2]
+# fp32: the engine (sharded, partitioned) and a plain module differ only in summation order
+VAL_TOLERANCE = 1e-5
 
 
 def convert(capsys, *args: str) -> tuple[int, str, str]:
@@ -55,11 +58,29 @@ def test_fp32_export_reproduces_the_source_exactly(run_name, request, tmp_path, 
     info = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
     assert info["sha256"] == config["tokenizer_sha256"] and (out / "tokenizer" / "tokenizer.model").is_file()
 
-    # Independently of the converter's own check: same logits from the export as from the source.
-    cfg = config_of(source.config, "test")
-    batch = fixed_batch(cfg)
-    expected = logits_of(model_from_state(cfg, full_state(source), "source"), cfg, batch)
-    assert torch.equal(logits_of(load_pretrained(out).model, cfg, batch), expected)
+    # Independently of the converter's own check (which compares with its own reading of the source):
+    # the export reproduces the validation NLL the DeepSpeed engine computed in training, with the
+    # weights sharded (TP) or partitioned (ZeRO) as they were there. A wrong TP merge cannot pass this.
+    loaded = load_pretrained(out)
+    recomputed = recomputed_val_nll(loaded.model, loaded.config, source.topology["dp"])
+    assert recomputed == pytest.approx(engine_val_nll(run), rel=VAL_TOLERANCE, abs=0)
+
+
+def test_a_wrong_tp_merge_passes_the_self_check_but_not_the_engine_reference(tp2_run, tmp_path, monkeypatch):
+    """Why the reference must come from the engine: a merge that takes rank 0's shard for every rank (the
+    shapes still fit) gives an export that reproduces the equally wrong merged source exactly, so the
+    converter's own check passes, but its validation NLL is far from what the engine measured.
+    (Reversing the shard order would not do: permuting heads and MLP units consistently is a symmetry
+    of the network.)"""
+    from armd_scale.checkpoints import weights
+
+    right = weights.merge_tp_shards
+    monkeypatch.setattr(weights, "merge_tp_shards", lambda shards: right([shards[0]] * len(shards)))
+    report = export_module.export(tp2_run.dir, tmp_path / "wrong", progress=Progress(quiet=True))
+    assert report.max_abs_logit_diff == 0.0  # self-consistent
+    loaded = load_pretrained(tmp_path / "wrong")
+    wrong, engine = recomputed_val_nll(loaded.model, loaded.config, 1), engine_val_nll(tp2_run)
+    assert abs(wrong - engine) > 20 * VAL_TOLERANCE * engine  # far outside what the export test accepts
 
 
 def test_export_from_a_universal_checkpoint(zero1_run, tmp_path, capsys):

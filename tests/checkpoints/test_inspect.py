@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from armd_scale.checkpoints.layout import read_meta
 from armd_scale.cli import main
 from armd_scale.config import config_from_dict
 from armd_scale.model import build_model
-from armd_scale.train.checkpoint import read_meta
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from armd_scale.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
 from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
-from armd_scale.train.safe_load import UnsafeCheckpointError, safe_torch_load
 
 from .conftest import copy_run, run_train
 

@@ -8,15 +8,11 @@ import json
 import pytest
 import torch
 
+from armd_scale.checkpoints.layout import read_meta
+from armd_scale.checkpoints.source import open_source
+from armd_scale.checkpoints.universal import ReshardError, check_reshard, convert_to_universal, read_universal
+from armd_scale.checkpoints.weights import full_state
 from armd_scale.cli import main
-from armd_scale.train.checkpoint import read_meta
-from armd_scale.train.universal import (
-    ReshardError,
-    check_reshard,
-    convert_to_universal,
-    full_state_dict,
-    read_universal,
-)
 
 from .conftest import run_train
 
@@ -38,7 +34,7 @@ def test_universal_folder_resumes_on_another_world_size(zero1_run, data_cache, t
     assert meta["topology"]["layout"] == "universal" and meta["step"] == 3 and (out / "COMPLETE").is_file()
     assert not list(out.glob("*.pt"))  # only the universal form travels
     converted = read_universal(out / "universal" / "step_00000003")
-    reference = full_state_dict(source, read_meta(source)["topology"])
+    reference = full_state(open_source(source))
     assert converted.keys() == reference.keys()
     assert all(torch.equal(converted[k], reference[k]) for k in reference)
 

@@ -13,7 +13,7 @@ import pytest
 from armd_scale.data.manifest import Manifest, read_manifest
 from armd_scale.data.shardio import load_shard
 from armd_scale.data.shards import ShardSetWriter
-from armd_scale.data.tokenizer import Tokenizer, train_tokenizer
+from armd_scale.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 
@@ -49,7 +49,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir: Path) -> Tokenizer:
-    return Tokenizer.load(str(tokenizer_dir))
+    return load_tokenizer(str(tokenizer_dir))
 
 
 @pytest.fixture(scope="session")

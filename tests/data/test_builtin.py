@@ -12,7 +12,7 @@ from armd_scale.data.builtin import builtin_cache_dir, ensure_builtin_dataset
 from armd_scale.data.errors import DataError
 from armd_scale.data.loader import ShardLoader
 from armd_scale.data.manifest import manifest_info
-from armd_scale.data.tokenizer import Tokenizer, tokenizer_info
+from armd_scale.data.tokenizer import load_tokenizer, tokenizer_info
 
 
 def cfg(tmp_path: Path, **kw) -> DataConfig:
@@ -26,7 +26,7 @@ def test_pydoc_is_built_once_and_matches_its_settings(tmp_path: Path) -> None:
     c = cfg(tmp_path)
     train, val, tok_dir = ensure_builtin_dataset(c)
     info = manifest_info(train)
-    tok = Tokenizer.load(tok_dir)
+    tok = load_tokenizer(tok_dir)
     assert info["seq_len"] == 64 and info["vocab_size"] == tok.vocab_size == 200
     assert info["tokenizer_sha256"] == tok.sha256 == manifest_info(val)["tokenizer_sha256"]
     assert 0 < manifest_info(val)["samples"] < info["samples"] / 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ from armd_scale.data.errors import BadShardError  # noqa: E402
 from armd_scale.data.loader import ShardLoader  # noqa: E402
 from armd_scale.data.manifest import read_manifest  # noqa: E402
 from armd_scale.data.shards import build_shards, verify_shards  # noqa: E402
-from armd_scale.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from armd_scale.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 from armd_scale.data.urls import RetryPolicy, url_to_fs  # noqa: E402
+from armd_scale.ports import free_port  # noqa: E402
 from tests.data.conftest import shard_stream  # noqa: E402
 
 BUCKET = "armd-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until_serving(url: str, proc: subprocess.Popen, log, timeout_s: float) -> None:
@@ -66,7 +60,7 @@ class S3Server:
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    port = _free_port()
+    port = free_port()
     # the server logs every request: to a file, since an unread pipe would fill up and stall it
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
     log = open(log_path, "w+b")
@@ -108,7 +102,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def test_s3_round_trip(s3_endpoint: S3Server, tmp_path: Path, corpus_dir: Path) -> None:
     tok_url = f"s3://{BUCKET}/tokenizer"
     tok = train_tokenizer(["builtin:pydoc"], tok_url, vocab_size=200)
-    assert Tokenizer.load(tok_url).sha256 == tok.sha256
+    assert load_tokenizer(tok_url).sha256 == tok.sha256
     out = f"s3://{BUCKET}/sets/pydoc"
     manifests = build_shards(["builtin:pydoc"], out, tok_url, seq_len=32, val_fraction=0.1, samples_per_shard=200)
     local = build_shards(

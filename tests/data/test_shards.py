@@ -58,7 +58,7 @@ def test_validation_holds_out_whole_documents(tmp_path: Path, tokenizer: Tokeniz
     mask = holdout(40, 0.25, 5)
     assert mask.sum() == 10 and ms["val"].totals["documents"] == 10 and ms["train"].totals["documents"] == 30
     for split, chosen in (("val", mask), ("train", ~mask)):
-        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen) if c])
+        expected = document_stream(tokenizer, [d for d, c in zip(docs, chosen, strict=True) if c])
         stream = shard_stream(f"{out}/{split}")
         assert (stream == expected[: len(stream)]).all() and len(expected) - len(stream) < 4
 

@@ -10,7 +10,7 @@ import pytest
 
 from armd_scale.data.errors import DataError
 from armd_scale.data.textio import expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import Tokenizer, tokenizer_info, train_tokenizer
+from armd_scale.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_info, train_tokenizer
 from tests.data.conftest import CORPORA, DOC_GZ, DOCS_JSONL, DOCS_TXT
 
 
@@ -40,8 +40,8 @@ def test_a_replaced_model_file_is_detected(tmp_path: Path) -> None:
     train_tokenizer(["builtin:pydoc"], str(b), vocab_size=220)
     (a / "tokenizer.model").write_bytes((b / "tokenizer.model").read_bytes())
     with pytest.raises(DataError, match="was replaced"):
-        Tokenizer.load(str(a))
-    assert Tokenizer.load(str(a / "tokenizer.model")).vocab_size == 220  # a bare model file loads
+        load_tokenizer(str(a))
+    assert load_tokenizer(str(a / "tokenizer.model")).vocab_size == 220  # a bare model file loads
 
 
 def test_training_is_deterministic_and_unigram_works(tmp_path: Path, tokenizer: Tokenizer) -> None:

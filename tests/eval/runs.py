@@ -179,36 +179,6 @@ def tiny_run(factory: pytest.TempPathFactory, name: str) -> TinyRun:
     return run
 
 
-@pytest.fixture(scope="session")
-def markov_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "markov")
-
-
-@pytest.fixture(scope="session")
-def text_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text")
-
-
-@pytest.fixture(scope="session")
-def text_ar_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_ar")
-
-
-@pytest.fixture(scope="session")
-def text_mdlm_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_mdlm")
-
-
-@pytest.fixture(scope="session")
-def text_bpe_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_bpe")
-
-
-@pytest.fixture(scope="session")
-def text_wordpiece_run(tmp_path_factory) -> TinyRun:
-    return tiny_run(tmp_path_factory, "text_wordpiece")
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """In-process CLI calls: a 2-thread pool on a busy 2-core machine makes tiny ops 100x slower."""

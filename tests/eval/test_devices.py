@@ -146,7 +146,7 @@ def test_likelihood_reads_the_device_once_whatever_the_number_of_batches(markov_
     import numpy as np
 
     from armd_scale.eval.likelihood import evaluate_likelihood
-    from armd_scale.model.orders import random_order
+    from armd_scale.model.generation_orders import random_order
     from armd_scale.pretrained import load_pretrained
     from tests.simulated_device import host_reads
 

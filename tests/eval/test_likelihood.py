@@ -15,10 +15,10 @@ from armd_scale.data.corpora import SYNTHETIC_TOKEN_OFFSET, parse_synthetic
 from armd_scale.data.errors import DataError, DataMismatchError
 from armd_scale.data.shards import build_shards
 from armd_scale.eval import validate
-from armd_scale.eval.data import open_eval_data
 from armd_scale.eval.likelihood import draw_orders, evaluate_likelihood, score_orders
 from armd_scale.eval.ppl import eval_ppl
 from armd_scale.eval.text import bits_per_byte, codec_for, count_bytes
+from armd_scale.eval.windows import open_eval_data
 from armd_scale.pretrained import load_pretrained
 
 from .runs import MARKOV, SEQ_LEN

@@ -6,9 +6,7 @@ import json
 import math
 import subprocess
 import sys
-import types
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -166,42 +164,52 @@ def test_codec_of_a_synthetic_run_writes_ids(markov_run):
         codec.encode("5 12")
 
 
-def test_transformers_judge_prepends_bos_and_truncates(tmp_path, monkeypatch):
-    """The transformers path with a stand-in package: a uniform 10-way LM, so NLL = ln 10 per scored token."""
-    calls = []
+def _tiny_transformers_dir(path, n_positions: int) -> None:
+    """A real GPT-2 (1 layer, width 16) and a word-level tokenizer over the words "0".."99", built from a
+    config and saved locally: the judge loads them like any model directory, nothing is downloaded."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    class Tok:
-        bos_token_id = 0
+    vocab = {"<s>": 0, "[UNK]": 1} | {str(i): i + 2 for i in range(100)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", unk_token="[UNK]")
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=len(vocab), n_positions=n_positions, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
 
-        def __call__(self, text, add_special_tokens=True):
-            assert add_special_tokens is False
-            return {"input_ids": [1 + ord(c) % 9 for c in text]}
 
-    class LM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.config = SimpleNamespace(n_positions=6)
-
-        def forward(self, x):
-            return SimpleNamespace(logits=torch.zeros(*x.shape, 10, dtype=self.w.dtype) + 0 * self.w)
-
-    def loader(make):
-        def from_pretrained(path, *, local_files_only):
-            calls.append((path, local_files_only))
-            return make()
-
-        return SimpleNamespace(from_pretrained=from_pretrained)
-
-    fake = types.ModuleType("transformers")
-    fake.AutoTokenizer, fake.AutoModelForCausalLM = loader(Tok), loader(LM)
-    monkeypatch.setitem(sys.modules, "transformers", fake)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "fake"}))
+def test_transformers_judge_scores_with_a_real_model(tmp_path, monkeypatch):
+    """BOS is prepended, every text token is scored, long samples are cut to the judge's context, and
+    the NLL is what the model's own loss (transformers' shift and cross-entropy) gives for those ids."""
+    transformers = pytest.importorskip("transformers")
+    _tiny_transformers_dir(tmp_path, n_positions=6)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail
     judge = load_judge(str(tmp_path), generator_path="unused")
-    assert calls == [(str(tmp_path), True)] * 2  # never a download
-    assert judge.describe()["kind"] == "transformers" and judge.describe()["dtype"] == "float64"
-    # "5 11" (4 chars) and "1 2" (3 chars): BOS + text, every text token scored
-    score = judge.score(np.array([[5, 11], [1, 2]]), IdCodec(100))
-    assert (score.tokens, score.truncated) == (7, 0) and score.nll == pytest.approx(7 * math.log(10))
-    long = judge.score(np.array([[12345, 67890]]), IdCodec(100000))  # 11 chars + BOS > 6 positions
+    assert judge.describe() == {
+        "kind": "transformers",
+        "path": str(tmp_path),
+        "tokenizer": "retokenized",
+        "dtype": "float64",
+    }
+
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).double().eval()
+
+    def reference_nll(words: list[int]) -> float:
+        ids = torch.tensor([[0] + [w + 2 for w in words]])  # BOS, then the word ids
+        with torch.no_grad():
+            return float(model(ids, labels=ids).loss) * (ids.shape[1] - 1)
+
+    score = judge.score(np.array([[5, 11, 7], [1, 2, 3]]), IdCodec(100))
+    assert (score.tokens, score.truncated) == (6, 0)
+    assert score.nll == pytest.approx(
+        reference_nll([5, 11, 7]) + reference_nll([1, 2, 3]), rel=1e-6
+    )  # transformers' loss upcasts to float32 only
+    long = judge.score(np.array([[4, 5, 6, 7, 8, 9, 10]]), IdCodec(100))  # BOS + 7 > 6 positions
     assert (long.tokens, long.truncated) == (5, 1)
+    assert long.nll == pytest.approx(
+        reference_nll([4, 5, 6, 7, 8]), rel=1e-6
+    )  # transformers' loss upcasts to float32 only

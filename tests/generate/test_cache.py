@@ -1,4 +1,4 @@
-"""The definition of a correct cache (DESIGN 2.6): teacher-forced cached decoding = the full forward.
+"""The definition of a correct cache (docs/GENERATION.md): teacher-forced cached decoding = the full forward.
 
 Teacher forcing feeds the true tokens block by block following (order, block): step t commits the
 tokens of block t-1 and predicts block t; its logits must equal `model(tokens, order, block)` at
@@ -32,7 +32,7 @@ CONFIGS = [
     pytest.param(dict(n_layers=4), id="L4"),
     pytest.param(dict(n_layers=5), id="L5"),
     pytest.param(dict(n_layers=4, n_two_stream_layers=1), id="L4-two1"),
-    pytest.param(dict(n_layers=4, prefix_agg="sum"), id="L4-sum"),
+    pytest.param(dict(n_layers=4, prefix_agg="mean"), id="L4-mean"),  # "sum" is the default: every other case
     pytest.param(dict(n_layers=3, mlp="gelu", positional_start=False), id="L3-gelu-nostart"),
 ]
 

@@ -11,8 +11,6 @@ from armd_scale.eval import validate
 from armd_scale.eval.text import codec_for
 from armd_scale.pretrained import load_pretrained
 
-from ..eval.runs import _one_thread, markov_run, text_run  # noqa: F401  (pytest fixtures)
-
 N = 16
 
 
@@ -114,3 +112,31 @@ def test_bad_requests_fail_with_a_message(text_run, tmp_path, capsys):
     assert "[MASK]" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tmp_path)]) == 1
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_mdlm_infill_through_the_cli(text_mdlm_run, tmp_path, capsys):
+    """`armd generate --infill` on the masked-diffusion baseline: its ancestral sampler starts from the
+    known tokens with the mask id at the spans, keeps the known tokens, and fills every span."""
+    tok = load_pretrained(text_mdlm_run.dir).tokenizer()
+    left, right = tok.encode("def main"), tok.encode(" return x")
+    doc, printed = _generate(
+        tmp_path,
+        capsys,
+        "--checkpoint",
+        str(text_mdlm_run.dir),
+        "--infill",
+        "def main[MASK:5] return x",
+        "--steps",
+        "4",
+        "--num-samples",
+        "2",
+    )
+    length = len(left) + 5 + len(right)
+    assert doc["length"] == length and doc["known_tokens"] == len(left) + len(right)
+    assert 1 <= doc["forward_calls"] <= 4  # at most one denoiser call per reverse step
+    vocab = load_pretrained(text_mdlm_run.dir).config.model.vocab_size
+    for sample in doc["samples"]:
+        t = sample["tokens"]
+        assert t[: len(left)] == left and t[len(left) + 5 :] == right
+        assert all(0 <= v < vocab for v in t)  # every span position revealed, never the mask id
+    assert doc["samples"][0]["text"] in printed

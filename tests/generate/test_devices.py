@@ -16,17 +16,16 @@ from armd_scale.generate import (
     order_plan,
     sample_infill,
     sample_logits,
+    sample_mdlm,
     sample_reference,
     sample_sbp,
     sample_sequential,
     sbp_plan,
 )
-from armd_scale.model.orders import diffusion_order
+from armd_scale.model.generation_orders import diffusion_order
 from armd_scale.rng import seeded
 from tests.model.conftest import tiny_model
 from tests.simulated_device import host_reads, simulated_device
-
-from ..eval.runs import _one_thread, text_ar_run, text_mdlm_run, text_run  # noqa: F401  (pytest fixtures)
 
 N = 16
 
@@ -76,9 +75,9 @@ def test_mdlm_sampler_runs_on_another_device_and_matches_the_cpu():
     model = tiny_model("mdlm")
     init = torch.full((2, N), model.mask_id)
     init[:, :3] = torch.tensor([1, 2, 3])
-    expected = model.sample(2, N, 5, generator=seeded(0), init=init, top_p=0.9)
+    expected = sample_mdlm(model, 2, N, 5, generator=seeded(0), init=init, top_p=0.9)
     with simulated_device() as dev:
-        out = model.to(dev).sample(2, N, 5, generator=seeded(0), init=init, top_p=0.9)
+        out = sample_mdlm(model.to(dev), 2, N, 5, generator=seeded(0), init=init, top_p=0.9)
         assert out.tokens.device == dev
         tokens = out.tokens.cpu()
     assert torch.equal(tokens, expected.tokens) and out.forward_calls == expected.forward_calls

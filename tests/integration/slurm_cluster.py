@@ -66,7 +66,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -75,6 +74,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
+
+from armd_scale.ports import free_ports
 
 __all__ = [
     "TERMINAL_JOB_STATES",
@@ -174,24 +175,6 @@ def _which(name: str) -> str | None:
     """Find a binary on PATH or in the sbin directories, which a non-login PATH may lack."""
     extra = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/sbin"])
     return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now, all distinct.
-
-    Why: fixed ports collide with a system Slurm or with a second cluster (parallel test runs).
-    The sockets are held open until all ports are chosen so the kernel cannot hand one out twice.
-    """
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -674,9 +657,9 @@ class LocalSlurmCluster:
         )
 
     def _write_conf(self) -> None:
-        ports = _free_ports(1 + len(self.nodes))
+        ports = free_ports(1 + len(self.nodes))  # fixed ports would collide with a system Slurm
         self.ctld_port = ports[0]
-        self.node_ports = dict(zip(self.nodes, ports[1:]))
+        self.node_ports = dict(zip(self.nodes, ports[1:], strict=True))
         wd = self.workdir
         node_lines = [
             f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={self.node_ports[n]} "

@@ -37,7 +37,8 @@ LOSS_TOL = 1e-5  # absolute; resume is bit-identical in one process and ~1e-6 ac
 # The tiny model: ~30k parameters, ~15 ms per step on 2 CPU processes. ZeRO-1, so that a resume on
 # another world size goes through DeepSpeed's universal checkpoint (ZeRO-0 files load directly).
 TINY = (
-    "parallel.zero_stage=1 model.n_layers=2 model.d_model=32 model.n_heads=2 model.max_seq_len=32 model.vocab_size=128 model.d_pe=8 "
+    "parallel.zero_stage=1 model.n_layers=2 model.d_model=32 model.n_heads=2 model.max_seq_len=32 "
+    "model.vocab_size=128 model.d_pe=8 "
     "data.seq_len=32 data.vocab_size=128 train.global_batch_size=8 train.micro_batch_size=2 "
     "train.warmup_steps=2 train.log_every=1 train.eval_every=0 train.checkpoint_every=30 "
     "log.wandb=off log.progress_bar=false train.order.kind=progressive train.order.ar_steps=2 "
@@ -203,7 +204,7 @@ def test_preempted_job_saves_requeues_and_matches_uninterrupted_run(
     stop_step = int(stops[0].split()[3])
     assert 2 <= stop_step < STEPS, f"the run was not stopped mid-run (step {stop_step}); raise STEPS" + context
     # The second run is the requeued job (SLURM_RESTART_COUNT=1) and resumed from the stop's checkpoint.
-    assert "pretrain.sh: job %d run 1 " % job.id in text, context
+    assert f"pretrain.sh: job {job.id} run 1 " in text, context
     assert f"resumed from step_{stop_step:08d} (step {stop_step})" in text, context
     info = cluster.job_info(job.id)
     assert info is not None and info["Restarts"] == "1", info

@@ -7,7 +7,7 @@ import torch
 
 from armd_scale.config import ModelConfig
 from armd_scale.model import build_model
-from armd_scale.model.orders import make_order
+from armd_scale.model.generation_orders import make_order
 
 # (kind, params, step) for every order kind; progressive is drawn past its ramp so it shuffles.
 ORDER_CASES = [
@@ -44,9 +44,9 @@ def rng() -> torch.Generator:
 
 
 def assert_no_leakage(model: torch.nn.Module, order: torch.Tensor, block: torch.Tensor, vocab: int) -> None:
-    """The contract `logits = model(tokens, order, block)` (DESIGN 2.2): changing the tokens of the same or
-    a later block than generation index k leaves logits[:, k] bit-identical; changing one earlier-block
-    token changes them."""
+    """The contract `logits = model(tokens, order, block)` (docs/ARCHITECTURE.md, Contract): changing the
+    tokens of the same or a later block than generation index k leaves logits[:, k] bit-identical;
+    changing one earlier-block token changes them."""
     batch, n = order.shape
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, n), generator=gen)

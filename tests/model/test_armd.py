@@ -13,9 +13,9 @@ SINGLE_TOKEN_CASES = [c for c in ORDER_CASES if c[0] in ("l2r", "random", "progr
 
 
 def _arch_cases():
-    for case, case_id in zip(ORDER_CASES, ORDER_IDS):
+    for case, case_id in zip(ORDER_CASES, ORDER_IDS, strict=True):
         yield pytest.param("armd", *case, id=f"armd-{case_id}")
-    for case, case_id in zip(ORDER_CASES, ORDER_IDS):
+    for case, case_id in zip(ORDER_CASES, ORDER_IDS, strict=True):
         if case[0] in ("l2r", "random"):
             yield pytest.param("ar", *case, id=f"ar-{case_id}")
 
@@ -36,7 +36,7 @@ def _all_sequences(vocab: int, n: int) -> torch.Tensor:
     "arch,kind,params,step",
     [
         pytest.param("armd", *c, id=f"armd-{i}")
-        for c, i in zip(ORDER_CASES, ORDER_IDS)
+        for c, i in zip(ORDER_CASES, ORDER_IDS, strict=True)
         if c[0] != "sbp" or c[1]["streams"] == 2
     ]
     + [pytest.param("ar", "l2r", {}, None, id="ar-l2r")],
@@ -53,6 +53,31 @@ def test_valid_distribution_over_all_sequences(arch, kind, params, step):
     assert abs(probs.sum().item() - 1.0) <= 1e-5
     # the distribution is far from uniform, so the check above is not passing by accident
     assert probs.max().item() > 3.0 / 81
+
+
+MEAN_CASES = [
+    pytest.param(*case, id=case_id)
+    for case, case_id in zip(ORDER_CASES, ORDER_IDS, strict=True)
+    if case_id in ("random-", "sbp-streams2", "diffusion-steps3")
+]
+
+
+@pytest.mark.parametrize("kind,params,step", MEAN_CASES)
+def test_prefix_mean_has_no_leakage_and_a_valid_distribution(kind, params, step):
+    """model.prefix_agg=mean (the default is sum): the same contract, single- and multi-token blocks."""
+    order, block = draw_order(kind, params, step, batch=2, n=12, seed=5)
+    assert_no_leakage(tiny_model("armd", prefix_agg="mean"), order, block, vocab=11)
+
+    seqs = _all_sequences(3, 4)
+    order, block = draw_order(kind, params, step, batch=1, n=4, seed=2)
+    order, block = order.expand(len(seqs), 4), block.expand(len(seqs), 4)
+    mean = tiny_model("armd", vocab_size=3, init_std=0.5, prefix_agg="mean").double()
+    summed = tiny_model("armd", vocab_size=3, init_std=0.5).double()  # the same weights (same seed)
+    with torch.no_grad():
+        probs = (-token_nll(mean(seqs, order, block), seqs, order).sum(dim=1)).exp()
+        differs = not torch.allclose(mean(seqs, order, block), summed(seqs, order, block))
+    assert abs(probs.sum().item() - 1.0) <= 1e-5 and probs.max().item() > 3.0 / 81
+    assert differs  # the option changes the model: the checks above ran on the mean, not on the sum
 
 
 def test_a_leaky_model_fails_the_distribution_check():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from armd_scale.model import attention
 from armd_scale.model.attention import attend, flash_available, prepare, resolve_backend
 from armd_scale.model.masks import (
     BlockMaskSpec,
@@ -11,6 +12,7 @@ from armd_scale.model.masks import (
     dense_causal,
     dense_strict,
     flex_block_mask,
+    full_spec,
     strict_spec,
     two_stream_spec,
 )
@@ -104,6 +106,24 @@ def test_auto_backend_resolution_on_cpu_and_errors():
     general = BlockMaskSpec(block[:, :2], block)
     with pytest.raises(ValueError, match="single-token blocks"):
         prepare(general, "flash", CPU, torch.float32)
+
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_auto_backend_resolution_on_cuda(flash, monkeypatch):
+    """The CUDA branch of `auto`, decided from the device argument alone (no GPU needed): flash where it
+    applies (installed, 16-bit, single-token or full pattern), else flex; never sdpa on CUDA."""
+    monkeypatch.setattr(attention, "flash_available", lambda: flash)
+    cuda = torch.device("cuda", 0)
+    _, single = draw_order("l2r", {}, None, batch=1, n=8)
+    _, multi = draw_order("sbp", dict(streams=2), None, batch=1, n=8)
+    for spec in (causal_spec(single), strict_spec(single), full_spec(1, 8)):
+        assert resolve_backend("auto", spec, cuda, torch.bfloat16) == ("flash" if flash else "flex")
+        assert resolve_backend("auto", spec, cuda, torch.float16) == ("flash" if flash else "flex")
+        assert resolve_backend("auto", spec, cuda, torch.float32) == "flex"  # flash needs 16-bit inputs
+    assert resolve_backend("auto", causal_spec(multi), cuda, torch.bfloat16) == "flex"  # flash: one token per block
+    assert resolve_backend("auto", BlockMaskSpec(single[:, :2], single), cuda, torch.bfloat16) == "flex"  # general
+    assert resolve_backend("auto", causal_spec(single), CPU, torch.bfloat16) == "sdpa"  # the device decides
+    assert resolve_backend("sdpa", causal_spec(single), cuda, torch.bfloat16) == "sdpa"  # explicit names win
 
 
 @pytest.mark.skipif(not flash_available(), reason="flash-attn tests need CUDA and the flash_attn package")

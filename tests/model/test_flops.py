@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from armd_scale.model import build_model, order_loss
 from armd_scale.model.flops import peak_flops, training_flops_per_token
-from armd_scale.model.orders import make_order
+from armd_scale.model.generation_orders import make_order
 
 from .conftest import tiny_model_config
 

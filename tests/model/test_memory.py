@@ -10,8 +10,8 @@ import torch
 
 from armd_scale.config import ModelConfig
 from armd_scale.model import build_model, order_loss
+from armd_scale.model.generation_orders import l2r_order, sbp_order
 from armd_scale.model.memory import activation_bytes
-from armd_scale.model.orders import l2r_order, sbp_order
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

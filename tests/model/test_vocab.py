@@ -8,8 +8,9 @@ import torch
 
 from armd_scale.config import ConfigError
 from armd_scale.generate import sample_sbp, sample_sequential
+from armd_scale.generate.mdlm import sample_mdlm
 from armd_scale.model import order_loss
-from armd_scale.model.orders import l2r_order
+from armd_scale.model.generation_orders import l2r_order
 from tests.model.conftest import tiny_model, tiny_model_config
 
 REAL, PADDED = 50, 64
@@ -61,7 +62,7 @@ def test_samplers_never_draw_a_padded_id(arch: str) -> None:
 def test_mdlm_ancestral_sampler_never_draws_a_padded_id() -> None:
     model = tiny_model("mdlm", vocab_size=PADDED, tokenizer_vocab_size=REAL)
     _dominant_padding(model)
-    out = model.sample(8, 16, 4, generator=torch.Generator().manual_seed(0))
+    out = sample_mdlm(model, 8, 16, 4, generator=torch.Generator().manual_seed(0))
     assert int(out.tokens.max()) < REAL
 
 

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 TINY = [
     "model.n_layers=2",
     "model.d_model=32",
@@ -60,17 +58,6 @@ class Run:
         return sorted(p.name for p in ckpt.glob("step_*") if (p / "COMPLETE").exists()) if ckpt.exists() else []
 
 
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """Tokenizer and shards of the built-in corpus, built once for every training test."""
-    from armd_scale.config import DataConfig
-    from armd_scale.data.builtin import ensure_builtin_dataset
-
-    cache = tmp_path_factory.mktemp("armd_cache")
-    ensure_builtin_dataset(DataConfig(cache_dir=str(cache), seq_len=32, vocab_size=128), build=True)
-    return cache
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_MAX_RESTARTS"):
@@ -85,7 +72,7 @@ def command(run_dir: Path, cache: Path, *overrides: str, nproc: int = 1, launche
     if nproc == 1:
         return [sys.executable, "-m", "armd_scale.cli", *args]
     if launcher == "deepspeed":
-        from .._ports import free_port
+        from armd_scale.ports import free_port
 
         return [
             sys.executable,

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from armd_scale.config import load_config
+from armd_scale.generate import sample_mdlm
 from armd_scale.train.objective import MaskedDiffusionObjective, make_objective
 
 from .conftest import run_train
@@ -36,7 +37,7 @@ def test_a_trained_mdlm_loads_and_samples(mdlm_run):
     from armd_scale.pretrained import load_pretrained
 
     model = load_pretrained(mdlm_run.dir).model
-    out = model.sample(2, 32, 8, generator=torch.Generator().manual_seed(0))
+    out = sample_mdlm(model, 2, 32, 8, generator=torch.Generator().manual_seed(0))
     assert out.tokens.shape == (2, 32) and out.forward_calls <= 8
     assert int(out.tokens.max()) < model.mask_id == 128
 

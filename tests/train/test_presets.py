@@ -114,21 +114,21 @@ def test_sbp_finetune_starts_from_the_pretrained_run(owt_small_run, tmp_path, da
 def test_init_from_loads_the_weights_and_refuses_mismatches(owt_small_run, data_cache):
     from armd_scale.model import build_model
     from armd_scale.pretrained import load_pretrained
-    from armd_scale.train.init_from import load_weights
+    from armd_scale.train.init_from import load_init_weights
 
     source = load_pretrained(owt_small_run.dir)
     overrides = [*SHRINK, f"train.init_from={owt_small_run.dir}"]
     cfg = load_config("sbp-finetune", overrides)
     model = build_model(cfg.model)
-    message = load_weights(model, cfg, source.tokenizer_sha256)
+    message = load_init_weights(model, cfg, source.tokenizer_sha256)
     assert "step 2" in message
     for name, value in source.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
     wider = load_config("sbp-finetune", [*overrides, "model.d_model=64"])
     with pytest.raises(ConfigError, match="model.d_model: checkpoint 32 vs config 64"):
-        load_weights(build_model(wider.model), wider, source.tokenizer_sha256)
+        load_init_weights(build_model(wider.model), wider, source.tokenizer_sha256)
     with pytest.raises(ConfigError, match="tokenizer"):
-        load_weights(build_model(cfg.model), cfg, "0" * 64)
+        load_init_weights(build_model(cfg.model), cfg, "0" * 64)
     missing = load_config("sbp-finetune", [*SHRINK, f"train.init_from={owt_small_run.dir}/nowhere"])
     with pytest.raises(ConfigError, match="train.init_from=.*nowhere"):
-        load_weights(build_model(missing.model), missing, source.tokenizer_sha256)
+        load_init_weights(build_model(missing.model), missing, source.tokenizer_sha256)

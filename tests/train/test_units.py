@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from armd_scale.checkpoints.layout import shape_differences, step_of, tag_for
 from armd_scale.config import ConfigError, load_config
-from armd_scale.train.checkpoint import shape_differences, step_of, tag_for
 from armd_scale.train.engine import GuardedAdamW, batch_layout, deepspeed_config, param_groups
-from armd_scale.train.order_schedule import draw_step_orders
 from armd_scale.train.schedule import lr_factor, set_lr_for_step
+from armd_scale.train.step_orders import draw_step_orders
 
 
 def test_batch_layout_and_errors():
@@ -34,26 +34,6 @@ def test_deepspeed_dict_is_generated_from_the_config():
     ds = deepspeed_config(cfg, batch_layout(cfg, 2), load_universal=True)
     assert ds["tensor_parallel"]["autotp_size"] == 2
     assert "train_batch_size" not in ds and ds["fp16"]["enabled"] and ds["checkpoint"]["load_universal"]
-
-
-def test_tp_partition_spec_matches_the_armd_layers():
-    """q/k/v and MLP up/gate are column-parallel, wo and down row-parallel, everything else replicated."""
-    import re
-
-    from armd_scale.model import build_model
-    from armd_scale.train.engine import ARMD_TP_LAYER_SPECS
-
-    names = [n for n, _ in build_model(load_config().model).named_parameters()]
-    kind = {}
-    for spec in ARMD_TP_LAYER_SPECS:
-        for name in names:
-            if any(re.match(p, name) for p in spec["patterns"]):
-                assert name not in kind, f"{name} matched twice"
-                kind[name] = spec["partition_type"]
-    assert kind["layers.0.attn.wq.weight"] == kind["layers.3.mlp.gate.weight"] == "column"
-    assert kind["layers.1.attn.wo.weight"] == kind["layers.2.mlp.down.weight"] == "row"
-    assert len(kind) == 4 * 7  # 4 layers x (wq, wk, wv, wo, gate, up, down)
-    assert not any(n in kind for n in names if n.startswith(("embed", "pos_table", "start", "final_norm")))
 
 
 def test_lr_schedule_shapes():

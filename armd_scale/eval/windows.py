@@ -99,11 +99,14 @@ def pack_text(
             f"text inputs {list(inputs)} need a text tokenizer, but the checkpoint was trained on ids only "
             "(a synthetic source); evaluate it on shard sets"
         )
+    eos = codec.eos_id
+    if eos is None:
+        raise DataError(f"the tokenizer (sha256 {codec.sha256}) has no end-of-sequence id to separate documents")
     sources = expand_inputs(inputs, input_format=input_format)
     stream: list[int] = []
     for doc in iter_corpus(sources, text_field=text_field, doc_split=doc_split, input_format=input_format):
         stream.extend(codec.encode(doc))
-        stream.append(codec.eos_id)
+        stream.append(eos)
         if max_windows is not None and len(stream) >= max_windows * seq_len:
             break
     n = len(stream) // seq_len

@@ -145,6 +145,7 @@ def check_tokenizer(spec: str, expected_sha256: str, where: str) -> None:
     from ..data.errors import DataError
     from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
 
+    sha: str | None
     try:
         sha = load_tokenizer(spec).sha256
     except IdsOnlyTokenizer as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import OrderConfig
-from ..model.orders import make_order, shuffled_count
+from ..model.generation_orders import make_order, shuffled_count
 from ..rng import integers, seeded
 
 

@@ -1,4 +1,4 @@
-"""Generation orders and block structures (DESIGN 2.5).
+"""Generation orders and block structures (docs/ARCHITECTURE.md, Contract).
 
 Every function returns `(order, block)`, two LongTensors of shape [batch, seq_len]:
 `order[b, k]` is the original (text) position of the k-th generated token and `block[b, k]` its block

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from armd_scale.data.shards import ShardSetWriter
-from armd_scale.eval.data import open_eval_data
 from armd_scale.eval.text import IdCodec
+from armd_scale.eval.windows import open_eval_data
 
 
 def _shard_set(url: str, rows: np.ndarray, per_shard: int) -> str:

@@ -1,4 +1,4 @@
-"""DeepSpeed universal checkpoints: resharding to another world size or TP degree, and full weights.
+"""DeepSpeed universal checkpoints: resharding to another world size or TP degree, and their weights.
 
 What works with DeepSpeed 0.19 (each case measured: weights exact, resumed losses within 5e-7):
 - ZeRO-1/2/3: convert with `ds_to_universal`, load with `checkpoint.load_universal` on any data-parallel
@@ -21,41 +21,20 @@ import argparse
 import contextlib
 import glob
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_dir
 from ..config import ConfigError
-from .safe_load import assert_weights_only_loadable, deepspeed_safe_globals, safe_torch_load
-
-UNIVERSAL = "universal"
-LATEST_UNIVERSAL = "latest_universal"  # written by ds_to_universal beside the converted tag
-# Universal-checkpoint metadata for our parameters: none is a fused concatenation that would need
-# special TP merge rules. Set on the module before deepspeed.initialize; AutoTP replaces it with its
-# own (per-parameter row/column and replication patterns) when tensor parallelism is on.
-UNIVERSAL_CHECKPOINT_INFO = {"universal_checkpoint_version": 0.4}
+from .layout import LATEST_UNIVERSAL, UNIVERSAL, universal_tag_dir
+from .safe_load import assert_weights_only_loadable, safe_torch_load, weights_only_loading
 
 
 class ReshardError(ConfigError):
     """A checkpoint cannot be loaded on the requested topology."""
-
-
-@contextlib.contextmanager
-def weights_only_loading():
-    """Force `torch.load(weights_only=True)` for every load inside, DeepSpeed's own included."""
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(deepspeed_safe_globals()):
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def check_reshard(saved: dict, *, world_size: int, tp: int, zero_stage: int) -> bool:
@@ -65,7 +44,8 @@ def check_reshard(saved: dict, *, world_size: int, tp: int, zero_stage: int) -> 
         raise ReshardError(
             f"the checkpoint was trained with parallel.zero_stage={saved['zero_stage']} and the run asks for "
             f"{zero_stage}; DeepSpeed cannot change the ZeRO stage on resume. Resume with "
-            f"parallel.zero_stage={saved['zero_stage']}, or export the weights (armd convert --to export) and start a new run"
+            f"parallel.zero_stage={saved['zero_stage']}, or export the weights (armd convert --to export) "
+            "and start a new run"
         )
     universal_only = saved.get("layout") == UNIVERSAL  # no per-rank files left to load directly
     if same and not universal_only:
@@ -102,11 +82,8 @@ def convert_to_universal(folder: Path) -> Path:
             f"{folder} holds the universal checkpoint '{converted.name}' but is named '{folder.name}'; DeepSpeed "
             f"loads it by that tag: rename the folder to {converted.name}"
         )
-    staging = folder / f".{UNIVERSAL}.tmp{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_universal(folder, staging / folder.name)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_dir(target) as staging:  # a conversion cut short leaves no half-written universal/
+        write_universal(folder, staging / folder.name)
     return target
 
 
@@ -140,55 +117,6 @@ def write_universal(folder: Path, output: Path) -> None:
             ds_to_universal(args)
 
 
-def universal_tag_dir(folder: Path) -> Path | None:
-    """`folder/universal/<tag>` named by `latest_universal`, if the folder holds a converted checkpoint."""
-    latest = Path(folder) / UNIVERSAL / LATEST_UNIVERSAL
-    if not latest.is_file():
-        return None
-    tag_dir = latest.parent / latest.read_text().strip()
-    return tag_dir if tag_dir.is_dir() else None
-
-
-def full_state_dict(folder: Path, topology: dict) -> dict[str, torch.Tensor]:
-    """Complete fp32 weights of a checkpoint folder, with no DeepSpeed engine (tied aliases included)."""
-    folder = Path(folder)
-    if topology.get("layout") == UNIVERSAL:
-        tag_dir = universal_tag_dir(folder)
-        if tag_dir is None:
-            raise FileNotFoundError(
-                f"{folder} is marked universal but has no {UNIVERSAL}/{LATEST_UNIVERSAL} naming its tag"
-            )
-        return read_universal(tag_dir)
-    if topology["zero_stage"] == 0 and not glob.glob(str(folder / "*optim_states.pt")):
-        shards = [safe_torch_load(folder / f"mp_rank_{r:02d}_model_states.pt") for r in range(topology["tp"])]
-        state = merge_tp_shards([s["module"] for s in shards])
-        return {k: v.float() for k, v in state.items()}
-    return read_universal(convert_to_universal(folder) / folder.name)
-
-
-def merge_tp_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Merge AutoTP shards of a ZeRO-0 checkpoint: column-parallel weights on dim 0, row-parallel on dim 1."""
-    import re
-
-    from .engine import ARMD_TP_LAYER_SPECS
-
-    if len(shards) == 1:
-        return dict(shards[0])
-    dims = {"column": 0, "row": 1}
-    merged = {}
-    for name, first in shards[0].items():
-        dim = next(
-            (
-                dims[spec["partition_type"]]
-                for spec in ARMD_TP_LAYER_SPECS
-                if any(re.match(p, name) for p in spec["patterns"])
-            ),
-            None,
-        )
-        merged[name] = first if dim is None else torch.cat([s[name] for s in shards], dim=dim)
-    return merged
-
-
 def read_universal(folder: Path) -> dict[str, torch.Tensor]:
     """Full fp32 state dict from a universal checkpoint folder (`.../universal/<tag>`)."""
     folder = Path(folder)
@@ -209,6 +137,4 @@ def read_universal(folder: Path) -> dict[str, torch.Tensor]:
         if tensor.dim() == 1 and shape is not None and len(shape) > 1:  # ZeRO-3 stores flat tensors
             tensor = tensor.view(shape)
         state[name] = tensor.float()
-    for alias, source in (model_states.get("shared_params") or {}).items():
-        state[alias] = state[source]
-    return state
+    return state  # each tied tensor once, under the name DeepSpeed kept (model_io.load_weights restores ties)

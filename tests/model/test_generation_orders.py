@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from armd_scale.model.orders import (
+from armd_scale.model.generation_orders import (
     make_order,
     sbp_order,
     shuffled_count,

@@ -1,16 +1,21 @@
-"""Refuse checkpoints that would run code when loaded.
+"""Refuse checkpoints that would run code when loaded: the one place pickle-based files are opened.
 
-DeepSpeed reads its own files with full unpickling. Before handing a folder to it we open every
-pickle-based file with `torch.load(weights_only=True)`, which only rebuilds tensors and plain
-containers; a file carrying any other object (a malicious `__reduce__`, say) fails here, with the
-file and the offending global named, and nothing from it is executed.
+Our reads go through `safe_torch_load`: `torch.load(weights_only=True)`, which only rebuilds tensors
+and plain containers (plus three DeepSpeed record types). DeepSpeed reads its own files with full
+unpickling, so before handing a folder to it every pickle-based file is opened here first
+(`assert_weights_only_loadable`), and DeepSpeed's own loads run inside `weights_only_loading()`, which
+forces the restricted unpickler on them too. A file carrying any other object (a malicious
+`__reduce__`, say) fails with the file and the offending global named, and nothing from it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -42,6 +47,21 @@ def deepspeed_safe_globals() -> list:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [ZeroStageEnum, LossScaler, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Force `torch.load(weights_only=True)` for every load inside, DeepSpeed's own included."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
