@@ -201,11 +201,24 @@ class ProfileConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One shard set of a training mixture (an item of `data.train` given as a list)."""
+
+    # Shard-set URL of a split directory (local path, file://, s3://, ...).
+    path: str = ""
+    # Share of the mixture's samples (weights are normalised to sum to 1).
+    weight: float = 1.0
+    # At most this many passes over the source per epoch of the mixture (may be fractional).
+    epochs: float = 1.0
+
+
+@dataclass
 class DataConfig:
     """Where tokens come from (docs/DATA.md)."""
 
-    # Shard-set URLs (local path, file://, s3://, memory://) or a built-in corpus like `builtin:pydoc`.
-    train: str = "builtin:pydoc"
+    # A shard-set URL (local path, file://, s3://, memory://), a built-in corpus like `builtin:pydoc`, or a
+    # mixture: a list of {path, weight, epochs} (docs/DATA.md, "Mixtures").
+    train: str | list[SourceConfig] = "builtin:pydoc"
     val: str | None = None
     # Tokenizer directory; built into `cache_dir` automatically for built-in corpora.
     tokenizer: str | None = None
@@ -217,13 +230,47 @@ class DataConfig:
     seed: int = 1234
     num_workers: int = 0
     prefetch: int = 2
+    # A chunk that cannot be read or fails its checksum (after retries): stop, or skip it (docs/DATA.md).
     on_bad_shard: Literal["error", "skip"] = "error"
+    # Samples are shuffled within windows of this many chunks of each lane (docs/DATA.md, "Order").
+    shuffle_chunks: int = 4
+    # Node-local cache of chunks read from remote shards: a directory on a local disk, shared by the node's
+    # ranks and jobs (None: no cache), and its size bound in GiB (docs/DATA.md, "Chunk cache").
+    chunk_cache_dir: str | None = None
+    chunk_cache_gb: float = 20.0
 
     def validate(self) -> None:
-        _positive(self, "seq_len", "vocab_size")
+        _positive(self, "seq_len", "vocab_size", "shuffle_chunks", "chunk_cache_gb")
         if self.num_workers < 0 or self.prefetch < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} and data.prefetch={self.prefetch} must be >= 0")
         _at_least(self, 0, "seed")
+        if isinstance(self.train, list):
+            self._validate_mixture(self.train)
+
+    @staticmethod
+    def _validate_mixture(sources: list[SourceConfig]) -> None:
+        if not sources:
+            raise ConfigError("data.train=[] names no shard set; give a URL or a list of {path, weight, epochs}")
+        seen: dict[str, int] = {}
+        for i, source in enumerate(sources):
+            key = f"data.train[{i}]"
+            if not source.path:
+                raise ConfigError(f"{key}.path is missing: every mixture source needs the URL of a shard set")
+            if source.path.startswith(("builtin:", "synthetic:")):
+                raise ConfigError(
+                    f"{key}.path={source.path!r}: a mixture takes shard sets only; build it with `armd shards` and "
+                    "give the URL of its train split"
+                )
+            for name in ("weight", "epochs"):
+                value = getattr(source, name)
+                if not value > 0 or value == float("inf"):
+                    raise ConfigError(f"{key}.{name}={value} must be a number > 0")
+            if source.path.rstrip("/") in seen:
+                raise ConfigError(
+                    f"{key}.path={source.path!r} repeats data.train[{seen[source.path.rstrip('/')]}]; "
+                    "give each shard set once (weights add up)"
+                )
+            seen[source.path.rstrip("/")] = i
 
 
 @dataclass
@@ -486,8 +533,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _coerce(option, value, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}'={value!r} matches none of {tp}")
+                errors.append((option, str(e)))
+        # a list or mapping that fails inside is best explained by the option of its own shape
+        shaped = [msg for option, msg in errors if _shape_matches(option, value)]
+        if len(shaped) == 1:
+            raise ConfigError(shaped[0])
+        raise ConfigError(errors[0][1] if len(errors) == 1 else f"'{key}'={value!r} matches none of {tp}")
     if origin is Literal:
         allowed = get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
@@ -542,6 +593,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 def _group(obj: Any) -> str:
     return type(obj).__name__.replace("Config", "").lower()
+
+
+def _shape_matches(tp: Any, value: Any) -> bool:
+    """Whether `value` is a list for a list type, or a mapping for a dataclass or dict type."""
+    if isinstance(value, (list, tuple)):
+        return get_origin(tp) is list
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp) or get_origin(tp) is dict
+    return False
 
 
 def _positive(obj: Any, *names: str) -> None:

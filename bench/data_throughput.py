@@ -2,7 +2,7 @@
 
 Writes a synthetic shard set (random ids, so no tokenizer time is measured), then iterates one
 epoch per configuration and prints a Markdown table. Every read includes the SHA-256 check and
-tar decoding of each shard, as in training.
+decoding of each chunk, as in training.
 
     python bench/data_throughput.py [--samples 20000] [--seq-len 1024] [--repeats 3]
 """
@@ -25,11 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # this file, and they should start as light as they do under `armd train` (no torch import).
 
 
-def write_set(url: str, samples: int, seq_len: int, samples_per_shard: int, vocab: int) -> None:
+def write_set(
+    url: str, samples: int, seq_len: int, samples_per_shard: int, vocab: int, chunk_samples: int | None = None
+) -> None:
     from armd_scale.data.shards import ShardSetWriter
 
     rng = np.random.default_rng(0)
-    writer = ShardSetWriter(url, "train", seq_len, vocab, "bench" * 12 + "0000", samples_per_shard, None)
+    writer = ShardSetWriter(
+        url, "train", seq_len, vocab, "bench" * 12 + "0000", samples_per_shard, None, chunk_samples=chunk_samples
+    )
     for start in range(0, samples, samples_per_shard):
         n = min(samples_per_shard, samples - start)
         writer.add_samples(rng.integers(4, vocab, size=(n, seq_len)))

@@ -44,6 +44,13 @@ def test_yaml_file_path(tmp_path):
     assert load_config(path, ["model.n_layers=8"]).model.n_layers == 8
 
 
+def test_data_train_is_one_url_or_a_mixture():
+    assert load_config(overrides=["data.train=s3://b/owt/train"]).data.train == "s3://b/owt/train"
+    cfg = load_config(overrides=["data.train=[{path: a/train, weight: 0.7}, {path: b/train, weight: 0.3, epochs: 2}]"])
+    assert [(s.path, s.weight, s.epochs) for s in cfg.data.train] == [("a/train", 0.7, 1.0), ("b/train", 0.3, 2.0)]
+    assert config_from_dict(cfg.to_dict()) == cfg  # a checkpoint's saved config loads again
+
+
 def test_round_trip_through_dict():
     cfg = load_config(overrides=["model.d_model=64"])
     again = config_from_dict(cfg.to_dict())
@@ -69,6 +76,14 @@ def test_round_trip_through_dict():
         ("data.seq_len=4096", "data.seq_len=4096 exceeds model.max_seq_len"),
         ("model.n_layers", "must look like key.sub=value"),
         ("model.n_layers.x=1", "'n_layers' is a value, not a group"),
+        ("data.train=[{path: a, wieght: 2}]", "unknown key 'data.train[0].wieght'"),
+        ("data.train=[{path: a}, {path: b, weight: 0}]", "data.train[1].weight=0.0 must be a number > 0"),
+        ("data.train=[{path: a}, {weight: 1}]", "data.train[1].path is missing"),
+        ("data.train=[{path: a, epochs: many}]", "'data.train[0].epochs'='many' must be a number"),
+        ("data.train=[{path: builtin:pydoc}]", "data.train[0].path='builtin:pydoc': a mixture takes shard sets only"),
+        ("data.train=[{path: a}, {path: a/}]", "data.train[1].path='a/' repeats data.train[0]"),
+        ("data.train=[]", "data.train=[] names no shard set"),
+        ("data.shuffle_chunks=0", "data.shuffle_chunks=0 must be > 0"),
     ],
 )
 def test_invalid_values_name_key_value_and_choices(override, fragment):

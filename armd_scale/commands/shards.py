@@ -1,4 +1,5 @@
-"""`armd shards`: tokenize text into WebDataset shards with a manifest, or `--verify` a shard set."""
+"""`armd shards`: tokenize text into WebDataset shards with a manifest, `--verify` a shard set, or
+`--upgrade-manifest` an older one (chunk checksums for the loader's ranged reads)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from .common import positive_float, positive_int
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", metavar="URL", help="check every shard of URL (or URL/train and URL/val) against its manifest"
+    )
+    parser.add_argument(
+        "--upgrade-manifest",
+        metavar="URL",
+        help="add chunk checksums to the manifest of URL (or URL/train and URL/val) built by an older armd_scale, "
+        "or re-chunk it with --chunk-kb; reads every shard once, changes no shard and keeps the fingerprint",
     )
     parser.add_argument(
         "--tokenizer",
@@ -40,6 +47,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="picks the held-out documents")
     parser.add_argument("--samples-per-shard", type=positive_int, help="default: as many as fit --shard-size-mb")
     parser.add_argument("--shard-size-mb", type=positive_float, default=64.0)
+    parser.add_argument(
+        "--chunk-kb",
+        type=positive_float,
+        help="size of a chunk, the unit the loader reads and checksums (default 128 KiB; see docs/DATA.md)",
+    )
     parser.add_argument("--text-field", default="text", help="field / column holding the text (JSON, Parquet, hf:)")
     parser.add_argument(
         "--doc-split",
@@ -63,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return _verify(args) if args.verify else _build(args)
+        if args.verify:
+            return _verify(args)
+        if args.upgrade_manifest:
+            return _upgrade(args)
+        return _build(args)
     except DataError as e:
         print(f"armd shards: error: {e}", file=sys.stderr)
         return 1
@@ -80,6 +96,15 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{report.url}: {report.shards} shards, {report.samples} samples verified: {verdict}")
         status |= 0 if report.ok else 1
     return status
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from armd_scale.data.manifest_upgrade import upgrade_manifests
+
+    for m in upgrade_manifests(args.upgrade_manifest, chunk_kb=args.chunk_kb, progress=not args.no_progress):
+        chunks = sum(len(s.chunks) for s in m.shards)
+        print(f"{m.url}: {len(m.shards)} shards, {chunks} chunks of {m.chunk_samples} samples: manifest upgraded")
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -101,6 +126,8 @@ def _build(args: argparse.Namespace) -> int:
         parser.error(f"building shards needs {', '.join(missing)} (or use --verify URL)")
     start = time.perf_counter()
     size = dict(samples_per_shard=args.samples_per_shard, shard_size_mb=args.shard_size_mb)
+    if args.chunk_kb is not None:
+        size["chunk_kb"] = args.chunk_kb
     if synthetic:
         if len(args.input) != 1:
             parser.error("a synthetic source is sharded on its own: pass exactly one --input")

@@ -120,14 +120,14 @@ def _build(data_cfg: Any, root: Path, progress: bool) -> None:
 
 def ensure_builtin_dataset(
     data_cfg: Any, *, build: bool | None = None, progress: bool = False, wait_timeout_s: float = 900.0
-) -> tuple[str, str | None, str | None]:
+) -> tuple[Any, str | None, str | None]:
     """(train_url, val_url or None, tokenizer_dir) for `data_cfg` (a `DataConfig`).
 
     For `builtin:`/`synthetic:` specs the data set is built into `data.cache_dir` on first use
     (by this process if `build`, default: when LOCAL_RANK is 0 or unset; otherwise it waits up to
-    `wait_timeout_s` for the builder). Real URLs are returned unchanged with `data.tokenizer`.
-    An explicit `data.val` always wins over the built validation split."""
-    if not is_builtin(data_cfg.train):
+    `wait_timeout_s` for the builder). Real URLs, and mixtures (a list of sources), are returned
+    unchanged with `data.tokenizer`. An explicit `data.val` always wins over the built validation split."""
+    if not isinstance(data_cfg.train, str) or not is_builtin(data_cfg.train):
         return data_cfg.train, data_cfg.val, data_cfg.tokenizer
     root = builtin_cache_dir(data_cfg)
     if build is None:

@@ -16,12 +16,14 @@ class DataMismatchError(DataError):
 
 
 class BadShardError(DataError):
-    """A shard is missing, truncated or fails its checksum. `url` names the shard, `reason` says why."""
+    """A shard (or one chunk of it) is missing, truncated or fails its checksum. `url` names the
+    shard, `chunk` the chunk index within it when only a chunk was read, `reason` says why."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, chunk: int | None = None) -> None:
         super().__init__(f"bad shard {url}: {reason}")
         self.url = url
         self.reason = reason
+        self.chunk = chunk
 
-    def __reduce__(self):  # keep `url` and `reason` when the error crosses a process boundary
-        return (type(self), (self.url, self.reason))
+    def __reduce__(self):  # keep `url`, `reason` and `chunk` when the error crosses a process boundary
+        return (type(self), (self.url, self.reason, self.chunk))

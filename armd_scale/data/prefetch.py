@@ -1,4 +1,4 @@
-"""Background helpers for the loader: a prefetching thread and a shard cache with read-ahead.
+"""Background helpers for the loader: a prefetching thread and a chunk store with read-ahead.
 
 Kept apart from the loader's indexing logic because they only move work off the training thread;
 they never change which samples are produced, so batches are identical with or without them.
@@ -9,12 +9,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
 import numpy as np
+
+from armd_scale.data.errors import BadShardError
 
 T = TypeVar("T")
 _END = object()
@@ -74,51 +76,92 @@ class _Raise:
         self.error = error
 
 
-class ShardCache:
-    """Loads shards by running `task(index)()`, ahead of need on `executor` (worker processes or
-    threads; None loads on demand in the calling thread). `task` returns a picklable callable (a
-    `functools.partial` of a module-level function), so only one shard's arguments cross the
-    process boundary per load.
+class ChunkStore:
+    """The chunks a rank needs now or soon, loaded by running `task(key)()`: ahead of need on
+    `executor` (worker processes or threads), or on demand in the calling thread when it is None.
+    `task` returns a picklable callable (a `functools.partial` of a module-level function), so only
+    one chunk's arguments cross the process boundary per load.
 
-    `want(indices)` announces the shards needed next (in order); `get(index)` returns one, waiting
-    for it if necessary. Errors (a bad shard) are raised by `get`, in the consumer's order."""
+    acquire(key) announces a need (a reference count; the first one starts the load), release(key)
+    ends one, and the chunk is dropped when none is left, so memory holds what the planned steps
+    use and nothing more. get(key) returns the chunk, waiting for its load; a key that was never
+    acquired (a stand-in for a bad chunk) is loaded on demand and kept among a few `spare` ones.
+    A load that fails with `BadShardError` keeps that error and raises it on every get."""
 
-    def __init__(self, task: Callable[[int], Callable[[], np.ndarray]], *, executor: Executor | None, capacity: int):
+    def __init__(self, task: Callable[[int], Callable[[], np.ndarray]], *, executor: Executor | None, spare: int = 4):
         self._task = task
         self._executor = executor
-        self._capacity = max(2, capacity)
-        self._entries: OrderedDict[int, Future | np.ndarray] = OrderedDict()
+        self._refs: dict[int, int] = {}
+        self._entries: dict[int, Future | np.ndarray | BadShardError] = {}
+        self._spare: OrderedDict[int, np.ndarray | BadShardError] = OrderedDict()
+        self._spare_size = spare
 
-    def want(self, indices: Iterable[int]) -> None:
-        if self._executor is None:
+    def __len__(self) -> int:
+        """Chunks held or loading."""
+        return len(self._entries) + len(self._spare)
+
+    def acquire(self, key: int) -> None:
+        count = self._refs.get(key, 0)
+        self._refs[key] = count + 1
+        if count == 0 and key not in self._entries:
+            spare = self._spare.pop(key, None)
+            if spare is not None:
+                self._entries[key] = spare
+            elif self._executor is not None:
+                self._entries[key] = self._executor.submit(self._task(key))
+
+    def release(self, key: int) -> None:
+        count = self._refs[key] - 1
+        if count:
+            self._refs[key] = count
             return
-        for index in indices:
-            if index not in self._entries:
-                self._entries[index] = self._executor.submit(self._task(index))
-        self._trim()
+        del self._refs[key]
+        entry = self._entries.pop(key, None)
+        if isinstance(entry, Future):
+            entry.cancel()
 
-    def get(self, index: int) -> np.ndarray:
-        entry = self._entries.pop(index, None)
-        if entry is None:
-            entry = self._task(index)()
-        elif isinstance(entry, Future):
-            entry = entry.result()  # raises the worker's error here, in order
-        self._entries[index] = entry
-        self._trim()
+    def get(self, key: int) -> np.ndarray:
+        entry = self._entries.get(key)
+        if type(entry) is np.ndarray:  # the common case, kept cheap: it runs once per sample
+            return entry
+        if key in self._refs:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = self._load(key)
+            elif isinstance(entry, Future):
+                entry = self._entries[key] = self._result(entry)
+        else:
+            entry = self._spare.pop(key, None)
+            if entry is None:
+                entry = self._load(key)
+            self._spare[key] = entry
+            while len(self._spare) > self._spare_size:
+                self._spare.popitem(last=False)
+        if isinstance(entry, BadShardError):
+            raise entry
         return entry
 
-    def _trim(self) -> None:
-        while len(self._entries) > self._capacity:
-            _, old = self._entries.popitem(last=False)
-            if isinstance(old, Future):
-                old.cancel()
+    def _load(self, key: int) -> np.ndarray | BadShardError:
+        try:
+            return self._task(key)()
+        except BadShardError as e:
+            return e
+
+    @staticmethod
+    def _result(future: Future) -> np.ndarray | BadShardError:
+        try:
+            return future.result()  # a worker's other errors are raised here, in order
+        except BadShardError as e:
+            return e
 
     def close(self) -> None:
-        """Drop cached shards and cancel loads not yet started (the executor stays up)."""
+        """Drop every chunk and cancel loads not yet started (the executor stays up)."""
         for entry in self._entries.values():
             if isinstance(entry, Future):
                 entry.cancel()
         self._entries.clear()
+        self._spare.clear()
+        self._refs.clear()
 
 
 def make_executor(workers: int, processes: bool) -> Executor | None:
@@ -128,4 +171,4 @@ def make_executor(workers: int, processes: bool) -> Executor | None:
         return None
     if processes:
         return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-    return ThreadPoolExecutor(workers, thread_name_prefix="armd-shard")
+    return ThreadPoolExecutor(workers, thread_name_prefix="armd-chunk")

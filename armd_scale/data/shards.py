@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,9 +29,27 @@ from tqdm import tqdm
 
 from armd_scale import __version__
 from armd_scale.data.errors import BadShardError, DataError
-from armd_scale.data.manifest import MANIFEST_FILE, Manifest, ShardEntry, dtype_for_vocab, read_manifest, write_manifest
-from armd_scale.data.sample_order import holdout
-from armd_scale.data.shardio import FIELD_BY_DTYPE, NUMPY_DTYPE, load_shard
+from armd_scale.data.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    ShardEntry,
+    dtype_for_vocab,
+    read_manifest,
+    split_urls,
+    write_manifest,
+)
+from armd_scale.data.permutations import holdout
+from armd_scale.data.shardio import (
+    DEFAULT_CHUNK_KB,
+    FIELD_BY_DTYPE,
+    NUMPY_DTYPE,
+    chunk_checksums,
+    chunk_samples_for,
+    decode_shard,
+    fetch_shard,
+    fixed_layout_chunks,
+    record_bytes,
+)
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer, encode_chunks_in_worker, init_encode_worker, load_tokenizer
 from armd_scale.data.urls import StorageOptions, exists, join_url, remove, sha256_bytes, url_to_fs, write_atomic
@@ -48,9 +65,7 @@ SPLITS = ("train", "val")
 
 def samples_for_size(seq_len: int, dtype: str, shard_size_mb: float) -> int:
     """How many samples fit a shard of about `shard_size_mb` MiB (tar header + padded payload each)."""
-    payload = seq_len * np.dtype(NUMPY_DTYPE[dtype]).itemsize
-    record = 512 + math.ceil(payload / 512) * 512
-    return max(1, int(shard_size_mb * (1 << 20)) // record)
+    return max(1, int(shard_size_mb * (1 << 20)) // record_bytes(seq_len, dtype))
 
 
 def encode_shard(samples: np.ndarray, first_index: int, dtype: str) -> bytes:
@@ -73,7 +88,8 @@ def encode_shard(samples: np.ndarray, first_index: int, dtype: str) -> bytes:
 
 @dataclass
 class ShardSetWriter:
-    """Packs a token stream into seq_len samples and writes full shards as they fill.
+    """Packs a token stream into seq_len samples and writes full shards as they fill, with a
+    SHA-256 per chunk of `chunk_samples` records (default: chunks of about DEFAULT_CHUNK_KB).
 
     `finish()` writes the last (smaller) shard and then the manifest; until then the split is
     incomplete by construction.
@@ -89,9 +105,14 @@ class ShardSetWriter:
     build: dict[str, Any] = field(default_factory=dict)
     tokenizer_meta: dict[str, Any] = field(default_factory=dict)
     storage_options: StorageOptions = None
+    chunk_samples: int | None = None
 
     def __post_init__(self) -> None:
         self.dtype = dtype_for_vocab(self.vocab_size)
+        if self.chunk_samples is None:
+            self.chunk_samples = chunk_samples_for(self.seq_len, self.dtype, DEFAULT_CHUNK_KB)
+        if self.chunk_samples < 1:
+            raise DataError(f"chunk_samples={self.chunk_samples} must be >= 1")
         self.entries: list[ShardEntry] = []
         # One shard's worth of ids in the shard's dtype, filled in place: memory stays at one shard
         # whatever the corpus (a list of per-document arrays cost ~4x that in array headers).
@@ -138,7 +159,9 @@ class ShardSetWriter:
         name = SHARD_NAME.format(len(self.entries))
         data = encode_shard(samples, self._samples, self.dtype)
         write_atomic(join_url(self.url, name), data, self.storage_options)
-        self.entries.append(ShardEntry(name, len(samples), sha256_bytes(data), len(data)))
+        assert self.chunk_samples is not None
+        chunks = chunk_checksums(data, len(samples), record_bytes(self.seq_len, self.dtype), self.chunk_samples)
+        self.entries.append(ShardEntry(name, len(samples), sha256_bytes(data), len(data), chunks))
         self._samples += len(samples)
 
     def finish(self) -> Manifest:
@@ -161,6 +184,7 @@ class ShardSetWriter:
             build=self.build,
             tokenizer=self.tokenizer_meta,
             url=self.url.rstrip("/"),
+            chunk_samples=self.chunk_samples,
             totals={
                 "shards": len(self.entries),
                 "samples": self._samples,
@@ -255,6 +279,7 @@ def build_shards(
     workers: int = 1,
     samples_per_shard: int | None = None,
     shard_size_mb: float = 64.0,
+    chunk_kb: float = DEFAULT_CHUNK_KB,
     text_field: str = "text",
     doc_split: DocSplit = "file",
     input_format: str = "auto",
@@ -312,6 +337,7 @@ def build_shards(
             build=build,
             tokenizer_meta=tok.describe(),
             storage_options=storage_options,
+            chunk_samples=chunk_samples_for(seq_len, dtype, chunk_kb),
         )
         for s in splits
     }
@@ -353,6 +379,7 @@ def build_synthetic_shards(
     seed: int = 0,
     samples_per_shard: int | None = None,
     shard_size_mb: float = 64.0,
+    chunk_kb: float = DEFAULT_CHUNK_KB,
     overwrite: bool = False,
     storage_options: StorageOptions = None,
 ) -> dict[str, Manifest]:
@@ -394,6 +421,7 @@ def build_synthetic_shards(
             build=build,
             tokenizer_meta={"kind": "synthetic", "source": spec},
             storage_options=storage_options,
+            chunk_samples=chunk_samples_for(seq_len, dtype, chunk_kb),
         )
         writer.add_samples(source.sample(count, seq_len, seed=stream) + SYNTHETIC_TOKEN_OFFSET)
         manifests[split] = writer.finish()
@@ -414,23 +442,29 @@ class VerifyReport:
 
 def verify_shards(url: str, *, progress: bool = False, storage_options: StorageOptions = None) -> list[VerifyReport]:
     """Check every shard of the set at `url` (or of its train/ and val/ splits) against the
-    manifest: presence, size, SHA-256, tar structure, sample count and token ids < vocab_size."""
-    url = url.rstrip("/")
-    if exists(join_url(url, MANIFEST_FILE), storage_options):
-        targets = [url]
-    else:
-        targets = [join_url(url, s) for s in SPLITS if exists(join_url(url, s, MANIFEST_FILE), storage_options)]
-        if not targets:
-            read_manifest(url, storage_options)  # raises the explanatory error
+    manifest: presence, size, SHA-256, tar structure, sample count, every chunk checksum (format 2)
+    and token ids < vocab_size."""
     reports = []
-    for target in targets:
+    for target in split_urls(url, storage_options):
         m = read_manifest(target, storage_options)
         bad: list[tuple[str, str]] = []
         samples = 0
         for i, entry in enumerate(tqdm(m.shards, desc=f"verify {m.split}", unit="shard", disable=not progress)):
             shard_url = m.shard_url(i)
             try:
-                arr = load_shard(shard_url, entry, seq_len=m.seq_len, dtype=m.dtype, storage_options=storage_options)
+                data = fetch_shard(shard_url, entry, storage_options)
+                arr = decode_shard(
+                    data, url=shard_url, seq_len=m.seq_len, dtype=m.dtype, expected_samples=entry.samples
+                )
+                if m.chunk_samples is not None:
+                    sums = fixed_layout_chunks(data, m, i, m.chunk_samples)
+                    wrong = [c for c, (a, b) in enumerate(zip(sums, entry.chunks, strict=True)) if a != b]
+                    if wrong:
+                        raise BadShardError(
+                            shard_url,
+                            f"chunk checksum mismatch in chunk(s) {wrong[:8]}: the manifest's chunk list does not "
+                            "describe this shard; rewrite it with `armd shards --upgrade-manifest`",
+                        )
                 if arr.size and int(arr.max()) >= m.vocab_size:
                     raise BadShardError(shard_url, f"token id {int(arr.max())} >= vocab_size {m.vocab_size}")
                 samples += len(arr)

@@ -46,7 +46,7 @@ from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopDuringSetup, StopRequest
 from .profiler import StepProfiler
-from .run_data import TrainData, open_train_data
+from .run_data import TrainData, loader_state_of_all_ranks, open_train_data
 from .run_lock import run_dir_lock
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
@@ -374,7 +374,7 @@ class _Run:
                 f"step {step}: {local or 'a tensor on another rank'} holds NaN or inf, so no checkpoint was written "
                 f"({last} stays the last finite state); resume with a lower train.lr"
             )
-        state, loader = self.state.to_dict(), self.loader.state_dict()
+        state, loader = self.state.to_dict(), loader_state_of_all_ranks(self.loader)
         self.checkpointer.save(self.engine, step, trainer=state, loader=loader, retain=retain)
         self.unconfirmed_save = not retain
         return True

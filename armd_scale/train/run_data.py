@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from ..data.builtin import ensure_builtin_dataset
 from ..data.loader import ShardLoader
 from ..data.manifest import read_manifest
+from ..data.mixture import MixtureSource
 from .distributed import DistInfo, barrier
 from .engine import BatchLayout
 
@@ -15,7 +19,7 @@ from .engine import BatchLayout
 @dataclass
 class TrainData:
     cfg: Config
-    train_url: str
+    train_sources: list[MixtureSource]  # one shard set, or the sources of a mixture
     val_url: str | None
     tokenizer_dir: str | None
     tokenizer_sha256: str
@@ -27,7 +31,7 @@ class TrainData:
         """pin_memory: batches in page-locked memory, so the copy to a GPU is asynchronous (CUDA only)."""
         d = self.cfg.data
         return ShardLoader(
-            self.train_url,
+            self.train_sources,
             global_batch_size=layout.global_batch,
             micro_batch_size=layout.micro_batch,
             rank=dp_rank,
@@ -39,6 +43,13 @@ class TrainData:
             expect_tokenizer_sha=self.tokenizer_sha256,
             expect_seq_len=d.seq_len,
             pin_memory=pin_memory,
+            **self._chunk_options(),
+        )
+
+    def _chunk_options(self) -> dict[str, Any]:
+        d = self.cfg.data
+        return dict(
+            shuffle_chunks=d.shuffle_chunks, cache_dir=d.chunk_cache_dir, cache_bytes=int(d.chunk_cache_gb * 2**30)
         )
 
     def val_loader(self, micro_batch: int, dp_rank: int, dp_world: int) -> ShardLoader | None:
@@ -56,14 +67,40 @@ class TrainData:
             expect_tokenizer_sha=self.tokenizer_sha256,
             expect_seq_len=self.cfg.data.seq_len,
             loop=False,
+            **self._chunk_options(),
         )
+
+
+def loader_state_of_all_ranks(loader: ShardLoader) -> dict[str, Any]:
+    """The loader state to checkpoint. Collective: every rank calls it. Each rank reads only its
+    own chunks, so with on_bad_shard=skip each knows only the bad chunks it met; the saved state
+    lists those of all ranks, so a resumed run (on any world size) skips every one of them."""
+    if loader.on_bad_shard == "skip" and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, loader.state_dict())
+        for state in states:
+            loader.add_bad_chunks(state)
+    return loader.state_dict()
 
 
 def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
     """Resolve `data.train`/`data.val` (building built-in corpora once) and check them against the model."""
-    train_url, val_url, tokenizer_dir = ensure_builtin_dataset(cfg.data, progress=dist_info.is_main)
+    train, val_url, tokenizer_dir = ensure_builtin_dataset(cfg.data, progress=dist_info.is_main)
     barrier()
+    if isinstance(train, str):
+        sources = [MixtureSource(train)]
+    else:
+        sources = [MixtureSource(s.path.rstrip("/"), s.weight, s.epochs) for s in train]
+    train_url = sources[0].url
     manifest = read_manifest(train_url)
+    for i, source in enumerate(sources[1:], start=1):
+        other = read_manifest(source.url)
+        if (other.tokenizer_sha256, other.seq_len) != (manifest.tokenizer_sha256, manifest.seq_len):
+            raise ConfigError(
+                f"data.train[{i}] ({source.url}) holds seq_len {other.seq_len} from tokenizer "
+                f"{other.tokenizer_sha256[:12]}, but data.train[0] ({train_url}) seq_len {manifest.seq_len} from "
+                f"tokenizer {manifest.tokenizer_sha256[:12]}: a mixture needs one tokenizer and one seq_len"
+            )
     if manifest.seq_len != cfg.data.seq_len:
         raise ConfigError(
             f"shards at {train_url} hold sequences of {manifest.seq_len} tokens but data.seq_len={cfg.data.seq_len}"
@@ -78,7 +115,7 @@ def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
                 f"validation shards {val_url} were built with tokenizer {val.tokenizer_sha256[:12]} but the "
                 f"training shards with {manifest.tokenizer_sha256[:12]}"
             )
-    return TrainData(cfg, train_url, val_url, tokenizer_dir, manifest.tokenizer_sha256, manifest.vocab_size)
+    return TrainData(cfg, sources, val_url, tokenizer_dir, manifest.tokenizer_sha256, manifest.vocab_size)
 
 
 def fit_model_vocab(cfg: Config, tokenizer_vocab: int, where: str) -> None:

@@ -76,18 +76,22 @@ def write_indexed_set(
     samples_per_shard: int = 64,
     vocab_size: int = 5000,
     tokenizer_sha: str = "t" * 64,
+    chunk_samples: int = 8,
+    first_id: int = 0,
 ) -> Manifest:
-    """A shard set whose sample i is [i, i, ..., i]: content says which sample it is."""
-    assert num_samples < vocab_size
-    writer = ShardSetWriter(url, "train", seq_len, vocab_size, tokenizer_sha, samples_per_shard, None)
-    ids = np.repeat(np.arange(num_samples, dtype=np.int64), seq_len).reshape(num_samples, seq_len)
+    """A shard set whose sample i is [first_id + i, ...] (seq_len times): content says which sample it is."""
+    assert first_id + num_samples < vocab_size
+    writer = ShardSetWriter(
+        url, "train", seq_len, vocab_size, tokenizer_sha, samples_per_shard, None, chunk_samples=chunk_samples
+    )
+    ids = np.repeat(np.arange(first_id, first_id + num_samples, dtype=np.int64), seq_len).reshape(num_samples, seq_len)
     writer.add_samples(ids)
     return writer.finish()
 
 
 @pytest.fixture()
 def indexed_set(tmp_path: Path) -> str:
-    """1000 samples in 16 shards (the last one smaller: 15 x 64 + 40)."""
+    """1000 samples in 16 shards (the last one smaller: 15 x 64 + 40), chunks of 8 samples."""
     url = str(tmp_path / "indexed")
     write_indexed_set(url, 1000)
     return url

@@ -65,6 +65,20 @@ def test_tokenizer_then_shards_then_verify(tmp_path: Path, corpus_dir: Path, cap
     assert "OK" in capsys.readouterr().out
 
 
+def test_upgrade_manifest_adds_chunk_checksums(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = "synthetic:markov?vocab=4&samples=300&val_samples=40"
+    assert main(["shards", "--input", spec, "--seq-len", "8", "--out", str(tmp_path), "--no-progress"]) == 0
+    before = read_manifest(str(tmp_path / "train"))
+    assert before.chunk_samples == 128  # 128 KiB chunks of 1 KiB records
+    assert main(["shards", "--upgrade-manifest", str(tmp_path), "--chunk-kb", "32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'train'}: 1 shards, 10 chunks of 32 samples: manifest upgraded" in out
+    after = read_manifest(str(tmp_path / "train"))
+    assert after.chunk_samples == 32 and after.fingerprint == before.fingerprint
+    assert read_manifest(str(tmp_path / "val")).chunk_samples == 32
+    assert main(["shards", "--verify", str(tmp_path), "--no-progress"]) == 0
+
+
 def test_synthetic_shards_need_no_tokenizer(tmp_path: Path) -> None:
     assert (
         main(

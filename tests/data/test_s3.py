@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from armd_scale.data.loader import ShardLoader  # noqa: E402
 from armd_scale.data.manifest import read_manifest  # noqa: E402
 from armd_scale.data.shards import build_shards, verify_shards  # noqa: E402
 from armd_scale.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
-from armd_scale.data.urls import url_to_fs  # noqa: E402
+from armd_scale.data.urls import RetryPolicy, url_to_fs  # noqa: E402
 from armd_scale.ports import free_port  # noqa: E402
 from tests.data.conftest import shard_stream  # noqa: E402
 
@@ -46,11 +47,23 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log, timeout_s: float)
             time.sleep(0.05)  # poll interval, not synchronisation: the loop checks readiness
 
 
+@dataclass
+class S3Server:
+    url: str
+    log: Path  # one line per request, as the server saw it
+
+    def shard_gets(self) -> list[str]:
+        """The server's log lines of GET requests for shard objects so far."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [line for line in lines if '"GET ' in line and ".tar" in line]
+
+
 @pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     port = free_port()
     # the server logs every request: to a file, since an unread pipe would fill up and stall it
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w+b")
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    log = open(log_path, "w+b")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
     )
@@ -70,7 +83,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         s3fs.S3FileSystem.clear_instance_cache()
         fs, _ = url_to_fs(f"s3://{BUCKET}")
         fs.mkdir(BUCKET)
-        yield endpoint
+        yield S3Server(endpoint, log_path)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -86,7 +99,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> None:
+def test_s3_round_trip(s3_endpoint: S3Server, tmp_path: Path, corpus_dir: Path) -> None:
     tok_url = f"s3://{BUCKET}/tokenizer"
     tok = train_tokenizer(["builtin:pydoc"], tok_url, vocab_size=200)
     assert load_tokenizer(tok_url).sha256 == tok.sha256
@@ -101,7 +114,7 @@ def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> No
     fs, path = url_to_fs(out)
     assert not [p for p in fs.find(path) if ".tmp-" in p], "temporary objects left behind"
 
-    def batches(url: str, workers: int) -> list:
+    def batches(url: str, workers: int, **kw) -> list:
         loader = ShardLoader(
             url,
             global_batch_size=16,
@@ -113,11 +126,24 @@ def test_s3_round_trip(s3_endpoint: str, tmp_path: Path, corpus_dir: Path) -> No
             loop=False,
             expect_tokenizer_sha=tok.sha256,
             expect_seq_len=32,
+            retry=RetryPolicy(attempts=2, first_delay_s=0.01),
+            **kw,
         )
         return [b.tolist() for b in loader]
 
     on_s3 = batches(out + "/train", workers=1)  # a worker process reads from S3 with the same settings
     assert on_s3 == batches(str(tmp_path / "local" / "train"), workers=0) and len(on_s3) > 10
+
+    # through a node cache: the first reader fetches each chunk once (one ranged GET), the next one nothing
+    cache = str(tmp_path / "cache")
+    gets = len(s3_endpoint.shard_gets())
+    assert batches(out + "/train", workers=0, cache_dir=cache) == on_s3
+    fetched = s3_endpoint.shard_gets()[gets:]
+    chunks = sum(len(s.chunks) for s in read_manifest(out + "/train").shards)
+    assert len(fetched) == chunks and all(" 206 " in line for line in fetched)  # 206: partial content
+    gets = len(s3_endpoint.shard_gets())
+    assert batches(out + "/train", workers=1, cache_dir=cache) == on_s3
+    assert len(s3_endpoint.shard_gets()) == gets
 
     m = read_manifest(out + "/train")
     bad = m.shard_url(1)

@@ -12,7 +12,7 @@ from armd_scale.cli import main
 from armd_scale.data.errors import DataError
 from armd_scale.data.loader import ShardLoader
 from armd_scale.data.manifest import dtype_for_vocab, read_manifest
-from armd_scale.data.sample_order import holdout
+from armd_scale.data.permutations import holdout
 from armd_scale.data.shards import ShardSetWriter, build_shards, verify_shards
 from armd_scale.data.textio import expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer

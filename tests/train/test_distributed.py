@@ -1,5 +1,7 @@
 """Two gloo processes: ZeRO stages and tensor parallelism reproduce the single-process run."""
 
+import json
+
 import pytest
 
 from .conftest import run_train
@@ -75,3 +77,39 @@ def test_impossible_reshard_is_refused_with_a_reason(tmp_path, data_cache):
     b = run_train(run_dir, data_cache, "parallel.zero_stage=2", nproc=1)
     assert b.returncode == 1
     assert "parallel.zero_stage=0 and the run asks for 2" in b.output
+
+
+def test_the_checkpoint_lists_bad_chunks_that_only_another_rank_met(tmp_path, data_cache):
+    """Ranks read different chunks, so with data.on_bad_shard=skip only the rank that reads a bad
+    chunk knows it. The saved loader state (written by rank 0) must still list a bad chunk that only
+    rank 1 read, or a resumed run would train on it."""
+    import shutil
+    from pathlib import Path
+
+    from armd_scale.data.loader import ShardLoader
+
+    (built,) = data_cache.glob("builtin-pydoc-*")
+    data = tmp_path / "data"
+    shutil.copytree(built, data)
+    plan = dict(global_batch_size=8, micro_batch_size=2, world_size=2, seed=1234, prefetch=0)
+    ranks = [ShardLoader(str(data / "train"), rank=r, **plan) for r in range(2)]
+    first_windows = [{k for lane in ld.lanes for k in ld.order.window_at(0, lane, 0).keys[:3]} for ld in ranks]
+    key = min(first_windows[1] - first_windows[0])  # read by rank 1 in the first steps, never by rank 0
+    _, shard_url, chunk = ranks[1].chunk_name(key)
+    manifest = ranks[1].manifests[0]
+    start = chunk * manifest.chunk_samples * 1024  # records of 1 KiB at seq_len 32
+    path = Path(shard_url)
+    raw = bytearray(path.read_bytes())
+    raw[start + 600] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    overrides = (
+        f"data.train={data}/train",
+        f"data.val={data}/val",
+        f"data.tokenizer={data}/tokenizer",
+        "data.on_bad_shard=skip",
+        "train.stop_at_step=3",
+    )
+    run = run_train(tmp_path / "run", data_cache, *overrides, nproc=2)
+    assert run.status()["code"] == 75, run.output[-3000:]
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "meta.json").read_text())
+    assert meta["loader"]["sources"][0]["bad_chunks"] == {path.name: [chunk]}

@@ -205,3 +205,29 @@ def test_max_minutes_saves_and_exits_75(tmp_path, data_cache):
     assert status["code"] == 75 and status["reason"] == "train.max_minutes reached"
     assert 1 <= status["step"] < 500 and run.checkpoints()[-1] == f"step_{status['step']:08d}"
     assert "stopping at step" in run.output
+
+
+@pytest.mark.slow
+def test_a_mixture_of_shard_sets_trains_and_resumes_exactly(tmp_path, data_cache):
+    """data.train as a list: the pydoc train and validation splits mixed 80/20 (the small one read up
+    to 4 times per mixture epoch); a stop and resume gives the uninterrupted run's losses."""
+    (built,) = data_cache.glob("builtin-pydoc-*")
+    overrides = (
+        f"data.train=[{{path: {built}/train, weight: 0.8}}, {{path: {built}/val, weight: 0.2, epochs: 4}}]",
+        f"data.val={built}/val",
+        f"data.tokenizer={built}/tokenizer",
+        "train.eval_every=3",
+    )
+    reference = run_train(tmp_path / "ref", data_cache, *overrides)
+    assert reference.returncode == 0, reference.output[-3000:]
+    first = run_train(tmp_path / "run", data_cache, *overrides, "train.stop_at_step=3")
+    assert first.returncode == 75, first.output[-3000:]
+    second = run_train(tmp_path / "run", data_cache, *overrides)
+    assert second.returncode == 0, second.output[-3000:]
+    assert second.losses() == reference.losses() and sorted(second.losses()) == [1, 2, 3, 4, 5, 6]
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step_00000006" / "meta.json").read_text())
+    sources = meta["loader"]["sources"]
+    assert [(s["url"], s["weight"], s["epochs"]) for s in sources] == [
+        (f"{built}/train", 0.8, 1.0),
+        (f"{built}/val", 0.2, 4.0),
+    ]
