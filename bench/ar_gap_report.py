@@ -66,16 +66,25 @@ def read_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def run_facts(run_dir: Path) -> dict | None:
-    """Curve, FLOPs per training token, tokens per step and random-order NLL of one finished run."""
-    if not finished(run_dir):
+    """Curve, FLOPs per training token, tokens per step and random-order NLL of one finished run.
+
+    A run stopped before its last step counts too when its learning rate is constant after warm-up:
+    then its model at step k is the model a k-step run would have reached, so its numbers are read at
+    the last step it evaluated (marked `partial`). Other unfinished runs are left out."""
+    if not (run_dir / "config.yaml").exists():
         return None
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg = config_from_dict(raw, str(run_dir / "config.yaml"))
     curve = read_curve(run_dir)
+    partial = not finished(run_dir)
+    if partial and (cfg.train.lr_schedule != "constant" or len(curve) < 2):
+        return None
     facts = {
         "curve": curve,
         "final": curve[-1][1],
-        "steps": cfg.train.steps,
+        "partial": partial,
+        "planned_steps": cfg.train.steps,
+        "steps": curve[-1][0] if partial else cfg.train.steps,
         "flops_per_token": training_flops_per_token(cfg.model, cfg.data.seq_len),
         "tokens_per_step": cfg.train.global_batch_size * cfg.data.seq_len,
         "constant_lr": cfg.train.lr_schedule == "constant",
@@ -133,6 +142,7 @@ def summarize(variants: dict) -> list[dict]:
             "final_per_seed": [v["seeds"][s]["final"] for s in sorted(v["seeds"])],
             "final": statistics.fmean(finals),
             "steps": any_facts["steps"],
+            "partial_of": any_facts["planned_steps"] if any(f["partial"] for f in v["seeds"].values()) else None,
             "train_flops": any_facts["flops_per_token"] * any_facts["tokens_per_step"] * any_facts["steps"],
         }
         randoms = [f["random_nll"] for f in v["seeds"].values() if "random_nll" in f]
@@ -144,6 +154,9 @@ def summarize(variants: dict) -> list[dict]:
             ref_facts = next(iter(ref["seeds"].values()))
             ref_flops = ref_facts["flops_per_token"] * ref_facts["tokens_per_step"] * ref_facts["steps"]
             row["gap_equal_steps"] = row["final"] - ref_final if row["steps"] == ref_facts["steps"] else None
+            if row["gap_equal_steps"] is None and any_facts["constant_lr"] and ref_facts["constant_lr"]:
+                at = interpolate(mean_curve(ref, lambda f: [(float(x), y) for x, y in f["curve"]]), row["steps"])
+                row["gap_equal_steps"] = None if at is None else row["final"] - at
             row["flops_vs_ar"] = row["train_flops"] / ref_flops
             if any_facts["constant_lr"] and ref_facts["constant_lr"] and v["name"] != "ar":
                 row["gap_equal_flops"] = gap_at_equal_flops(v, ref)
@@ -196,7 +209,9 @@ def markdown(rows: list[dict]) -> str:
         "(`ar`, same schedule and steps); `FLOPs` = training FLOPs relative to that AR run. The last column "
         "is the run's line in bench/ar_gap_runs.txt: `@old` = the input before the study (no neighbour heads, "
         "W_s ~ N(0, 0.02)), `@paper` = the paper's (no positional start), `@nb` = paper + 4 neighbour heads, "
-        "`@new` = nb + positional start with W_s starting at zero (the new default).",
+        "`@new` = nb + positional start with W_s starting at zero, `@newd` = the same with directional "
+        "neighbour heads (the new default). A run marked `stopped` was cut short; its constant learning "
+        "rate makes its last evaluation that of a run of that many steps, and its gap is read at that step.",
         "",
     ]
     by_group = defaultdict(list)
@@ -222,7 +237,8 @@ def markdown(rows: list[dict]) -> str:
             ]
             if has_eqf:
                 cells.append(_fmt(r.get("gap_equal_flops"), signed=True))
-            cells += [_fmt(r.get("flops_vs_ar"), ".2f") + "x", str(r["steps"])]
+            steps = f"{r['steps']} of {r['partial_of']} (stopped)" if r.get("partial_of") else str(r["steps"])
+            cells += [_fmt(r.get("flops_vs_ar"), ".2f") + "x", steps]
             if has_random:
                 cells.append(_fmt(r.get("random_nll")))
             cells.append("`" + r["spec"].replace("model.", "") + "`" if r["spec"] else "")
@@ -246,7 +262,7 @@ def plot_curves(variants: dict, preset: str, names: list[tuple[str, str]], path:
         v = variants[(g, n)]
         steps = mean_curve(v, lambda f: [(float(s), y) for s, y in f["curve"]])
         flops = mean_curve(v, flops_curve)
-        shown = "new default" if n in ("nb-start-zero-init", "new") else n
+        shown = "new default" if n == "newd" else n
         label = f"{shown} ({len(v['seeds'])} seed{'s' if len(v['seeds']) > 1 else ''})"
         axes[0].plot([x for x, _ in steps], [y for _, y in steps], marker=".", label=label)
         axes[1].plot([x / 1e12 for x, _ in flops], [y for _, y in flops], marker=".", label=label)
@@ -300,7 +316,13 @@ def plot_scaling(variants: dict, rows: list[dict], path: Path) -> dict:
 
 
 # Variants drawn in the scaling plot, with their labels.
-SCALING_NAMES = {"new": "ARMD l2r", "new-progressive": "ARMD progressive", "old": "old ARMD l2r"}
+SCALING_NAMES = {
+    "newd": "ARMD l2r",
+    "newd-progressive": "ARMD progressive",
+    "new": "ARMD l2r, symmetric heads",
+    "old": "old ARMD l2r",
+    "paper": "paper's input l2r",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,9 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     (args.docs / "results.md").write_text(markdown(rows))
     key = [("table", "ar"), ("table", "ar-L1"), ("table", "old"), ("table", "paper"), ("pstart", "nb")]
-    key.append(("pstart", "nb-start-zero-init"))  # the new default
+    key += [("pstart", "nb-start-zero-init"), ("anyorder", "newd")]  # symmetric, and the default
     plot_curves(variants, "tiny", key, args.docs / "curves_tiny.png")
-    study = [("study", n) for n in ("ar", "old", "new", "new-progressive")]
+    study = [("study", n) for n in ("ar", "old", "paper", "newd", "newd-progressive")]
     plot_curves(variants, "study", study, args.docs / "curves_study.png")
     scaling = plot_scaling(variants, rows, args.docs / "scaling.png")
     curves = {

@@ -132,3 +132,34 @@ def test_the_study_run_list_parses():
     assert {"tiny", "study"} <= set(presets)
     names = {(r.group, r.name) for r in runs}
     assert ("table", "ar") in names and ("table", "old") in names
+
+
+@pytest.mark.parametrize("schedule,counted", [("constant", True), ("cosine", False)])
+def test_a_stopped_run_is_read_at_its_last_step_only_with_a_constant_lr(tmp_path, schedule, counted):
+    """A run cut short at step 150 of 300: with a constant learning rate its model at 150 is that of a
+    150-step run, so its gap is read against AR's curve at step 150; with a decaying one it is left out."""
+    report = load_script("ar_gap_report")
+    runs_file = tmp_path / "runs.txt"
+    runs_file.write_text("preset p --config tiny-cpu\nrun g ar p 0 model.arch=ar\nrun g cut p 0 x.y=1\n")
+    cfg = load_config("tiny-cpu")
+    curves = {"ar": [(100, 5.0), (200, 4.0), (300, 3.5)], "cut": [(100, 5.2), (150, 4.4)]}
+    for name, curve in curves.items():
+        run_dir = tmp_path / "out" / "runs" / "g" / name / "seed0"
+        run_dir.mkdir(parents=True)
+        raw = cfg.to_dict()
+        raw["model"]["arch"] = "ar" if name == "ar" else "armd"
+        raw["train"].update(steps=300, lr_schedule=schedule)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/nll": y}) + "\n" for s, y in curve))
+        if name == "ar":  # only the reference finished
+            (run_dir / "exit_status.json").write_text(json.dumps({"reason": "finished"}))
+    docs = tmp_path / "docs"
+    assert report.main(["--out", str(tmp_path / "out"), "--runs", str(runs_file), "--docs", str(docs)]) == 0
+    rows = {r["name"]: r for r in json.loads((docs / "summary.json").read_text())["variants"]}
+    if not counted:
+        assert "cut" not in rows
+        return
+    cut = rows["cut"]
+    assert cut["steps"] == 150 and cut["partial_of"] == 300
+    assert cut["gap_equal_steps"] == pytest.approx(4.4 - 4.5)  # AR at step 150: halfway from 5.0 to 4.0
+    assert "150 of 300 (stopped)" in (docs / "results.md").read_text()
