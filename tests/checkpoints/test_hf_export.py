@@ -185,6 +185,7 @@ def _variant_export(run, out: Path, fields: dict, capsys) -> Path:
     initial value (so each neighbour head, sink, table and norm matters), the tied matrix stored once."""
     from safetensors.torch import load_file, save_file
 
+    from armd_scale.checkpoints.integrity import digest
     from armd_scale.checkpoints.model_io import build, config_of, tied_aliases, without_aliases
 
     code, _, err = _convert(capsys, "--checkpoint", str(run.dir), "--to", "export", "--out", str(out))
@@ -208,6 +209,7 @@ def _variant_export(run, out: Path, fields: dict, capsys) -> Path:
     state = without_aliases({k: v.detach().contiguous() for k, v in model.state_dict().items()}, aliases)
     save_file(state, str(out / "model.safetensors"))
     meta.update(tied=aliases, parameters=sum(t.numel() for t in state.values()))
+    meta["files"] = {**meta.get("files", {}), "model.safetensors": digest(out / "model.safetensors")}
     meta.pop("conversion")
     (out / "config.json").write_text(json.dumps(meta))
     return out

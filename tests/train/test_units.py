@@ -121,7 +121,7 @@ def test_checkpoint_names_and_shape_diff():
     "override",
     [
         "model.neighbour_heads=2",
-        "model.neighbour_kind=directional",
+        "model.neighbour_kind=symmetric",
         "model.positional_start_table=separate",
         "model.positional_start_scope=first_block",
         "model.prefix_agg=none",
