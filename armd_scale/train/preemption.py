@@ -84,12 +84,34 @@ class StopRequest:
             raise StopDuringSetup(self.reason, phase)
 
     def _agree(self, local: bool, device: torch.device) -> bool:
-        agreed = all_reduce_max(1.0 if local else 0.0, device) > 0
+        """Collective: whether any rank has a request. A rank without one of its own takes the strongest
+        reason among the ranks (signals are delivered to the nodes of a job at slightly different times,
+        so which rank saw it first is a race; the logged reason must not depend on it)."""
+        code = _reason_code(self.reason) if local else 0
+        agreed = int(all_reduce_max(float(code), device))
         if agreed and not self.reason:
-            self.reason = "another rank was signalled"
-        return agreed
+            self.reason = _AGREED_REASONS[agreed]
+        return agreed > 0
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+# What a rank without a request of its own logs, by the strongest request of any rank (all-reduce max).
+_AGREED_REASONS = {
+    1: "a stop request on another rank",
+    2: "train.max_minutes reached",
+    3: "SIGINT",
+    4: "SIGTERM",
+    5: "SIGUSR1",
+}
+
+
+def _reason_code(reason: str) -> int:
+    """The code of a local request's reason (the launcher's stop file counts as the SIGUSR1 it records)."""
+    for code in sorted(_AGREED_REASONS, reverse=True):
+        if code > 1 and reason.startswith(_AGREED_REASONS[code]):
+            return code
+    return 1

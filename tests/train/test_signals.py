@@ -101,3 +101,34 @@ def test_a_second_ctrl_c_aborts_at_once_and_says_so(tmp_path, data_cache):
     assert status["code"] == 130 and status["reason"] == "failed: interrupted (a second Ctrl-C)"
     assert not (run_dir / "checkpoints" / "step_00000002").exists()
     assert not (run_dir / "trainer.lock").exists()
+
+
+def _agree_on_a_stop(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from armd_scale.train.preemption import StopRequest
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        stop = StopRequest()
+        if rank == 1:  # the signal reached only this rank's node so far
+            os.kill(os.getpid(), signal.SIGUSR1)
+        stopping = stop.should_stop(torch.device("cpu"))
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"stop": stopping, "reason": stop.reason}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_logs_the_signal_whichever_rank_received_it(tmp_path: Path) -> None:
+    """Slurm delivers USR1 to the nodes of a job at slightly different times; rank 0, which logs, used to
+    say "another rank was signalled" when its peer saw the signal first, so the log depended on a race."""
+    import torch.multiprocessing as mp
+
+    from armd_scale.ports import free_port
+
+    mp.start_processes(_agree_on_a_stop, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen == [{"stop": True, "reason": "SIGUSR1"}] * 2
