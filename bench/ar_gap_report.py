@@ -54,6 +54,8 @@ GROUPS = {
         "tiny-cpu; validation l2r NLL plus the random-order NLL (4 orders, exact each).",
     ),
     "study": ("The reproduction study's size", "L=6, d=256, 300 steps, constant lr 2e-3, l2r only."),
+    "scaleM": ("Scaling: L=8, d=384", "15.7M parameters (AR), 160 steps of 4,096 tokens, constant lr 1.33e-3."),
+    "scaleL": ("Scaling: L=8, d=512", "27M parameters (AR), 120 steps of 4,096 tokens, constant lr 1e-3."),
 }
 
 
