@@ -68,34 +68,27 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type for sizes in units (MiB, ...): finite and > 0."""
+def _float_in(text: str, ok, expected: str) -> float:
+    """`text` as a float that satisfies `ok`, else an argparse error saying what was `expected`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number > 0")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} must be {expected}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for sizes in units (MiB, ...): finite and > 0."""
+    return _float_in(text, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
     """argparse type for temperatures: finite and >= 0 (0 = greedy)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return value
+    return _float_in(text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def probability(text: str) -> float:
     """argparse type for top-p: in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
-    return value
+    return _float_in(text, lambda v: 0 < v <= 1, "in (0, 1]")
