@@ -272,43 +272,11 @@ def test_refusals(text_run, text_mdlm_run, tmp_path, capsys):
         == 2
     )
     assert "2 --task but 1 --data" in capsys.readouterr().err
-    assert main(["eval", "zeroshot", "--checkpoint", str(text_mdlm_run.dir), "--task", "ptb", "--data", str(data)]) == 1
+    assert _zeroshot_ptb(text_mdlm_run, data) == 1
     assert "pass --steps T" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "eval",
-                "zeroshot",
-                "--checkpoint",
-                str(text_run.dir),
-                "--task",
-                "ptb",
-                "--data",
-                str(data),
-                "--steps",
-                "3",
-            ]
-        )
-        == 1
-    )
+    assert _zeroshot_ptb(text_run, data, "--steps", "3") == 1
     assert "--steps applies to arch mdlm only" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "eval",
-                "zeroshot",
-                "--checkpoint",
-                str(text_run.dir),
-                "--task",
-                "ptb",
-                "--data",
-                str(data),
-                "--block-len",
-                "64",
-            ]
-        )
-        == 1
-    )
+    assert _zeroshot_ptb(text_run, data, "--block-len", "64") == 1
     assert "exceeds the model's max_seq_len=32" in capsys.readouterr().err
 
 
@@ -374,3 +342,8 @@ def test_shared_corpora_through_the_protocol(text_bpe_run, tmp_path, capsys):
     # the detokenized text is ordinary text: no " @-@ " or " , " left, so GPT-2-style BPE sees what it was made for
     decoded = tok.decode(blocks.flatten().tolist())
     assert " @-@ " not in decoded and " , " not in decoded
+
+
+def _zeroshot_ptb(run, data, *extra: str) -> int:
+    """`armd eval zeroshot` of `run` on the ptb task with `data` and the extra arguments."""
+    return main(["eval", "zeroshot", "--checkpoint", str(run.dir), "--task", "ptb", "--data", str(data), *extra])
