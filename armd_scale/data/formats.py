@@ -1,7 +1,9 @@
 """Which reader an input file needs, decided from its name, and its bytes as a decompressed stream.
 
 The name decides, read right to left: an optional compression suffix (`.gz`, `.zst`, `.zstd`,
-`.bz2`, `.xz`), then the format suffix (`.txt`/`.text`: text; `.jsonl`/`.ndjson`/`.json`: JSON
+`.bz2`, `.xz`), then the format suffix (`.txt`/`.text`/`.tokens`: text, `.tokens` being how the
+language-modelling benchmarks ship their plain text, LM1B's `1b_benchmark.dev.tokens` and
+WikiText's `wiki.valid.tokens`; `.jsonl`/`.ndjson`/`.json`: JSON
 lines, as Dolma ships them in `.json.gz`; `.parquet`: Parquet). So `corpus.jsonl.zst` is JSON lines
 compressed with zstd. A name that fits none of these is an error naming the file: reading a tar
 or a Parquet file as plain text would silently train on garbage. `--input-format` forces the format
@@ -33,6 +35,7 @@ COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": 
 FORMAT_SUFFIXES = {
     ".txt": "text",
     ".text": "text",
+    ".tokens": "text",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "jsonl",

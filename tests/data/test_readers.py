@@ -79,6 +79,8 @@ def test_bom_and_line_endings(tmp_path: Path) -> None:
         ("dolma-0001.json.gz", "jsonl", "gzip"),
         ("a.ndjson.bz2", "jsonl", "bz2"),
         ("a.text.xz", "text", "xz"),
+        ("lm1b/1b_benchmark.dev.tokens", "text", None),
+        ("wikitext-103/wiki.valid.tokens.gz", "text", "gzip"),
         ("part-0.parquet", "parquet", None),
     ],
 )
