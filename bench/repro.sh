@@ -16,11 +16,13 @@
 #                validation split is always evaluated whole, because its windows are read in file
 #                order and a prefix would hold only the first corpus
 #   SAMPLES      unconditional samples per generation setting [32]
+#   REPRO_RESUME 1: keep REPRO_DIR and skip the stages it records as done, so a study that failed
+#                (a missing corpus file, a full disk) resumes at the failed stage [0: start fresh]
 #
 # Everything runs with one intra-op thread per process and at most two processes at a time (the
 # "lanes" below): on a 2-core machine that is faster than one 2-thread process, and it degrades
 # gracefully when something else uses the CPU (a 2-thread pool can stall badly on a busy core).
-# REPRO_DIR starts fresh on every run; it is refused if it holds files this script did not make.
+# REPRO_DIR starts fresh unless REPRO_RESUME=1; it is refused if it holds files this script did not make.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,40 +59,28 @@ if [[ -e $REPRO_DIR && ! -f $REPRO_DIR/.armd_repro ]] && [[ -n $(ls -A "$REPRO_D
   echo "repro: $REPRO_DIR is not empty and was not made by this script; choose another REPRO_DIR" >&2
   exit 2
 fi
-rm -rf "$REPRO_DIR"
-mkdir -p "$REPRO_DIR" "$RUNS" "$EVAL" "$LOGS"
-touch "$REPRO_DIR/.armd_repro"
-printf 'stage\tlane\tseconds\n' > "$TIMINGS"
+REPRO_RESUME=${REPRO_RESUME:-0}
+if [[ $REPRO_RESUME == 1 && -f $TIMINGS ]]; then
+  echo "repro: resuming in $REPRO_DIR (stages done before are skipped)"
+else
+  REPRO_RESUME=0
+  rm -rf "$REPRO_DIR"
+  mkdir -p "$REPRO_DIR" "$RUNS" "$EVAL" "$LOGS"
+  touch "$REPRO_DIR/.armd_repro"
+  printf 'stage\tlane\tseconds\n' > "$TIMINGS"
+fi
 START=$SECONDS
+# Each invocation's wall time, also when it fails; the total of a resumed study is their sum.
+trap 'printf "invocation\t-\t%s\n" "$((SECONDS - START))" >> "$TIMINGS"' EXIT
+# shellcheck source=bench/stages.sh
+source "$REPO/bench/stages.sh"
+export STAGE_LOGS=$LOGS STAGE_TIMINGS=$TIMINGS STAGE_RESUME=$REPRO_RESUME
 machine() {  # what ran the study, and how busy the machine was
   echo "cpu: $(nproc --all) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "torch: $(python -c 'import torch; print(torch.__version__)')"
   echo "load average ($1): $(cut -d' ' -f1-3 /proc/loadavg)"
 }
-machine start > "$REPRO_DIR/machine.txt"
-
-# stage NAME LANE CMD...: run CMD with its output in logs/NAME.log, record its wall time.
-stage() {
-  local name=$1 lane=$2 t0=$SECONDS
-  shift 2
-  echo "[$(date +%T)] lane $lane: $name"
-  if ! "$@" > "$LOGS/$name.log" 2>&1; then
-    echo "repro: stage $name FAILED; last lines of $LOGS/$name.log:" >&2
-    tail -n 25 "$LOGS/$name.log" >&2
-    return 1
-  fi
-  printf '%s\t%s\t%s\n' "$name" "$lane" "$((SECONDS - t0))" >> "$TIMINGS"
-}
-
-# in_parallel F G: run shell functions F and G at the same time; fail if either fails.
-in_parallel() {
-  local rc=0
-  "$1" & local a=$!
-  "$2" & local b=$!
-  wait "$a" || rc=1
-  wait "$b" || rc=1
-  return "$rc"
-}
+[[ $REPRO_RESUME == 1 ]] || machine start > "$REPRO_DIR/machine.txt"
 
 train() {  # train RUN_NAME key=value...
   local name=$1
@@ -219,7 +209,8 @@ lane_b_phase3() {
 in_parallel lane_a_phase3 lane_b_phase3
 
 # -- 5. report -------------------------------------------------------------------------------------
-printf '%s\t%s\t%s\n' total - "$((SECONDS - START))" >> "$TIMINGS"
+trap - EXIT
+printf 'invocation\t-\t%s\n' "$((SECONDS - START))" >> "$TIMINGS"
 machine end | tail -n 1 >> "$REPRO_DIR/machine.txt"
 stage report 0 python "$REPO/bench/repro_report.py" --repro-dir "$REPRO_DIR" --out "$DOCS_OUT"
 echo "repro: done in $(((SECONDS - START) / 60)) min $(((SECONDS - START) % 60)) s; tables and plots in $DOCS_OUT"

@@ -101,7 +101,10 @@ class Study:
         self.metrics = {
             name: read_jsonl(root / "runs" / name / "metrics.jsonl") for name in ("ar", "armd", "mdlm", "armd-sbp")
         }
-        self.timings = [line.split("\t") for line in (root / "timings.tsv").read_text().splitlines()[1:]]
+        rows = [line.split("\t") for line in (root / "timings.tsv").read_text().splitlines()[1:]]
+        self.timings = [r for r in rows if r[0] != "invocation"]
+        # One row per invocation of repro.sh (more than one when a failed study was resumed).
+        self.invocations = [int(r[2]) for r in rows if r[0] == "invocation"]
         machine = root / "machine.txt"
         self.machine = machine.read_text().strip().splitlines() if machine.exists() else []
         self.evals = {p.stem: json.loads(p.read_text()) for p in sorted((root / "eval").glob("*.json"))}
@@ -318,7 +321,9 @@ def generation_table(rows: list[dict]) -> str:
 
 
 def timings_table(s: Study) -> str:
-    return table(["stage", "lane", "wall (s)"], [[r[0], r[1], r[2]] for r in s.timings])
+    rows = [[r[0], r[1], r[2]] for r in s.timings]
+    rows.append([f"total ({len(s.invocations)} invocation(s) of repro.sh)", "–", str(sum(s.invocations))])
+    return table(["stage", "lane", "wall (s)"], rows)
 
 
 # -- plots ---------------------------------------------------------------------------------------------
@@ -476,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "val_curves": {run: s.val_curve(run) for run in s.metrics},
         "likelihood": likelihood,
         "generation": gen_rows,
-        "timings": {r[0]: int(r[2]) for r in s.timings},
+        "timings": {r[0]: int(r[2]) for r in s.timings} | {"total": sum(s.invocations)},
+        "invocations_s": s.invocations,
         "machine": s.machine,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

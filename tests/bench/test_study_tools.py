@@ -159,3 +159,53 @@ def test_repro_sh_refuses_a_folder_it_did_not_make(tmp_path):
     )
     assert proc.returncode == 2 and "not made by this script" in proc.stderr
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def _run_stages(tmp_path: Path, body: str, resume: bool = False) -> subprocess.CompletedProcess:
+    """Run `body` in bash under `set -euo pipefail` with bench/stages.sh sourced, logs in tmp_path."""
+    timings = tmp_path / "timings.tsv"
+    if not timings.exists():
+        timings.write_text("stage\tlane\tseconds\n")
+    script = f"set -euo pipefail\nsource {REPO / 'bench' / 'stages.sh'}\n{body}\necho script-went-on\n"
+    env = {
+        **os.environ,
+        "STAGE_LOGS": str(tmp_path),
+        "STAGE_TIMINGS": str(timings),
+        "STAGE_RESUME": "1" if resume else "0",
+    }
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_stage_fails_when_any_command_inside_it_fails(tmp_path):
+    """A stage made of several commands (repro.sh's eval_ar evaluates three sets in a loop) must fail
+    at its first failing command; run as `if ! f` bash would switch errexit off inside f, and the
+    stage passed whenever its last command did (LM1B evaluations went missing without an error)."""
+    body = """
+ok() { echo fine; }
+loop() { for x in first second; do [[ $x != first ]] || false; echo "did $x"; done; }
+stage good A ok
+stage broken A loop
+"""
+    proc = _run_stages(tmp_path, body)
+    assert proc.returncode == 1
+    assert "script-went-on" not in proc.stdout
+    assert "stage broken FAILED (exit 1)" in proc.stderr
+    assert "did second" not in (tmp_path / "broken.log").read_text()
+    recorded = [line.split("\t")[0] for line in (tmp_path / "timings.tsv").read_text().splitlines()[1:]]
+    assert recorded == ["good"]
+
+
+def test_a_resumed_study_skips_the_stages_it_finished_and_reruns_the_failed_one(tmp_path):
+    first = _run_stages(tmp_path, "stage good A true\nstage flaky A false")
+    assert first.returncode == 1
+    # on resume, `good` would now fail if it ran again: it must be skipped; `flaky` runs and passes
+    second = _run_stages(tmp_path, "stage good A false\nstage flaky A true", resume=True)
+    assert second.returncode == 0, second.stderr
+    assert "good (done before, skipped)" in second.stdout and "script-went-on" in second.stdout
+    recorded = [line.split("\t")[0] for line in (tmp_path / "timings.tsv").read_text().splitlines()[1:]]
+    assert recorded == ["good", "flaky"]
+
+
+def test_in_parallel_fails_when_either_lane_fails(tmp_path):
+    proc = _run_stages(tmp_path, "a() { stage one A true; }\nb() { stage two B false; }\nin_parallel a b")
+    assert proc.returncode == 1 and "stage two FAILED" in proc.stderr and "script-went-on" not in proc.stdout
