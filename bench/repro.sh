@@ -3,7 +3,7 @@
 # the same prose with the same model shape, compared at equal optimizer steps and equal training
 # FLOPs, then SBP fine-tuning and parallel generation judged by the study's AR model.
 #
-#   bash bench/repro.sh                     # about 55 minutes on 2 idle CPU cores
+#   bash bench/repro.sh                     # about 70 minutes on 2 idle CPU cores
 #   REPRO_DIR=/scratch/repro bash bench/repro.sh
 #
 # Environment (defaults in brackets):
