@@ -85,7 +85,9 @@ def loader_state_of_all_ranks(loader: ShardLoader) -> dict[str, Any]:
 
 def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
     """Resolve `data.train`/`data.val` (building built-in corpora once) and check them against the model."""
-    train, val_url, tokenizer_dir = ensure_builtin_dataset(cfg.data, progress=dist_info.is_main)
+    # The first use builds the built-in corpus; its bars follow log.progress_bar like the trainer's.
+    build_bars = dist_info.is_main and cfg.log.progress_bar
+    train, val_url, tokenizer_dir = ensure_builtin_dataset(cfg.data, progress=build_bars)
     barrier()
     if isinstance(train, str):
         sources = [MixtureSource(train)]
