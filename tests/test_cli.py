@@ -6,7 +6,8 @@ from armd_scale.cli import build_parser, main, strip_launcher_args
 
 
 def test_launcher_local_rank_flag_is_removed(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "unset")  # recorded, so the test leaves the variable as it found it
+    monkeypatch.delenv("LOCAL_RANK")
     assert strip_launcher_args(["--local_rank=3", "train", "a.b=1"]) == ["train", "a.b=1"]
     assert os.environ["LOCAL_RANK"] == "3"
     monkeypatch.setenv("LOCAL_RANK", "1")  # the environment wins when both are present

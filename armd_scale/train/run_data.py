@@ -85,9 +85,12 @@ def loader_state_of_all_ranks(loader: ShardLoader) -> dict[str, Any]:
 
 def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
     """Resolve `data.train`/`data.val` (building built-in corpora once) and check them against the model."""
-    # The first use builds the built-in corpus; its bars follow log.progress_bar like the trainer's.
+    # The first use builds the built-in corpus: local rank 0 of each node builds (the other ranks
+    # wait for it), and its bars follow log.progress_bar like the trainer's.
     build_bars = dist_info.is_main and cfg.log.progress_bar
-    train, val_url, tokenizer_dir = ensure_builtin_dataset(cfg.data, progress=build_bars)
+    train, val_url, tokenizer_dir = ensure_builtin_dataset(
+        cfg.data, build=dist_info.local_rank == 0, progress=build_bars
+    )
     barrier()
     if isinstance(train, str):
         sources = [MixtureSource(train)]

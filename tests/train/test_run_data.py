@@ -13,9 +13,11 @@ from armd_scale.train.run_data import open_train_data
 
 
 @pytest.mark.parametrize("bars", [False, True])
-def test_building_the_builtin_corpus_follows_log_progress_bar(tmp_path: Path, capfd, bars: bool) -> None:
+def test_building_the_builtin_corpus_follows_log_progress_bar(tmp_path: Path, capfd, monkeypatch, bars: bool) -> None:
     """A run with log.progress_bar=false (Slurm logs, the study scripts) must not fill its log with
-    the shard builder's bars the first time it builds a built-in corpus; with it on, the bars show."""
+    the shard builder's bars the first time it builds a built-in corpus; with it on, the bars show.
+    The builder is the process whose DistInfo says local rank 0, whatever a stray LOCAL_RANK says."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
     cfg = load_config(
         "tiny-cpu",
         [
