@@ -55,6 +55,10 @@ class ModelConfig:
     prefix_agg: Literal["mean", "sum", "none"] = "sum"
     # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
     pe_init_tau: float = 2.0
+    # The prefix kernel <PE_n, PE_i> the table starts as: recency (exp(-|n - i| / pe_init_tau)) or shift
+    # (weight ~1 on i = n - 1 and little elsewhere: AR's input shift under l2r; model/pe_init.py). Our
+    # choice either way: the paper does not say how its table is initialised.
+    pe_init: Literal["recency", "shift"] = "recency"
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
     # queries know their position (see docs/ARCHITECTURE.md and positional_start_init).
     positional_start: bool = True
@@ -73,9 +77,13 @@ class ModelConfig:
     # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
     # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
     tokenizer_vocab_size: int | None = None
-    # -- The query stream's input G0 (docs/ARCHITECTURE.md; measured in docs/REPRODUCTION.md, "The
-    # left-to-right gap"). The paper's input is s + prefix aggregation: neighbour_heads=0,
-    # positional_start=false.
+    # -- The query stream's input G0 (docs/ARCHITECTURE.md, "The query stream's input"; measured in
+    # docs/REPRODUCTION.md). One switch names the form: `paper` is the paper's s + prefix aggregation,
+    # `neighbour` ours (+ directional neighbour heads + the positional start), `custom` any other mix
+    # of the fields below. Naming a form fills every field of QUERY_INPUT_FORMS[form] that is left at
+    # its default; a config that names a form and sets one of its fields otherwise is refused. After
+    # construction the field names the form the fields match (`custom` when none).
+    query_input: Literal["paper", "neighbour", "custom"] = "neighbour"
     # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
     # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
     neighbour_heads: int = 4
@@ -92,12 +100,13 @@ class ModelConfig:
     # 0 freezes them at their initial value.
     pe_lr_scale: float = 1.0
     # A separate query-side PE table for the prefix sum, <PEq[pos n], PE[pos i]>, initialised as the
-    # key table shifted by one position: an asymmetric kernel that can peak on the previous position
-    # while keeping the O(1) decoding state (a positive semi-definite <PE_n, PE_i> cannot).
+    # key table shifted by one position: an asymmetric kernel peaked on the previous position that
+    # keeps the O(1) decoding state (pe_init=shift reaches a similar start with the paper's one table).
     prefix_query_table: bool = False
-    # Add the mean embedding of the immediately preceding block to G0: the paper's rejected "Shift"
-    # (AR's input under l2r). A diagnostic: it keeps our contract but makes the conditionals depend on
-    # the order in which the evidence was revealed, not only on the evidence.
+    # Add the mean embedding of the immediately preceding block to G0: a block-level form of the paper's
+    # rejected "Shift" (q_n = q_{n-1}, AR's input under l2r). Averaging the whole previous block keeps
+    # permutation equivariance, and the contract tests run it. A diagnostic, not an input we recommend:
+    # it is not the paper's, and it was measured left to right only (docs/REPRODUCTION.md).
     previous_block_input: bool = False
     # Neighbour heads: directional (the default: heads alternate left/right of the query and may attend
     # to "nothing", so under an order unlike training a head gives the same kind of token or nothing), or
@@ -105,6 +114,37 @@ class ModelConfig:
     # to right on tiny-cpu; directional is better in any order (random-order NLL 4.67 vs 5.33 after
     # progressive training, 4.15 vs 4.39 after random-order training). model/neighbour.py.
     neighbour_kind: Literal["symmetric", "directional"] = "directional"
+
+    def __post_init__(self) -> None:
+        form = QUERY_INPUT_FORMS.get(self.query_input)
+        if form is not None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in form.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+            clashes = [f"model.{k}={getattr(self, k)!r}" for k, v in form.items() if getattr(self, k) != v]
+            if clashes and self.query_input != DEFAULT_QUERY_INPUT:
+                raise ConfigError(
+                    f"model.query_input={self.query_input} fixes {', '.join(f'{k}={v!r}' for k, v in form.items())}; "
+                    f"{', '.join(clashes)} contradicts it (use model.query_input=custom to mix options)"
+                )
+        self.query_input = query_input_form(self)
+
+    @staticmethod
+    def check_given(raw: dict[str, Any]) -> None:
+        """A config file or override that names a form and also sets one of its fields to another value
+        is refused, even where that value is the field's default (which __post_init__ cannot tell from
+        a value left alone). A mapping that holds every field of the form is a saved or dumped config:
+        there the fields decide and the name is derived from them again."""
+        form = QUERY_INPUT_FORMS.get(str(raw.get("query_input")))
+        if form is None or set(form) <= set(raw):
+            return
+        for name in sorted(set(raw) & set(form)):
+            if raw[name] != form[name]:
+                raise ConfigError(
+                    f"model.{name}={raw[name]!r} contradicts model.query_input={raw['query_input']}, which sets "
+                    f"{name}={form[name]!r} (use model.query_input=custom to mix options)"
+                )
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
@@ -138,6 +178,44 @@ class ModelConfig:
         if self.n_two_stream_layers is not None:
             return self.n_two_stream_layers
         return max(1, self.n_layers // 2)
+
+
+# The named forms of the query stream's input (ModelConfig.query_input): the fields each one fixes.
+QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
+    # Karami & Ghodsi: G0 = s + sum over strictly earlier blocks of <PE_n, PE_i> X0[i].
+    "paper": {
+        "neighbour_heads": 0,
+        "positional_start": False,
+        "prefix_agg": "sum",
+        "prefix_norm": False,
+        "prefix_query_table": False,
+        "previous_block_input": False,
+    },
+    # Ours: the paper's sum + 4 directional neighbour heads + the positional start W_s PE[pos n] (W_s = 0
+    # at the start); docs/ARCHITECTURE.md says what each adds and docs/REPRODUCTION.md what it measured.
+    "neighbour": {
+        "neighbour_heads": 4,
+        "neighbour_kind": "directional",
+        "positional_start": True,
+        "positional_start_init": "zero",
+        "positional_start_table": "shared",
+        "positional_start_scope": "all",
+        "prefix_agg": "sum",
+        "prefix_norm": False,
+        "prefix_query_table": False,
+        "previous_block_input": False,
+    },
+}
+DEFAULT_QUERY_INPUT = "neighbour"
+
+
+def query_input_form(cfg: ModelConfig) -> Literal["paper", "neighbour", "custom"]:
+    """The named form whose fields cfg has, else 'custom'."""
+    names: tuple[Literal["paper", "neighbour"], ...] = ("paper", "neighbour")
+    for name in names:
+        if all(getattr(cfg, k) == v for k, v in QUERY_INPUT_FORMS[name].items()):
+            return name
+    return "custom"
 
 
 @dataclass
@@ -515,7 +593,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    return cls(**kwargs)
+    check_given = getattr(cls, "check_given", None)
+    if check_given is not None:
+        check_given(kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # __post_init__ refusals name keys relative to the tree's root
+        raise ConfigError(str(e)) from None
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

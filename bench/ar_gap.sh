@@ -27,7 +27,7 @@ DOCS_OUT=${DOCS_OUT:-$REPO/docs/ar_gap}
 PARTS=${PARTS:-}
 LANES=${LANES:-2}
 CORPORA=${CORPORA:-$REPO/../shared/corpora}
-RUNS_FILE=$REPO/bench/ar_gap_runs.txt
+RUNS_FILE=${RUNS:-$REPO/bench/ar_gap_runs.txt}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 export ARGAP_DATA=$AR_GAP_DIR/data

@@ -173,3 +173,54 @@ def test_a_checkpoint_config_without_new_model_fields_loads_as_it_was_trained():
         build_model(load_config().model).load_state_dict(state, strict=True)
     # a config that has the fields keeps them
     assert saved_config_from_dict(load_config().to_dict()).model.neighbour_heads == load_config().model.neighbour_heads
+
+
+def test_query_input_paper_sets_every_field_of_the_papers_form():
+    from armd_scale.config import QUERY_INPUT_FORMS
+
+    cfg = load_config("tiny-cpu", ["model.query_input=paper", "train.order.kind=l2r"]).model
+    assert cfg.query_input == "paper"
+    for key, value in QUERY_INPUT_FORMS["paper"].items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.neighbour_heads == 0 and cfg.positional_start is False
+    # the choices the paper leaves open stay ours: the PE table's width and start
+    assert cfg.d_pe == 64 and cfg.pe_init == "recency"
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.neighbour_heads=4", "model.neighbour_heads=2", "model.positional_start=true", "model.prefix_agg=mean"],
+)
+def test_query_input_paper_refuses_a_field_that_contradicts_it(override):
+    """Even a value equal to the field's default (neighbour_heads=4) is refused when it is given."""
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1] + ".*contradicts model.query_input"):
+        load_config("tiny-cpu", ["model.query_input=paper", override])
+
+
+def test_query_input_names_the_form_the_fields_make():
+    """Without query_input the fields decide the label: the paper's fields spelled out are 'paper',
+    any other mix is 'custom', and the default is 'neighbour'."""
+    assert load_config().model.query_input == "neighbour"
+    spelled = load_config(overrides=["model.neighbour_heads=0", "model.positional_start=false"]).model
+    assert spelled.query_input == "paper"
+    assert load_config(overrides=["model.neighbour_heads=2"]).model.query_input == "custom"
+    assert load_config(overrides=["model.query_input=custom", "model.neighbour_heads=0"]).model.neighbour_heads == 0
+
+
+def test_query_input_survives_a_round_trip_and_old_configs_get_their_label():
+    from armd_scale.config import saved_config_from_dict
+
+    paper = load_config(overrides=["model.query_input=paper"])
+    assert config_from_dict(paper.to_dict()).model == paper.model
+    old = load_config().to_dict()
+    del old["model"]["query_input"]
+    old["model"].update(neighbour_heads=0, positional_start=True, positional_start_init="normal")
+    assert saved_config_from_dict(old).model.query_input == "custom"
+
+
+def test_an_edited_saved_config_is_read_by_its_fields():
+    """A saved config names its form and holds every field; one field changed makes it 'custom'."""
+    raw = load_config().to_dict()
+    raw["model"]["positional_start_scope"] = "first_block"
+    cfg = config_from_dict(raw)
+    assert cfg.model.query_input == "custom" and cfg.model.positional_start_scope == "first_block"

@@ -46,6 +46,9 @@ FIELDS: dict[str, tuple[Any, ...] | str] = {
     "d_pe": ANY,
     "prefix_agg": ("sum", "mean", "none"),
     "pe_init_tau": INIT_ONLY,
+    "pe_init": INIT_ONLY,
+    # a name for the combination of the query-input fields below, each of which is checked itself
+    "query_input": ANY,
     "positional_start": (True, False),
     "mlp": ("swiglu", "gelu"),
     "mlp_ratio": ANY,

@@ -151,10 +151,13 @@ def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 # Model fields that change neither a parameter's shape nor the function trained weights compute: how the
-# same function is evaluated (the attention kernel, torch.compile) and how weights were first drawn (only
-# read when a run starts). Every other ModelConfig field, including any added later, is protected on
-# resume: a new field is guarded the day it is added, unless it is listed here with its reason.
-NON_FUNCTION_FIELDS = frozenset({"attention_backend", "compile", "init_std", "pe_init_tau", "positional_start_init"})
+# same function is evaluated (the attention kernel, torch.compile), how weights were first drawn (only
+# read when a run starts), and query_input, a name for a combination of fields that are checked
+# themselves. Every other ModelConfig field, including any added later, is protected on resume: a new
+# field is guarded the day it is added, unless it is listed here with its reason.
+NON_FUNCTION_FIELDS = frozenset(
+    {"attention_backend", "compile", "init_std", "pe_init_tau", "pe_init", "positional_start_init", "query_input"}
+)
 
 
 def function_differences(saved: dict[str, Any], current: dict[str, Any], fields_of: type | None = None) -> list[str]:

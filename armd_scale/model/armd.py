@@ -21,8 +21,6 @@ Forward pass, top to bottom:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -33,6 +31,7 @@ from .generation_orders import l2r_order
 from .layers import Block, init_weights
 from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
 from .neighbour import NeighbourAttention
+from .pe_init import initial_pos_table
 from .rope import RotaryEmbedding
 from .vocab import mask_padded_vocab
 
@@ -84,28 +83,6 @@ class _Transformer(nn.Module):
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={self.cfg.max_seq_len}")
 
 
-def initial_pos_table(max_len: int, d_pe: int, tau: float) -> torch.Tensor:
-    """Initial PE table for prefix aggregation.
-
-    tau > 0: deterministic Fourier features of the exponential kernel exp(-|n - i| / tau), so that
-    <PE_n, PE_i> starts as a recency kernel and G0 as a decaying average of the nearest earlier
-    tokens (frequencies are quantiles of the kernel's Cauchy spectral density; cos/sin pairs make
-    the product a function of n - i only). Training is free to reshape it. Measured on the built-in
-    corpus: without it the query stream needs hundreds of steps before it uses any context.
-    tau = 0: i.i.d. normal with std d_pe^-1/4, so <PE_n, PE_i> has unit variance for n != i.
-    """
-    if tau <= 0:
-        return torch.randn(max_len, d_pe) * d_pe**-0.25
-    pairs = d_pe // 2
-    quantiles = (torch.arange(pairs, dtype=torch.float64) + 0.5) / pairs
-    omega = torch.tan(math.pi * quantiles / 2) / tau
-    angles = torch.arange(max_len, dtype=torch.float64)[:, None] * omega[None, :]
-    table = torch.cat([angles.cos(), angles.sin()], dim=1) / math.sqrt(pairs)
-    if d_pe % 2:  # odd width: a constant feature keeps the kernel a function of n - i
-        table = torch.cat([table, torch.zeros(max_len, 1, dtype=torch.float64)], dim=1)
-    return table.float()
-
-
 class ARMDModel(_Transformer):
     """Two-stream strictly causal bottom half + block-causal top half (docs/ARCHITECTURE.md, Forward pass)."""
 
@@ -115,7 +92,7 @@ class ARMDModel(_Transformer):
         d_pe = cfg.d_pe
         # Stored as table / pe_lr_scale so that Adam's steps move the table pe_lr_scale times faster.
         self.pe_scale = cfg.pe_lr_scale or 1.0
-        table = initial_pos_table(cfg.max_seq_len, d_pe, cfg.pe_init_tau)
+        table = initial_pos_table(cfg.max_seq_len, d_pe, cfg.pe_init, cfg.pe_init_tau)
         self.pos_table = nn.Parameter(table / self.pe_scale, requires_grad=cfg.pe_lr_scale > 0)
         self.start = nn.Parameter(torch.randn(cfg.d_model) * cfg.init_std)
         # Position-conditioned start: without it a first-block query knows nothing about *where* it

@@ -2,11 +2,13 @@
 
 Why it exists. In an autoregressive transformer the residual stream at position n holds the previous
 token x_{n-1} exactly from layer 0, so every layer can condition on it at no cost. ARMD's query stream
-starts from the prefix aggregate sum_i <PE_n, PE_i> x_i, and an inner product of one table with itself
-is a positive semi-definite kernel: it cannot weight x_{n-1} highly without weighting x_{n-2} almost as
-much (||PE_n - PE_{n-2}|| <= 2 ||PE_n - PE_{n-1}|| for a stationary table), so G0 is a blur of the
-last few tokens and the first two-stream layer must learn to fetch x_{n-1} by attention, which is slow
-(docs/REPRODUCTION.md, "The left-to-right gap", measures 0.7 nats/token at 600 steps).
+starts from the prefix sum sum_i <PE_n, PE_i> x_i. That kernel *can* single out x_{n-1}: the strict
+mask never uses the diagonal <PE_n, PE_n>, so a table with <PE_n, PE_{n-1}> = 1 and <PE_n, PE_i> = 0
+for i < n - 1 exists (model/pe_init.py builds the best rank-d_pe one). The recency initialisation
+(pe_init=recency) does not start there: it weights n - 1 only 1.8x above n - 2 (0.61 vs 0.35 at
+tau 2), so the paper's model must learn the shift, by reshaping the table or by attention. Neighbour
+heads give it at initialisation instead, in any order. How much each start costs or gains is measured
+in docs/REPRODUCTION.md ("The paper's model and ours").
 
 What it computes. For every query n, H heads of softmax attention over the tokens of strictly earlier
 blocks whose scores depend only on the relative position pos(n) - pos(i) (a learned table per head)

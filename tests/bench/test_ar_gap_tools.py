@@ -163,3 +163,22 @@ def test_a_stopped_run_is_read_at_its_last_step_only_with_a_constant_lr(tmp_path
     assert cut["steps"] == 150 and cut["partial_of"] == 300
     assert cut["gap_equal_steps"] == pytest.approx(4.4 - 4.5)  # AR at step 150: halfway from 5.0 to 4.0
     assert "150 of 300 (stopped)" in (docs / "results.md").read_text()
+
+
+def test_the_paper_model_run_list_parses_and_names_each_input_in_full(monkeypatch):
+    """Every run of bench/paper_model_runs.txt resolves to a valid config, and each ARMD input is the
+    form its define says whatever the defaults are (query_input and the PE start spelled out)."""
+    runner = load_script("ar_gap_run")
+    monkeypatch.setenv("ARGAP_DATA", "/nonexistent")
+    presets, runs = runner.parse_run_list(REPO / "bench" / "paper_model_runs.txt")
+    assert {"tiny", "study", "scaleM", "scaleL"} <= set(presets)
+    for run in runs:
+        if "model.arch=ar" in run.overrides:
+            continue
+        assert any(o.startswith("model.query_input=") for o in run.overrides), run.name
+        assert any(o.startswith("model.pe_init=") for o in run.overrides), run.name
+    tiny = {r.name: r for r in runs if r.group == "tiny"}
+    cfg = runner.resolved_config(presets["tiny"], tiny["shift"].overrides)
+    assert cfg.model.query_input == "paper" and cfg.model.pe_init == "shift"
+    cfg = runner.resolved_config(presets["tiny"], tiny["newd"].overrides)
+    assert cfg.model.query_input == "neighbour" and cfg.model.neighbour_heads == 4

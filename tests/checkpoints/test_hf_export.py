@@ -340,11 +340,11 @@ def test_model_options_the_exported_code_lacks_are_refused(text_mdlm_run, tmp_pa
 
     # a model option added after the exporter was written: refused unless at its default
     later = dataclasses.make_dataclass(
-        "Later", [("query_input", str, dataclasses.field(default="plain"))], bases=(ModelConfig,)
+        "Later", [("stream_gate", str, dataclasses.field(default="plain"))], bases=(ModelConfig,)
     )
-    assert check_exportable(later(query_input="plain"))  # at its default: a note, the logit check decides
-    with pytest.raises(ConversionError, match=r"model.query_input='gated': the Hugging Face export code does not"):
-        check_exportable(later(query_input="gated"))
+    assert check_exportable(later(stream_gate="plain"))  # at its default: a note, the logit check decides
+    with pytest.raises(ConversionError, match=r"model.stream_gate='gated': the Hugging Face export code does not"):
+        check_exportable(later(stream_gate="gated"))
     with pytest.raises(ConversionError, match="model.prefix_agg='max'"):
         check_exportable(dataclasses.replace(ModelConfig(), prefix_agg="max"))  # type: ignore[arg-type]
 

@@ -28,9 +28,35 @@ def tiny_model_config(arch: str = "armd", **overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def tiny_model(arch: str = "armd", seed: int = 0, **overrides) -> torch.nn.Module:
+def tiny_model(arch: str = "armd", seed: int = 0, randomise: bool = False, **overrides) -> torch.nn.Module:
+    """randomise: every parameter drawn at random (randomise_parameters), not left at its initial value."""
     torch.manual_seed(seed)
-    return build_model(tiny_model_config(arch, **overrides)).eval()
+    model = build_model(tiny_model_config(arch, **overrides)).eval()
+    if randomise:
+        randomise_parameters(model, seed)
+    return model
+
+
+# The parameters whose initial values leave parts of the model dormant, and how they are redrawn.
+WEIGHTS = [pytest.param(False, id="init"), pytest.param(True, id="randomised")]
+
+
+def randomise_parameters(model: torch.nn.Module, seed: int) -> None:
+    """Redraw every parameter so that no path is dormant. At initialisation only neighbour head 0 has a
+    non-zero gain, the other heads' far side scores -16, W_s (positional start) is 0 and the sinks are 0,
+    so a contract test at initial weights never exercises heads 1.., the right-looking heads, W_s or the
+    sinks. Here: relative-position scores ~ N(0, 2^2) (every head reads both sides), sinks ~ N(0, 1),
+    every other parameter (gains of all heads, W_s, s, PE tables, weights, norms) + N(0, 0.3^2)."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+            if name.endswith("rel_bias"):
+                p.copy_(2.0 * noise)
+            elif name.endswith("sink"):
+                p.copy_(noise)
+            else:
+                p.add_(0.3 * noise)
 
 
 def draw_order(kind: str, params: dict, step, batch: int, n: int, seed: int = 0):

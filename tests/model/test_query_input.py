@@ -1,7 +1,9 @@
 """The query stream's input G0 in every configuration the left-to-right gap study compares.
 
 Each variant must keep the contract (no leakage, a valid distribution, permutation equivariance; the
-cache is checked in tests/generate/test_cache.py), and each knob must do what its name says.
+cache is checked in tests/generate/test_cache.py), at its initial weights and with every parameter
+redrawn at random (conftest.randomise_parameters: all neighbour heads both ways, W_s and the sinks
+live), and each knob must do what its name says.
 """
 
 import itertools
@@ -13,9 +15,12 @@ from armd_scale.model import build_model, token_nll
 from armd_scale.model.masks import dense_strict
 from armd_scale.model.neighbour import NeighbourAttention
 
-from .conftest import assert_no_leakage, draw_order, tiny_model, tiny_model_config
+from .conftest import WEIGHTS, assert_no_leakage, draw_order, randomise_parameters, tiny_model, tiny_model_config
 
 VARIANTS = [
+    pytest.param(dict(query_input="paper"), id="query-input-paper"),
+    pytest.param(dict(query_input="paper", pe_init="shift"), id="paper-shift-init"),
+    pytest.param(dict(query_input="neighbour"), id="query-input-neighbour"),
     pytest.param(dict(neighbour_heads=0, positional_start=True, positional_start_init="normal"), id="old"),
     pytest.param(dict(neighbour_heads=0, positional_start=False), id="paper"),
     pytest.param(dict(neighbour_heads=4, positional_start=False), id="neighbour4"),
@@ -38,18 +43,20 @@ VARIANTS = [
 ORDERS = [("l2r", {}, None), ("random", {}, None), ("sbp", dict(streams=2), None), ("diffusion", dict(steps=3), None)]
 
 
+@pytest.mark.parametrize("randomise", WEIGHTS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind,params,step", ORDERS, ids=[o[0] for o in ORDERS])
-def test_no_leakage(variant, kind, params, step):
+def test_no_leakage(variant, kind, params, step, randomise):
     order, block = draw_order(kind, params, step, batch=2, n=12, seed=5)
-    assert_no_leakage(tiny_model("armd", **variant), order, block, vocab=11)
+    assert_no_leakage(tiny_model("armd", randomise=randomise, **variant), order, block, vocab=11)
 
 
+@pytest.mark.parametrize("randomise", WEIGHTS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind,params,step", ORDERS[::2], ids=[o[0] for o in ORDERS[::2]])
-def test_valid_distribution(variant, kind, params, step):
+def test_valid_distribution(variant, kind, params, step, randomise):
     """vocab 3, N=4: the probabilities of all 81 sequences sum to 1."""
-    model = tiny_model("armd", vocab_size=3, init_std=0.5, **variant).double()
+    model = tiny_model("armd", vocab_size=3, init_std=0.5, randomise=randomise, **variant).double()
     seqs = torch.tensor(list(itertools.product(range(3), repeat=4)))
     order, block = draw_order(kind, params, step, batch=1, n=4, seed=2)
     order, block = order.expand(len(seqs), 4), block.expand(len(seqs), 4)
@@ -58,10 +65,13 @@ def test_valid_distribution(variant, kind, params, step):
     assert abs(probs.sum().item() - 1.0) <= 1e-5 and probs.max().item() > 3.0 / 81
 
 
+@pytest.mark.parametrize("randomise", WEIGHTS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_permutation_equivariance(variant):
-    """Relisting the tokens of each block permutes the logits and changes nothing else."""
-    model = tiny_model("armd", **variant)
+def test_permutation_equivariance(variant, randomise):
+    """Relisting the tokens of each block permutes the logits and changes nothing else (float64 for
+    randomised weights, whose larger logits would leave float32 rounding near the tolerance)."""
+    model = tiny_model("armd", randomise=randomise, **variant)
+    model = model.double() if randomise else model
     order, block = draw_order("diffusion", dict(steps=4), None, batch=2, n=16, seed=3)
     tokens = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
     perm = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(b)) for b in range(2)])
@@ -69,7 +79,8 @@ def test_permutation_equivariance(variant):
         logits = model(tokens, order, block)
         logits2 = model(tokens, torch.gather(order, 1, perm), torch.gather(block, 1, perm))
     expected = torch.gather(logits, 1, perm[..., None].expand_as(logits))
-    torch.testing.assert_close(logits2, expected, atol=1e-5, rtol=1e-5)
+    tol = 1e-10 if randomise else 1e-5
+    torch.testing.assert_close(logits2, expected, atol=tol, rtol=tol)
 
 
 def _one_hot_neighbour(n: int, heads: int = 4):
@@ -248,3 +259,23 @@ def test_bad_values_are_refused_by_name():
 
     with pytest.raises(ConfigError, match="neighbour_kind"):
         load_config(overrides=["model.neighbour_kind=sideways"])
+
+
+def test_randomised_weights_wake_every_dormant_path():
+    """At initialisation heads 1.. add nothing, right-looking heads score -16, W_s and the sinks are 0;
+    after randomise_parameters each of them changes the model's output (so the randomised contract
+    tests above exercise them). Checked by zeroing each part again and watching the logits move."""
+    model = tiny_model("armd", neighbour_heads=4, neighbour_kind="directional", positional_start=True)
+    fresh = tiny_model("armd", neighbour_heads=4, neighbour_kind="directional", positional_start=True)
+    assert fresh.neighbour.gain[1:].abs().max() == 0 and fresh.start_proj.weight.abs().max() == 0
+    randomise_parameters(model, 0)
+    order, block = draw_order("random", {}, None, batch=2, n=16, seed=1)
+    tokens = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(tokens, order, block)
+        parts = [model.neighbour.gain[h] for h in range(4)] + [model.neighbour.sink, model.start_proj.weight]
+        for part in parts:
+            kept = part.clone()
+            part.zero_()
+            assert (model(tokens, order, block) - base).abs().max() > 1e-4
+            part.copy_(kept)
