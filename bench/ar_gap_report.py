@@ -162,6 +162,8 @@ def summarize(variants: dict) -> list[dict]:
             row["flops_vs_ar"] = row["train_flops"] / ref_flops
             if any_facts["constant_lr"] and ref_facts["constant_lr"] and v["name"] != "ar":
                 row["gap_equal_flops"] = gap_at_equal_flops(v, ref)
+            elif v["name"] != "ar" and abs(row["flops_vs_ar"] - 1.0) < 0.01:  # an eqflops run: its end is AR's budget
+                row["gap_equal_flops"] = row["final"] - ref_final
         rows.append(row)
     return rows
 
@@ -235,6 +237,11 @@ STUDIES = {
                 "tiny-cpu preset trained on uniformly random orders; random-order NLL = mean over 4 orders, "
                 "exact each.",
             ),
+            "tinyflops": (
+                "tiny-cpu at equal FLOPs",
+                "tiny-cpu preset, each ARMD input trained for the steps whose training FLOPs equal AR's 600 steps "
+                "(cosine lr over those steps); l2r and uniformly random orders.",
+            ),
             "layers": (
                 "Two-stream layers at the study's size",
                 "L=6, d=256, constant lr; 1, 3 (L/2, the paper's) or 6 two-stream layers, read at equal FLOPs.",
@@ -265,7 +272,7 @@ def markdown(rows: list[dict], study: dict | None = None) -> str:
         has_eqf = any(r.get("gap_equal_flops") is not None for r in by_group[group])
         header = "| variant | val NLL | per seed | gap (equal steps) |"
         header += " gap (equal FLOPs) |" if has_eqf else ""
-        header += " FLOPs | steps |" + (" random-order NLL |" if has_random else "") + " run (bench/ar_gap_runs.txt) |"
+        header += " FLOPs | steps |" + (" random-order NLL |" if has_random else "") + " run (the run list) |"
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for r in by_group[group]:
             cells = [

@@ -162,8 +162,10 @@ def _set_up(
     if init_message:
         metrics.message(init_message)
     objective = make_objective(cfg, layout.global_batch)
+    query_input = f" query_input={cfg.model.query_input}" if cfg.model.arch == "armd" else ""
     metrics.message(
-        f"armd_scale: arch={cfg.model.arch} params={model.num_params() / 1e6:.2f}M world={dist_info.world_size} "
+        f"armd_scale: arch={cfg.model.arch}{query_input} params={model.num_params() / 1e6:.2f}M "
+        f"world={dist_info.world_size} "
         f"tp={cfg.parallel.tp} zero={cfg.parallel.zero_stage} precision={cfg.parallel.precision} "
         f"global_batch={layout.global_batch} micro={layout.micro_batch} grad_accum={layout.grad_accum} "
         f"seq_len={cfg.data.seq_len} {objective.describe()}"

@@ -182,3 +182,33 @@ def test_the_paper_model_run_list_parses_and_names_each_input_in_full(monkeypatc
     assert cfg.model.query_input == "paper" and cfg.model.pe_init == "shift"
     cfg = runner.resolved_config(presets["tiny"], tiny["newd"].overrides)
     assert cfg.model.query_input == "neighbour" and cfg.model.neighbour_heads == 4
+
+
+def test_a_run_shortened_to_ars_flops_reports_its_end_as_the_equal_flops_gap(tmp_path):
+    """A cosine run whose steps make its training FLOPs AR's (eqflops) compares its end with AR's end;
+    a run at 1.23x AR's FLOPs gets no equal-FLOPs gap (its curve is of another schedule)."""
+    report = load_script("ar_gap_report")
+    runner = load_script("ar_gap_run")
+    runs_file = tmp_path / "runs.txt"
+    runs_file.write_text(
+        "preset tiny --config tiny-cpu\nrun g ar tiny 0 model.arch=ar\n"
+        "run g full tiny 0 x.y=1\nrun g short tiny 0 x.y=2\n"
+    )
+    cfg = load_config("tiny-cpu")
+    steps = {"ar": 600, "full": 600, "short": runner.equal_flop_steps(["--config", "tiny-cpu"], [])}
+    assert steps["short"] < 600
+    for name, final in (("ar", 3.0), ("full", 3.1), ("short", 3.25)):
+        run_dir = tmp_path / "out" / "runs" / "g" / name / "seed0"
+        run_dir.mkdir(parents=True)
+        raw = cfg.to_dict()
+        raw["model"]["arch"] = "ar" if name == "ar" else "armd"
+        raw["train"]["steps"] = steps[name]
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": steps[name], "val/nll": final}) + "\n")
+        (run_dir / "exit_status.json").write_text(json.dumps({"reason": "finished"}))
+    docs = tmp_path / "docs"
+    assert report.main(["--out", str(tmp_path / "out"), "--runs", str(runs_file), "--docs", str(docs)]) == 0
+    rows = {r["name"]: r for r in json.loads((docs / "summary.json").read_text())["variants"]}
+    assert rows["short"]["flops_vs_ar"] == pytest.approx(1.0, abs=0.01)
+    assert rows["short"]["gap_equal_flops"] == pytest.approx(0.25)
+    assert rows["full"].get("gap_equal_flops") is None and rows["full"]["gap_equal_steps"] == pytest.approx(0.1)
