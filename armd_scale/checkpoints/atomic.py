@@ -21,8 +21,13 @@ def check_out(out: str | Path, *, overwrite: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} exists and is not empty; choose a new directory or pass --overwrite")
+        raise not_empty(out)
     return out
+
+
+def not_empty(out: str | Path) -> FileExistsError:
+    """The refusal of a non-empty --out without --overwrite (also for an --out on an object store)."""
+    return FileExistsError(f"--out {out} exists and is not empty; choose a new directory or pass --overwrite")
 
 
 @contextlib.contextmanager

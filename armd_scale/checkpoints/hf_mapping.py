@@ -30,6 +30,7 @@ import torch
 
 from ..config import ModelConfig
 from ..model.layers import mlp_hidden
+from ..safe_paths import contained_path
 from .report import ConversionError
 
 ANY = "any value"
@@ -241,12 +242,17 @@ def read_hf_state(folder: Path, layout: str, mc: ModelConfig) -> dict[str, torch
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{index}: 'weight_map' must map tensor names to file names")
+        # the names are input: each must be a regular file inside the folder (safe_paths)
+        named_by = f"{index.name} key 'weight_map'"
+        files = [contained_path(folder, n, named_by=named_by) for n in sorted(set(weight_map.values()), key=str)]
     else:
-        files = ["model.safetensors"]
+        files = [folder / "model.safetensors"]
     state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(str(folder / name)))
+    for path in files:
+        state.update(load_file(str(path)))
     if layout == "llama":
         return from_llama_state(state, mc)
     if layout == "armd":

@@ -5,7 +5,9 @@ node, or bytes flipped on a disk or in a copy, used to load silently (torch's zi
 checksum) or fail with a message naming no file. Every file a save writes is recorded in meta.json
 as `files: {relative path: {bytes, sha256}}`; readers compare size and SHA-256 before they load, and a
 mismatch is a `CorruptCheckpointError` naming the file, which the trainer and the tools answer by
-falling back to the newest intact checkpoint.
+falling back to the newest intact checkpoint. The names in such a list are input too: each must be a
+relative path to a regular file inside the folder (`armd_scale/safe_paths.py`), checked before any file
+is opened, so a list naming `/dev/zero` or `../../etc/hostname` is refused instead of read.
 
 Cost: SHA-256 through hashlib runs at about 1.1 GB/s per core on the development machine (SHA-NI,
 measured while the machine was busy). During a save each rank hashes only the files it wrote itself,
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
+from ..safe_paths import contained_path
 
 CHUNK = 8 << 20  # bytes read per hash update: large enough to amortise the Python overhead
 
@@ -70,14 +73,29 @@ def recorded_files(folder: Path, *, skip: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
-def verify(folder: Path, files: dict[str, dict[str, Any]] | None) -> None:
+def listed_paths(folder: Path, files: Any, *, named_by: str) -> dict[str, Path]:
+    """{name: path} of the files a checksum list names, every name checked first (`safe_paths`): a
+    relative path to a regular file inside `folder`, else UnsafePathError naming the folder, `named_by`
+    (the file and key holding the list) and the name. A list that is not {name: {bytes, sha256}} is a
+    CorruptCheckpointError."""
+    if not files:
+        return {}
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+        for v in files.values()
+    ):
+        raise CorruptCheckpointError(f"{named_by} in {folder} is not a {{name: {{bytes, sha256}}}} object")
+    return {name: contained_path(folder, name, named_by=named_by) for name in sorted(files)}
+
+
+def verify(folder: Path, files: dict[str, dict[str, Any]] | None, *, named_by: str) -> None:
     """Raise CorruptCheckpointError naming the first file under `folder` that is missing, has another
-    size or another SHA-256 than `files` records. A folder saved before checksums existed (None) passes."""
+    size or another SHA-256 than `files` records. A folder saved before checksums existed (None) passes.
+    Every name is checked before any file is opened (`listed_paths`; `named_by` names the list)."""
     if not files:
         return
-    folder = Path(folder)
-    for name, expected in sorted(files.items()):
-        path = folder / name
+    for name, path in listed_paths(Path(folder), files, named_by=named_by).items():
+        expected = files[name]
         try:
             size = path.stat().st_size
         except FileNotFoundError:

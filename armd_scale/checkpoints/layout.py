@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, saved_model_fields
+from ..safe_paths import contained_path
 from .integrity import CorruptCheckpointError, fsync_dir, write_durable
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
@@ -83,6 +84,11 @@ SHAPE_FIELDS = (
     "previous_block_input",
     "pe_lr_scale",  # the PE tables are stored divided by it
 )
+
+
+def files_key(file: str) -> str:
+    """How messages name the checksum list (FILES) that `file` (meta.json, an export's config.json) holds."""
+    return f"{file} key '{FILES}'"
 
 
 def tag_for(step: int) -> str:
@@ -184,9 +190,10 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def universal_tag_dir(folder: Path) -> Path | None:
-    """`folder/universal/<tag>` named by `latest_universal`, if the folder holds a converted checkpoint."""
+    """`folder/universal/<tag>` named by `latest_universal`, if the folder holds a converted checkpoint.
+    The name is input: it must be a folder inside `universal/` (safe_paths), else UnsafePathError."""
     latest = Path(folder) / UNIVERSAL / LATEST_UNIVERSAL
     if not latest.is_file():
         return None
-    tag_dir = latest.parent / latest.read_text().strip()
+    tag_dir = contained_path(latest.parent, latest.read_text().strip(), named_by=LATEST_UNIVERSAL, kind="dir")
     return tag_dir if tag_dir.is_dir() else None

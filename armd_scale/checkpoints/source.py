@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .integrity import CorruptCheckpointError, verify
+from .integrity import CorruptCheckpointError, listed_paths, verify
 from .layout import (
     CHECKPOINTS,
     EXPORT_CONFIG,
@@ -38,6 +38,7 @@ from .layout import (
     META,
     UNIVERSAL,
     complete_tags,
+    files_key,
     read_meta,
     universal_tag_dir,
 )
@@ -92,7 +93,7 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     if (path / EXPORT_WEIGHTS).is_file() and (path / EXPORT_CONFIG).is_file():
         config = _read_export_config(path / EXPORT_CONFIG)
         if check_safe:
-            verify(path, config.get(FILES))
+            verify(path, config.get(FILES), named_by=files_key(EXPORT_CONFIG))
         return Source("export", path, config)
     if (path / META).is_file():
         if not (path / MARKER).is_file():
@@ -116,19 +117,22 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
 
 
 def check_intact(folder: Path, meta: dict[str, Any], *, checksums: bool = True) -> None:
-    """Refuse a tampered folder (UnsafeCheckpointError, never a fallback) and a damaged one
-    (CorruptCheckpointError naming the file): restricted unpickling first, then the checksums.
+    """Refuse a tampered folder (UnsafeCheckpointError, or UnsafePathError for a listed name outside the
+    folder; never a fallback) and a damaged one (CorruptCheckpointError naming the file): the listed
+    names first (even without `checksums`), restricted unpickling next, then the checksums.
 
     The universal form a training checkpoint caches is not part of it: it is checked, and rebuilt if
     damaged, where it is used (universal.convert_to_universal; the trainer's load)."""
     cache = () if (meta.get("topology") or {}).get("layout") == UNIVERSAL else (UNIVERSAL,)
+    listed_by = files_key(META)
+    listed_paths(folder, meta.get(FILES), named_by=listed_by)  # every name is inside the folder: UnsafePathError
     try:
         assert_weights_only_loadable(folder, skip=cache)
     except CorruptCheckpointError:
-        verify(folder, meta.get(FILES))  # the precise finding (cut short, changed bytes) where one is recorded
+        verify(folder, meta.get(FILES), named_by=listed_by)  # the precise finding (cut short, changed bytes)
         raise
     if checksums:
-        verify(folder, meta.get(FILES))
+        verify(folder, meta.get(FILES), named_by=listed_by)
 
 
 def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool) -> Source:
@@ -153,7 +157,7 @@ def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:
     meta = read_meta(folder)
     if check_safe:
         assert_weights_only_loadable(tag_dir)
-        verify(folder, meta.get(FILES))
+        verify(folder, meta.get(FILES), named_by=files_key(META))
     return Source("universal", folder, meta, None, tag_dir)
 
 

@@ -148,7 +148,7 @@ def _cache_intact(target: Path) -> bool:
     if not listing.is_file():
         return True
     try:
-        verify(target, json.loads(listing.read_text()))
+        verify(target, json.loads(listing.read_text()), named_by=CHECKSUMS)
     except (CorruptCheckpointError, ValueError) as e:
         log.warning("the cached universal form %s is damaged (%s); converting again", target, e)
         return False

@@ -34,6 +34,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=positive_int, required=True, help="number of ids, special tokens included")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --out (the new tokenizer is written beside it, then renamed into place)",
+    )
+    parser.add_argument(
         "--kind",
         choices=["sentencepiece", "byte-bpe", "wordpiece"],
         default="sentencepiece",
@@ -84,8 +89,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fsspec.implementations.local import LocalFileSystem
+
+    from armd_scale.checkpoints.atomic import atomic_dir, not_empty
     from armd_scale.data.errors import DataError
-    from armd_scale.data.tokenizer import train_tokenizer
+    from armd_scale.data.tokenizer import Tokenizer, train_tokenizer
+    from armd_scale.data.urls import url_to_fs
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {k: getattr(args, k) for k in SP_DEFAULTS if getattr(args, k) is not None}
@@ -100,10 +109,11 @@ def run(args: argparse.Namespace) -> int:
     if args.cased and args.kind != "wordpiece":
         args._parser.error("--cased applies to --kind wordpiece only")
     start = time.perf_counter()
-    try:
-        tok = train_tokenizer(
+
+    def train(out: str) -> Tokenizer:
+        return train_tokenizer(
             args.input,
-            args.out,
+            out,
             vocab_size=args.vocab_size,
             kind=args.kind,
             text_field=args.text_field,
@@ -112,7 +122,21 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **options,
         )
-    except DataError as e:
+
+    # Runs and shard sets depend on a tokenizer by its SHA-256: replacing one takes --overwrite, and the new
+    # one is trained into a staging folder beside --out, then renamed into place, so a failure midway
+    # leaves the old tokenizer whole.
+    fs, path = url_to_fs(args.out)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            with atomic_dir(path, overwrite=args.overwrite) as staging:
+                tok = train(str(staging))
+            tok.source = path
+        else:  # an object store has no rename: the refusal only, then the files are written in place
+            if not args.overwrite and fs.isdir(path) and fs.ls(path):
+                raise not_empty(args.out)
+            tok = train(args.out)
+    except (DataError, FileExistsError) as e:
         print(f"armd tokenizer: error: {e}", file=sys.stderr)
         return 1
     info = tok.info["trained_on"]

@@ -37,7 +37,15 @@ from armd_scale.data.tokenizer_base import (
     Tokenizer,
     write_tokenizer_info,
 )
-from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, sha256_bytes, write_atomic
+from armd_scale.data.urls import (
+    StorageOptions,
+    exists,
+    join_url,
+    member_url,
+    read_bytes,
+    sha256_bytes,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +140,17 @@ class SentencePieceTokenizer(Tokenizer):
 
 def load_sentencepiece_dir(url: str, info: dict[str, Any], storage_options: StorageOptions) -> SentencePieceTokenizer:
     """A tokenizer directory of `armd tokenizer`, its model checked against the recorded SHA-256."""
-    model_url = join_url(url, info.get("model", MODEL_FILE))
+    info_url = join_url(url, INFO_FILE)
+    # the name is input: a regular file inside the folder, never /dev/zero or ../../ (safe_paths)
+    model_url = member_url(
+        url, info.get("model", MODEL_FILE), named_by=f"{INFO_FILE} key 'model'", storage_options=storage_options
+    )
     if not exists(model_url, storage_options):
         raise DataError(f"tokenizer model {model_url} is missing (tokenizer.json names it)")
     tok = SentencePieceTokenizer(read_bytes(model_url, storage_options), source=url, info=info)
     if tok.sha256 != info["sha256"]:
         raise DataError(
-            f"tokenizer model {model_url} has sha256 {tok.sha256} but {join_url(url, INFO_FILE)} "
+            f"tokenizer model {model_url} has sha256 {tok.sha256} but {info_url} "
             f"records {info['sha256']}: the model file was replaced; retrain or fix the directory"
         )
     return tok

@@ -23,6 +23,9 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from armd_scale.data.errors import DataError
+from armd_scale.safe_paths import UnsafePathError, check_name, contained_path
+
 StorageOptions = dict[str, Any] | None
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -46,6 +49,20 @@ def join_url(base: str, *names: str) -> str:
     for name in names:
         out = f"{out}/{name.strip('/')}"
     return out
+
+
+def member_url(base: str, name: object, *, named_by: str, storage_options: StorageOptions = None) -> str:
+    """`base/name` for a file name read from a file under `base` (untrusted input): the rule of
+    `armd_scale/safe_paths.py`, a relative path without `..`, and on a local file system also inside
+    `base` with symbolic links resolved and a regular file; a DataError naming `base`, `named_by` (the
+    file and key that gave the name) and the name otherwise."""
+    fs, path = url_to_fs(base, storage_options)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            return str(contained_path(path, name, named_by=named_by))
+        return join_url(base, check_name(name, folder=base, named_by=named_by))
+    except UnsafePathError as e:
+        raise DataError(str(e)) from None
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:

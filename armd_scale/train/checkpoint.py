@@ -44,6 +44,7 @@ from ..checkpoints.layout import (
     TAG_RE,
     UNIVERSAL,
     complete_tags,
+    files_key,
     function_differences,
     is_complete,
     mark_complete,
@@ -165,7 +166,7 @@ class Checkpointer:
         mine = {k: v for i, (k, v) in enumerate(sorted(files.items())) if i % world == rank}  # a share each
         local: tuple[str | None, str | None] = (None, None)  # (damage, fatal)
         try:
-            verify(folder, mine)
+            verify(folder, mine, named_by=files_key(META))
         except CorruptCheckpointError as e:
             local = (str(e), None)
         except OSError as e:  # the file could not be read here (EIO, a lost mount): not evidence of damage

@@ -5,23 +5,31 @@ script) interleave metrics.jsonl, overwrite config.yaml and delete each other's 
 retention. The second one must refuse, naming the first.
 
 How: the lock file is created atomically and never exists half-written: its JSON content (host, pid,
-the process's start time and the host's boot id, Slurm job id, time) goes to a private temporary file
-first, which is then hard-linked to `trainer.lock`. `link` fails if the name exists, also on NFS
-(v3 and later, where O_EXCL creation was historically unreliable; the link count of the temporary
-file settles the case of a lost reply), Lustre, GPFS/Spectrum Scale, BeeGFS and local filesystems.
-Only rank 0 takes the lock; it tells every other rank the outcome, so no rank trains without it.
+the process's start time, the host's boot id, the pid namespace, Slurm job id and run, time) goes to a
+private temporary file first, which is then hard-linked to `trainer.lock`. `link` fails if the name
+exists, also on NFS (v3 and later, where O_EXCL creation was historically unreliable; the link count
+of the temporary file settles the case of a lost reply), Lustre, GPFS/Spectrum Scale, BeeGFS and local
+filesystems. Only rank 0 takes the lock; it tells every other rank the outcome, so no rank trains
+without it.
 
 A lock is stale, and is taken over with a message, when
-- its holder ran on this host and that process is gone (pid missing, or reused by a process that
-  started at another time, or the host rebooted since: another boot id); or
-- its holder belongs to the same Slurm job as we do (a requeued or elastically restarted job taking
-  over from its own earlier run: Slurm never runs two instances of one job id); or
+- its holder ran on this host, in our pid namespace, and that process is gone (pid missing, or reused
+  by a process that started at another time, or the host rebooted since: another boot id). On this
+  host that is the only rule, whatever the Slurm job ids: two trainers started in one allocation share
+  the job id, and a requeued job runs in a new process, so a live holder is never an earlier run; or
+- its holder ran on another host and belongs to the same Slurm job as we do (a requeued or elastically
+  restarted job taking over from its own earlier run on another node); or
 - its holder's Slurm job is no longer running, where `scontrol` can tell (a requeued job waiting to
   run again still holds its run directory).
-A holder on another host outside Slurm cannot be checked: the trainer refuses and the message says how
-to remove the lock once that process is known to be gone. No decision uses clock times, so clock skew
-between hosts cannot make a live lock look stale. The lock is removed when training ends, whatever
-the outcome; `kill -9` or a lost node leaves it, and the rules above take it over.
+Containers that share the hostname but not the pid namespace (Kubernetes hostNetwork, `docker run
+--network host`) look like one host. The lock records the pid namespace (`/proc/self/ns/pid`), and the
+pid of a holder in another namespace is never looked up in ours (a dead holder's pid may be alive
+here, a live one's missing): such a holder is stale only if it belongs to an earlier run of our Slurm
+job (another SLURM_RESTART_COUNT) or to a Slurm job that is no longer running. A holder that cannot be
+checked (another host or container, outside Slurm) is respected: the trainer refuses and the message
+says how to remove the lock once that process is known to be gone. No decision uses clock times, so
+clock skew between hosts cannot make a live lock look stale. The lock is removed when training ends,
+whatever the outcome; `kill -9` or a lost node leaves it, and the rules above take it over.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ class Holder:
     boot_id: str | None
     slurm_job_id: str | None
     since: float  # when the lock was taken (for people; decisions never compare clocks)
+    pid_ns: str | None = None  # /proc/self/ns/pid ("pid:[INODE]"): which namespace `pid` is a pid of
+    slurm_restart: str | None = None  # SLURM_RESTART_COUNT ("0" on a job's first run): which run of the job
 
     def describe(self) -> str:
         when = datetime.datetime.fromtimestamp(self.since).isoformat(timespec="seconds")
@@ -73,6 +83,8 @@ def this_process() -> Holder:
         boot_id=_boot_id(),
         slurm_job_id=os.environ.get("SLURM_JOB_ID"),
         since=time.time(),
+        pid_ns=_pid_namespace(),
+        slurm_restart=os.environ.get("SLURM_RESTART_COUNT", "0") if os.environ.get("SLURM_JOB_ID") else None,
     )
 
 
@@ -89,6 +101,19 @@ def _start_time(pid: int) -> float | None:
 def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _other_namespace(holder: Holder, me: Holder) -> bool:
+    """Whether `holder.pid` is a pid of another namespace than ours (unknown for locks without one)."""
+    return holder.pid_ns is not None and me.pid_ns is not None and holder.pid_ns != me.pid_ns
+
+
+def _pid_namespace() -> str | None:
+    """`pid:[INODE]` of this process's pid namespace; None where /proc cannot tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
 
@@ -119,16 +144,21 @@ def _slurm_job_active(job_id: str) -> bool | None:
 
 def stale_reason(holder: Holder, me: Holder) -> str | None:
     """Why `holder`'s lock may be taken over by `me`, or None if it must be respected (or cannot be judged)."""
-    if me.slurm_job_id and holder.slurm_job_id == me.slurm_job_id:
-        return f"it belongs to an earlier run of this Slurm job ({me.slurm_job_id})"
-    if holder.host == me.host:
-        if holder.boot_id and me.boot_id and holder.boot_id != me.boot_id:
-            return "this host rebooted since it was taken"
+    if holder.host == me.host and holder.boot_id and me.boot_id and holder.boot_id != me.boot_id:
+        return "this host rebooted since it was taken"
+    if holder.host == me.host and not _other_namespace(holder, me):
+        # The process itself decides, whatever the Slurm job ids: a live holder is never "an earlier run".
         if not _pid_alive(holder.pid):
             return f"process {holder.pid} no longer exists"
         if holder.started is not None and _start_time(holder.pid) not in (None, holder.started):
             return f"pid {holder.pid} now belongs to another process"
         return None
+    if me.slurm_job_id and holder.slurm_job_id == me.slurm_job_id:
+        if holder.host != me.host:  # another node: a requeue, or an elastic restart that moved rank 0
+            return f"it belongs to an earlier run of this Slurm job ({me.slurm_job_id})"
+        if holder.slurm_restart is not None and holder.slurm_restart != me.slurm_restart:
+            # another container on this host: only an earlier run (a requeue) of the job is certainly gone
+            return f"it belongs to an earlier run of this Slurm job ({me.slurm_job_id}, run {holder.slurm_restart})"
     if holder.slurm_job_id and _slurm_job_active(holder.slurm_job_id) is False:
         return f"Slurm job {holder.slurm_job_id} is no longer running"
     return None
@@ -175,9 +205,11 @@ def acquire(run_dir: Path, say=print) -> Holder:
             continue
         reason = stale_reason(holder, me)
         if reason is None:
+            hidden = holder.host == me.host and _other_namespace(holder, me)
+            where = "it ran in another pid namespace (container) of this host" if hidden else "it ran on another host"
             raise RunDirLocked(
                 f"run.dir {run_dir} is in use by another trainer ({holder.describe()}). Wait for it to finish or "
-                f"stop it; if that process is gone (e.g. it ran on another host), delete {path}"
+                f"stop it; if that process is gone (e.g. {where}), delete {path}"
             )
         aside = path.with_name(f".{path.name}.stale.{me.host}.{me.pid}")
         try:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 
 from armd_scale.cli import main
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.tokenizer import tokenizer_info
+from armd_scale.data.tokenizer import load_tokenizer, tokenizer_info
+from tests.hold import Hold
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tokenizer_then_shards_then_verify(tmp_path: Path, corpus_dir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -158,3 +164,44 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         == 1
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_tokenizer_refuses_a_non_empty_out_and_overwrite_replaces_it_whole(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`armd tokenizer --out EXISTING_DIR` silently replaced a tokenizer that runs and shard sets depend on."""
+    out = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, out)
+    before = _tree(out)
+    argv = ["tokenizer", "--input", "builtin:pydoc", "--vocab-size", "300", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--kind", "byte-bpe"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out} exists and is not empty; choose a new directory or pass --overwrite" in err
+    assert _tree(out) == before  # untouched
+    assert main([*argv, "--kind", "byte-bpe", "--overwrite"]) == 0
+    replaced = load_tokenizer(str(out))
+    assert replaced.kind == "hf" and replaced.sha256 in capsys.readouterr().out
+    # the whole folder is the new tokenizer: nothing of the SentencePiece one is left beside it
+    assert sorted(p.name for p in out.iterdir()) == ["armd_tokenizer.json", "tokenizer.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no staging left behind
+
+
+def test_a_tokenizer_overwrite_killed_midway_leaves_the_old_tokenizer_whole(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """SIGKILL right after the new tokenizer.model was written (tests/hold.py): the files are written into a
+    staging folder beside --out, which replaces it only once complete."""
+    out = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, out)
+    before = _tree(out)
+    argv = ["tokenizer", "--input", "builtin:pydoc", "--vocab-size", "220", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = Hold("armd_scale.data.sp_tokenizer:write_atomic:kill-after:1", [*argv, "--overwrite"], env, cwd=str(REPO))
+    code, output = killed.finish()
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert _tree(out) == before
+    assert load_tokenizer(str(out)).sha256 == tokenizer_info(str(tokenizer_dir))["sha256"]

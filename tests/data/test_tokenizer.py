@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,33 @@ def test_real_corpus_round_trip(tmp_path: Path) -> None:
     text = next(iter_corpus(expand_inputs([str(CORPORA / "tinyshakespeare")])))[:20_000]
     ids = tok.encode(text)
     assert tok.decode(ids) == text and len(ids) < len(text) / 2  # merges do compress
+
+
+@pytest.mark.parametrize("where", ["device", "outside", "link"])
+def test_the_model_a_tokenizer_json_names_stays_inside_its_folder(
+    where: str, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """tokenizer.json's `model` naming ../../../dev/zero filled memory in every reader (`armd generate` on an
+    export included); naming a copy outside the folder, or a link to one, loaded it."""
+    folder = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, folder)
+    outside = tmp_path / "elsewhere.model"
+    shutil.copy(folder / "tokenizer.model", outside)  # the right bytes and SHA-256: only the name is wrong
+    if where == "device":
+        name = os.path.relpath("/dev/zero", folder)
+        why = "it leads out of the folder (..)"
+    elif where == "outside":
+        name = "../elsewhere.model"
+        why = "it leads out of the folder (..)"
+    else:
+        name = "linked.model"
+        (folder / name).symlink_to(outside)
+        why = f"it leads out of the folder through a symbolic link (to {outside})"
+    info = json.loads((folder / "tokenizer.json").read_text())
+    info["model"] = name
+    (folder / "tokenizer.json").write_text(json.dumps(info))
+    with pytest.raises(DataError) as refused:
+        load_tokenizer(str(folder))
+    assert str(refused.value).startswith(
+        f"refusing the file name {name!r} that tokenizer.json key 'model' gives in {folder}: {why}"
+    )

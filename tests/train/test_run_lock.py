@@ -119,3 +119,67 @@ def test_a_lock_is_created_whole_or_not_at_all(tmp_path, monkeypatch):
     assert links == [(f".{LOCK_FILE}.{held.host}.{held.pid}", LOCK_FILE)]
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
     release(tmp_path, held)
+
+
+def test_a_live_trainer_of_our_own_slurm_job_is_refused(tmp_path, monkeypatch):
+    """Two trainers started in one Slurm allocation share SLURM_JOB_ID: the second took the live first's lock
+    over as "an earlier run of this Slurm job", both trained and deleted each other's checkpoints. On this
+    host only the holder process decides: refused while it lives, taken over once it is gone."""
+    holder_code = (
+        "import sys; from armd_scale.train.run_lock import acquire; acquire(sys.argv[1]); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    env = {**_env(), "SLURM_JOB_ID": "778", "SLURM_RESTART_COUNT": "0"}
+    first = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(tmp_path)],
+        env=env,
+        cwd=str(REPO),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "held\n"
+        monkeypatch.setenv("SLURM_JOB_ID", "778")
+        said: list[str] = []
+        with pytest.raises(RunDirLocked, match=f"in use by another trainer \\(pid {first.pid} on host .*Slurm job 778"):
+            acquire(tmp_path, said.append)
+        assert said == []
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == first.pid  # still the first's
+    finally:
+        first.kill()
+        first.wait()
+    held = acquire(tmp_path, said.append)  # the holder is gone (a requeue): taken over
+    assert f"process {first.pid} no longer exists" in said[-1]
+    release(tmp_path, held)
+
+
+def test_a_holder_in_another_pid_namespace_is_not_judged_by_our_pids(tmp_path, monkeypatch):
+    """Containers sharing the hostname but not the pid namespace (hostNetwork, --network host): the holder's
+    pid means nothing here, so neither a pid that is alive in our namespace (with another start time) nor
+    a missing one decides; an earlier run of our Slurm job (a requeue) is still taken over."""
+    import os
+
+    other = "pid:[1]"  # no real namespace has inode 1
+    assert this_process().pid_ns not in (None, other)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    said: list[str] = []
+    for pid, started in ((os.getppid(), -1.0), (_dead_pid(), None)):  # would be "reused" / "gone" here
+        _write_lock(tmp_path, pid=pid, started=started, pid_ns=other, slurm_job_id=None)
+        with pytest.raises(RunDirLocked, match="it ran in another pid namespace \\(container\\) of this host"):
+            acquire(tmp_path, said.append)
+    monkeypatch.setenv("SLURM_JOB_ID", "779")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    # the same run of our job in another container: may be alive, refused
+    _write_lock(tmp_path, pid=_dead_pid(), pid_ns=other, slurm_job_id="779", slurm_restart="1")
+    with pytest.raises(RunDirLocked, match="Slurm job 779"):
+        acquire(tmp_path, said.append)
+    # the run before a requeue: gone
+    _write_lock(tmp_path, pid=os.getppid(), pid_ns=other, slurm_job_id="779", slurm_restart="0")
+    release(tmp_path, acquire(tmp_path, said.append))
+    assert "earlier run of this Slurm job (779, run 0)" in said[-1]
+    # our own namespace again: a live pid is respected whatever the job
+    _write_lock(tmp_path, pid=os.getppid(), started=None, slurm_job_id="779", slurm_restart="0")
+    with pytest.raises(RunDirLocked, match=f"pid {os.getppid()} on host"):
+        acquire(tmp_path, said.append)
+    assert len(said) == 1  # no other takeover was announced
