@@ -8,7 +8,9 @@ with `AutoModelForCausalLM` / `AutoTokenizer`, without armd_scale installed.
       tokenizer.json, tokenizer_config.json     hf_tokenizer.py, checked to give the training ids
       README.md                                 the model card (model_card.py)
       armd_scale.json                           {"format", "layout", "config" (resolved run config), "step",
-                                                 "tokenizer_sha256", provenance, "conversion"}
+                                                 "tokenizer_sha256", provenance, "conversion", "files" (size
+                                                 and SHA-256 of every other file, as an export's config.json;
+                                                 transformers never reads this file)}
       armd_tokenizer/                           the run's own tokenizer files, as `--to export` copies them
 
 Layouts (hf_mapping.py): `llama` for an `ar` run with the SwiGLU MLP (a stock LlamaForCausalLM, the
@@ -22,6 +24,10 @@ left-to-right order and again in a seeded random order with blocks of 3) and thr
 left-to-right call; a stock Llama computes RoPE tables in float32 and normalises in its own
 order, so its logits over the real vocabulary must agree within 1e-5. Reading the folder back the way
 armd_scale does (`--checkpoint DIR`, `train.init_from=DIR`) must give exactly the source's logits.
+
+Integrity: armd_scale.json is written last and lists every other file with its size and SHA-256
+(integrity.digests, the format of an export's config.json); every armd_scale reader verifies them
+before it reads the weights (hf_mapping.verify_hf_folder), so a damaged file is named, never loaded.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from .hf_mapping import (
     to_llama_state,
 )
 from .hf_tokenizer import export_tokenizer_files
-from .layout import EXPORT_WEIGHTS, HF_FORMAT, HF_META, HF_TOKENIZER
+from .integrity import digests, recorded_files
+from .layout import EXPORT_WEIGHTS, FILES, HF_FORMAT, HF_META, HF_TOKENIZER
 from .model_card import model_card
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
 from .report import ConversionError, ConversionReport, Progress
@@ -193,7 +200,6 @@ def export_hf(
             "conversion": report.to_dict(),
             **({"llama": {"bos_id": real, "real_vocab": real}} if chosen == "llama" else {}),
         }
-        (tmp / HF_META).write_text(json.dumps(record, indent=1))
         card = model_card(
             cfg,
             {**source.meta, "step": source.step},
@@ -203,6 +209,9 @@ def export_hf(
             parameters=report.parameters,
         )
         (tmp / "README.md").write_text(card)
+        # last: the size and SHA-256 of every other file, verified by every armd_scale reader
+        record[FILES] = digests(tmp, [n for n in recorded_files(tmp) if n != HF_META], sync=True)
+        (tmp / HF_META).write_text(json.dumps(record, indent=1))
     progress(f"done: {out}")
     if push_to_hub:
         push(out, push_to_hub, progress)

@@ -31,6 +31,7 @@ import torch
 from ..config import ModelConfig
 from ..model.layers import mlp_hidden
 from ..safe_paths import contained_path
+from .integrity import CorruptCheckpointError
 from .report import ConversionError
 
 ANY = "any value"
@@ -236,10 +237,109 @@ def from_llama_state(state: dict[str, torch.Tensor], mc: ModelConfig) -> dict[st
     return out
 
 
-def read_hf_state(folder: Path, layout: str, mc: ModelConfig) -> dict[str, torch.Tensor]:
-    """armd_scale's parameters from the safetensors of a `--to hf` folder (one file or an index of shards)."""
-    from safetensors.torch import load_file
+def verify_hf_folder(folder: Path) -> None:
+    """Compare every file a `--to hf` folder's armd_scale.json lists (key 'files': size and SHA-256,
+    the format of an export's config.json) with the folder: CorruptCheckpointError naming the first
+    damaged file. A folder written before the list existed has none and passes."""
+    from .integrity import verify
+    from .layout import FILES, HF_META, files_key
 
+    meta_file = Path(folder) / HF_META
+    if not meta_file.is_file():  # the exporter's own read-back, before the record is written
+        return
+    try:
+        record = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptCheckpointError(f"{meta_file} is not valid JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise CorruptCheckpointError(f"{meta_file} must be a JSON object")
+    verify(Path(folder), record.get(FILES), named_by=files_key(HF_META))
+
+
+def expected_hf_shapes(layout: str, mc: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} that the safetensors of a `layout` folder hold for model config `mc`,
+    from the model built on the meta device (no memory): what the folder's config claims."""
+    from ..model import build_model
+    from .model_io import tied_aliases
+
+    with torch.device("meta"):
+        model = build_model(mc)
+    aliases = tied_aliases(model)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in aliases}
+    if layout == "armd":
+        return {f"model.{k}": shape for k, shape in ours.items()}
+    t, d = real_vocab(mc), mc.d_model
+    out: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (t + 1, d),
+        "lm_head.weight": (t + 1, d),
+        "model.norm.weight": ours["final_norm.weight"],
+    }
+    for i in range(mc.n_layers):
+        for mine, theirs in LLAMA_MAP.items():
+            out[f"model.layers.{i}.{theirs}"] = ours[f"layers.{i}.{mine}"]
+    return out
+
+
+def check_hf_shapes(folder: Path, layout: str, mc: ModelConfig, found: dict[str, tuple[int, ...]]) -> None:
+    """Refuse (CorruptCheckpointError) safetensors whose tensor names or shapes are not the ones the
+    folder's config describes, before a model of the config's size is built: a config is input, and a
+    small folder must not make a reader allocate the huge model its config claims."""
+    if layout == "llama":
+        t = real_vocab(mc)
+        if mc.vocab_size - t > max(t, 1024):  # padded rows are not in the file: bound what the config adds
+            raise CorruptCheckpointError(
+                f"{folder}: the config pads a vocabulary of {t} ids to model.vocab_size={mc.vocab_size}, more than "
+                "the weights can describe; refusing to build that model"
+            )
+    if layout not in ("armd", "llama"):
+        raise ConversionError(f"{folder}: unknown layout {layout!r} (expected 'armd' or 'llama')")
+    expected = expected_hf_shapes(layout, mc)
+    if found == expected:
+        return
+    claimed = sum(_numel(s) for s in expected.values())
+    held = sum(_numel(s) for s in found.values())
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: weights {found[k]} vs config {expected[k]}"
+        for k in sorted(expected)
+        if k in found and found[k] != expected[k]
+    ]
+    details = "; ".join(
+        part
+        for part in (
+            f"missing {_few(missing)}" if missing else "",
+            f"unexpected {_few(unexpected)}" if unexpected else "",
+            f"shape mismatches {_few(shapes)}" if shapes else "",
+        )
+        if part
+    )
+    raise CorruptCheckpointError(
+        f"{folder}: the weights do not fit the folder's config, which describes a model of {claimed:,} parameters "
+        f"while the safetensors hold {held:,} ({details}); refusing to build the model"
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _few(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_hf_state(folder: Path, layout: str, mc: ModelConfig) -> dict[str, torch.Tensor]:
+    """armd_scale's parameters from the safetensors of a `--to hf` folder (one file or an index of shards).
+
+    Every file the folder's armd_scale.json lists is verified first (size and SHA-256), and the tensor
+    names and shapes in the safetensors headers are compared with the folder's config before any
+    tensor is read or any config-sized tensor is made."""
+    from safetensors import safe_open
+
+    verify_hf_folder(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -250,11 +350,16 @@ def read_hf_state(folder: Path, layout: str, mc: ModelConfig) -> dict[str, torch
         files = [contained_path(folder, n, named_by=named_by) for n in sorted(set(weight_map.values()), key=str)]
     else:
         files = [folder / "model.safetensors"]
+    found: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            found.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    check_hf_shapes(folder, layout, mc, found)
+    from safetensors.torch import load_file
+
     state: dict[str, torch.Tensor] = {}
     for path in files:
         state.update(load_file(str(path)))
     if layout == "llama":
         return from_llama_state(state, mc)
-    if layout == "armd":
-        return from_armd_state(state)
-    raise ConversionError(f"{folder}: unknown layout {layout!r} (expected 'armd' or 'llama')")
+    return from_armd_state(state)

@@ -4,7 +4,9 @@ Wherever a command takes `--checkpoint PATH`, PATH is anything `source.open_sour
 directory (its newest complete checkpoint), a checkpoint folder, a universal folder or an export
 directory. Weights come from `weights.full_state` (pickle-based files only through the restricted
 unpickler), and `model_io.load_weights` fits them to the saved config's model strictly, restoring
-tied parameters.
+tied parameters. The weights are read (and verified) before the model is built, and their names
+and shapes are compared with the saved config's model built on the meta device (`refuse_unfit`), so
+a config that claims another (a huge) model is refused before any memory is spent on it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from ..config import Config
-from .model_io import build, config_of, load_weights
-from .source import open_source
+from .integrity import CorruptCheckpointError
+from .model_io import build, config_of, load_weights, parameter_count, tied_aliases
+from .source import Source, open_source
 from .weights import full_state
 
 if TYPE_CHECKING:
@@ -49,7 +52,11 @@ def load_pretrained(
     """The model of checkpoint `path` in eval mode on `device` in `dtype`, with its config and identity."""
     source = open_source(path)
     cfg = config_of(source.config, str(source.meta_file))
-    model = load_weights(build(cfg), full_state(source), str(source.folder))
+    # the weights first (verified, and as large as the files): the saved config is input, and a small
+    # folder whose config claims a huge model must be refused before that model is built
+    state = full_state(source)
+    refuse_unfit(cfg, state, source)
+    model = load_weights(build(cfg), state, str(source.folder))
     return Pretrained(
         model=model.to(device=device, dtype=dtype).eval(),
         config=cfg,
@@ -57,4 +64,34 @@ def load_pretrained(
         source=source.folder,
         step=source.step,
         tokenizer_sha256=source.meta.get("tokenizer_sha256"),
+    )
+
+
+def refuse_unfit(cfg: Config, state: dict[str, torch.Tensor], source: Source) -> None:
+    """CorruptCheckpointError unless `state` holds exactly the tensors (names, shapes) of the model
+    `cfg` describes, tied aliases allowed to be absent; checked on the meta device (no memory)."""
+    model = build(cfg, device="meta")
+    aliases = tied_aliases(model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    for alias, canonical in aliases.items():
+        if alias not in found and canonical in found:
+            found[alias] = found[canonical]
+    if found == expected:
+        return
+    held = sum(v.numel() for k, v in state.items() if k not in aliases)
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: weights {found[k]} vs config {expected[k]}" for k in expected if k in found and found[k] != expected[k]
+    ]
+    details = "; ".join(
+        f"{what} {', '.join(items[:4])}{f' and {len(items) - 4} more' if len(items) > 4 else ''}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
+        if items
+    )
+    raise CorruptCheckpointError(
+        f"{source.meta_file} describes a model of {parameter_count(model):,} parameters but the weights in "
+        f"{source.folder} hold {held:,} ({details}): the config does not belong to the weights; refusing to "
+        "build the model"
     )

@@ -2,7 +2,8 @@
 
 The parameter count comes from building the saved config's model on the meta device (shapes, no
 memory), so inspecting a large checkpoint costs seconds; every pickle-based file is still opened
-with the restricted unpickler (memory-mapped), so inspect doubles as a safety check of the folder.
+with the restricted unpickler (memory-mapped), and every recorded checksum is compared (a `--to hf`
+folder's too), so inspect doubles as a safety and integrity check of the folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from .hf_mapping import verify_hf_folder
 from .layout import CHECKPOINTS, FILES, is_complete, step_folders
 from .model_io import build, config_of, parameter_count
 from .safe_load import PICKLE_SUFFIXES
@@ -19,6 +21,8 @@ from .source import Source, open_source
 
 def summarize(path: str | Path) -> dict[str, Any]:
     source = open_source(path)
+    if source.kind == "hf":  # every file its armd_scale.json lists, before anything else is reported
+        verify_hf_folder(source.folder)
     cfg = source.config
     model, data, train = cfg.get("model", {}), cfg.get("data", {}), cfg.get("train", {})
     topology = source.topology or {}

@@ -333,6 +333,7 @@ class ShardLoader:
             storage_options=self.storage_options,
             retry=self.retry,
             cache=self.cache,
+            vocab_size=m.vocab_size,  # an id the model has no row for is named here, not an IndexError later
         )
 
     def _rows(self, store: ChunkStore, plan: StepPlan) -> np.ndarray:

@@ -141,9 +141,12 @@ def read_chunk(
     storage_options: StorageOptions = None,
     retry: RetryPolicy = DEFAULT_RETRY,
     cache: ChunkCache | None = None,
+    vocab_size: int | None = None,
 ) -> np.ndarray:
     """Fetch (through `cache` when given), verify and decode one chunk to [samples, seq_len].
-    Raises BadShardError naming the shard URL and the chunk."""
+    Raises BadShardError naming the shard URL and the chunk; with `vocab_size` (the manifest's) also
+    for a token id outside [0, vocab_size), as the writer and `armd shards --verify` check (an
+    external converter may write ids the model has no row for)."""
     if cache is not None:
         data = cache.get_or_fetch(ref.digest, lambda: _fetch_chunk(ref, storage_options, retry))
     else:
@@ -154,7 +157,26 @@ def read_chunk(
         raise BadShardError(
             ref.url, f"{ref.describe()}: its records are not laid out as `armd shards` writes them", ref.index
         )
+    if vocab_size is not None:
+        bad = out_of_vocab(rows, vocab_size)
+        if bad is not None:
+            raise BadShardError(ref.url, f"{ref.describe()}: {bad}", ref.index)
     return rows
+
+
+def out_of_vocab(rows: np.ndarray, vocab_size: int) -> str | None:
+    """None when every id of `rows` is in [0, vocab_size), else what the first bad one is."""
+    if not rows.size:
+        return None
+    high, low = int(rows.max()), int(rows.min())
+    if high < vocab_size and low >= 0:
+        return None
+    value = high if high >= vocab_size else low
+    sample = int(np.argwhere(rows == value)[0][0]) if rows.ndim == 2 else 0
+    return (
+        f"token id {value} (sample {sample}) is outside the vocabulary [0, {vocab_size}) of its manifest: "
+        "the set was not written by `armd shards` or was changed since (`armd shards --verify` names every such shard)"
+    )
 
 
 def fetch_shard(url: str, entry: ShardEntry, storage_options: StorageOptions = None, verify: bool = True) -> bytes:

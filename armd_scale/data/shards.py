@@ -30,7 +30,6 @@ from tqdm import tqdm
 from armd_scale import __version__
 from armd_scale.data.errors import BadShardError, DataError
 from armd_scale.data.manifest import (
-    MANIFEST_FILE,
     Manifest,
     ShardEntry,
     dtype_for_vocab,
@@ -50,9 +49,10 @@ from armd_scale.data.shardio import (
     fixed_layout_chunks,
     record_bytes,
 )
+from armd_scale.data.staging import staged_out
 from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
 from armd_scale.data.tokenizer import Tokenizer, encode_chunks_in_worker, init_encode_worker, load_tokenizer
-from armd_scale.data.urls import StorageOptions, exists, join_url, remove, sha256_bytes, url_to_fs, write_atomic
+from armd_scale.data.urls import StorageOptions, join_url, sha256_bytes, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +198,6 @@ class ShardSetWriter:
         return manifest
 
 
-def _prepare_out(out: str, overwrite: bool, storage_options: StorageOptions) -> None:
-    """Refuse to replace a finished shard set unless asked; when replacing, drop its manifests first
-    so a crash midway leaves an incomplete set rather than a stale manifest over new shards."""
-    manifests = [join_url(out, s, MANIFEST_FILE) for s in SPLITS] + [join_url(out, MANIFEST_FILE)]
-    found = [m for m in manifests if exists(m, storage_options)]
-    if found and not overwrite:
-        raise DataError(f"a shard set already exists at {out} ({found[0]}); pass --overwrite or choose another --out")
-    for m in found:
-        remove(m, storage_options)
-    fs, path = url_to_fs(out, storage_options)
-    fs.makedirs(path, exist_ok=True)
-
-
 def _ordered_map(
     tok: Tokenizer, tasks: Iterable[tuple[Any, list[str]]], workers: int
 ) -> Iterator[tuple[Any, list[np.ndarray]]]:
@@ -312,7 +299,6 @@ def build_shards(
     is_val = holdout(n_docs, val_fraction, seed)
     dtype = dtype_for_vocab(tok.vocab_size)
     per_shard = samples_per_shard or samples_for_size(seq_len, dtype, shard_size_mb)
-    _prepare_out(out, overwrite, storage_options)
     build = {
         "inputs": list(inputs),
         "val_fraction": val_fraction,
@@ -324,6 +310,47 @@ def build_shards(
         "eos_id": tok.eos_id,
         "tool": f"armd_scale {__version__}",
     }
+    # written beside `out` and renamed into place whole (staging.py): two builds never mix
+    with staged_out(out, ("val", "train"), overwrite=overwrite, storage_options=storage_options) as target:
+        manifests = _tokenize_into(
+            target, tok, sources, read, build, is_val, n_docs, seq_len, per_shard, chunk_kb, workers, progress
+        )
+    manifests = {s: _published(m, out, s) for s, m in manifests.items()}
+    if "val" in manifests:
+        share = manifests["val"].totals["tokens"] / max(1, sum(m.totals["tokens"] for m in manifests.values()))
+        if share > 2 * val_fraction + 0.02:
+            log.warning(
+                "the validation split holds %.0f%% of the tokens for val_fraction=%g: the inputs have few, "
+                "large documents; doc_split='paragraph' holds out finer units",
+                100 * share,
+                val_fraction,
+            )
+    return manifests
+
+
+def _published(manifest: Manifest, out: str, split: str) -> Manifest:
+    """The manifest as read from where it was published (it was written in the staging folder)."""
+    manifest.url = join_url(out, split).rstrip("/")
+    return manifest
+
+
+def _tokenize_into(
+    out: str,
+    tok: Tokenizer,
+    sources: Any,
+    read: dict[str, Any],
+    build: dict[str, Any],
+    is_val: np.ndarray,
+    n_docs: int,
+    seq_len: int,
+    per_shard: int,
+    chunk_kb: float,
+    workers: int,
+    progress: bool,
+) -> dict[str, Manifest]:
+    """Tokenize the documents into `out`/train (and `out`/val); the manifests, val's first."""
+    storage_options = read["storage_options"]
+    dtype = dtype_for_vocab(tok.vocab_size)
     splits = ["train", "val"] if is_val.any() else ["train"]
     writers = {
         s: ShardSetWriter(
@@ -358,17 +385,7 @@ def build_shards(
                 bar.update(1)
     bar.close()
     # val first: the train manifest, the one a run needs, is the very last file written
-    manifests = {s: writers[s].finish() for s in reversed(splits)}
-    if "val" in manifests:
-        share = manifests["val"].totals["tokens"] / max(1, sum(m.totals["tokens"] for m in manifests.values()))
-        if share > 2 * val_fraction + 0.02:
-            log.warning(
-                "the validation split holds %.0f%% of the tokens for val_fraction=%g: the inputs have few, "
-                "large documents; doc_split='paragraph' holds out finer units",
-                100 * share,
-                val_fraction,
-            )
-    return manifests
+    return {s: writers[s].finish() for s in reversed(splits)}
 
 
 def build_synthetic_shards(
@@ -386,7 +403,7 @@ def build_synthetic_shards(
     """Shards of independent stationary sequences from `synthetic:markov?...` (ids shifted past the
     special ids), plus `out/tokenizer/tokenizer.json` describing the source and its entropy rate."""
     from armd_scale.data.corpora import SYNTHETIC_TOKEN_OFFSET, parse_synthetic
-    from armd_scale.data.tokenizer import INFO_FORMAT, write_tokenizer_info
+    from armd_scale.data.tokenizer import INFO_FORMAT
 
     source, sizes = parse_synthetic(spec)
     vocab = source.vocab_size + SYNTHETIC_TOKEN_OFFSET
@@ -403,9 +420,34 @@ def build_synthetic_shards(
     }
     dtype = dtype_for_vocab(vocab)
     per_shard = samples_per_shard or samples_for_size(seq_len, dtype, shard_size_mb)
-    _prepare_out(out, overwrite, storage_options)
-    write_tokenizer_info(join_url(out, "tokenizer"), info, storage_options)
     build = {"inputs": [spec], "seed": seed, "samples_per_shard": per_shard, "tool": f"armd_scale {__version__}"}
+    outputs = ("tokenizer", "val", "train")
+    with staged_out(out, outputs, overwrite=overwrite, storage_options=storage_options) as target:
+        manifests = _sample_into(
+            target, source, sizes, info, build, seq_len, vocab, per_shard, chunk_kb, seed, spec, storage_options
+        )
+    return {s: _published(m, out, s) for s, m in manifests.items()}
+
+
+def _sample_into(
+    out: str,
+    source: Any,
+    sizes: dict[str, int],
+    info: dict[str, Any],
+    build: dict[str, Any],
+    seq_len: int,
+    vocab: int,
+    per_shard: int,
+    chunk_kb: float,
+    seed: int,
+    spec: str,
+    storage_options: StorageOptions,
+) -> dict[str, Manifest]:
+    from armd_scale.data.corpora import SYNTHETIC_TOKEN_OFFSET
+    from armd_scale.data.tokenizer import write_tokenizer_info
+
+    dtype = dtype_for_vocab(vocab)
+    write_tokenizer_info(join_url(out, "tokenizer"), info, storage_options)
     manifests = {}
     for split, count, stream in (("val", sizes["val_samples"], 2 * seed + 1), ("train", sizes["samples"], 2 * seed)):
         if count <= 0:

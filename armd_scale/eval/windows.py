@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.errors import DataError, DataMismatchError
 from ..data.manifest import MANIFEST_FILE, Manifest, read_manifest
-from ..data.shardio import load_shard
+from ..data.shardio import load_shard, out_of_vocab
 from ..data.textio import DocSplit, expand_inputs, iter_corpus
 from ..data.urls import exists, join_url
 from .text import TextCodec
@@ -37,8 +37,11 @@ class _ShardPart:
             if left <= 0:
                 return
             url = join_url(self.manifest.url, entry.name)
-            rows = load_shard(url, entry, seq_len=self.manifest.seq_len, dtype=self.manifest.dtype)
-            yield rows[:left].astype(np.int64)
+            rows = load_shard(url, entry, seq_len=self.manifest.seq_len, dtype=self.manifest.dtype)[:left]
+            bad = out_of_vocab(rows, self.manifest.vocab_size)  # as the writer and `armd shards --verify` check
+            if bad is not None:
+                raise DataError(f"shard {url}: {bad}")
+            yield rows.astype(np.int64)
             left -= len(rows)
 
 

@@ -14,6 +14,7 @@ with a message saying why. If the online start still fails, auto starts offline 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import netrc
@@ -25,9 +26,17 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
+from ..atomic import describe_write_failure
 from ..config import Config
+from .checkpoint import CheckpointWriteError
 
 WandbMode = Literal["off", "offline", "online"]
+
+
+class MetricsWriteError(CheckpointWriteError):
+    """RUN_DIR/metrics.jsonl could not be written (a full disk, a lost filesystem); the message names the
+    file. A CheckpointWriteError (an OSError) because it is the same fault of the same run directory:
+    the trainer records it as a failed status and `armd train` prints it as one line, as for a save."""
 
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -105,7 +114,11 @@ class MetricsLogger:
         if not is_main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self.path = run_dir / "metrics.jsonl"
+        try:
+            self.file = open(self.path, "a", buffering=1)
+        except OSError as e:
+            raise MetricsWriteError(f"metrics not written: {describe_write_failure(self.path, e)}") from None
         if cfg.log.progress_bar:
             from tqdm.auto import tqdm
 
@@ -142,7 +155,10 @@ class MetricsLogger:
         if not self.is_main or self.file is None:
             return
         record = {"step": step, **{k: _jsonable(v) for k, v in values.items()}}
-        self.file.write(json.dumps(record) + "\n")
+        try:
+            self.file.write(json.dumps(record) + "\n")  # line-buffered: the line reaches the OS here
+        except OSError as e:
+            self._fail(e)
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
         if self.bar is not None and "loss" in values:
@@ -163,11 +179,26 @@ class MetricsLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.file is not None:
-            self.file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-            self.wandb_run = None
+        file, self.file = self.file, None
+        try:
+            if file is not None:
+                try:
+                    file.close()
+                except OSError as e:
+                    self._fail(e)
+        finally:
+            if self.wandb_run is not None:
+                self.wandb_run.finish()
+                self.wandb_run = None
+
+    def _fail(self, error: OSError) -> None:
+        """Give the file up (what is still buffered cannot be written either) and raise the one error
+        that names it; later calls log nothing, so closing cannot raise it a second time."""
+        file, self.file = self.file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        raise MetricsWriteError(f"metrics not written: {describe_write_failure(self.path, error)}") from None
 
 
 def _jsonable(value: Any) -> Any:
