@@ -393,6 +393,13 @@ class TrainConfig:
     max_bad_steps: int = 5
     # A loss above spike_factor x its running mean is logged as a spike.
     spike_factor: float = 3.0
+    # Finite-divergence guard (docs/RELIABILITY.md): a loss more than max(diverge_margin nats,
+    # diverge_ratio x its best running mean) above that mean holds checkpoint retention; diverge_steps
+    # such steps in a row stop the run as failed and set aside the checkpoints since (0 = off, e.g. for a
+    # resume that changes the data or the order kind on purpose).
+    diverge_steps: int = 10
+    diverge_margin: float = 1.0
+    diverge_ratio: float = 0.25
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def validate(self) -> None:
@@ -408,6 +415,7 @@ class TrainConfig:
         _at_least(self, 0, "warmup_steps", "eval_every", "max_minutes", "eval_elbo_steps", "weight_decay", "grad_clip")
         _at_least(self, 0, "seed", "keep_every", "sample_at_end", "stop_at_step")
         _at_least(self, 1, "spike_factor")
+        _at_least(self, 0, "diverge_steps", "diverge_margin", "diverge_ratio")
         self.order.validate()
         self.profile.validate()
 

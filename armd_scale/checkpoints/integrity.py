@@ -35,7 +35,15 @@ CHUNK = 8 << 20  # bytes read per hash update: large enough to amortise the Pyth
 class CorruptCheckpointError(ValueError):
     """A checkpoint file is missing, truncated, unreadable or does not match its recorded checksum.
 
-    A ValueError (bad input), so the resume planner turns it into one error every rank raises."""
+    A ValueError (bad input), so the resume planner turns it into one error every rank raises. `path`
+    is the damaged file when one is known (callers look at it once more: tampering or damage?)."""
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):  # kwargs survive pickling (errors travel between ranks)
+        return (type(self), (str(self), self.path))
 
 
 def digest(path: Path) -> dict[str, Any]:
@@ -99,16 +107,18 @@ def verify(folder: Path, files: dict[str, dict[str, Any]] | None, *, named_by: s
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise CorruptCheckpointError(f"{path} is missing (the checkpoint lists it)") from None
+            raise CorruptCheckpointError(f"{path} is missing (the checkpoint lists it)", path) from None
         if size != expected["bytes"]:
             raise CorruptCheckpointError(
-                f"{path} has {size} bytes but {expected['bytes']} were written: the file was cut short or changed"
+                f"{path} has {size} bytes but {expected['bytes']} were written: the file was cut short or changed",
+                path,
             )
         found = digest(path)["sha256"]
         if found != expected["sha256"]:
             raise CorruptCheckpointError(
                 f"{path} does not match its checksum (sha256 {found[:16]}..., written as "
-                f"{expected['sha256'][:16]}...): its bytes changed after the save"
+                f"{expected['sha256'][:16]}...): its bytes changed after the save",
+                path,
             )
 
 

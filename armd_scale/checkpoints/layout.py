@@ -8,6 +8,7 @@
       latest                  name of the newest complete folder (for people and scripts)
       step_00000050.corrupt/  a folder whose files failed verification, set aside by a resume (never read)
       step_00000040.nonfinite/  weights that gave train.max_bad_steps non-finite losses, set aside (never read)
+      step_00000060.diverged/   weights taken after the loss left its sane range for good, set aside (never read)
 
     EXPORT_DIR/               written by `armd convert --to export` (export.py)
       model.safetensors, config.json, tokenizer/
@@ -22,6 +23,7 @@ fields of meta.json and config.json.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import time
@@ -30,7 +32,7 @@ from typing import Any
 
 from ..config import ModelConfig, saved_model_fields
 from ..safe_paths import contained_path
-from .integrity import CorruptCheckpointError, fsync_dir, write_durable
+from .integrity import CorruptCheckpointError, fsync_dir, listed_paths, write_durable
 
 CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
@@ -39,6 +41,7 @@ FILES = "files"  # meta.json key: {relative path: {bytes, sha256}} of every file
 CHECKSUMS = "checksums.json"  # the same list for a cached universal/ form, which meta.json predates
 CORRUPT_SUFFIX = ".corrupt"  # a resume sets a damaged step folder aside under this suffix
 NONFINITE_SUFFIX = ".nonfinite"  # ... and the trainer one whose weights gave only non-finite losses
+DIVERGED_SUFFIX = ".diverged"  # ... and those taken while the loss stayed far above its best (finite divergence)
 LATEST = "latest"
 CHECKPOINT_FORMAT = "armd_scale-checkpoint-1"
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -123,12 +126,45 @@ def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
+        if is_complete(folder):  # marked complete, so it was written: a copy cut short, a file deleted
+            raise CorruptCheckpointError(
+                f"{path} is missing although {folder / MARKER} is present: the checkpoint's copy or save is incomplete",
+                path,
+            ) from None
         raise FileNotFoundError(f"{path} is missing: {folder} is not an armd_scale checkpoint") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptCheckpointError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
         raise CorruptCheckpointError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    _check_meta_digest(folder, path, meta)
     return meta
+
+
+def _check_meta_digest(folder: Path, path: Path, meta: dict[str, Any]) -> None:
+    """meta.json against the SHA-256 its COMPLETE marker records (saves since the marker records it): a
+    changed byte in meta.json (a loader cursor, an lr) would otherwise be read as the truth. A marker that
+    is not the JSON a save writes is damage too. Folders without COMPLETE (a save under way) are not checked."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return
+    try:
+        record = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"{marker} is damaged (not valid JSON: {e})", marker) from None
+    if not isinstance(record, dict):
+        raise CorruptCheckpointError(f"{marker} is damaged (not a JSON object)", marker)
+    expected = record.get("meta_sha256")
+    if expected is None:  # written before the marker recorded it
+        return
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        # A name that leads out of the folder is tampering, whatever else changed: refused, never a fallback.
+        listed_paths(folder, meta.get(FILES), named_by=files_key(META))
+        raise CorruptCheckpointError(
+            f"{path} does not match the checksum {marker.name} records (sha256 {found[:16]}..., written as "
+            f"{str(expected)[:16]}...): its bytes changed after the save",
+            path,
+        )
 
 
 def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
@@ -136,13 +172,27 @@ def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
     both are, and COMPLETE reaches the disk only after meta.json and the folder's names (the caller
     fsynced the files the marker vouches for)."""
     fsync_dir(folder)
-    write_durable(folder / META, json.dumps(meta, indent=1))
-    write_durable(folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time()}))
+    text = json.dumps(meta, indent=1)
+    _write_named(folder / META, text)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()  # meta.json's own checksum (read_meta checks it)
+    _write_named(
+        folder / MARKER, json.dumps({"step": meta.get("step"), "completed_at": time.time(), "meta_sha256": digest})
+    )
     fsync_dir(folder.parent)
 
 
 def set_latest(ckpt_dir: Path, tag: str) -> None:
-    write_durable(ckpt_dir / LATEST, tag + "\n")
+    _write_named(ckpt_dir / LATEST, tag + "\n")
+
+
+def _write_named(path: Path, data: str) -> None:
+    """`write_durable`, whose OSError (a full disk at the write, or only at the fsync, which carries no
+    file name) names `path`, not its temporary sibling, so the message can say which file was not written."""
+    try:
+        write_durable(path, data)
+    except OSError as e:
+        e.filename = str(path)
+        raise
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

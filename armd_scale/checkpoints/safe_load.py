@@ -7,7 +7,16 @@ unpickling, so before handing a folder to it every pickle-based file is opened h
 forces the restricted unpickler on them too. A file carrying any other object (a malicious
 `__reduce__`, say) fails with the file and the offending global named, and nothing from it runs.
 A file that cannot be read at all (cut short, bytes damaged) is a `CorruptCheckpointError` naming it,
-not a raw zip or pickle error: callers fall back to an older checkpoint on that, never on an unsafe one.
+not a raw zip, pickle, mmap or decoding error: callers fall back to an older checkpoint on that, never
+on an unsafe one.
+
+Order: a folder that records checksums is verified first (`verify_files`: sizes, then SHA-256), and only
+files that match are unpickled. Damaged bytes fed to an unpickler fail in any of a dozen ways
+(UnicodeDecodeError, IndexError, KeyError, an `mmap` EINVAL on a file cut short, or a flipped global name
+such as `collecuions.OrderedDict` that looks like tampering), so they must never reach it. A file that
+matches its checksum and holds a disallowed global was written that way: a tamper refusal. A file that
+does not match its checksum is damage, unless its pickle names a callable that really exists outside
+torch (`io.open`, `posix.system`): that is a payload planted without updating meta.json, refused too.
 
 Hidden entries (names starting with a dot) are the staging folders of writes that were interrupted;
 they are never part of a checkpoint and are skipped.
@@ -16,18 +25,20 @@ they are never part of a checkpoint and are skipped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pickle
 import pickletools
 import re
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .integrity import CorruptCheckpointError
+from .integrity import CorruptCheckpointError, verify
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -99,12 +110,60 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu"):
     except pickle.UnpicklingError as e:
         reason = _reason(e) or _foreign_globals(path)
         if not reason:  # the restricted unpickler stopped, but at damaged bytes, not at a foreign object
-            raise CorruptCheckpointError(f"{path} is damaged: its pickle stream holds invalid opcodes") from None
+            raise CorruptCheckpointError(
+                f"{path} is damaged: its pickle stream holds invalid opcodes", Path(path)
+            ) from None
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains objects that are not tensors or plain containers ({reason})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:  # an OSError (EIO, ...) is the reader's, not the file's
-        raise CorruptCheckpointError(f"{path} is corrupt or truncated: {_first_line(e)}") from None
+    except OSError as e:  # EIO, EACCES, a lost mount: the reader's, not the file's ...
+        if e.errno != errno.EINVAL:
+            raise
+        # ... but torch maps the file, and a zip cut short (its directory points past the end) fails there
+        raise CorruptCheckpointError(f"{path} is corrupt or truncated: {_first_line(e)}", Path(path)) from None
+    except Exception as e:  # noqa: BLE001 - damaged bytes make the unpickler fail in arbitrary ways
+        raise CorruptCheckpointError(
+            f"{path} is corrupt or truncated: {type(e).__name__}: {_first_line(e)}", Path(path)
+        ) from None
+
+
+def verify_files(folder: Path, files: dict | None, *, named_by: str) -> None:
+    """`integrity.verify` (sizes and SHA-256, before anything is unpickled) that tells tampering from
+    damage: a file that differs from its record and whose pickle names a callable that exists outside torch
+    (a planted payload; meta.json left as it was) is an UnsafeCheckpointError, anything else that differs
+    a CorruptCheckpointError naming the file. Nothing is unpickled: the opcodes are only read."""
+    try:
+        verify(folder, files, named_by=named_by)
+    except CorruptCheckpointError as e:
+        path = e.path
+        if path is not None and path.suffix in PICKLE_SUFFIXES and path.is_file():
+            planted = _planted_globals(path)
+            if planted:
+                raise UnsafeCheckpointError(
+                    f"refusing to load {path}: it does not match its checksum and contains objects that are not "
+                    f"tensors or plain containers (Unsupported global: GLOBAL {', '.join(planted)})"
+                ) from None
+        raise
+
+
+def _planted_globals(path: Path) -> list[str]:
+    """The foreign globals of a pickle (see `_foreign_globals`) that name an attribute of a module this
+    process has already imported: real callables, as a payload needs. A flipped bit in a global's name
+    (`collecuions.OrderedDict`) names nothing that exists. No module is imported and nothing is run."""
+    found = _foreign_globals(path)
+    names = found.removeprefix("Unsupported global: GLOBAL ").split(", ") if found else []
+    real = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        while module and module not in sys.modules:  # `a.b.C` may be the class C of module a.b, or a.b.C
+            module, _, head = module.rpartition(".")
+            attr = f"{head}.{attr}"
+        obj = sys.modules.get(module) if module else None
+        for part in attr.split(".") if obj is not None else ():
+            obj = getattr(obj, part, None)
+        if obj is not None and callable(obj):
+            real.append(name)
+    return real
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,11 +9,13 @@ Accepted paths, and what they resolve to:
 - a Hugging Face folder written by `armd convert --to hf` (armd_scale.json beside transformers' files).
 
 A folder without COMPLETE is a save that was cut short and is refused. Opening a DeepSpeed or
-universal folder checks every pickle-based file in it with the restricted unpickler first
-(safe_load.py), so each caller refuses a tampered folder up front, naming the file; then every file
-against the size and SHA-256 its meta.json records (integrity.py). A run directory whose newest
-checkpoint fails that check resolves to the newest intact one, with a warning naming the damaged
-file; a folder given directly is an error naming it. The weights are read by `weights.full_state`.
+universal folder checks every file against the size and SHA-256 its meta.json records first
+(integrity.py), then every pickle-based file with the restricted unpickler (safe_load.py), so each
+caller refuses a tampered folder up front, naming the file, and damaged bytes are reported as damage
+(never fed to an unpickler). A missing file or meta.json (with COMPLETE present) is damage too. A
+run directory whose newest checkpoint fails that check resolves to the newest intact one, with a
+warning naming the damaged file; a folder given directly is an error naming it. The weights are
+read by `weights.full_state`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from .layout import (
     read_meta,
     universal_tag_dir,
 )
-from .safe_load import assert_weights_only_loadable
+from .safe_load import assert_weights_only_loadable, verify_files
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
 log = logging.getLogger(__name__)
@@ -119,20 +121,22 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
 def check_intact(folder: Path, meta: dict[str, Any], *, checksums: bool = True) -> None:
     """Refuse a tampered folder (UnsafeCheckpointError, or UnsafePathError for a listed name outside the
     folder; never a fallback) and a damaged one (CorruptCheckpointError naming the file): the listed
-    names first (even without `checksums`), restricted unpickling next, then the checksums.
+    names first (even without `checksums`), then the sizes and checksums, and only then restricted
+    unpickling, so damaged bytes never reach an unpickler (they fail there in arbitrary ways) and a
+    file that matches its checksum but holds a disallowed global is refused as tampered. With
+    `checksums=False` the caller verified them already (the trainer shares that work among its ranks).
 
     The universal form a training checkpoint caches is not part of it: it is checked, and rebuilt if
     damaged, where it is used (universal.convert_to_universal; the trainer's load)."""
     cache = () if (meta.get("topology") or {}).get("layout") == UNIVERSAL else (UNIVERSAL,)
     listed_by = files_key(META)
     listed_paths(folder, meta.get(FILES), named_by=listed_by)  # every name is inside the folder: UnsafePathError
+    if checksums:
+        verify_files(folder, meta.get(FILES), named_by=listed_by)
     try:
         assert_weights_only_loadable(folder, skip=cache)
-    except CorruptCheckpointError:
-        verify(folder, meta.get(FILES), named_by=listed_by)  # the precise finding (cut short, changed bytes)
-        raise
-    if checksums:
-        verify(folder, meta.get(FILES), named_by=listed_by)
+    except FileNotFoundError as e:  # COMPLETE and meta.json, but no weights: a copy or a save cut short
+        raise CorruptCheckpointError(f"{e}, although {folder / MARKER} and {folder / META} are present") from None
 
 
 def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool) -> Source:
@@ -156,8 +160,8 @@ def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:
         )
     meta = read_meta(folder)
     if check_safe:
+        verify_files(folder, meta.get(FILES), named_by=files_key(META))
         assert_weights_only_loadable(tag_dir)
-        verify(folder, meta.get(FILES), named_by=files_key(META))
     return Source("universal", folder, meta, None, tag_dir)
 
 

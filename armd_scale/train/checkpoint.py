@@ -9,9 +9,12 @@ fails on any rank (a full disk, ...) fails the save on every rank with the path 
 partial folder is removed and the previous checkpoints stay.
 
 Resume takes the newest *complete and intact* folder (a folder without COMPLETE is a save that was cut
-short). Intact: every file loads with `weights_only=True` (a tampered file is refused outright: no
-fallback) and matches the size and SHA-256 meta.json records (the ranks share the hashing). A damaged
-newest folder is named with its file, set aside as `step_N.corrupt` and the next older one is taken.
+short). Intact: every file matches the size and SHA-256 meta.json records (the ranks share the hashing;
+checked first, so damaged bytes never reach an unpickler), then loads with `weights_only=True` (a tampered
+file is refused outright: no fallback). A damaged newest folder (a file cut short, changed or missing,
+meta.json missing or changed) is named with its file, set aside as `step_N.corrupt` and the next older one
+is taken. A save that fails anywhere (creating the folder, the weights, meta.json/COMPLETE/latest) fails on
+every rank with the path, and leaves no partial folder.
 Same world size and TP degree (or ZeRO-0 on another data-parallel size): load directly. Otherwise
 convert to DeepSpeed's universal format once (cached in the folder) and load that (see
 checkpoints/universal.py for what DeepSpeed can reshard). A change of a model field that changes the
@@ -32,7 +35,7 @@ from typing import Any
 import torch
 
 from ..atomic import describe_write_failure
-from ..checkpoints.integrity import CorruptCheckpointError, digests, recorded_files, verify
+from ..checkpoints.integrity import CorruptCheckpointError, digests, listed_paths, recorded_files
 from ..checkpoints.layout import (
     CHECKPOINT_FORMAT,
     CHECKPOINTS,
@@ -53,7 +56,7 @@ from ..checkpoints.layout import (
     step_of,
     tag_for,
 )
-from ..checkpoints.safe_load import assert_weights_only_loadable, weights_only_loading
+from ..checkpoints.safe_load import assert_weights_only_loadable, verify_files, weights_only_loading
 from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..config import Config, ConfigError
@@ -146,12 +149,17 @@ class Checkpointer:
         return None
 
     def _damage(self, folder: Path) -> str | None:
-        """Collective: why `folder` is damaged (the file and the reason), or None if it is intact."""
+        """Collective: why `folder` is damaged (the file and the reason), or None if it is intact.
+
+        Sizes and checksums first (the ranks share the hashing), restricted unpickling (rank 0) only of
+        files that match them: damaged bytes never reach an unpickler, where they fail in arbitrary ways
+        or pass for tampering. A tampered file (UnsafeCheckpointError) stops the resume: no fallback."""
         found: tuple[dict | None, str | None, str | None] = (None, None, None)  # (files, damage, fatal)
+        meta: dict[str, Any] = {}
         if self.dist.is_main:
             try:
-                meta = read_meta(folder)
-                check_intact(folder, meta, checksums=False)  # a tampered file: UnsafeCheckpointError, fatal
+                meta = read_meta(folder)  # meta.json missing or unreadable beside COMPLETE: damage
+                listed_paths(folder, meta.get(FILES), named_by=files_key(META))  # a name leading out: fatal
                 found = (meta.get(FILES) or {}, None, None)
             except CorruptCheckpointError as e:
                 found = (None, str(e), None)
@@ -166,16 +174,30 @@ class Checkpointer:
         mine = {k: v for i, (k, v) in enumerate(sorted(files.items())) if i % world == rank}  # a share each
         local: tuple[str | None, str | None] = (None, None)  # (damage, fatal)
         try:
-            verify(folder, mine, named_by=files_key(META))
+            verify_files(folder, mine, named_by=files_key(META))
         except CorruptCheckpointError as e:
             local = (str(e), None)
-        except OSError as e:  # the file could not be read here (EIO, a lost mount): not evidence of damage
+        except (OSError, ValueError) as e:  # tampering; or unreadable here (EIO, a lost mount): not damage
             local = (None, f"{type(e).__name__}: {e}")
         results = gather_objects(local)
         fatal = next((f for _, f in results if f is not None), None)
         if fatal is not None:
             raise ConfigError(fatal)
-        return next((d for d, _ in results if d is not None), None)
+        damage = next((d for d, _ in results if d is not None), None)
+        if damage is not None:
+            return damage
+        unpickled: tuple[str | None, str | None] = (None, None)  # (damage, fatal)
+        if self.dist.is_main:
+            try:
+                check_intact(folder, meta, checksums=False)  # verified above; a disallowed global: fatal
+            except CorruptCheckpointError as e:
+                unpickled = (str(e), None)
+            except (ConfigError, OSError, ValueError) as e:
+                unpickled = (None, f"{type(e).__name__}: {e}")
+        damage, fatal = broadcast_object(unpickled)
+        if fatal is not None:
+            raise ConfigError(fatal)
+        return damage
 
     def _plan_for(self, tag: str) -> ResumePlan:
         meta = read_meta(self.dir / tag)
@@ -225,10 +247,19 @@ class Checkpointer:
         `retain=False` leaves retention to a later `apply_retention()` (once the weights proved sound)."""
         tag = tag_for(step)
         folder = self.dir / tag
+        created: str | None = None  # why rank 0 could not make the folder; every rank must learn it
         if self.dist.is_main:
-            if folder.exists():  # an earlier, interrupted save of the same step
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+            try:
+                if folder.exists():  # an earlier, interrupted save of the same step
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True)
+            except OSError as e:  # read-only, EACCES, a quota, a full disk
+                created = describe_write_failure(Path(e.filename) if e.filename else folder, e).replace(
+                    "could not write", "could not create the checkpoint folder", 1
+                )
+        created = broadcast_object(created)
+        if created is not None:
+            raise CheckpointWriteError(f"checkpoint {tag} not saved: {created}; the earlier checkpoints are intact")
         barrier()
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -262,16 +293,27 @@ class Checkpointer:
             if self.dist.is_main:
                 shutil.rmtree(folder, ignore_errors=True)  # useless without COMPLETE, and it holds disk space
             raise CheckpointWriteError(f"checkpoint {tag} not saved: {errors[0]}; the earlier checkpoints are intact")
+        finished: str | None = None  # rank 0's failure to hash the rest or to write meta.json, COMPLETE, latest
         if self.dist.is_main:
             files: dict[str, Any] = {}
             for part, _ in results:
                 files.update(part)
-            others = [n for n in recorded_files(folder, skip=(META, MARKER, UNIVERSAL)) if n not in files]
-            files.update(digests(folder, others, sync=True))  # written by code that bypassed the engine's writer
-            mark_complete(folder, {**meta, FILES: files})
-            set_latest(self.dir, tag)
-            if retain:
-                self.apply_retention()
+            target = folder
+            try:
+                others = [n for n in recorded_files(folder, skip=(META, MARKER, UNIVERSAL)) if n not in files]
+                files.update(digests(folder, others, sync=True))  # written by code that bypassed the engine's writer
+                target = folder / META  # mark_complete names the file it was writing in the error it raises
+                mark_complete(folder, {**meta, FILES: files})
+                target = self.dir / LATEST
+                set_latest(self.dir, tag)
+            except OSError as e:  # a full disk between the weights and COMPLETE is the same fault as during them
+                finished = describe_write_failure(Path(e.filename) if e.filename else target, e)
+                shutil.rmtree(folder, ignore_errors=True)  # without COMPLETE (or `latest`) it is no checkpoint
+        finished = broadcast_object(finished)
+        if finished is not None:
+            raise CheckpointWriteError(f"checkpoint {tag} not saved: {finished}; the earlier checkpoints are intact")
+        if self.dist.is_main and retain:
+            self.apply_retention()
         barrier()
         return folder
 
@@ -285,6 +327,21 @@ class Checkpointer:
         aside = broadcast_object(aside)
         barrier()
         return aside
+
+    def set_aside_since(self, step: int, suffix: str) -> list[Path]:
+        """Collective: move every complete checkpoint of `step` or later out of the resume path (weights
+        that produced a divergence, and those trained on from them); returns where they went, oldest
+        first (on every rank). Older checkpoints stay, so `latest` names the last sane one."""
+        moved: list[Path] = []
+        if self.dist.is_main:
+            for tag in complete_tags(self.dir):
+                if step_of(tag) >= step:
+                    moved.append(_set_aside(self.dir / tag, suffix))
+            if moved:
+                self._refresh_latest()
+        moved = broadcast_object(moved)
+        barrier()
+        return moved
 
     def _refresh_latest(self) -> None:
         """`latest` names the newest complete folder again after one was set aside."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_atomic
-from ..checkpoints.layout import NONFINITE_SUFFIX, complete_tags, is_complete, tag_for
+from ..checkpoints.layout import DIVERGED_SUFFIX, NONFINITE_SUFFIX, complete_tags, is_complete, tag_for
 from ..config import Config, dump_config
 from ..data.loader import ShardLoader
 from ..model import build_model
@@ -55,7 +55,7 @@ from .validation import evaluate
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with a non-finite loss."""
+    """Too many consecutive steps with a non-finite loss, or with a loss far above its best level."""
 
 
 @dataclass
@@ -64,9 +64,20 @@ class TrainerState:
     bad_steps: int = 0  # consecutive non-finite steps
     loss_ema: float | None = None
     wandb_run_id: str | None = None
+    best_loss_ema: float | None = None  # the lowest running mean so far: the sane level of the loss
+    high_steps: int = 0  # consecutive finite steps with a loss far above best_loss_ema
+    high_since: int = 0  # the first step of that streak (0: none)
 
     def to_dict(self) -> dict:
-        return dict(step=self.step, bad_steps=self.bad_steps, loss_ema=self.loss_ema, wandb_run_id=self.wandb_run_id)
+        return dict(
+            step=self.step,
+            bad_steps=self.bad_steps,
+            loss_ema=self.loss_ema,
+            wandb_run_id=self.wandb_run_id,
+            best_loss_ema=self.best_loss_ema,
+            high_steps=self.high_steps,
+            high_since=self.high_since,
+        )
 
 
 def train(cfg: Config, stop: StopRequest | None = None) -> int:
@@ -287,28 +298,77 @@ class _Run:
             )
             if state.bad_steps >= cfg.train.max_bad_steps:
                 # Skipped updates leave the weights as they were before the streak: a checkpoint of that
-                # step would repeat the streak whatever the lr, so it is set aside too.
-                aside = self.checkpointer.set_aside(state.step - state.bad_steps, NONFINITE_SUFFIX)
+                # step would repeat the streak whatever the lr, so it is set aside too (with those taken
+                # since, if the loss had already left its sane range before it became non-finite).
+                first = state.high_since or state.step - state.bad_steps + 1  # the first step of the divergence
+                aside = self.checkpointer.set_aside_since(first - 1, NONFINITE_SUFFIX)
                 raise TrainingDiverged(
                     f"loss was not finite for {state.bad_steps} consecutive steps, the last at step {state.step}; "
                     "lower train.lr, check the data, or raise train.max_bad_steps"
                     + (
-                        f" (the checkpoint of the weights that produced them is set aside as {aside.name})"
+                        " (the checkpoint of the weights that produced them is set aside as "
+                        f"{', '.join(a.name for a in aside)})"
                         if aside
                         else ""
                     )
                 )
             return
         state.bad_steps = 0
-        if self.unconfirmed_save:  # the weights of the last checkpoint gave a finite loss: now older ones may go
-            self.checkpointer.apply_retention()
-            self.unconfirmed_save = False
+        far = self.far_above_best(step_loss)
+        if far:
+            state.high_steps += 1
+            state.high_since = state.high_since or state.step
+            if state.high_steps == 1:
+                self.metrics.message(
+                    f"step {state.step}: loss {step_loss:.4f} far above its best running mean "
+                    f"{state.best_loss_ema:.4f}; older checkpoints are kept until it returns"
+                )
+        else:
+            state.high_steps, state.high_since = 0, 0
+            if self.unconfirmed_save:  # the last checkpoint's weights gave a finite, sane loss: older ones may go
+                self.checkpointer.apply_retention()
+                self.unconfirmed_save = False
         spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
         if spike:
             self.metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
         state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
+        if state.best_loss_ema is None or state.loss_ema < state.best_loss_ema:
+            state.best_loss_ema = state.loss_ema
         if state.step % cfg.train.log_every == 0 or self.finished or spike:
             self.metrics.log(state.step, self.step_metrics(step_loss, spike, seconds) | extra)
+        window = cfg.train.diverge_steps
+        if far and window and state.high_steps >= window:
+            self.diverged(step_loss)
+
+    def far_above_best(self, step_loss: float) -> bool:
+        """Whether a finite loss is far above the sane level of this run: its best running mean so far plus
+        max(train.diverge_margin nats, train.diverge_ratio x that mean). One such step is noise or a spike;
+        `diverge_steps` of them in a row are a divergence (see `diverged`)."""
+        best = self.state.best_loss_ema
+        if best is None or not self.cfg.train.diverge_steps:
+            return False
+        margin = self.cfg.train.diverge_margin
+        ratio = self.cfg.train.diverge_ratio
+        return step_loss > best + max(margin, ratio * abs(best))
+
+    def diverged(self, step_loss: float) -> None:
+        """Stop a finite divergence: the checkpoints of the weights that produced it and of every later step
+        are set aside (`step_N.diverged`), so the newest checkpoint is again the last one before it; the run
+        fails naming the step where the loss left its sane range (retention was held since then)."""
+        state, train_cfg = self.state, self.cfg.train
+        first = state.high_since
+        aside = self.checkpointer.set_aside_since(first - 1, DIVERGED_SUFFIX)
+        tags = complete_tags(self.checkpointer.dir)
+        margin = train_cfg.diverge_margin
+        ratio = train_cfg.diverge_ratio
+        raise TrainingDiverged(
+            f"training diverged at step {first}: the loss stayed more than max({margin:g} nats, {ratio:.0%}) above "
+            f"its best running mean {state.best_loss_ema:.4f} for {state.high_steps} consecutive steps "
+            f"(now {step_loss:.4f} at step {state.step}); "
+            + (f"checkpoints set aside: {', '.join(a.name for a in aside)}; " if aside else "")
+            + (f"the newest checkpoint is {tags[-1]}, from before the divergence; " if tags else "")
+            + "resume with a lower train.lr, or check the data"
+        )
 
     def step_metrics(self, step_loss: float, spike: bool, seconds: float) -> dict[str, Any]:
         cfg, world = self.cfg, self.dist.world_size
@@ -357,8 +417,10 @@ class _Run:
         Never while the newest losses are non-finite (the weights are those that produced them) nor while
         any weight or optimizer tensor holds NaN/inf on any rank: such a checkpoint would become the newest,
         push finite ones out through retention, and be useless to resume from. With `retain=False` older
-        checkpoints are deleted only once the next step's loss, computed with these weights, is finite: an
-        update that wrecks the weights without a NaN in them cannot cost the checkpoints before it."""
+        checkpoints are deleted only once the next step's loss, computed with these weights, is finite and not
+        far above its best level: an update that wrecks the weights without a NaN in them cannot cost the
+        checkpoints before it. While the loss is far above that level (`far_above_best`), no save applies
+        retention, not even the last one; a divergence sets the checkpoints taken since aside (`diverged`)."""
         step, bad = self.state.step, self.state.bad_steps
         tags = complete_tags(self.checkpointer.dir)
         last = f"the newest checkpoint, {tags[-1]}," if tags else "no checkpoint"
@@ -375,6 +437,12 @@ class _Run:
             raise TrainingDiverged(
                 f"step {step}: {local or 'a tensor on another rank'} holds NaN or inf, so no checkpoint was written "
                 f"({last} stays the last finite state); resume with a lower train.lr"
+            )
+        if self.state.high_steps:  # taken after the loss left its sane range: it must not displace the sane ones
+            retain = False
+            self.metrics.message(
+                f"step {step}: checkpoint saved with the older ones kept: the loss has been far above its best "
+                f"running mean since step {self.state.high_since}"
             )
         state, loader = self.state.to_dict(), loader_state_of_all_ranks(self.loader)
         self.checkpointer.save(self.engine, step, trainer=state, loader=loader, retain=retain)
