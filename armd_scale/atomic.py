@@ -96,3 +96,18 @@ def describe_write_failure(path: Path, error: BaseException) -> str:
     if short_write:
         return f"could not write {path}: the write was cut short, which usually means a full disk or quota ({room})"
     return f"could not write {path}: {type(error).__name__}: {text}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in directory `path` (creations, renames) durable. Some filesystems cannot fsync
+    a directory (they are durable by other means); that is not an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -20,7 +20,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "armd_scale"
 
 LAYERS: list[set[str]] = [
-    {"armd_scale", "config", "rng", "devices", "atomic", "ports", "safe_paths"},  # the bottom: no package of ours below
+    {
+        "armd_scale",
+        "config",
+        "rng",
+        "devices",
+        "atomic",
+        "ports",
+        "safe_paths",
+        "processes",
+    },  # the bottom: no package of ours below
     {"data"},
     {"model"},
     {"generate"},

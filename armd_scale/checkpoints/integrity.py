@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, fsync_dir
 from ..safe_paths import contained_path
 
 CHUNK = 8 << 20  # bytes read per hash update: large enough to amortise the Python overhead
@@ -126,21 +126,6 @@ def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the names in directory `path` (creations, renames) durable. Some filesystems cannot fsync
-    a directory (they are durable by other means); that is not an error."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -40,6 +40,7 @@ import torch
 
 from ..atomic import atomic_dir
 from ..config import ConfigError
+from ..processes import pid_alive
 from .integrity import CorruptCheckpointError, digests, fsync_dir, recorded_files, verify, write_durable
 from .layout import CHECKSUMS, LATEST_UNIVERSAL, UNIVERSAL, universal_tag_dir
 from .safe_load import assert_weights_only_loadable, safe_torch_load, weights_only_loading
@@ -123,22 +124,12 @@ def _remove_dead_staging(folder: Path) -> None:
     host = socket.gethostname()
     for path in folder.parent.glob(f".{folder.name}.{UNIVERSAL}.tmp-*"):
         m = STAGING_RE.match(path.name)
-        if m and m["tag"] == folder.name and m["host"] == host and not _alive(int(m["pid"])):
+        if m and m["tag"] == folder.name and m["host"] == host and not pid_alive(int(m["pid"])):
             shutil.rmtree(path, ignore_errors=True)
     for path in folder.glob(f".{UNIVERSAL}.tmp*"):
         pid = path.name.rsplit("tmp", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _cache_intact(target: Path) -> bool:

@@ -33,24 +33,16 @@ from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
 
+from armd_scale.atomic import fsync_dir
 from armd_scale.data.errors import DataError
 from armd_scale.data.urls import StorageOptions, exists, join_url, remove, url_to_fs
+from armd_scale.processes import pid_alive
 
 LOCK_WAIT_S = 60.0  # publishing takes milliseconds; a lock held longer belongs to a stuck process
 
 
 def _host() -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -120,21 +112,8 @@ def _publish(staging: Path, final: Path, outputs: Sequence[str], overwrite: bool
                 with contextlib.suppress(OSError):
                     os.rename(aside / name, final / name)
             raise DataError(f"could not publish the shard set into {final}: {e}; {final} is as it was") from None
-        _fsync_dir(final)
+        fsync_dir(final)
         shutil.rmtree(aside, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -147,7 +126,7 @@ def _lock(final: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(lock)
-            if holder is not None and holder.get("host") == _host() and not _alive(int(holder.get("pid", 0))):
+            if holder is not None and holder.get("host") == _host() and not pid_alive(int(holder.get("pid", 0))):
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()  # left by a publisher killed on this host
                 continue
@@ -185,7 +164,7 @@ def _remove_dead_staging(final: Path) -> None:
         parts = entry.name[len(prefix) :].removeprefix("old-").rsplit("-", 2)
         if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
             continue
-        if not _alive(int(parts[1])):
+        if not pid_alive(int(parts[1])):
             shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..processes import pid_alive
 from .distributed import DistInfo, broadcast_object
 
 LOCK_FILE = "trainer.lock"
@@ -118,16 +119,6 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _slurm_job_active(job_id: str) -> bool | None:
     """Whether Slurm job `job_id` may still run (None: Slurm cannot be asked)."""
     if shutil.which("scontrol") is None:
@@ -148,7 +139,7 @@ def stale_reason(holder: Holder, me: Holder) -> str | None:
         return "this host rebooted since it was taken"
     if holder.host == me.host and not _other_namespace(holder, me):
         # The process itself decides, whatever the Slurm job ids: a live holder is never "an earlier run".
-        if not _pid_alive(holder.pid):
+        if not pid_alive(holder.pid):
             return f"process {holder.pid} no longer exists"
         if holder.started is not None and _start_time(holder.pid) not in (None, holder.started):
             return f"pid {holder.pid} now belongs to another process"
