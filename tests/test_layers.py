@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "ports",
         "safe_paths",
         "processes",
+        "error_text",
     },  # the bottom: no package of ours below
     {"data"},
     {"model"},

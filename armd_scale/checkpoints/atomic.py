@@ -20,6 +20,9 @@ def check_out(out: str | Path, *, overwrite: bool = False) -> Path:
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # else found by mkdir only after the conversion, as `[Errno 17] File exists`
+        raise FileExistsError(f"--out {out} cannot be created: {blocking} is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise not_empty(out)
     return out

@@ -28,7 +28,7 @@ from .layout import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_TOKENIZER, EXPORT_WEIGH
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
 from .pretrained import load_pretrained
 from .report import ConversionError, ConversionReport, Progress
-from .source import open_source
+from .source import open_source, reads_newest
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 from .weights import full_state
 
@@ -39,6 +39,7 @@ REFERENCE = {
 }
 
 
+@reads_newest
 def export(
     path: str | Path,
     out: str | Path,

@@ -57,7 +57,7 @@ from .layout import EXPORT_WEIGHTS, FILES, HF_FORMAT, HF_META, HF_TOKENIZER
 from .model_card import model_card
 from .model_io import config_of, parameter_count, tied_aliases, without_aliases
 from .report import ConversionError, ConversionReport, Progress
-from .source import open_source
+from .source import open_source, reads_newest
 from .validate import fixed_batch, max_abs_diff, model_from_state
 from .weights import full_state
 
@@ -68,6 +68,7 @@ LLAMA_TOLERANCE = 1e-5
 REFERENCE = "armd_scale's model on the source's full fp32 weights (weights.full_state)"
 
 
+@reads_newest
 def export_hf(
     path: str | Path,
     out: str | Path,

@@ -21,7 +21,7 @@ from torch import nn
 from ..config import Config
 from .integrity import CorruptCheckpointError
 from .model_io import build, config_of, load_weights, parameter_count, tied_aliases
-from .source import Source, open_source
+from .source import Source, open_source, reads_newest
 from .weights import full_state
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Pretrained:
         return load_tokenizer(self.tokenizer_dir)
 
 
+@reads_newest
 def load_pretrained(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Pretrained:

@@ -16,16 +16,24 @@ caller refuses a tampered folder up front, naming the file, and damaged bytes ar
 run directory whose newest checkpoint fails that check resolves to the newest intact one, with a
 warning naming the damaged file; a folder given directly is an error naming it. The weights are
 read by `weights.full_state`.
+
+A running trainer's retention may remove the checkpoint a run directory resolved to while a tool
+reads it: resolution then looks again (it never falls back to an older one for that), and readers
+decorated with `reads_newest` (load_pretrained, summarize, the conversions) read the newest again.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from .integrity import CorruptCheckpointError, listed_paths, verify
 from .layout import (
@@ -47,6 +55,8 @@ from .layout import (
 from .safe_load import assert_weights_only_loadable, verify_files
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
+P = ParamSpec("P")
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -101,21 +111,114 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its save was cut short")
         return _checkpoint(path, None, check_safe)
-    tags = complete_tags(path / CHECKPOINTS)
-    first_error: CorruptCheckpointError | None = None
-    for tag in reversed(tags):  # newest first; a damaged one gives way to the newest intact one
-        try:
-            return _checkpoint(path / CHECKPOINTS / tag, path, check_safe)
-        except CorruptCheckpointError as e:
-            first_error = first_error or e
-            log.warning("skipping damaged checkpoint %s: %s", path / CHECKPOINTS / tag, e)
-    if first_error is not None:
-        raise CorruptCheckpointError(f"no intact checkpoint in {path}; the newest: {first_error}")
+    source = _newest(path, check_safe)
+    opened = _OPENED.get()
+    if source is not None and opened is not None:
+        opened.append(source)
+    if source is not None:
+        return source
     raise FileNotFoundError(
         f"{path} is not a run directory with a complete checkpoint, a checkpoint folder (with {META} and "
         f"{MARKER}), an export directory (with {EXPORT_WEIGHTS} and {EXPORT_CONFIG}) or a folder written by "
         f"`armd convert --to hf` (with {HF_META})"
     )
+
+
+def _newest(path: Path, check_safe: bool, *, removed: Path | None = None) -> Source | None:
+    """The newest intact complete checkpoint of run directory `path`, None if it has none. One that
+    disappears while it is checked (a running trainer's retention removed it) is looked for again
+    once among the checkpoints then present: it gives way to a newer one, not to an older one."""
+    tags = complete_tags(path / CHECKPOINTS)
+    first_error: CorruptCheckpointError | None = None
+    for tag in reversed(tags):  # newest first; a damaged one gives way to the newest intact one
+        folder = path / CHECKPOINTS / tag
+        try:
+            return _checkpoint(folder, path, check_safe)
+        except Exception as e:
+            if _removed(folder, None):
+                if removed is not None:
+                    raise _removed_twice(folder, removed, path) from None
+                log.warning("checkpoint %s was removed while it was read (%s); looking for the newest again", folder, e)
+                return _newest(path, check_safe, removed=folder)
+            if not isinstance(e, CorruptCheckpointError):
+                raise
+            first_error = first_error or e
+            log.warning("skipping damaged checkpoint %s: %s", folder, e)
+    if first_error is not None:
+        raise CorruptCheckpointError(f"no intact checkpoint in {path}; the newest: {first_error}")
+    return None
+
+
+class CheckpointRemovedError(FileNotFoundError):
+    """The checkpoint a run directory resolved to was removed while it was read, twice."""
+
+
+# the sources open_source resolved from run directories inside the innermost `reads_newest` call
+_OPENED: ContextVar[list[Source] | None] = ContextVar("armd_scale_opened_sources", default=None)
+
+
+def _removed(folder: Path, meta: dict[str, Any] | None, wait: float = 1.0) -> bool:
+    """Whether complete checkpoint `folder` is being or was removed: it or its COMPLETE is gone.
+    Retention's rmtree removes the files in no fixed order, so while only some file is missing this
+    waits up to `wait` seconds for COMPLETE to go too; a folder that keeps COMPLETE is damage."""
+    deadline = time.monotonic() + wait
+    while True:
+        if not folder.is_dir() or not (folder / MARKER).exists():
+            return True
+        if meta is None:
+            try:
+                meta = json.loads((folder / META).read_text())
+            except (OSError, ValueError):
+                meta = {}
+        listed = (meta or {}).get(FILES)
+        names = [META, *(listed if isinstance(listed, dict) else ())]
+        if all((folder / name).exists() for name in names) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _removed_twice(folder: Path, before: Path, run_dir: Path | None) -> CheckpointRemovedError:
+    return CheckpointRemovedError(
+        f"checkpoint {folder} was removed while it was read, as was {before} before it: a trainer running in "
+        f"{run_dir} removes checkpoints (train.keep_last) faster than they can be read; pass a checkpoint "
+        "folder copied aside"
+    )
+
+
+def reads_newest(read: Callable[Concatenate[Any, P], T]) -> Callable[Concatenate[Any, P], T]:
+    """For a reader whose first argument is a checkpoint path: when that path is a run directory and
+    the checkpoint it resolved to is removed while the reader reads it (the retention of a trainer
+    still running there: `train.keep_last`), whatever error that caused, the reader runs once more
+    on the newest checkpoint then present, with a warning naming the removed one. A second removal
+    is a CheckpointRemovedError naming both; any other error is the reader's own."""
+
+    @functools.wraps(read)
+    def wrapper(path: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        removed: Path | None = None
+        while True:
+            opened: list[Source] = []
+            token = _OPENED.set(opened)
+            try:
+                return read(path, *args, **kwargs)
+            except Exception as e:
+                gone = [s for s in opened if s.run_dir is not None and _removed(s.folder, s.meta)]
+                if not gone:
+                    raise
+                if removed is not None:
+                    raise _removed_twice(gone[0].folder, removed, gone[0].run_dir) from None
+                removed = gone[0].folder
+                log.warning(
+                    "checkpoint %s was removed while it was read (%s: the retention of a trainer running in %s?); "
+                    "reading the newest checkpoint of %s again",
+                    removed,
+                    e,
+                    gone[0].run_dir,
+                    gone[0].run_dir,
+                )
+            finally:
+                _OPENED.reset(token)
+
+    return wrapper
 
 
 def check_intact(folder: Path, meta: dict[str, Any], *, checksums: bool = True) -> None:

@@ -16,9 +16,10 @@ from .hf_mapping import verify_hf_folder
 from .layout import CHECKPOINTS, FILES, is_complete, step_folders
 from .model_io import build, config_of, parameter_count
 from .safe_load import PICKLE_SUFFIXES
-from .source import Source, open_source
+from .source import Source, open_source, reads_newest
 
 
+@reads_newest
 def summarize(path: str | Path) -> dict[str, Any]:
     source = open_source(path)
     if source.kind == "hf":  # every file its armd_scale.json lists, before anything else is reported

@@ -26,12 +26,13 @@ from .integrity import digests, recorded_files
 from .layout import FILES, UNIVERSAL, mark_complete, tag_for
 from .model_io import config_of, parameter_count
 from .report import ConversionError, ConversionReport, Progress
-from .source import open_source
+from .source import open_source, reads_newest
 from .universal import read_universal, write_universal
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 from .weights import full_state, saved_module_state
 
 
+@reads_newest
 def to_universal(
     path: str | Path, out: str | Path, *, overwrite: bool = False, progress: Progress | None = None
 ) -> ConversionReport:

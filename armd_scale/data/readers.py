@@ -8,7 +8,9 @@ Latin-1 file would fail. A UTF-8 BOM at the start is dropped; CRLF and CR become
 
 Memory. Files are read in blocks of about 1 MiB that end at a line break, so memory is bounded by
 the largest document plus one block, never by the file. (With `doc_split="file"` a text file is one
-document and is therefore held whole; cut it with `paragraph` or `line` for huge files.)
+document and is therefore held whole; cut it with `paragraph` or `line` for huge files.) A single
+line is held whole too, unless the caller bounds it (`max_line_bytes`, tokenizer training): a longer
+line is then read in bounded pieces and skipped, counted in the file's warning.
 
 What a document is: a `.txt` file is one document by default, `doc_split="paragraph"` cuts it at
 blank lines and `"line"` at every line; a JSON-lines record or a Parquet row is one document (its
@@ -45,6 +47,9 @@ class ReadIssues:
     invalid_utf8_lines: int = 0
     first_invalid_line: int | None = None
     null_records: int = 0
+    long_lines: int = 0
+    first_long_line: int | None = None
+    max_line_bytes: int | None = None  # longer lines are skipped (iter_text_blocks)
 
     def report(self) -> None:
         if self.invalid_utf8_lines:
@@ -53,6 +58,14 @@ class ReadIssues:
                 self.source,
                 self.invalid_utf8_lines,
                 self.first_invalid_line,
+            )
+        if self.long_lines:
+            log.warning(
+                "%s: %d line(s) longer than %d bytes were skipped (first: line %d)",
+                self.source,
+                self.long_lines,
+                self.max_line_bytes,
+                self.first_long_line,
             )
         if self.null_records:
             log.warning("%s: %d record(s) with a null text were skipped", self.source, self.null_records)
@@ -85,16 +98,49 @@ def _decode_lines(block: bytes, first_line: int, issues: ReadIssues) -> str:
     return "\n".join(lines)  # type: ignore[arg-type]
 
 
+def _skip_long_lines(block: bytes, first_line: int, issues: ReadIssues) -> bytes:
+    """`block` with every line longer than issues.max_line_bytes emptied (its line break kept)."""
+    limit = issues.max_line_bytes
+    assert limit is not None
+    lines = block.split(b"\n")
+    for i, line in enumerate(lines):
+        if len(line) > limit:
+            lines[i] = b""
+            issues.long_lines += 1
+            if issues.first_long_line is None:
+                issues.first_long_line = first_line + i
+    return b"\n".join(lines)
+
+
+def _rest_of_line(stream: BinaryIO, limit: int | None) -> bytes:
+    """The rest of the current line, its line break included; with a `limit`, a rest longer than
+    that is read in bounded pieces and dropped, only its first `limit` + 1 bytes (enough to be seen
+    as over-long) and its line break are returned, so memory never holds the whole line."""
+    if limit is None:
+        return stream.readline()
+    rest = stream.readline(limit + 1)
+    if len(rest) <= limit or rest.endswith(b"\n"):
+        return rest
+    while piece := stream.readline(_BLOCK):
+        if piece.endswith(b"\n"):
+            return rest + b"\n"
+    return rest
+
+
 def iter_text_blocks(stream: BinaryIO, issues: ReadIssues) -> Iterator[str]:
-    """Decoded text in blocks that end with a line break (the last one may not); line endings LF."""
+    """Decoded text in blocks that end with a line break (the last one may not); line endings LF.
+    With `issues.max_line_bytes`, longer lines are read as empty lines, counted in `issues`."""
     line_no = 1
     first = True
+    limit = issues.max_line_bytes
     while True:
         block = stream.read(_BLOCK)
         if not block:
             return
         if not block.endswith(b"\n"):
-            block += stream.readline()  # complete the last line, so a block never splits one
+            block += _rest_of_line(stream, limit)  # complete the last line, so a block never splits one
+        if limit is not None and len(block) > limit:
+            block = _skip_long_lines(block, line_no, issues)
         if first:
             if block.startswith(b"\xef\xbb\xbf"):
                 block = block[3:]
@@ -242,9 +288,12 @@ def file_documents(
     doc_split: DocSplit,
     storage_options: StorageOptions,
     warn: bool = True,
+    max_line_bytes: int | None = None,
 ) -> Iterator[str]:
-    """The documents of one file of a known format (formats.detect_format), streamed."""
-    issues = ReadIssues(source)
+    """The documents of one file of a known format (formats.detect_format), streamed. Lines of text
+    and JSON-lines files longer than `max_line_bytes` are skipped (counted in one warning), and no
+    more than that of such a line is ever held (tokenizer training: SentencePiece drops them anyway)."""
+    issues = ReadIssues(source, max_line_bytes=max_line_bytes)
     if kind == "parquet":
         yield from parquet_documents(source, text_field, issues, storage_options)
     else:

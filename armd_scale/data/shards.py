@@ -60,6 +60,8 @@ SHARD_NAME = "shard-{:06d}.tar"
 # Lines of one document are sent to tokenizer workers in chunks of about this many characters,
 # so one huge document (a whole book) is still tokenized in parallel.
 CHUNK_CHARS = 1 << 16
+# the longest text without a line break encoded at once (_chunks): ~12 MB of tokenizer memory
+MAX_PIECE_CHARS = 1 << 18
 SPLITS = ("train", "val")
 
 
@@ -221,31 +223,50 @@ def _ordered_map(
             yield m, fut.result()
 
 
-def _chunks(doc: str, cut: bool) -> Iterator[tuple[str, bool]]:
-    """(chunk, is the last) for a document cut after about CHUNK_CHARS characters at line breaks,
-    the breaks themselves left out (the packer puts the newline id back between chunks); whole
-    when `cut` is false."""
+def _cut_point(doc: str, start: int) -> int:
+    """Where to cut a run of MAX_PIECE_CHARS characters without a line break: before its last space
+    in the second half of the run (a word stays whole and the space starts the next piece, as the
+    tokenizers' own pre-splitting would put it), else after exactly MAX_PIECE_CHARS characters."""
+    end = start + MAX_PIECE_CHARS
+    space = doc.rfind(" ", start + MAX_PIECE_CHARS // 2, end)
+    return space if space > start else end
+
+
+def _chunks(doc: str, cut: bool) -> Iterator[tuple[str, bool, bool]]:
+    """(chunk, is the last, a line break follows it) for a document cut after about CHUNK_CHARS
+    characters at line breaks, the breaks themselves left out (the packer puts the newline id
+    back between such chunks); whole when `cut` is false. Either way a stretch of more than
+    MAX_PIECE_CHARS characters without a line break (a 50 MB line) is cut into pieces of at most
+    MAX_PIECE_CHARS characters that are joined with nothing between them: encoding one costs
+    tens of times its size in memory, so the whole line would cost gigabytes. The text is kept
+    whole; only the tokens around a cut may differ from those of the uncut line."""
     start = 0
-    while cut and len(doc) - start > CHUNK_CHARS:
-        end = doc.find("\n", start + CHUNK_CHARS)
-        if end < 0:
-            break
-        yield doc[start:end], False
-        start = end + 1
-    yield doc[start:], True
+    while len(doc) - start > (CHUNK_CHARS if cut else MAX_PIECE_CHARS):
+        if cut:
+            end = doc.find("\n", start + CHUNK_CHARS, start + MAX_PIECE_CHARS)
+            if end >= 0:
+                yield doc[start:end], False, True
+                start = end + 1
+                continue
+            if len(doc) - start <= MAX_PIECE_CHARS:
+                break
+        end = _cut_point(doc, start)
+        yield doc[start:end], False, False
+        start = end
+    yield doc[start:], True, False
 
 
-def _tasks(docs: Iterable[str], cut: bool) -> Iterator[tuple[list[tuple[int, bool]], list[str]]]:
+def _tasks(docs: Iterable[str], cut: bool) -> Iterator[tuple[list[tuple[int, bool, bool]], list[str]]]:
     """Encoding tasks of about CHUNK_CHARS characters, in document order. A task is a list of
-    chunks with, per chunk, (document index, is the document's last chunk): small documents are
-    batched into one task, large ones are cut at line breaks across tasks when the tokenizer
-    encodes line by line (`cut`)."""
-    meta: list[tuple[int, bool]] = []
+    chunks with, per chunk, (document index, is the document's last chunk, a line break follows
+    it): small documents are batched into one task, large ones are cut at line breaks across tasks
+    when the tokenizer encodes line by line (`cut`), and over-long lines into pieces (_chunks)."""
+    meta: list[tuple[int, bool, bool]] = []
     chunks: list[str] = []
     size = 0
     for index, doc in enumerate(docs):
-        for chunk, last in _chunks(doc, cut):
-            meta.append((index, last))
+        for chunk, last, newline in _chunks(doc, cut):
+            meta.append((index, last, newline))
             chunks.append(chunk)
             size += len(chunk) + 1
             if size >= CHUNK_CHARS:
@@ -371,18 +392,15 @@ def _tokenize_into(
     bar = tqdm(total=n_docs, desc="shards: tokenizing", unit="doc", disable=not progress)
     newline = np.array([tok.newline_id if tok.newline_id is not None else 0])
     tasks = _tasks(iter_corpus(sources, **read), cut=tok.newline_id is not None)
-    open_doc = None  # index of the document whose chunks are arriving
     for metas, encoded in _ordered_map(tok, tasks, workers):
-        for (index, last), ids in zip(metas, encoded, strict=True):
+        for (index, last, line_break), ids in zip(metas, encoded, strict=True):
             writer = writers["val" if is_val[index] else "train"]
-            if open_doc == index:
-                writer.add_tokens(newline)
             writer.add_tokens(ids)
-            open_doc = index
             if last:
                 writer.end_document()
-                open_doc = None
                 bar.update(1)
+            elif line_break:
+                writer.add_tokens(newline)
     bar.close()
     # val first: the train manifest, the one a run needs, is the very last file written
     return {s: writers[s].finish() for s in reversed(splits)}

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 SPECIAL_IDS: dict[str, int] = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
 NEWLINE = "\n"
-# SentencePiece drops longer training lines; jsonl paragraphs are often long single lines.
+# SentencePiece drops longer training lines; jsonl paragraphs are often long single lines. They are
+# skipped before SentencePiece sees them (_training_lines), so a 300 MB line is never held.
 MAX_SENTENCE_BYTES = 1 << 15
 
 
@@ -157,13 +158,18 @@ def load_sentencepiece_dir(url: str, info: dict[str, Any], storage_options: Stor
 
 
 def _training_lines(sources: Sequence[str], stats: dict[str, int], bar: Any, read: dict[str, Any]) -> Iterator[str]:
-    """Non-empty lines of every document; counts documents, lines and bytes as SentencePiece reads."""
+    """Non-empty lines of every document; counts documents, lines and bytes as SentencePiece reads.
+    Lines longer than MAX_SENTENCE_BYTES, which SentencePiece would drop, are left out here: text
+    and JSON-lines files skip them while reading, without holding them (one warning per file), the
+    lines of other sources (Parquet, datasets) are counted in `stats["long_lines"]`."""
     done = 0
     for source in sources:
-        for doc in iter_documents(source, **read):
+        for doc in iter_documents(source, **read, max_line_bytes=MAX_SENTENCE_BYTES):
             stats["documents"] += 1
             for line in doc.split(NEWLINE):
-                if line:
+                if len(line) > MAX_SENTENCE_BYTES // 4 and len(line.encode("utf-8")) > MAX_SENTENCE_BYTES:
+                    stats["long_lines"] += 1
+                elif line:
                     stats["sentences"] += 1
                     yield line
             if bar is not None:
@@ -205,7 +211,7 @@ def train_sentencepiece(
     sources = expand_inputs(inputs, storage_options, input_format)
     sizes = [source_bytes(s, storage_options) for s in sources]
     total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
-    stats = {"documents": 0, "sentences": 0}
+    stats = {"documents": 0, "sentences": 0, "long_lines": 0}
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizer: reading", disable=not progress)
@@ -246,6 +252,11 @@ def train_sentencepiece(
         ) from None
     finally:
         bar.close()
+    long_lines = stats.pop("long_lines")
+    if long_lines:
+        log.warning(
+            "%d line(s) longer than %d bytes were left out of tokenizer training", long_lines, MAX_SENTENCE_BYTES
+        )
     elapsed = time.perf_counter() - start
     tok = SentencePieceTokenizer(model.getvalue(), source=out)
     write_atomic(join_url(out, MODEL_FILE), tok.model_proto, storage_options)

@@ -78,9 +78,11 @@ def iter_documents(
     input_format: str = "auto",
     storage_options: StorageOptions = None,
     warn: bool = True,
+    max_line_bytes: int | None = None,
 ) -> Iterator[str]:
     """The documents of one source, in order. `warn=False` silences the per-file report of repaired
-    lines (for a second pass over the same files)."""
+    lines (for a second pass over the same files). `max_line_bytes` skips longer lines of text and
+    JSON-lines files without ever holding them whole (readers.file_documents)."""
     if source.startswith(BUILTIN_PREFIX):
         from armd_scale.data.corpora import builtin_documents
 
@@ -99,6 +101,7 @@ def iter_documents(
             doc_split=doc_split,
             storage_options=storage_options,
             warn=warn,
+            max_line_bytes=max_line_bytes,
         )
 
 

@@ -60,6 +60,7 @@ from ..checkpoints.safe_load import assert_weights_only_loadable, verify_files, 
 from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..config import Config, ConfigError
+from ..error_text import error_text
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects
 
 
@@ -110,7 +111,8 @@ class Checkpointer:
             try:
                 plan = self._plan_for(tag)
             except (ConfigError, OSError, ValueError) as e:
-                plan = f"{type(e).__name__}: {e}"  # every rank must learn of the failure, not hang
+                # every rank must learn of the failure, not hang
+                plan = f"cannot resume from {error_text(e, self.dir / tag)}"
         plan = broadcast_object(plan)
         barrier()
         if isinstance(plan, str):
@@ -164,7 +166,7 @@ class Checkpointer:
             except CorruptCheckpointError as e:
                 found = (None, str(e), None)
             except (ConfigError, OSError, ValueError) as e:
-                found = (None, None, f"{type(e).__name__}: {e}")
+                found = (None, None, error_text(e, folder))
         files, damage, fatal = broadcast_object(found)
         if fatal is not None:
             raise ConfigError(fatal)
@@ -178,7 +180,7 @@ class Checkpointer:
         except CorruptCheckpointError as e:
             local = (str(e), None)
         except (OSError, ValueError) as e:  # tampering; or unreadable here (EIO, a lost mount): not damage
-            local = (None, f"{type(e).__name__}: {e}")
+            local = (None, error_text(e, folder))
         results = gather_objects(local)
         fatal = next((f for _, f in results if f is not None), None)
         if fatal is not None:
@@ -193,7 +195,7 @@ class Checkpointer:
             except CorruptCheckpointError as e:
                 unpickled = (str(e), None)
             except (ConfigError, OSError, ValueError) as e:
-                unpickled = (None, f"{type(e).__name__}: {e}")
+                unpickled = (None, error_text(e, folder))
         damage, fatal = broadcast_object(unpickled)
         if fatal is not None:
             raise ConfigError(fatal)

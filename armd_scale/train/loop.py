@@ -25,7 +25,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..checkpoints.layout import DIVERGED_SUFFIX, NONFINITE_SUFFIX, complete_tags, is_complete, tag_for
-from ..config import Config, dump_config
+from ..config import Config, ConfigError, dump_config
 from ..data.loader import ShardLoader
 from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
@@ -92,11 +92,23 @@ def train(cfg: Config, stop: StopRequest | None = None) -> int:
         dist_info = init_distributed(cfg.parallel)
         layout = batch_layout(cfg, dist_info.world_size)
         run_dir = Path(cfg.run.dir).expanduser()
+        _refuse_a_file_in_the_way(run_dir)
         with run_dir_lock(run_dir, dist_info, say=print if dist_info.is_main else lambda _: None):
             return _train_locked(cfg, stop, dist_info, layout, run_dir)
     finally:
         if own_stop:
             stop.restore()
+
+
+def _refuse_a_file_in_the_way(run_dir: Path) -> None:
+    """run.dir, or a folder above it, that is a file: a ConfigError naming it once (mkdir said
+    `[Errno 17] File exists: PATH` or `[Errno 20] Not a directory: PATH`, of another path)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == run_dir else f"cannot be created: {path} is a file"
+            raise ConfigError(f"run.dir={run_dir} {where}, not a directory")
+        if path.exists():
+            return
 
 
 def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: BatchLayout, run_dir: Path) -> int:

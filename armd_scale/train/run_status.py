@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..error_text import error_text
 
 STATUS_FILE = "exit_status.json"
 
@@ -42,7 +43,7 @@ def finish_run(
         try:
             work()
         except Exception as e:  # noqa: BLE001 - any failure of optional work is reported, never raised
-            errors[name] = f"{type(e).__name__}: {e}"
+            errors[name] = error_text(e)
             say(f"end-of-run {name} failed ({errors[name]}); training itself ended as '{reason}' (code {code})")
     if errors:
         write_exit_status(run_dir, code, step, reason, end_of_run_errors=errors)
