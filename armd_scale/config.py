@@ -55,13 +55,14 @@ class ModelConfig:
     prefix_agg: Literal["mean", "sum", "none"] = "sum"
     # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
     pe_init_tau: float = 2.0
-    # The prefix kernel <PE_n, PE_i> the table starts as: recency (exp(-|n - i| / pe_init_tau)) or shift
-    # (weight ~1 on i = n - 1 and little elsewhere: AR's input shift under l2r; model/pe_init.py). Our
-    # choice either way: the paper does not say how its table is initialised.
-    pe_init: Literal["recency", "shift"] = "recency"
+    # The prefix kernel <PE_n, PE_i> the table starts as: shift (the default: weight ~1 on i = n - 1 and
+    # little elsewhere, AR's input shift under l2r; sharp while d_pe >= max_seq_len / 2; model/pe_init.py)
+    # or recency (exp(-|n - i| / pe_init_tau)). Our choice either way: the paper does not say how its
+    # table starts. Measured in docs/REPRODUCTION.md, "The paper's model and ours".
+    pe_init: Literal["recency", "shift"] = "shift"
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
-    # queries know their position (see docs/ARCHITECTURE.md and positional_start_init).
-    positional_start: bool = True
+    # queries know their position (part of query_input=neighbour; see positional_start_init).
+    positional_start: bool = False
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     # Hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it per branch, rounded).
     mlp_ratio: float = 4.0
@@ -77,22 +78,22 @@ class ModelConfig:
     # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
     # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
     tokenizer_vocab_size: int | None = None
-    # -- The query stream's input G0 (docs/ARCHITECTURE.md, "The query stream's input"; measured in
-    # docs/REPRODUCTION.md). One switch names the form: `paper` is the paper's s + prefix aggregation,
-    # `neighbour` ours (+ directional neighbour heads + the positional start), `custom` any other mix
-    # of the fields below. Naming a form fills every field of QUERY_INPUT_FORMS[form] that is left at
-    # its default; a config that names a form and sets one of its fields otherwise is refused. After
-    # construction the field names the form the fields match (`custom` when none).
-    query_input: Literal["paper", "neighbour", "custom"] = "neighbour"
+    # -- The query stream's input G0 (docs/ARCHITECTURE.md, Forward pass; measured in docs/REPRODUCTION.md,
+    # "The paper's model and ours"). One switch names the form: `paper` (the default) is the paper's
+    # s + prefix aggregation, `neighbour` ours before (+ directional neighbour heads + the positional
+    # start), `custom` any other mix of the fields below. Naming a form fills every field of
+    # QUERY_INPUT_FORMS[form] that is left at its default; a config that names a form and sets one of its
+    # fields otherwise is refused. After construction the field names the form the fields match.
+    query_input: Literal["paper", "neighbour", "custom"] = "paper"
     # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
     # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
-    neighbour_heads: int = 4
+    neighbour_heads: int = 0
     # Which table the positional start W_s PE[pos n] reads: the prefix-aggregation table, or its own.
     positional_start_table: Literal["shared", "separate"] = "shared"
     # Which queries get the positional start: all, or only those with nothing revealed before them.
     positional_start_scope: Literal["all", "first_block"] = "all"
-    # Initial W_s: zeros (G0 starts as without it; the default) or normal(init_std) like every matrix,
-    # which swamps the content of G0 at the start and cost 0.4-0.5 nats/token on tiny-cpu.
+    # Initial W_s: zeros (G0 starts as without it) or normal(init_std) like every matrix, which swamps
+    # the content of G0 at the start and cost 0.4-0.5 nats/token on tiny-cpu.
     positional_start_init: Literal["normal", "zero"] = "zero"
     # RMS-normalise the prefix-aggregation sum of each query (to the embeddings' initial scale).
     prefix_norm: bool = False
@@ -108,11 +109,11 @@ class ModelConfig:
     # permutation equivariance, and the contract tests run it. A diagnostic, not an input we recommend:
     # it is not the paper's, and it was measured left to right only (docs/REPRODUCTION.md).
     previous_block_input: bool = False
-    # Neighbour heads: directional (the default: heads alternate left/right of the query and may attend
-    # to "nothing", so under an order unlike training a head gives the same kind of token or nothing), or
-    # symmetric (head h scores -4^(1-h)|distance|, either side alike; a row always sums to 1). Equal left
-    # to right on tiny-cpu; directional is better in any order (random-order NLL 4.67 vs 5.33 after
-    # progressive training, 4.15 vs 4.39 after random-order training). model/neighbour.py.
+    # Neighbour heads: directional (heads alternate left/right of the query and may attend to "nothing",
+    # so under an order unlike training a head gives the same kind of token or nothing), or symmetric
+    # (head h scores -4^(1-h)|distance|, either side alike; a row always sums to 1). Equal left to right
+    # on tiny-cpu; directional is better in any order (random-order NLL 4.67 vs 5.33 after progressive
+    # training, 4.15 vs 4.39 after random-order training, old loader). model/neighbour.py.
     neighbour_kind: Literal["symmetric", "directional"] = "directional"
 
     def __post_init__(self) -> None:
@@ -131,20 +132,24 @@ class ModelConfig:
         self.query_input = query_input_form(self)
 
     @staticmethod
-    def check_given(raw: dict[str, Any]) -> None:
-        """A config file or override that names a form and also sets one of its fields to another value
-        is refused, even where that value is the field's default (which __post_init__ cannot tell from
-        a value left alone). A mapping that holds every field of the form is a saved or dumped config:
-        there the fields decide and the name is derived from them again."""
+    def check_given(raw: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments to build from. A config file or override that names a form and also sets
+        one of its fields to another value is refused, even where that value is the field's default
+        (which __post_init__ cannot tell from a value left alone). A mapping that holds every field of
+        the form is a saved or dumped config: there the fields decide, and the name is derived from
+        them again (so a saved config edited by hand is read as the fields it holds)."""
         form = QUERY_INPUT_FORMS.get(str(raw.get("query_input")))
-        if form is None or set(form) <= set(raw):
-            return
+        if form is None:
+            return raw
+        if set(form) <= set(raw):
+            return {k: v for k, v in raw.items() if k != "query_input"}
         for name in sorted(set(raw) & set(form)):
             if raw[name] != form[name]:
                 raise ConfigError(
                     f"model.{name}={raw[name]!r} contradicts model.query_input={raw['query_input']}, which sets "
                     f"{name}={form[name]!r} (use model.query_input=custom to mix options)"
                 )
+        return raw
 
     def validate(self) -> None:
         _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
@@ -191,8 +196,9 @@ QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
         "prefix_query_table": False,
         "previous_block_input": False,
     },
-    # Ours: the paper's sum + 4 directional neighbour heads + the positional start W_s PE[pos n] (W_s = 0
-    # at the start); docs/ARCHITECTURE.md says what each adds and docs/REPRODUCTION.md what it measured.
+    # Ours before the paper's input became the default: the paper's sum + 4 directional neighbour heads +
+    # the positional start W_s PE[pos n] (W_s = 0 at the start); docs/ARCHITECTURE.md says what each adds
+    # and docs/REPRODUCTION.md what it measured.
     "neighbour": {
         "neighbour_heads": 4,
         "neighbour_kind": "directional",
@@ -206,7 +212,7 @@ QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
         "previous_block_input": False,
     },
 }
-DEFAULT_QUERY_INPUT = "neighbour"
+DEFAULT_QUERY_INPUT = "paper"
 
 
 def query_input_form(cfg: ModelConfig) -> Literal["paper", "neighbour", "custom"]:
@@ -542,7 +548,12 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
 
 # A checkpoint saves its whole resolved config, so a model field it lacks did not exist when it was
 # written; it was trained with that field's value of the time, not today's default.
-LEGACY_MODEL_VALUES = {"neighbour_heads": 0, "positional_start_init": "normal", "neighbour_kind": "symmetric"}
+LEGACY_MODEL_VALUES = {
+    "neighbour_heads": 0,
+    "positional_start_init": "normal",
+    "neighbour_kind": "symmetric",
+    "pe_init": "recency",
+}
 
 
 def saved_model_fields(model: dict[str, Any]) -> dict[str, Any]:
@@ -603,7 +614,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
     check_given = getattr(cls, "check_given", None)
     if check_given is not None:
-        check_given(kwargs)
+        kwargs = check_given(kwargs)
     try:
         return cls(**kwargs)
     except ConfigError as e:  # __post_init__ refusals name keys relative to the tree's root

@@ -162,15 +162,19 @@ def test_a_checkpoint_config_without_new_model_fields_loads_as_it_was_trained():
     from armd_scale.config import saved_config_from_dict
     from armd_scale.model import build_model
 
-    old = load_config(overrides=["model.neighbour_heads=0", "model.positional_start_init=normal"])
+    # the model of that time: the positional start on (saved, it existed), no neighbour heads (not saved)
+    old = load_config(overrides=["model.positional_start=true", "model.positional_start_init=normal"])
     raw = old.to_dict()
-    del raw["model"]["neighbour_heads"], raw["model"]["positional_start_init"]
+    del raw["model"]["neighbour_heads"], raw["model"]["positional_start_init"], raw["model"]["query_input"]
+    raw["model"]["neighbour_kind"] = "symmetric"  # what it was then, so only the two deleted fields matter
     upgraded = saved_config_from_dict(raw)
     assert upgraded.model.neighbour_heads == 0 and upgraded.model.positional_start_init == "normal"
     state = build_model(old.model).state_dict()
     build_model(upgraded.model).load_state_dict(state, strict=True)
-    with pytest.raises(RuntimeError, match="neighbour"):  # today's defaults would not fit those weights
+    with pytest.raises(RuntimeError, match="start_proj"):  # today's defaults would not fit those weights
         build_model(load_config().model).load_state_dict(state, strict=True)
+    with pytest.raises(RuntimeError, match="neighbour"):  # nor would the neighbour form
+        build_model(load_config(overrides=["model.query_input=neighbour"]).model).load_state_dict(state, strict=True)
     # a config that has the fields keeps them
     assert saved_config_from_dict(load_config().to_dict()).model.neighbour_heads == load_config().model.neighbour_heads
 
@@ -184,7 +188,7 @@ def test_query_input_paper_sets_every_field_of_the_papers_form():
         assert getattr(cfg, key) == value, key
     assert cfg.neighbour_heads == 0 and cfg.positional_start is False
     # the choices the paper leaves open stay ours: the PE table's width and start
-    assert cfg.d_pe == 64 and cfg.pe_init == "recency"
+    assert cfg.d_pe == 64 and cfg.pe_init == "shift"
 
 
 @pytest.mark.parametrize(
@@ -198,11 +202,13 @@ def test_query_input_paper_refuses_a_field_that_contradicts_it(override):
 
 
 def test_query_input_names_the_form_the_fields_make():
-    """Without query_input the fields decide the label: the paper's fields spelled out are 'paper',
-    any other mix is 'custom', and the default is 'neighbour'."""
-    assert load_config().model.query_input == "neighbour"
-    spelled = load_config(overrides=["model.neighbour_heads=0", "model.positional_start=false"]).model
-    assert spelled.query_input == "paper"
+    """Without query_input the fields decide the label: the neighbour fields spelled out are
+    'neighbour', any other mix is 'custom', and the default is 'paper'."""
+    assert load_config().model.query_input == "paper"
+    spelled = load_config(
+        overrides=["model.neighbour_heads=4", "model.positional_start=true", "model.positional_start_init=zero"]
+    ).model
+    assert spelled.query_input == "neighbour"
     assert load_config(overrides=["model.neighbour_heads=2"]).model.query_input == "custom"
     assert load_config(overrides=["model.query_input=custom", "model.neighbour_heads=0"]).model.neighbour_heads == 0
 
@@ -210,17 +216,20 @@ def test_query_input_names_the_form_the_fields_make():
 def test_query_input_survives_a_round_trip_and_old_configs_get_their_label():
     from armd_scale.config import saved_config_from_dict
 
-    paper = load_config(overrides=["model.query_input=paper"])
-    assert config_from_dict(paper.to_dict()).model == paper.model
+    for form in ("paper", "neighbour"):
+        cfg = load_config(overrides=[f"model.query_input={form}"])
+        assert config_from_dict(cfg.to_dict()).model == cfg.model
     old = load_config().to_dict()
     del old["model"]["query_input"]
     old["model"].update(neighbour_heads=0, positional_start=True, positional_start_init="normal")
     assert saved_config_from_dict(old).model.query_input == "custom"
+    old["model"].update(neighbour_heads=4, positional_start_init="zero")  # a checkpoint of the neighbour default
+    assert saved_config_from_dict(old).model.query_input == "neighbour"
 
 
 def test_an_edited_saved_config_is_read_by_its_fields():
     """A saved config names its form and holds every field; one field changed makes it 'custom'."""
-    raw = load_config().to_dict()
+    raw = load_config(overrides=["model.query_input=neighbour"]).to_dict()
     raw["model"]["positional_start_scope"] = "first_block"
     cfg = config_from_dict(raw)
     assert cfg.model.query_input == "custom" and cfg.model.positional_start_scope == "first_block"

@@ -163,11 +163,22 @@ def test_loss_global_token_count_normalisation():
     assert weighted.item() == 0.0
 
 
-@pytest.mark.parametrize("arch,kind", [("armd", "l2r"), ("armd", "random"), ("ar", "l2r")])
-def test_learns_a_small_dataset(arch, kind):
-    """Memorising fixed sequences drives the loss near its floor (only the first token is uncertain)."""
+@pytest.mark.parametrize(
+    "arch,kind,extra",
+    [("armd", "l2r", {}), ("armd", "random", {}), ("armd", "random", {"query_input": "neighbour"}), ("ar", "l2r", {})],
+    ids=["armd-l2r", "armd-random", "armd-neighbour-random", "ar-l2r"],
+)
+def test_learns_a_small_dataset(arch, kind, extra):
+    """Memorising fixed sequences drives the loss near its floor (only the first token is uncertain).
+
+    In random order the paper's input (no positional start) cannot reach that floor: nothing in it says
+    where a query is in absolute terms (RoPE is relative, and with nothing revealed G0 is `s` alone), so
+    the first token's best guess is the marginal over every position, and while few tokens are revealed
+    the two sequences (the same 16 symbols in two orders) stay ambiguous. Measured: 0.20-0.24 nats/token
+    after 600 steps whatever the PE start or width, against 0.03 with the positional start
+    (`query_input=neighbour`); it must still learn most of the way from the unigram 2.77."""
     torch.manual_seed(0)
-    model = tiny_model(arch, vocab_size=16, d_model=64, n_heads=4, init_std=0.02).train()
+    model = tiny_model(arch, vocab_size=16, d_model=64, n_heads=4, init_std=0.02, **extra).train()
     n_seq = 4 if kind == "l2r" else 2
     data = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(n_seq)])
     data = torch.cat([data, data], dim=1).repeat(8 // n_seq, 1)  # N = 32, batch 8
@@ -188,5 +199,8 @@ def test_learns_a_small_dataset(arch, kind):
             order, block = draw_order(kind, {}, None, batch=8, n=32, seed=10_000 + seed)
             losses.append(order_loss(model(data, order, block), data, order))
         loss = torch.stack(losses).mean()
+    if kind == "random" and arch == "armd" and not model.cfg.positional_start:
+        assert loss.item() < 0.3, f"paper's input, random orders: loss {loss.item():.4f} (unigram: 2.77)"
+        return
     floor = torch.log(torch.tensor(float(n_seq))).item() / 32  # the first generated token is one of n_seq
     assert loss.item() < floor + 0.05, f"{arch}/{kind} loss {loss.item():.4f} did not approach {floor:.4f}"

@@ -225,7 +225,7 @@ def test_prefix_norm_bounds_the_aggregate_scale():
 def test_prefix_query_table_starts_peaked_on_the_previous_position():
     """<PEq_n, PE_i> starts as k(n - 1 - i): weight ~1 on n - 1 and exp(-1/tau) on n - 2, where the
     symmetric kernel <PE_n, PE_i> = k(n - i) gives n - 1 only exp(-1/tau)."""
-    model = tiny_model("armd", prefix_query_table=True, pe_init_tau=0.5)
+    model = tiny_model("armd", prefix_query_table=True, pe_init="recency", pe_init_tau=0.5)
     pos = torch.arange(20)
     asym = model.pe_query(pos) @ model.pe(pos).T
     sym = model.pe(pos) @ model.pe(pos).T

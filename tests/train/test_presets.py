@@ -82,7 +82,9 @@ def test_presets_keep_the_paper_settings():
 
 @pytest.fixture(scope="module")
 def owt_small_run(tmp_path_factory, data_cache):
-    run = run_preset("owt-small", tmp_path_factory.mktemp("owt-small") / "run", data_cache)
+    # no warm-up: two steps at the warm-up's first rates (3e-4 / 2500) move the weights by ~1e-7, which
+    # bf16 forwards cannot see, and the fine-tune test below must tell these weights from a fresh init
+    run = run_preset("owt-small", tmp_path_factory.mktemp("owt-small") / "run", data_cache, "train.warmup_steps=0")
     assert run.returncode == 0, run.output[-3000:]
     return run
 
