@@ -55,14 +55,15 @@ class ModelConfig:
     prefix_agg: Literal["mean", "sum", "none"] = "sum"
     # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
     pe_init_tau: float = 2.0
-    # The prefix kernel <PE_n, PE_i> the table starts as: shift (the default: weight ~1 on i = n - 1 and
-    # little elsewhere, AR's input shift under l2r; sharp while d_pe >= max_seq_len / 2; model/pe_init.py)
-    # or recency (exp(-|n - i| / pe_init_tau)). Our choice either way: the paper does not say how its
-    # table starts. Measured in docs/REPRODUCTION.md, "The paper's model and ours".
-    pe_init: Literal["recency", "shift"] = "shift"
+    # The prefix kernel <PE_n, PE_i> the table starts as: recency (the default, exp(-|n - i| / pe_init_tau))
+    # or shift (weight ~1 on i = n - 1 and little elsewhere, AR's input shift under l2r; sharp while
+    # d_pe >= max_seq_len / 2; model/pe_init.py), the start that makes query_input=paper level with AR.
+    # Our choice either way: the paper does not say how its table starts. Measured in
+    # docs/REPRODUCTION.md, "The paper's model and ours".
+    pe_init: Literal["recency", "shift"] = "recency"
     # Add a learned projection of the target's own PE row to the start vector s, so first-block
     # queries know their position (part of query_input=neighbour; see positional_start_init).
-    positional_start: bool = False
+    positional_start: bool = True
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     # Hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it per branch, rounded).
     mlp_ratio: float = 4.0
@@ -79,15 +80,16 @@ class ModelConfig:
     # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
     tokenizer_vocab_size: int | None = None
     # -- The query stream's input G0 (docs/ARCHITECTURE.md, Forward pass; measured in docs/REPRODUCTION.md,
-    # "The paper's model and ours"). One switch names the form: `paper` (the default) is the paper's
-    # s + prefix aggregation, `neighbour` ours before (+ directional neighbour heads + the positional
-    # start), `custom` any other mix of the fields below. Naming a form fills every field of
-    # QUERY_INPUT_FORMS[form] that is left at its default; a config that names a form and sets one of its
-    # fields otherwise is refused. After construction the field names the form the fields match.
-    query_input: Literal["paper", "neighbour", "custom"] = "paper"
+    # "The paper's model and ours"). One switch names the form: `paper` is the paper's s + prefix
+    # aggregation (with pe_init=shift it is level with AR left to right), `neighbour` (the default) ours:
+    # + directional neighbour heads + the positional start, `custom` any other mix of the fields below.
+    # Naming a form fills every field of QUERY_INPUT_FORMS[form] that is left at its default; a config
+    # that names a form and sets one of its fields otherwise is refused. After construction the field
+    # names the form the fields match.
+    query_input: Literal["paper", "neighbour", "custom"] = "neighbour"
     # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
     # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
-    neighbour_heads: int = 0
+    neighbour_heads: int = 4
     # Which table the positional start W_s PE[pos n] reads: the prefix-aggregation table, or its own.
     positional_start_table: Literal["shared", "separate"] = "shared"
     # Which queries get the positional start: all, or only those with nothing revealed before them.
@@ -196,9 +198,9 @@ QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
         "prefix_query_table": False,
         "previous_block_input": False,
     },
-    # Ours before the paper's input became the default: the paper's sum + 4 directional neighbour heads +
-    # the positional start W_s PE[pos n] (W_s = 0 at the start); docs/ARCHITECTURE.md says what each adds
-    # and docs/REPRODUCTION.md what it measured.
+    # Ours, the default: the paper's sum + 4 directional neighbour heads + the positional start
+    # W_s PE[pos n] (W_s = 0 at the start); docs/ARCHITECTURE.md says what each adds and
+    # docs/REPRODUCTION.md what it measured.
     "neighbour": {
         "neighbour_heads": 4,
         "neighbour_kind": "directional",
@@ -212,7 +214,7 @@ QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
         "previous_block_input": False,
     },
 }
-DEFAULT_QUERY_INPUT = "paper"
+DEFAULT_QUERY_INPUT = "neighbour"
 
 
 def query_input_form(cfg: ModelConfig) -> Literal["paper", "neighbour", "custom"]:

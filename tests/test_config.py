@@ -171,10 +171,10 @@ def test_a_checkpoint_config_without_new_model_fields_loads_as_it_was_trained():
     assert upgraded.model.neighbour_heads == 0 and upgraded.model.positional_start_init == "normal"
     state = build_model(old.model).state_dict()
     build_model(upgraded.model).load_state_dict(state, strict=True)
-    with pytest.raises(RuntimeError, match="start_proj"):  # today's defaults would not fit those weights
+    with pytest.raises(RuntimeError, match="neighbour"):  # today's defaults would not fit those weights
         build_model(load_config().model).load_state_dict(state, strict=True)
-    with pytest.raises(RuntimeError, match="neighbour"):  # nor would the neighbour form
-        build_model(load_config(overrides=["model.query_input=neighbour"]).model).load_state_dict(state, strict=True)
+    with pytest.raises(RuntimeError, match="start_proj"):  # nor would the paper's form
+        build_model(load_config(overrides=["model.query_input=paper"]).model).load_state_dict(state, strict=True)
     # a config that has the fields keeps them
     assert saved_config_from_dict(load_config().to_dict()).model.neighbour_heads == load_config().model.neighbour_heads
 
@@ -188,7 +188,7 @@ def test_query_input_paper_sets_every_field_of_the_papers_form():
         assert getattr(cfg, key) == value, key
     assert cfg.neighbour_heads == 0 and cfg.positional_start is False
     # the choices the paper leaves open stay ours: the PE table's width and start
-    assert cfg.d_pe == 64 and cfg.pe_init == "shift"
+    assert cfg.d_pe == 64 and cfg.pe_init == "recency"
 
 
 @pytest.mark.parametrize(
@@ -202,13 +202,11 @@ def test_query_input_paper_refuses_a_field_that_contradicts_it(override):
 
 
 def test_query_input_names_the_form_the_fields_make():
-    """Without query_input the fields decide the label: the neighbour fields spelled out are
-    'neighbour', any other mix is 'custom', and the default is 'paper'."""
-    assert load_config().model.query_input == "paper"
-    spelled = load_config(
-        overrides=["model.neighbour_heads=4", "model.positional_start=true", "model.positional_start_init=zero"]
-    ).model
-    assert spelled.query_input == "neighbour"
+    """Without query_input the fields decide the label: the paper's fields spelled out are 'paper',
+    any other mix is 'custom', and the default is 'neighbour'."""
+    assert load_config().model.query_input == "neighbour"
+    spelled = load_config(overrides=["model.neighbour_heads=0", "model.positional_start=false"]).model
+    assert spelled.query_input == "paper"
     assert load_config(overrides=["model.neighbour_heads=2"]).model.query_input == "custom"
     assert load_config(overrides=["model.query_input=custom", "model.neighbour_heads=0"]).model.neighbour_heads == 0
 

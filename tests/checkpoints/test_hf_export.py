@@ -166,8 +166,8 @@ def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_
 # The query stream's input options (model/neighbour.py); older ModelConfigs lack them.
 HAS_QUERY_INPUT_OPTIONS = all(hasattr(ModelConfig(), f) for f in QUERY_INPUT_OFF)
 QUERY_INPUT_VARIANTS = {
-    "default": {},  # ModelConfig's defaults: the paper's input, PE table started as the shift
-    "neighbour": {"neighbour_heads": 4, "positional_start": True, "positional_start_init": "zero"},
+    "default": {},  # ModelConfig's defaults: the neighbour input
+    "paper": {"neighbour_heads": 0, "positional_start": False, "pe_init": "shift"},  # the paper's input
     "directional": {
         "neighbour_heads": 4,
         "positional_start": True,
@@ -220,7 +220,7 @@ def _variant_export(run, out: Path, fields: dict, capsys) -> Path:
 
 @pytest.mark.skipif(not HAS_QUERY_INPUT_OPTIONS, reason="ModelConfig has no query-stream input options here")
 def test_query_stream_options_export_and_reproduce(text_run, tmp_path, capsys):
-    """The default model (the paper's input), the neighbour input, directional heads with every other
+    """The default model (the neighbour input), the paper's input, directional heads with every other
     query-input option, and neighbour heads without the prefix sum: each exports, loads without
     armd_scale, and gives our logits."""
     folders = {}
@@ -238,7 +238,7 @@ def test_query_stream_options_export_and_reproduce(text_run, tmp_path, capsys):
     results = _load_in_isolation(tmp_path, folders)
     for name, (_, got) in zip(folders, results, strict=True):
         pre = load_pretrained(tmp_path / f"{name}-export")
-        assert (pre.model.neighbour is None) == (name == "default")
+        assert (pre.model.neighbour is None) == (name == "paper")
         _assert_reproduces(pre.model, got)
 
 

@@ -105,7 +105,7 @@ def test_diff_of_two_steps_of_one_run(zero1_run, capsys):
     assert d["step"] == {"a": 3, "b": 6}
     assert d["config"] == [] and d["topology"] == [] and d["tokenizer_sha256"] is None
     w = d["weights"]
-    assert w["compared"] == 22 and w["identical"] == 0 and len(w["differ"]) == 22  # lm_head tied
+    assert w["compared"] == 26 and w["identical"] == 0 and len(w["differ"]) == 26  # lm_head tied; neighbour: 3
     assert all(x["max_abs_diff"] > 0 for x in w["differ"])
     assert w["shape_mismatch"] == [] and w["only_in_a"] == [] and w["only_in_b"] == []
 
@@ -123,7 +123,7 @@ def test_diff_of_runs_with_another_config_and_topology(zero0_run, tp2_run, capsy
     mismatched = {x["name"]: (tuple(x["a"]), tuple(x["b"])) for x in w["shape_mismatch"]}
     assert mismatched["layers.0.mlp.up.weight"] == ((88, 32), (48, 32))
     assert {n.rsplit(".", 2)[-2] for n in mismatched} == {"gate", "up", "down"} and len(mismatched) == 6
-    assert w["compared"] == 22 and len(w["differ"]) == 22 - 6 and not w["only_in_a"] and not w["only_in_b"]
+    assert w["compared"] == 26 and len(w["differ"]) == 26 - 6 and not w["only_in_a"] and not w["only_in_b"]
 
     code, text, _ = inspect(capsys, "--diff", str(zero0_run.dir), str(tp2_run.dir))
     assert code == 0
@@ -147,4 +147,4 @@ def test_diff_against_an_export_of_the_same_checkpoint(zero0_run, tmp_path, caps
     d = json.loads(out)
     w = d["weights"]
     assert d["config"] == [] and d["topology"] == [] and d["step"] == {"a": 6, "b": 6}
-    assert w["compared"] == w["identical"] == 22 and not w["differ"] and not w["only_in_a"] and not w["only_in_b"]
+    assert w["compared"] == w["identical"] == 26 and not w["differ"] and not w["only_in_a"] and not w["only_in_b"]

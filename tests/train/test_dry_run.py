@@ -84,9 +84,9 @@ def test_cli_prints_the_figures_for_owt_small_zero3(tmp_path, capsys):
     out = capsys.readouterr().out
     for fragment in (
         '"stage": 3',
-        "parameters:              124,112,384",  # incl. the 1024 x 512 PE table
-        "without the token embedding 85,478,912",
-        "training FLOPs per token: 1.087e+09",
+        "parameters:              123,714,048",  # incl. 4 directional sink logits
+        "without the token embedding 85,080,576",
+        "training FLOPs per token: 1.103e+09",
         "tokens per optimizer step: 524,288",
         "model states (ZeRO-3):",
         "DeepSpeed's ZeRO-3 estimate (no offload):",
@@ -109,6 +109,6 @@ def test_dry_run_of_a_big_preset_never_allocates_its_weights(monkeypatch):
 
     monkeypatch.setattr(dry, "build_model", build_and_keep)
     doc = dry_run(load_config("owt-medium"), world_size=8)
-    assert doc["params"] == 354_469_888 and len(built) == 1
+    assert doc["params"] == 354_088_960 and len(built) == 1
     tensors = [*built[0].parameters(), *built[0].buffers()]
     assert tensors and all(t.is_meta for t in tensors)
