@@ -12,7 +12,9 @@
 #   AR_GAP_DIR  runs, data and logs [/tmp/armd_ar_gap]; runs already finished there are kept, so the
 #               command resumes and extends a study instead of starting over
 #   DOCS_OUT    where the tables and plots go [<repo>/docs/ar_gap]
-#   PARTS       comma list of groups of bench/ar_gap_runs.txt [all]
+#   RUNS        the run list [<repo>/bench/ar_gap_runs.txt]; bench/paper_model_runs.txt is the re-run of
+#               the paper's model beside ours (DOCS_OUT=<repo>/docs/paper_model for its report)
+#   PARTS       comma list of groups of the run list [all]
 #   LANES       runs trained at the same time, one thread each [2]
 #   CORPORA     the shared corpora folder for the study-size and scaling groups [<repo>/../shared/corpora];
 #               without it those groups are skipped with a message
