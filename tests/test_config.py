@@ -163,7 +163,9 @@ def test_a_checkpoint_config_without_new_model_fields_loads_as_it_was_trained():
     from armd_scale.model import build_model
 
     # the model of that time: the positional start on (saved, it existed), no neighbour heads (not saved)
-    old = load_config(overrides=["model.positional_start=true", "model.positional_start_init=normal"])
+    old = load_config(
+        overrides=["model.neighbour_heads=0", "model.positional_start=true", "model.positional_start_init=normal"]
+    )
     raw = old.to_dict()
     del raw["model"]["neighbour_heads"], raw["model"]["positional_start_init"], raw["model"]["query_input"]
     raw["model"]["neighbour_kind"] = "symmetric"  # what it was then, so only the two deleted fields matter
