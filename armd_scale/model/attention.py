@@ -4,7 +4,15 @@
 - flex:  FlexAttention with a `BlockMask` (cached per pattern). GPU path for any block structure;
          on CPU it runs forward only (eager), which is enough to test it against sdpa.
 - flash: flash-attn, single-token blocks only (Mc = causal; Msc = causal over shifted keys).
-- auto:  flash if installed and applicable, else flex on CUDA, else sdpa.
+- auto:  on CUDA, flash where it applies and imports, else sdpa's fused causal kernels for
+         single-token blocks (left to right) and bidirectional attention, else flex (compiled) for
+         block structures in 16/32-bit, else sdpa (fp64: a dense mask, never compiled flex in fp64);
+         on the CPU, sdpa.
+
+Every backend computes the same function, so a backend is a speed choice, never a model property:
+a model trained with `flash` is evaluated in fp32 on a GPU, on a CPU, or in random orders by the
+backend `auto` would choose there (one warning says so), instead of failing. `choose_backend` is the
+whole decision as a table of its inputs.
 
 The `full` pattern (bidirectional, arch `mdlm`) runs every backend's unmasked kernel.
 
@@ -31,7 +39,66 @@ BACKENDS = ("sdpa", "flex", "flash", "auto")
 
 
 def flash_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    """flash-attn can run here: a CUDA device and a flash_attn package that imports."""
+    return torch.cuda.is_available() and flash_imports()
+
+
+@functools.cache
+def flash_imports() -> bool:
+    """Whether flash_attn imports. A build for another torch or CUDA is found by `find_spec` but fails
+    at import (undefined symbols); that must mean "not available" here, with one warning, rather than
+    a crash at the first forward."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        from flash_attn import flash_attn_func  # noqa: F401
+    except Exception as exc:  # ImportError, OSError from the extension, anything the build raises
+        warnings.warn(
+            f"flash_attn is installed but does not import ({type(exc).__name__}: {exc}); attention uses sdpa "
+            "or flex instead. Reinstall flash-attn built for this torch and CUDA to use it.",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _flash_applies(spec: BlockMaskSpec, device_type: str, dtype: torch.dtype) -> str | None:
+    """Why flash cannot run this call (None when it can, the package aside)."""
+    if device_type != "cuda":
+        return f"it needs CUDA (device {device_type})"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"it needs 16-bit inputs (dtype {str(dtype).replace('torch.', '')})"
+    if spec.pattern == "general" or not (spec.single_token_blocks or spec.pattern == "full"):
+        return "it supports single-token blocks and bidirectional attention only"
+    return None
+
+
+def choose_backend(
+    name: str, spec: BlockMaskSpec, device_type: str, dtype: torch.dtype, flash_usable: bool
+) -> tuple[str, str | None]:
+    """(backend, why the named one was replaced or None): the whole choice as a table of its inputs.
+
+    flash_usable says whether flash_attn imports on a CUDA device (`flash_available`)."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend '{name}' is not one of {', '.join(BACKENDS)}")
+    flash_blocker = _flash_applies(spec, device_type, dtype) or (None if flash_usable else "flash_attn is not usable")
+    if name == "flash" and flash_blocker is None:
+        return "flash", None
+    if name not in ("auto", "flash"):
+        return name, None
+    if device_type != "cuda":
+        chosen = "sdpa"
+    elif name == "auto" and flash_blocker is None:
+        chosen = "flash"
+    elif spec.pattern == "full" or (spec.single_token_blocks and spec.pattern != "general"):
+        chosen = "sdpa"  # fused causal / unmasked kernels; flex would only add a compile
+    elif dtype == torch.float64:
+        chosen = "sdpa"  # a dense fp64 mask: compiled flex in fp64 is neither fast nor the reference
+    else:
+        chosen = "flex"
+    if name == "flash":
+        return chosen, f"attention backend 'flash' cannot run here: {flash_blocker}; using {chosen}"
+    return chosen, None
 
 
 @dataclass
@@ -46,28 +113,22 @@ class PreparedMask:
 
 
 def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype: torch.dtype) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"attention backend '{name}' is not one of {', '.join(BACKENDS)}")
-    if name != "auto":
-        return name
-    if (
-        device.type == "cuda"
-        and flash_available()
-        and (spec.single_token_blocks or spec.pattern == "full")
-        and spec.pattern != "general"
-        and dtype in (torch.float16, torch.bfloat16)
-    ):
-        return "flash"
-    if device.type == "cuda":
-        return "flex"
-    return "sdpa"
+    """The backend for one call (`choose_backend`); a replaced `flash` is reported once per reason."""
+    usable = device.type == "cuda" and name in ("auto", "flash") and flash_available()
+    chosen, replaced = choose_backend(name, spec, device.type, dtype, usable)
+    if replaced:
+        _warn_once(replaced)
+    return chosen
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torch.dtype) -> PreparedMask:
     chosen = resolve_backend(backend, spec, device, dtype)
     if spec.pattern == "full":  # unmasked kernels; nothing to build
-        if chosen == "flash" and not flash_available():
-            raise RuntimeError("attention backend 'flash' needs CUDA and flash-attn (pip install 'armd_scale[gpu]')")
         return PreparedMask(chosen, spec)
     if chosen == "sdpa":
         if spec.single_token_blocks and spec.pattern != "general":
@@ -77,14 +138,7 @@ def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torc
         return PreparedMask("sdpa", spec, dense=allowed | ~has_key, has_key=has_key)
     if chosen == "flex":
         return PreparedMask("flex", spec, flex=flex_block_mask(spec))
-    if chosen == "flash":
-        if not spec.single_token_blocks or spec.pattern == "general":
-            raise ValueError(
-                "attention backend 'flash' supports single-token blocks with causal/strict/two-stream "
-                f"patterns only; got pattern={spec.pattern}, single_token_blocks={spec.single_token_blocks}"
-            )
-        if not flash_available():
-            raise RuntimeError("attention backend 'flash' needs CUDA and flash-attn (pip install 'armd_scale[gpu]')")
+    if chosen == "flash":  # choose_backend returned it only where it applies and imports
         return PreparedMask("flash", spec)
     raise AssertionError(chosen)  # pragma: no cover
 

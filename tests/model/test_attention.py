@@ -1,5 +1,7 @@
 """Attention backends agree with the sdpa reference and never produce NaN for empty rows."""
 
+import sys
+
 import pytest
 import torch
 
@@ -103,27 +105,77 @@ def test_auto_backend_resolution_on_cpu_and_errors():
     assert resolve_backend("auto", causal_spec(block), CPU, torch.float32) == "sdpa"
     with pytest.raises(ValueError, match="not one of"):
         resolve_backend("xformers", causal_spec(block), CPU, torch.float32)
-    general = BlockMaskSpec(block[:, :2], block)
-    with pytest.raises(ValueError, match="single-token blocks"):
-        prepare(general, "flash", CPU, torch.float32)
 
 
-@pytest.mark.parametrize("flash", [False, True])
-def test_auto_backend_resolution_on_cuda(flash, monkeypatch):
-    """The CUDA branch of `auto`, decided from the device argument alone (no GPU needed): flash where it
-    applies (installed, 16-bit, single-token or full pattern), else flex; never sdpa on CUDA."""
-    monkeypatch.setattr(attention, "flash_available", lambda: flash)
-    cuda = torch.device("cuda", 0)
-    _, single = draw_order("l2r", {}, None, batch=1, n=8)
-    _, multi = draw_order("sbp", dict(streams=2), None, batch=1, n=8)
-    for spec in (causal_spec(single), strict_spec(single), full_spec(1, 8)):
-        assert resolve_backend("auto", spec, cuda, torch.bfloat16) == ("flash" if flash else "flex")
-        assert resolve_backend("auto", spec, cuda, torch.float16) == ("flash" if flash else "flex")
-        assert resolve_backend("auto", spec, cuda, torch.float32) == "flex"  # flash needs 16-bit inputs
-    assert resolve_backend("auto", causal_spec(multi), cuda, torch.bfloat16) == "flex"  # flash: one token per block
-    assert resolve_backend("auto", BlockMaskSpec(single[:, :2], single), cuda, torch.bfloat16) == "flex"  # general
-    assert resolve_backend("auto", causal_spec(single), CPU, torch.bfloat16) == "sdpa"  # the device decides
-    assert resolve_backend("sdpa", causal_spec(single), cuda, torch.bfloat16) == "sdpa"  # explicit names win
+SINGLE = draw_order("l2r", {}, None, batch=1, n=8)[1]
+MULTI = draw_order("sbp", dict(streams=2), None, batch=1, n=8)[1]
+BF16, FP32, FP64 = torch.bfloat16, torch.float32, torch.float64
+# (name, spec, device type, dtype, flash imports) -> expected backend. Written out, not derived: this is
+# the decision the docs state (ARCHITECTURE.md, "Attention backends").
+CHOICES = [
+    # auto on CUDA: flash where it applies and imports
+    ("auto", causal_spec(SINGLE), "cuda", BF16, True, "flash"),
+    ("auto", strict_spec(SINGLE), "cuda", torch.float16, True, "flash"),
+    ("auto", full_spec(1, 8), "cuda", BF16, True, "flash"),
+    # without flash, single-token blocks (left to right) and bidirectional attention: sdpa's fused kernels
+    ("auto", causal_spec(SINGLE), "cuda", BF16, False, "sdpa"),
+    ("auto", two_stream_spec(SINGLE), "cuda", BF16, False, "sdpa"),
+    ("auto", full_spec(1, 8), "cuda", BF16, False, "sdpa"),
+    ("auto", causal_spec(SINGLE), "cuda", FP32, True, "sdpa"),  # flash needs 16-bit inputs
+    # block structures: compiled flex, except fp64, which never goes to compiled flex
+    ("auto", causal_spec(MULTI), "cuda", BF16, True, "flex"),
+    ("auto", two_stream_spec(MULTI), "cuda", FP32, False, "flex"),
+    ("auto", BlockMaskSpec(SINGLE[:, :2], SINGLE), "cuda", BF16, True, "flex"),  # general (cached decoding)
+    ("auto", causal_spec(MULTI), "cuda", FP64, False, "sdpa"),
+    ("auto", causal_spec(SINGLE), "cuda", FP64, True, "sdpa"),
+    # the CPU: always sdpa
+    ("auto", causal_spec(MULTI), "cpu", BF16, True, "sdpa"),
+    # explicit names win, except flash where it cannot run
+    ("sdpa", causal_spec(MULTI), "cuda", BF16, True, "sdpa"),
+    ("flex", causal_spec(SINGLE), "cuda", FP64, True, "flex"),
+    ("flash", causal_spec(SINGLE), "cuda", BF16, True, "flash"),
+    ("flash", causal_spec(SINGLE), "cuda", FP32, True, "sdpa"),  # fp32 evaluation of a flash-trained model
+    ("flash", causal_spec(SINGLE), "cpu", FP32, False, "sdpa"),  # ... and on the CPU
+    ("flash", strict_spec(MULTI), "cuda", BF16, True, "flex"),  # random-order blocks
+    ("flash", causal_spec(SINGLE), "cuda", BF16, False, "sdpa"),  # flash_attn missing or broken
+]
+
+
+@pytest.mark.parametrize("name, spec, device_type, dtype, flash_imports, expected", CHOICES)
+def test_backend_choice_table(name, spec, device_type, dtype, flash_imports, expected):
+    chosen, replaced = attention.choose_backend(name, spec, device_type, dtype, flash_imports)
+    assert chosen == expected
+    assert (replaced is not None) == (name == "flash" and expected != "flash")  # a replaced flash says why
+
+
+def test_a_flash_trained_model_evaluates_in_fp32_on_the_cpu(recwarn):
+    """Before: prepare() raised for 'flash' on the CPU or in fp32, so such a model could not be evaluated
+    anywhere but a GPU in 16 bits. Now it runs the sdpa kernels and gives sdpa's numbers."""
+    spec = two_stream_spec(SINGLE)
+    q, k, v = _qkv(spec.shape[1], spec.shape[2])
+    out = attend(q, k, v, prepare(spec, "flash", CPU, torch.float32))
+    torch.testing.assert_close(out, attend(q, k, v, prepare(spec, "sdpa", CPU, torch.float32)), rtol=0, atol=0)
+    _, random_block = draw_order("random", {}, None, batch=1, n=8)
+    general = BlockMaskSpec(random_block[:, :2], random_block)
+    assert prepare(general, "flash", CPU, torch.float32).backend == "sdpa"
+
+
+def test_a_broken_flash_attn_install_falls_back_with_a_warning(tmp_path, monkeypatch):
+    """Before: flash-attn was detected with find_spec only, so a build for another torch/CUDA (which
+    raises at import) was picked by auto and crashed the first forward. Now it counts as unavailable."""
+    package = tmp_path / "flash_attn"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    attention.flash_imports.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the decision only; nothing runs on CUDA
+    try:
+        with pytest.warns(UserWarning, match="flash_attn is installed but does not import.*undefined symbol"):
+            assert not attention.flash_available()
+        assert resolve_backend("auto", causal_spec(SINGLE), torch.device("cuda", 0), BF16) == "sdpa"
+    finally:
+        attention.flash_imports.cache_clear()
 
 
 @pytest.mark.skipif(not flash_available(), reason="flash-attn tests need CUDA and the flash_attn package")
