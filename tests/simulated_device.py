@@ -32,6 +32,7 @@ CPU run. What it cannot show: CUDA kernels' numerics, memory, speed, NCCL (bench
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 
 import torch
@@ -182,6 +183,11 @@ def simulated_device() -> Iterator[torch.device]:
     swap_before = torch.__future__.get_swap_module_params_on_conversion()
     torch.__future__.set_swap_module_params_on_conversion(True)
     torch.tensor = tensor
+    # Every real device type has its torch.<type> module (torch.cuda): activation checkpointing looks it
+    # up for the device of its inputs. An empty one says "not initialised", as an unused CUDA would.
+    had_module = hasattr(torch, SIMULATED.type)
+    if not had_module:
+        setattr(torch, SIMULATED.type, types.ModuleType(f"torch.{SIMULATED.type}"))
     _counter["host_reads"] = 0
     try:
         with _Mode():
@@ -189,3 +195,5 @@ def simulated_device() -> Iterator[torch.device]:
     finally:
         torch.tensor = real_tensor
         torch.__future__.set_swap_module_params_on_conversion(swap_before)
+        if not had_module:
+            delattr(torch, SIMULATED.type)

@@ -13,7 +13,9 @@ Forward pass, top to bottom:
 2. G0 = s + W_s PE[pos n] + sum_{i: block[i] < block[n]} <PE[pos n], PE[pos i]> X0[i] + N(n): prefix
    aggregation, the strictly causal input of the query stream (s is a learned start vector so the first
    block is not 0), plus neighbour attention N (model/neighbour.py), a sharp content-free path to the
-   nearest revealed tokens (AR's input shift under the left-to-right order).
+   nearest revealed tokens (AR's input shift under the left-to-right order). Computed a chunk of query
+   rows at a time and, in training, rebuilt in the backward pass, so no N x N term is kept
+   (model/query_input.py).
 3. Two-stream layers: X attends to X under Mc; G attends to X under Msc; both streams share weights.
    The X output of the last two-stream layer is never read, so that layer runs the G stream only.
 4. Block-causal layers on G (Mc), final norm, LM head tied to the embedding.
@@ -29,9 +31,10 @@ from ..config import ModelConfig
 from .attention import prepare
 from .generation_orders import l2r_order
 from .layers import Block, init_weights
-from .masks import causal_spec, dense_strict, strict_spec, two_stream_spec
+from .masks import causal_spec, strict_spec, two_stream_spec
 from .neighbour import NeighbourAttention
 from .pe_init import initial_pos_table
+from .query_input import QUERY_CHUNK_ROWS, query_input
 from .rope import RotaryEmbedding
 from .vocab import mask_padded_vocab
 
@@ -118,6 +121,7 @@ class ARMDModel(_Transformer):
             nn.init.zeros_(self.start_proj.weight)
         if self.prefix_norm is not None:  # the normalised sum starts at the embeddings' scale, like AR's input
             nn.init.constant_(self.prefix_norm.weight, cfg.init_std)
+        self.query_chunk_rows = QUERY_CHUNK_ROWS  # G0's query rows per chunk (model/query_input.py)
 
     # -- pieces reused by cached decoding ---------------------------------------------------------
 
@@ -151,21 +155,9 @@ class ARMDModel(_Transformer):
 
     def prefix_aggregate(self, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         """G0 = start(pos n) + agg over strictly earlier blocks of <PE[pos n], PE[pos i]> X0[i]
-        (+ neighbour attention over the same tokens), dense form."""
-        visible = dense_strict(block)  # [B, N(query), N(key)]
-        g = self.query_start(pos, ~visible.any(dim=-1)).to(x.dtype)
-        if self.cfg.prefix_agg != "none":
-            pe = self.pe(pos)  # [B, N, d_pe]
-            weights = torch.bmm(self.pe_query(pos), pe.transpose(1, 2)) * visible.to(pe.dtype)
-            if self.cfg.prefix_agg == "mean":
-                weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
-            g = g + self.finish_aggregate(torch.bmm(weights.to(x.dtype), x))
-        if self.neighbour is not None:
-            g = g + self.neighbour(x, pos, pos, visible)
-        if self.cfg.previous_block_input:
-            previous = (block[:, None, :] == block[:, :, None] - 1).to(x.dtype)  # [B, query, key]
-            g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
-        return g
+        (+ neighbour attention over the same tokens), `query_chunk_rows` query rows at a time and, in
+        training, recomputed in the backward pass so no N x N term is kept (model/query_input.py)."""
+        return query_input(self, x, pos, block)
 
     def forward(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         self._check_inputs(tokens, order, block)

@@ -24,16 +24,24 @@ blocks add 4 B N^2 bytes (the two-stream, strict and causal masks, built once pe
 Per model:
 - ar, mdlm: L self-attention calls with R = T.
 - armd: L2 - 1 two-stream calls (R = 2T, K = T), one query-only call (R = K = T rows, kept apart),
-  L - L2 self-attention calls (R = T); prefix aggregation keeps the N x N weights and visibility
-  per sequence, B N^2 (e + 1) bytes, plus two gathers of the PE rows, 2 T d_pe e.
-- armd neighbour attention (model/neighbour.py, H = model.neighbour_heads heads, replicated under
-  tensor parallelism): the int64 relative-position index and the visibility mask, 9 B N^2; per head
-  the softmax weights and the masked weights, 2 H B N^2 e (directional: one [N, N + 1] softmax,
-  H B N (N + 1) e, and no row mask), the head outputs H T d e and, with more than one head, the
-  embeddings broadcast over heads for the batched matmul, H T d e. At N = 1024 with 4 heads this is
-  25 MiB of N x N terms per sequence in bf16, 8x the prefix aggregation's N x N weights.
+  L - L2 self-attention calls (R = T). The query stream's input G0 (prefix aggregation and neighbour
+  attention) runs in chunks of C query rows under activation checkpointing (model/query_input.py): it
+  keeps only the chunks' shared inputs, X0 and the int64 positions and blocks, T d e + 16 T, and no
+  N x N term. (With L2 = 1 in fp32, X0 is also the query-only call's key input, which its norm keeps
+  as it is: one storage, counted once.)
+- G0's transient (not in the total, like any op's buffers): the backward pass rebuilds one chunk at a
+  time, which holds what a dense evaluation of its R = C query rows over K = N keys would keep: the
+  prefix weights and the visibility as floats, 2 B R K e, the PE rows of keys and queries,
+  (B K + B R) d_pe e (and B R d_pe e more for the positional start's rows), and neighbour attention's
+  (H = model.neighbour_heads heads): the int32 relative-position index and the visibility mask,
+  5 B R K, the head outputs H B R d e, and per head the softmax and the masked weights, 2 H B R K e
+  (directional: one softmax over the keys and "nothing", H B R (K + 1) e, and no empty-row mask,
+  B R), plus that chunk's gradient buffers while its backward runs. The options prefix_agg=mean,
+  prefix_norm and previous_block_input add a few more [B, R, K] or [B, R, d] terms, not counted.
 - head: the final norm norm(T), the fp32 log-softmax of the logits 4 T V (and in 16-bit the fp32 copy
-  of the logits is not kept); token ids 8 T per embedding lookup; rotary tables.
+  of the logits is not kept); token ids 8 T per embedding lookup; the rotary cos and sin tables,
+  [B, 1, N, d / h / 2] each, T (d / h) e, and for ARMD's two-stream calls those of the [X; G] rows,
+  2 T (d / h) e.
 
 With `parallel.activation_checkpointing` each layer keeps only its inputs (3 T d e for a two-stream
 call's [X; G] and X, 2 T d e for the query-only call, T d e otherwise) and one layer's activations
@@ -117,23 +125,52 @@ def activation_bytes(
     head_dim = d // cfg.n_heads
     other = _norm(t, d, e)  # final norm
     other += 4 * t * cfg.vocab_size + 16 * t  # fp32 log-softmax of the logits, targets
-    other += 8 * t + 2 * t * head_dim * e  # token ids of the embedding lookup, rotary cos/sin
+    other += (
+        8 * t + t * head_dim * e
+    )  # token ids of the embedding lookup, rotary cos/sin ([B, 1, N, head_dim / 2] each)
     if cfg.arch == "armd":
-        other += b * n * n * (e + 1) + 2 * t * cfg.d_pe * e + 16 * t  # prefix aggregation, its index rows
-        other += neighbour_bytes(cfg, b, n, e)
-        other += 4 * t * head_dim * e  # rotary tables of the two-stream calls ([X; G] rows)
+        other += query_input_bytes(cfg, b, n, e)
+        if cfg.two_stream_layers == 1 and precision == "fp32":  # the query-only call's keys are X0, whose
+            other -= t * d * e  # fp32 norm keeps its input itself: the storage G0's chunks keep already
+        if cfg.two_stream_layers > 1:
+            other += 2 * t * head_dim * e  # rotary tables of the two-stream calls ([X; G] rows)
         if multi_token_blocks and cfg.attention_backend == "sdpa":
             other += 4 * b * n * n
     return ActivationEstimate(layers=layers, layers_checkpointed=checkpointed, other=other)
 
 
-def neighbour_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, e: int) -> int:
-    """What neighbour attention keeps for the backward pass (module docstring): its scores are dense
-    [B, H, N, N], whatever the attention backend, so at long sequences this is the term that grows."""
-    heads, b, n, d = cfg.neighbour_heads, micro_batch, seq_len, cfg.d_model
+def query_input_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, e: int) -> int:
+    """What G0 keeps for the backward pass in training: only the inputs of its checkpointed chunks, X0
+    and the int64 positions and blocks (model/query_input.py); its N x N terms are transient."""
+    if cfg.arch != "armd":
+        return 0
+    t = micro_batch * seq_len
+    return t * cfg.d_model * e + 16 * t
+
+
+def query_input_chunk_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, e: int, rows: int) -> int:
+    """What one chunk of `rows` query rows of G0 holds while the backward pass rebuilds it (module
+    docstring): the transient that replaced the dense N x N terms, without its gradient buffers.
+    rows >= seq_len: what a dense evaluation of G0 would keep besides its inputs."""
+    if cfg.arch != "armd":
+        return 0
+    b, r, k = micro_batch, min(rows, seq_len), seq_len
+    held = 0
+    if cfg.prefix_agg != "none":  # weights and visibility as floats; PE rows of the keys and the queries
+        held += 2 * b * r * k * e + (b * k + b * r) * cfg.d_pe * e
+    if cfg.positional_start:  # W_s's input rows
+        held += b * r * cfg.d_pe * e
+    return held + neighbour_bytes(cfg, b, r, k, e)
+
+
+def neighbour_bytes(cfg: ModelConfig, micro_batch: int, rows: int, keys: int, e: int) -> int:
+    """What neighbour attention keeps for the backward pass of one call with `rows` queries and `keys`
+    keys (module docstring): its scores are dense [B, H, rows, keys] whatever the attention backend,
+    which is why training evaluates it a chunk of rows at a time."""
+    heads, b, r, k, d = cfg.neighbour_heads, micro_batch, rows, keys, cfg.d_model
     if cfg.arch != "armd" or heads == 0:
         return 0
-    kept = 9 * b * n * n + heads * b * n * d * e * (2 if heads > 1 else 1)  # index + mask; outputs (+ broadcast)
+    held = 5 * b * r * k + heads * b * r * d * e  # int32 index + mask; the head outputs
     if cfg.neighbour_kind == "directional":
-        return kept + heads * b * n * (n + 1) * e  # one softmax over the keys and "nothing"
-    return kept + 2 * heads * b * n * n * e + b * n  # softmax and masked weights; the empty-row mask
+        return held + heads * b * r * (k + 1) * e  # one softmax over the keys and "nothing"
+    return held + 2 * heads * b * r * k * e + b * r  # softmax and masked weights; the empty-row mask

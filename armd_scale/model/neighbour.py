@@ -26,6 +26,10 @@ values are contents of strictly earlier blocks, so the output is strictly causal
 depends on the *set* of revealed (position, token) pairs, not on how they are listed, so it is
 permutation-equivariant; it adds no forward call. Decoding caches X0 and the positions of committed
 tokens (`generate/cache.py`), O(committed) per step like any attention layer.
+
+What it costs. The scores are dense [B, H, queries, keys] (no fused kernel takes a per-head table of
+relative scores and a sink), so training computes them a chunk of query rows at a time, recomputed in
+the backward pass (model/query_input.py): autograd never keeps an N x N tensor of this module.
 """
 
 from __future__ import annotations
@@ -83,7 +87,14 @@ class NeighbourAttention(nn.Module):
         self, x: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, visible: torch.Tensor | None
     ) -> torch.Tensor:
         """x [B, K, d] values (embeddings of keys), q_pos [B, Q], k_pos [B, K], visible [B, Q, K] bool
-        or None (every key visible to every query). Returns [B, Q, d]; a query with no visible key gets 0."""
+        or None (every key visible to every query). Returns [B, Q, d]; a query with no visible key gets 0.
+
+        Each query row is computed from its own position and visibility only, so any subset of the
+        queries may be passed: the cache passes the targets of one step, training passes one chunk of
+        rows at a time (model/query_input.py), and the rows equal those of a call with every query."""
+        # int32, not int64: the index is the one [B, Q, K] tensor here that is not in x's dtype, and the
+        # training path (model/query_input.py) rebuilds it one chunk of queries at a time
+        q_pos, k_pos = q_pos.to(torch.int32), k_pos.to(torch.int32)
         rel = q_pos[:, :, None] - k_pos[:, None, :] + (self.max_len - 1)  # [B, Q, K]
         scores = self.rel_bias[:, rel].transpose(0, 1).to(x.dtype)  # [B, H, Q, K]
         if visible is not None:
@@ -96,5 +107,7 @@ class NeighbourAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1)
             if visible is not None:  # rows with no visible key are all -inf -> NaN; they carry nothing
                 weights = weights.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
-        mixed = torch.matmul(weights, x[:, None])  # [B, H, Q, d]
+        # one [B, H Q, K] x [B, K, d] product: a broadcast matmul would copy x once per head
+        b, h, q, k = weights.shape
+        mixed = torch.bmm(weights.reshape(b, h * q, k), x).view(b, h, q, x.shape[-1])  # [B, H, Q, d]
         return (mixed * self.gain.to(x.dtype)[None, :, None, :]).sum(dim=1)

@@ -11,7 +11,8 @@ import torch
 from armd_scale.config import ModelConfig
 from armd_scale.model import build_model, order_loss
 from armd_scale.model.generation_orders import l2r_order, sbp_order
-from armd_scale.model.memory import activation_bytes
+from armd_scale.model.memory import DTYPE_BYTES, activation_bytes, query_input_chunk_bytes
+from armd_scale.model.query_input import query_rows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -68,12 +69,50 @@ def test_activation_checkpointing_keeps_layer_inputs_and_one_layer():
 
 @pytest.mark.parametrize("kind", ["symmetric", "directional"])
 @pytest.mark.parametrize("heads", [1, 3])
-def test_neighbour_attention_is_counted(kind, heads):
-    """Neighbour attention's dense [B, H, N, N] weights, measured apart from the rest (d != N so the N^2
-    and N d terms cannot stand in for each other)."""
+def test_neighbour_attention_keeps_nothing_in_training(kind, heads):
+    """G0 runs in checkpointed chunks (model/query_input.py): with or without neighbour heads it keeps
+    the same inputs, so the heads' [B, H, N, N] scores add nothing to what autograd keeps."""
     shape = dict(arch="armd", d_pe=16, n_layers=2, d_model=64, n_heads=4, max_seq_len=32, vocab_size=256)
     without = ModelConfig(**shape, neighbour_heads=0)
     with_heads = ModelConfig(**shape, neighbour_heads=heads, neighbour_kind=kind)
     measured = saved_bytes(with_heads, 3, "bf16", "l2r") - saved_bytes(without, 3, "bf16", "l2r")
     estimate = activation_bytes(with_heads, 3, 32, "bf16").total - activation_bytes(without, 3, 32, "bf16").total
-    assert estimate == measured
+    assert estimate == measured == 0
+
+
+def chunk_saved_bytes(cfg: ModelConfig, batch: int, precision: str, rows: int) -> int:
+    """What one chunk of G0 (query rows 0..rows-1 over every key) keeps for its backward pass beyond
+    its inputs: the transient a checkpointed chunk rebuilds. Measured on a plain (not checkpointed) call."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(DTYPES[precision]).train()
+    n = cfg.max_seq_len
+    order, block = l2r_order(batch, n)
+    x = torch.randn(batch, n, cfg.d_model, dtype=DTYPES[precision], requires_grad=True)
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), x, order, block]}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in owned:
+            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        query_rows(model, x, order, block, 0, rows)
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("rows", [7, 40])  # a chunk of 7 rows; all 40 rows (a dense evaluation)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "variant",
+    [dict(), dict(neighbour_kind="symmetric", neighbour_heads=1), dict(neighbour_kind="symmetric"),
+     dict(neighbour_heads=3), dict(query_input="paper")],
+    ids=["default", "symmetric1", "symmetric4", "directional3", "paper"],
+)  # fmt: skip
+def test_query_input_chunk_is_counted(variant, precision, rows):
+    """The transient of one chunk (model.memory.query_input_chunk_bytes) is exactly what a chunk keeps;
+    every dimension differs (B 2, C 7, N 40, d 24, d_pe 8) so no term can stand in for another."""
+    cfg = ModelConfig(arch="armd", d_pe=8, n_layers=2, d_model=24, n_heads=4, max_seq_len=40, vocab_size=256, **variant)
+    measured = chunk_saved_bytes(cfg, 2, precision, rows)
+    assert query_input_chunk_bytes(cfg, 2, 40, DTYPE_BYTES[precision], rows) == measured

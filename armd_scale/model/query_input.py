@@ -1,0 +1,78 @@
+"""The query stream's input G0 in training: a chunk of query rows at a time, recomputed for backward.
+
+Why. G0 (model/armd.py, Forward pass step 2) compares every query with every key: the prefix
+aggregation weights <PE_n, PE_i> over strictly earlier blocks are [B, N, N], and neighbour attention
+(model/neighbour.py) adds scores and softmax weights of [B, H, N, N + 1] and a [B, N, N] index. No
+fused kernel computes them, so evaluated densely autograd would keep all of them for the backward
+pass: hundreds of MiB at the GPT-2 small shape (docs/GPU.md), far more than the fused attention
+layers keep, and growing with N^2.
+
+How. Row n of G0 reads its own position and block and every key, never another query's row, so G0
+can be computed C = `ARMDModel.query_chunk_rows` query rows at a time (QUERY_CHUNK_ROWS by default).
+In training with grad enabled each chunk runs under non-reentrant activation checkpointing: autograd
+keeps only the chunk's inputs, X0, the positions and the blocks, which every chunk shares, and the
+backward pass rebuilds one chunk's N x N terms at a time, so they are only ever transient, C x N per
+sequence. Every term is computed exactly as a dense evaluation would compute it, row by row, so the
+function is unchanged (tests/model/test_query_input_chunked.py checks outputs and every gradient in
+float64 against a dense reference; model/memory.py counts what is kept and what one chunk rebuilds).
+
+Everything that reads a parameter of the model itself (the start, the PE rows) happens inside the
+chunk, so nothing but X0, positions and blocks is kept. Outside training, or without grad, the chunks
+run plainly: evaluation gets the same bounded transient without the recomputation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:  # armd.py imports this module
+    from .armd import ARMDModel
+
+# Query rows per chunk. At N = 1024 with 4 neighbour heads a 256-row chunk's scores are a quarter of
+# the dense ones, small next to a layer's activations, and four chunks add few kernel launches.
+QUERY_CHUNK_ROWS = 256
+
+
+def query_input(model: ARMDModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """G0 [B, N, d] for embeddings x [B, N, d] in generation order, positions pos and blocks block
+    [B, N], evaluated `model.query_chunk_rows` query rows at a time (module docstring)."""
+    n, rows = x.shape[1], max(1, int(model.query_chunk_rows))
+    recompute = model.training and torch.is_grad_enabled()
+    chunks = []
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        if recompute:
+            # No randomness in G0, so no RNG state needs stashing for the recomputation.
+            out = checkpoint(
+                query_rows, model, x, pos, block, start, stop, use_reentrant=False, preserve_rng_state=False
+            )
+        else:
+            out = query_rows(model, x, pos, block, start, stop)
+        chunks.append(out)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+
+
+def query_rows(
+    model: ARMDModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, start: int, stop: int
+) -> torch.Tensor:
+    """Rows start..stop-1 of G0 over all N keys: [B, stop - start, d]. With start = 0 and stop = N this
+    is the dense evaluation of G0."""
+    cfg = model.cfg
+    q_pos, q_block = pos[:, start:stop], block[:, start:stop]
+    visible = block[:, None, :] < q_block[:, :, None]  # [B, C (queries), N (keys)]: strictly earlier blocks
+    g = model.query_start(q_pos, ~visible.any(dim=-1)).to(x.dtype)
+    if cfg.prefix_agg != "none":
+        pe = model.pe(pos)  # [B, N, d_pe], the keys' rows
+        weights = torch.bmm(model.pe_query(q_pos), pe.transpose(1, 2)) * visible.to(pe.dtype)
+        if cfg.prefix_agg == "mean":
+            weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
+        g = g + model.finish_aggregate(torch.bmm(weights.to(x.dtype), x))
+    if model.neighbour is not None:
+        g = g + model.neighbour(x, q_pos, pos, visible)
+    if cfg.previous_block_input:
+        previous = (block[:, None, :] == q_block[:, :, None] - 1).to(x.dtype)  # [B, C, N]
+        g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
+    return g
