@@ -7,7 +7,7 @@ Subcommands:
         Exit 2 with a message when torch sees no CUDA device; otherwise print the device, torch and
         flash-attn versions.
 
-    python bench/gpu_check.py kernels [--seq-len 1024] [--heads 12] [--head-dim 64]
+    python bench/gpu_check.py kernels [--quick] [--seq-len 1024] [--heads 12] [--head-dim 64]
         Every attention pattern the models use, on the block structures of the orders that produce
         them: single-token blocks (l2r, random: the fused causal path), SBP with 4 streams and
         diffusion(T=64) blocks (general block masks), under the causal, strict and two-stream masks,
@@ -15,10 +15,13 @@ Subcommands:
         blocks and `full`, when flash_attn is installed) run in bf16 and are compared with `sdpa` run in
         float32 on the same bf16-rounded inputs: forward outputs and the gradients of q, k and v for a
         random upstream gradient. `sdpa` in bf16 is measured too, as the yardstick of bf16 rounding.
-        Then a whole ARMD model (bf16) under each backend against the float32 sdpa model on l2r, SBP
-        and diffusion orders. The error is the relative Frobenius norm ||x - ref|| / ||ref||; a check
-        fails above --tol (default 2e-2; bf16 rounding alone gives a few 1e-3) or on any NaN.
-        Exit 1 if any check fails.
+        Then a whole ARMD model (bf16, the default query input) under each backend against the float32
+        sdpa model on l2r, SBP and diffusion orders. The error is the relative Frobenius norm
+        ||x - ref|| / ||ref||; a check fails above --tol (default 2e-2; bf16 rounding alone gives a few
+        1e-3) or on any NaN. Exit 1 if any check fails.
+        --quick (the quick tier of gpu_check.sh): only the default ARMD's masks on the orders it trains
+        and decodes with (l2r and random, which its progressive training draws, and SBP with 4 streams),
+        and the whole model on l2r and SBP; no diffusion blocks, no mdlm `full` pattern.
 
     python bench/gpu_check.py report --runs DIR [--skip 5]
         Read the metrics.jsonl and config.yaml of every training run under DIR and print (and write
@@ -73,15 +76,18 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def orders(batch: int, n: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Block indices [B, N] (generation frame) of each order kind the models train or decode with."""
+def orders(batch: int, n: int, device: torch.device, quick: bool = False) -> dict[str, torch.Tensor]:
+    """Block indices [B, N] (generation frame) of each order kind the models train or decode with
+    (quick: the default ARMD's: l2r and random, as progressive training draws them, and SBP)."""
     gen = torch.Generator().manual_seed(0)
-    return {
+    out = {
         "l2r": l2r_order(batch, n)[1],
         "random": random_order(batch, n, generator=gen)[1],
         "sbp4": sbp_order(batch, n, streams=4)[1],
-        "diffusion64": diffusion_order(batch, n, steps=64, generator=gen)[1],
     }
+    if not quick:
+        out["diffusion64"] = diffusion_order(batch, n, steps=64, generator=gen)[1]
+    return out
 
 
 def run_backend(q, k, v, grad_out, spec, backend: str, dtype: torch.dtype):
@@ -100,13 +106,15 @@ def cmd_kernels(args) -> int:
     if "flash" not in backends:
         print("gpu_check: flash_attn is not installed: flash checks skipped")
     cases = []
-    for kind, block in orders(b, n, device).items():
+    for kind, block in orders(b, n, device, args.quick).items():
         block = block.to(device)
         for name, make in (("causal", causal_spec), ("strict", strict_spec), ("two_stream", two_stream_spec)):
             cases.append((f"{kind}/{name}", make(block)))
-    cases.append(("full", full_spec(b, n, device)))
+    if not args.quick:
+        cases.append(("full", full_spec(b, n, device)))
     failures = 0
-    print(f"attention kernels: B={b} H={h} N={n} D={d}; relative error vs float32 sdpa (forward | dq dk dv)")
+    scope = "quick: the default ARMD's masks" if args.quick else "every pattern"
+    print(f"attention kernels ({scope}): B={b} H={h} N={n} D={d}; relative error vs float32 sdpa (forward | dq dk dv)")
     print(f"{'pattern':24s} {'backend':6s} {'forward':>9s} {'dq':>9s} {'dk':>9s} {'dv':>9s}  result")
     for label, spec in cases:
         q_len, k_len = spec.shape[1], spec.shape[2]
@@ -137,14 +145,15 @@ def cmd_kernels(args) -> int:
                 + ("  NaN" if nan else "")
                 + ("  MISMATCH" if bad else "  ok")
             )
-    failures += whole_model(device, backends, args.tol)
+    failures += whole_model(device, backends, args.tol, args.quick)
     print(f"kernel checks: {'all passed' if not failures else f'{failures} FAILED'} (tolerance {args.tol:g})")
     return 1 if failures else 0
 
 
 @torch.no_grad()
-def whole_model(device: torch.device, backends: list[str], tol: float) -> int:
-    """Logits of one ARMD model (bf16) under each backend vs the float32 sdpa model, per order kind."""
+def whole_model(device: torch.device, backends: list[str], tol: float, quick: bool = False) -> int:
+    """Logits of one ARMD model (bf16; the default query input) under each backend vs the float32 sdpa
+    model, per order kind (quick: l2r and SBP)."""
     n, b = 512, 2
     cfg = ModelConfig(arch="armd", vocab_size=4096, n_layers=4, d_model=512, n_heads=8, max_seq_len=n)
     torch.manual_seed(0)
@@ -156,8 +165,13 @@ def whole_model(device: torch.device, backends: list[str], tol: float) -> int:
         "sbp4": sbp_order(b, n, streams=4),
         "diffusion64": diffusion_order(b, n, steps=64, generator=gen),
     }
+    if quick:
+        del cases["diffusion64"]
     failures = 0
-    print(f"whole ARMD model (L={cfg.n_layers}, d={cfg.d_model}, N={n}) in bf16 vs float32 sdpa: relative logit error")
+    print(
+        f"whole ARMD model (L={cfg.n_layers}, d={cfg.d_model}, N={n}, query input {cfg.query_input}) in bf16 vs "
+        "float32 sdpa: relative logit error"
+    )
     for kind, (order, block) in cases.items():
         order, block = order.to(device), block.to(device)
         ref = ref_model(tokens, order, block).float()
@@ -179,8 +193,10 @@ def whole_model(device: torch.device, backends: list[str], tol: float) -> int:
 
 
 def speed_row(run: Path, skip: int, device: str) -> dict | None:
-    """Median step time after the first `skip` steps, tokens/s and MFU of one training run's metrics;
-    None when it logged no step after `skip`."""
+    """Median step time after the first `skip` steps, tokens/s, MFU and peak memory of one training run's
+    metrics; None when it logged no step after `skip`. Peak memory: the largest
+    `memory/max_allocated_gb` (torch.cuda.max_memory_allocated, GiB) the run logged, or on the CPU the
+    largest `memory/rss_gb`; `memory_kind` says which."""
     cfg = load_config(run / "config.yaml")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     times = [m["step_time_s"] for m in metrics if "step_time_s" in m and m["step"] > skip]
@@ -190,6 +206,7 @@ def speed_row(run: Path, skip: int, device: str) -> dict | None:
     tokens_per_s = cfg.train.global_batch_size * cfg.data.seq_len / median
     flops = training_flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(device, cfg.parallel.precision)
+    memory_kind = next((k for k in ("memory/max_allocated_gb", "memory/rss_gb") if any(k in m for m in metrics)), None)
     return {
         "arch": cfg.model.arch,
         "backend": cfg.model.attention_backend,
@@ -198,6 +215,8 @@ def speed_row(run: Path, skip: int, device: str) -> dict | None:
         "tokens_per_s": tokens_per_s,
         "mfu": tokens_per_s * flops / peak if peak else None,
         "train_flops_per_token": flops,
+        "peak_memory_gb": max(m[memory_kind] for m in metrics if memory_kind in m) if memory_kind else None,
+        "memory_kind": {"memory/max_allocated_gb": "cuda", "memory/rss_gb": "rss", None: None}[memory_kind],
     }
 
 
@@ -225,14 +244,20 @@ def cmd_report(args) -> int:
         f"{cfg.parallel.precision}, ZeRO-{cfg.parallel.zero_stage}, global batch {cfg.train.global_batch_size} x "
         f"{cfg.data.seq_len}, micro-batch {cfg.train.micro_batch_size}; median over steps > {args.skip}.",
         "",
-        "| backend | arch | median step (s) | tokens/s | MFU | armd/ar step time |",
-        "|---|---|---|---|---|---|",
+        "| backend | arch | median step (s) | tokens/s | MFU | armd/ar step time | peak memory (GiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["backend"], r["arch"])):
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
         ratio = f"{r['armd_over_ar']:.2f}x" if r["armd_over_ar"] else ""
+        memory = (
+            ""
+            if r["peak_memory_gb"] is None
+            else f"{r['peak_memory_gb']:.2f}" + (" (RSS)" if r["memory_kind"] == "rss" else "")
+        )
         lines.append(
-            f"| {r['backend']} | {r['arch']} | {r['median_step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} |"
+            f"| {r['backend']} | {r['arch']} | {r['median_step_s']:.3f} | {r['tokens_per_s']:,.0f} | {mfu} | {ratio} "
+            f"| {memory} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)
@@ -250,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     kern.add_argument("--heads", type=int, default=12)
     kern.add_argument("--head-dim", type=int, default=64)
     kern.add_argument("--tol", type=float, default=2e-2)
+    kern.add_argument("--quick", action="store_true", help="only the default ARMD's masks (gpu_check.sh --quick)")
     rep = sub.add_parser("report", help="tokens/s and MFU of the training runs")
     rep.add_argument("--runs", type=Path, required=True)
     rep.add_argument("--skip", type=int, default=5, help="first steps left out (compilation, warm-up)")

@@ -1,28 +1,42 @@
-"""The user workflow that bench/gpu_check.sh runs on one GPU, step by step, with one table at the end.
+"""The user workflow that bench/gpu_check.sh runs on one GPU, step by step, in two tiers, with one row per
+step appended to the results file as the step finishes and one table at the end.
 
-    python bench/gpu_workflow.py --out DIR               # on a CUDA machine (what gpu_check.sh runs)
-    python bench/gpu_workflow.py --out DIR --plumbing    # the same steps on the CPU, tiny sizes
+    python bench/gpu_workflow.py --out DIR [--tier quick|full] [--report-dir DIR2]   # on a CUDA machine
+    python bench/gpu_workflow.py --out DIR --plumbing [--tier ...]                   # the same steps, CPU
 
-Steps (each a row of the final table; a step whose input failed is skipped and says why):
-1. kernels: flex and flash against sdpa in bf16 (`bench/gpu_check.py kernels`).
-2. train ARCH BACKEND for armd, ar, mdlm x sdpa, flex, flash: the owt-small shape in bf16 on the
-   built-in corpus, `STEPS` steps, the end-of-run sample on, the final checkpoint; checked: exit 0,
-   exit_status.json finished without end-of-run errors, the sample printed, finite losses; reported:
-   loss, median step time, tokens/s, MFU and the armd/ar step-time ratio.
+Steps (each a row of the table; a step whose input failed is skipped and says why):
+1. kernels: flex and flash against sdpa in bf16 (`bench/gpu_check.py kernels`; quick: `--quick`, the
+   default ARMD's masks and query input).
+2. train ARCH BACKEND: the owt-small shape in bf16 on the built-in corpus, `STEPS` steps, the
+   end-of-run sample on, the final checkpoint; checked: exit 0, exit_status.json finished without
+   end-of-run errors, the sample printed, finite losses; reported: loss, median step time, tokens/s,
+   MFU, peak memory and the armd/ar step-time ratio. Full: armd, ar, mdlm x sdpa, flex, flash; quick:
+   armd, ar x sdpa, flex (and flash when flash_attn is installed).
+   speed armd vs ar: the default model's step time, tokens/s, MFU and peak memory next to ar's, per
+   backend, from the runs above.
 3. resume ARCH: the sdpa run again, stopped at STEPS/2 (exit 75, checkpoint) and resumed; its losses
    must follow the uninterrupted run's (relative tolerance RESUME_TOL: bf16 kernels are not
-   bit-reproducible on a GPU; the plumbing run is exact).
+   bit-reproducible on a GPU; the plumbing run is exact). The runs go one after the other (two bf16
+   training processes of this size side by side would not fit one GPU). Quick: armd only.
 4. eval ppl l2r / random / diffusion (armd) and diffusion (mdlm) on the GPU, equal to the same
-   evaluation on the CPU within EVAL_TOL (both fp32).
+   evaluation on the CPU within EVAL_TOL (both fp32). Quick: armd l2r.
 5. generate: armd left to right with a prompt, SBP with 4 streams, infilling; ar; mdlm; forward-call
    counts and kept tokens are checked (and whether the CPU draws the same tokens, for information).
-6. eval sbp: S = 1, 2, 4 judged by the ar run.
+   Quick: armd with a prompt and SBP.
+6. eval sbp: S = 1, 2, 4 judged by the ar run (full).
 7. convert --to export (then eval ppl on the export equals eval ppl on the checkpoint) and --to
-   universal.
-8. ZeRO-2 on 2 processes (NCCL) when the machine has 2 GPUs or more: losses follow the 1-process run.
+   universal (full).
+8. ZeRO-2 on 2 processes (NCCL) when the machine has 2 GPUs or more: losses follow the 1-process run
+   (full).
 
---plumbing runs every step with tiny models on the CPU (fp32, only the sdpa backend, gloo for the
-2-process step, "GPU" evaluations on the CPU): it checks this script's commands, files and
+Rows stream to REPORT_DIR/gpu_check.md (title and table header first, one line per finished step,
+the measured total last), so a run cut short still leaves what it measured; the failed steps' log
+tails go to REPORT_DIR/gpu_check_failures.log and the kernel check's table to
+REPORT_DIR/gpu_check_kernels.log. DIR is emptied first (but for DIR/site, where gpu_check.sh installs
+carried wheels).
+
+--plumbing runs every step of the tier with tiny models on the CPU (fp32, only the sdpa backend, gloo
+for the 2-process step, "GPU" evaluations on the CPU): it checks this script's commands, files and
 comparisons, so the first run on a GPU fails only for GPU reasons. It is NOT a GPU check and says so.
 Exit status: 0 all checks passed; 1 any check failed.
 """
@@ -34,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +57,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import torch  # noqa: E402
-from check_runner import Plan, Skip, Workflow, gpu_plan, plumbing_plan, table  # noqa: E402
+from check_runner import (  # noqa: E402
+    KERNELS_FILE,
+    TIERS,
+    Plan,
+    Skip,
+    Workflow,
+    default_steps,
+    gpu_plan,
+    plumbing_plan,
+    table,
+)
 
 __all__ = ["Plan", "Skip", "Workflow", "gpu_plan", "main", "plumbing_plan", "run_workflow", "table"]
 
@@ -58,7 +81,11 @@ BACKENDS = ("sdpa", "flex", "flash")
 def kernels(wf: Workflow) -> str:
     if wf.plan.plumbing:
         raise Skip("needs CUDA (plumbing run)")
-    proc = wf.run("kernels", [sys.executable, str(REPO / "bench" / "gpu_check.py"), "kernels"])
+    quick = ["--quick"] if wf.plan.tier == "quick" else []
+    try:
+        proc = wf.run("kernels", [sys.executable, str(REPO / "bench" / "gpu_check.py"), "kernels", *quick])
+    finally:
+        wf.keep("kernels", KERNELS_FILE)
     last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
     if proc.returncode:
         raise AssertionError(f"{last} (logs/kernels.log)")
@@ -107,52 +134,67 @@ def train(wf: Workflow, arch: str, backend: str) -> str:
 
 
 def speed(wf: Workflow, arch: str, backend: str) -> str:
-    from gpu_check import speed_row  # bench/ is on sys.path
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    row = speed_row(wf.runs[(arch, backend)], wf.plan.skip_timed, device)
+    """The run's speed and peak memory, and the armd/ar step-time ratio once both archs ran."""
+    row = speed_of(wf, arch, backend)
     if row is None:
         return "no timed steps"
-    text = f"{row['median_step_s']:.3f} s/step, {row['tokens_per_s']:,.0f} tokens/s"
-    text += f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""
-    ar = wf.runs.get(("ar", backend))
-    if arch == "armd" and ar is not None:
-        ar_row = speed_row(ar, wf.plan.skip_timed, device)
-        if ar_row:
-            text += f", armd/ar step time {row['median_step_s'] / ar_row['median_step_s']:.2f}x"
+    text = speed_text(row)
+    other = speed_of(wf, "ar" if arch == "armd" else "armd", backend) if arch in ("armd", "ar") else None
+    if other:
+        armd, ar = (row, other) if arch == "armd" else (other, row)
+        text += f", armd/ar step time {armd['median_step_s'] / ar['median_step_s']:.2f}x"
     return text
 
 
-def resume_runs(wf: Workflow) -> dict[str, tuple[list[subprocess.CompletedProcess], float]]:
-    """For every arch whose sdpa run finished: the same run stopped at STEPS/2, then resumed. The three
-    archs run side by side (these runs are not timed), each pair in order."""
-    archs = [a for a in ARCHS if (a, "sdpa") in wf.runs]
-    half = wf.plan.steps // 2
-    cmds = {a: wf.train_cmd(wf.out / "runs" / f"resume-{a}", f"model.arch={a}", "model.attention_backend=sdpa")
-            for a in archs}  # fmt: skip
-    start = time.perf_counter()
-    first = wf.run_parallel({f"resume-{a}": [*cmds[a], f"train.stop_at_step={half}"] for a in archs})
-    second = wf.run_parallel({f"resume-{a}": cmds[a] for a in archs if first[f"resume-{a}"].returncode == 75})
-    seconds = time.perf_counter() - start
-    return {a: ([first[f"resume-{a}"]] + ([second[f"resume-{a}"]] if f"resume-{a}" in second else []), seconds)
-            for a in archs}  # fmt: skip
+def speed_of(wf: Workflow, arch: str, backend: str) -> dict | None:
+    from gpu_check import speed_row  # bench/ is on sys.path
+
+    if (arch, backend) not in wf.runs:
+        return None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return speed_row(wf.runs[(arch, backend)], wf.plan.skip_timed, device)
 
 
-def resume(wf: Workflow, arch: str, runs: dict) -> str:
+def speed_text(row: dict) -> str:
+    text = f"{row['median_step_s']:.3f} s/step, {row['tokens_per_s']:,.0f} tokens/s"
+    text += f", MFU {100 * row['mfu']:.1f}%" if row["mfu"] is not None else ""
+    if row["peak_memory_gb"] is not None:
+        kind = "peak memory" if row["memory_kind"] == "cuda" else "peak RSS"
+        text += f", {kind} {row['peak_memory_gb']:.2f} GiB"
+    return text
+
+
+def speed_comparison(wf: Workflow) -> str:
+    """The default model against ar at the same shape, per backend both ran with."""
+    parts = []
+    for backend in BACKENDS:
+        armd, ar = speed_of(wf, "armd", backend), speed_of(wf, "ar", backend)
+        if armd and ar:
+            parts.append(
+                f"{backend}: armd {speed_text(armd)}; ar {speed_text(ar)}; "
+                f"armd/ar step time {armd['median_step_s'] / ar['median_step_s']:.2f}x"
+            )
+    if not parts:
+        raise AssertionError("no backend with both an armd and an ar run that logged timed steps")
+    shape = "owt-small (12 x 768), N=1024" if not wf.plan.plumbing else "tiny plumbing sizes"
+    return f"{shape}, median over steps > {wf.plan.skip_timed}: " + " // ".join(parts)
+
+
+def resume(wf: Workflow, arch: str) -> str:
+    """The arch's sdpa run again, stopped at STEPS/2 and resumed, one process after the other."""
     run_dir = wf.out / "runs" / f"resume-{arch}"
     half = wf.plan.steps // 2
-    procs, seconds = runs[arch]
+    cmd = wf.train_cmd(run_dir, f"model.arch={arch}", "model.attention_backend=sdpa")
+    first = wf.run(f"resume-{arch}", [*cmd, f"train.stop_at_step={half}"])
+    if first.returncode != 75:
+        raise AssertionError(f"the stop at step {half} exited {first.returncode}, not 75 (logs/resume-{arch}.log)")
+    second = wf.run(f"resume-{arch}", cmd)
     status = json.loads((run_dir / "exit_status.json").read_text()) if (run_dir / "exit_status.json").exists() else {}
-    if procs[0].returncode != 75 or len(procs) < 2:
-        raise AssertionError(f"the stop at step {half} exited {procs[0].returncode}, not 75 (logs/resume-{arch}.log)")
-    if procs[1].returncode or status.get("code") != 0 or f"(step {half})" not in procs[1].stdout + procs[1].stderr:
-        raise AssertionError(f"the resume from step {half} exited {procs[1].returncode} (logs/resume-{arch}.log)")
+    if second.returncode or status.get("code") != 0 or f"(step {half})" not in second.stdout + second.stderr:
+        raise AssertionError(f"the resume from step {half} exited {second.returncode} (logs/resume-{arch}.log)")
     worst = wf.compare_losses(wf.losses(run_dir), wf.losses(wf.runs[(arch, "sdpa")]), wf.plan.resume_tol)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return (
-        f"stopped at {half} (exit 75), resumed to {wf.plan.steps}: max relative loss difference {worst:.1e} "
-        f"(the archs' resume runs took {seconds:.0f} s side by side)"
-    )
+    return f"stopped at {half} (exit 75), resumed to {wf.plan.steps}: max relative loss difference {worst:.1e}"
 
 
 def eval_ppl(wf: Workflow, arch: str, order: list[str]) -> str:
@@ -265,24 +307,13 @@ def zero2(wf: Workflow) -> str:
     return f"{wf.plan.processes} processes on {backend}: max relative loss difference to 1 process {worst:.1e}"
 
 
-def run_workflow(wf: Workflow) -> None:
-    wf.step("kernels", lambda: kernels(wf))
-    wf.step("data", lambda: data(wf))
-    for arch in ARCHS:
-        for backend in BACKENDS:
-            wf.step(f"train {arch} {backend}", lambda a=arch, b=backend: train(wf, a, b), needs=("data",))
-            if backend != "sdpa":  # only the sdpa runs' checkpoints are used below (1.5 GB each on a GPU)
-                shutil.rmtree(wf.out / "runs" / f"{arch}-{backend}" / "checkpoints", ignore_errors=True)
-    resumed = resume_runs(wf)
-    for arch in ARCHS:
-        wf.step(f"resume {arch}", lambda a=arch: resume(wf, a, resumed), needs=(f"train {arch} sdpa",))
-    orders = {"l2r": ["--order", "l2r"], "random": ["--order", "random", "--orders", "2"],
-              "diffusion": ["--order", "diffusion", "--steps", "8", "--orders", "2"]}  # fmt: skip
-    for name, args in orders.items():
-        wf.step(f"eval ppl armd {name}", lambda a=args: eval_ppl(wf, "armd", a), needs=("train armd sdpa",))
-    wf.step("eval ppl mdlm diffusion", lambda: eval_ppl(wf, "mdlm", orders["diffusion"]), needs=("train mdlm sdpa",))
-    n = wf.plan.gen_length
-    cases = [  # (arch, label, arguments, forward calls expected of the JSON document)
+ORDERS = {"l2r": ["--order", "l2r"], "random": ["--order", "random", "--orders", "2"],
+          "diffusion": ["--order", "diffusion", "--steps", "8", "--orders", "2"]}  # fmt: skip
+
+
+def generate_cases(n: int) -> list[tuple[str, str, list[str], Callable[[dict], int]]]:
+    """(arch, label, arguments, forward calls expected of the JSON document) of every generate step."""
+    return [
         ("armd", "prompt", ["--prompt", "The ", "--length", str(n)], lambda d: d["length"] - d["known_tokens"]),
         ("armd", "sbp", ["--length", str(n), "--streams", "4", "--num-samples", "2"], lambda d: 4 + n // 4 - 1),
         ("armd", "infill", ["--infill", "The [MASK:6] is [MASK:3] and"], lambda d: d["length"] - d["known_tokens"]),
@@ -290,38 +321,104 @@ def run_workflow(wf: Workflow) -> None:
         # mdlm: at most T = 16 calls (a step that reveals nothing reuses the last logits)
         ("mdlm", "ancestral", ["--length", str(n), "--steps", "16"], lambda d: min(16, d["forward_calls"])),
     ]
-    for arch, label, args, calls in cases:
-        wf.step(f"generate {arch} {label}", lambda a=arch, g=args, c=calls, lb=label: generate(wf, a, g, c, lb),
-                needs=(f"train {arch} sdpa",))  # fmt: skip
+
+
+def train_steps(wf: Workflow, archs: tuple[str, ...], backends: tuple[str, ...]) -> None:
+    for arch in archs:
+        for backend in backends:
+            wf.step(f"train {arch} {backend}", lambda a=arch, b=backend: train(wf, a, b), needs=("data",))
+            if backend != "sdpa":  # only the sdpa runs' checkpoints are used below (1.5 GB each on a GPU)
+                shutil.rmtree(wf.out / "runs" / f"{arch}-{backend}" / "checkpoints", ignore_errors=True)
+    wf.step("speed armd vs ar", lambda: speed_comparison(wf), needs=("train armd sdpa", "train ar sdpa"))
+
+
+def generate_step(wf: Workflow, case: tuple) -> None:
+    arch, label, args, calls = case
+    wf.step(f"generate {arch} {label}", lambda: generate(wf, arch, args, calls, label), needs=(f"train {arch} sdpa",))
+
+
+def run_quick(wf: Workflow) -> None:
+    """The core within the quick tier's budget: kernels, armd and ar trained with sdpa and flex, the
+    speed comparison, a checkpoint and a resume of armd, eval ppl l2r, generation left to right and SBP."""
+    from armd_scale.model.attention import flash_available
+
+    wf.step("kernels", lambda: kernels(wf))
+    wf.step("data", lambda: data(wf))
+    flash = ("flash",) if not wf.plan.plumbing and flash_available() else ()
+    train_steps(wf, ("armd", "ar"), ("sdpa", "flex", *flash))
+    wf.step("resume armd", lambda: resume(wf, "armd"), needs=("train armd sdpa",))
+    wf.step("eval ppl armd l2r", lambda: eval_ppl(wf, "armd", ORDERS["l2r"]), needs=("train armd sdpa",))
+    for case in generate_cases(wf.plan.gen_length):
+        if case[0] == "armd" and case[1] in ("prompt", "sbp"):
+            generate_step(wf, case)
+
+
+def run_full(wf: Workflow) -> None:
+    """Every arch and backend, every evaluation, conversion and ZeRO-2."""
+    wf.step("kernels", lambda: kernels(wf))
+    wf.step("data", lambda: data(wf))
+    train_steps(wf, ARCHS, BACKENDS)
+    for arch in ARCHS:
+        wf.step(f"resume {arch}", lambda a=arch: resume(wf, a), needs=(f"train {arch} sdpa",))
+    for name, args in ORDERS.items():
+        wf.step(f"eval ppl armd {name}", lambda a=args: eval_ppl(wf, "armd", a), needs=("train armd sdpa",))
+    wf.step("eval ppl mdlm diffusion", lambda: eval_ppl(wf, "mdlm", ORDERS["diffusion"]), needs=("train mdlm sdpa",))
+    for case in generate_cases(wf.plan.gen_length):
+        generate_step(wf, case)
     wf.step("eval sbp", lambda: eval_sbp(wf), needs=("train armd sdpa", "train ar sdpa"))
     wf.step("convert export", lambda: convert(wf, "export"), needs=("train armd sdpa",))
     wf.step("convert universal", lambda: convert(wf, "universal"), needs=("train armd sdpa",))
     wf.step("zero2 2 processes", lambda: zero2(wf), needs=("train armd sdpa",))
 
 
+def run_workflow(wf: Workflow) -> None:
+    (run_quick if wf.plan.tier == "quick" else run_full)(wf)
+
+
+def clear_scratch(out: Path) -> None:
+    """Empty the scratch folder for a new run, keeping site/ (wheels gpu_check.sh installed there)."""
+    if out.is_dir():
+        for entry in out.iterdir():
+            if entry.name == "site":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    for sub in ("runs", "logs", "eval", "generate"):
+        (out / sub).mkdir(parents=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="scratch directory (emptied first)")
+    ap.add_argument("--out", type=Path, required=True, help="scratch directory (emptied first, but for site/)")
+    ap.add_argument("--tier", choices=TIERS, default="full", help="quick: the core in minutes; full: everything")
+    ap.add_argument("--report-dir", type=Path, help="where gpu_check.md (rows as they finish) and the failures "
+                    "log go (default: the scratch directory)")  # fmt: skip
     ap.add_argument("--plumbing", action="store_true", help="the same steps on the CPU with tiny sizes")
     args = ap.parse_args(argv)
     if args.plumbing:
-        plan = plumbing_plan()
+        plan = plumbing_plan(args.tier)
     else:
         if not torch.cuda.is_available():
             print("gpu_workflow: no CUDA device (use --plumbing for the CPU plumbing check)", file=sys.stderr)
             return 2
         e = os.environ
-        plan = gpu_plan(int(e.get("STEPS", 12)), int(e.get("GLOBAL_BATCH", 32)), int(e.get("MICRO_BATCH", 16)))
-    shutil.rmtree(args.out, ignore_errors=True)
-    for sub in ("runs", "logs", "eval", "generate"):
-        (args.out / sub).mkdir(parents=True)
-    wf = Workflow(args.out.resolve(), plan)
+        steps = int(e.get("STEPS", default_steps(args.tier)))
+        plan = gpu_plan(steps, int(e.get("GLOBAL_BATCH", 32)), int(e.get("MICRO_BATCH", 16)), args.tier)
+    clear_scratch(args.out)
+    out = args.out.resolve()
+    wf = Workflow(out, plan, report_dir=(args.report_dir or out).resolve())
+    wf.begin_report()
     start = time.perf_counter()
     run_workflow(wf)
-    text = table(wf, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    wf.end_report(seconds)
+    text = table(wf, seconds)
     print("\n" + text)
     (wf.out / "summary.md").write_text(text)
     (wf.out / "results.json").write_text(json.dumps([r.__dict__ for r in wf.results], indent=1) + "\n")
+    print(f"gpu_check: rows in {wf.report_dir / 'gpu_check.md'}; scratch (runs, logs) in {wf.out}")
     return 1 if any(r.status == "FAILED" for r in wf.results) else 0
 
 
