@@ -62,7 +62,7 @@ def test_malicious_pickle_is_refused_everywhere(run_name, file, resume, request,
 
     with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {bad}")) as refused:
         load_pretrained(run)
-    assert "Unsupported global: GLOBAL io.open" in str(refused.value)  # the finding, not torch's retry advice
+    assert re.search(r"Unsupported global: GLOBAL _?io\.open", str(refused.value))  # the finding; _io from Python 3.12
 
     assert main(["inspect", str(run)]) == 1
     assert f"refusing to load {bad}" in capsys.readouterr().err

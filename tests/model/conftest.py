@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 
@@ -93,3 +97,33 @@ def assert_no_leakage(model: torch.nn.Module, order: torch.Tensor, block: torch.
                 changed[b, earlier[0]] = (tokens[b, earlier[0]] + 1) % vocab
                 diff = (model(changed, order, block)[b, k] - base[b, k]).abs().max()
                 assert diff > 1e-6, f"logits at index {k} ignore an earlier-block token"
+
+
+@dataclass
+class SavedForBackward:
+    """What autograd kept for the backward pass inside `saved_for_backward`: bytes per storage (by data
+    pointer, each counted once) and the largest tensor's element count."""
+
+    kept: dict[int, int] = field(default_factory=dict)
+    largest: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.kept.values())
+
+
+@contextlib.contextmanager
+def saved_for_backward(owned: set[int]) -> Iterator[SavedForBackward]:
+    """Measure what the forward pass inside the block hands autograd for the backward pass
+    (`saved_tensors_hooks`), leaving out the storages in `owned` (parameters, inputs: they exist anyway)."""
+    saved = SavedForBackward()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in owned:
+            saved.kept[ptr] = max(saved.kept.get(ptr, 0), t.untyped_storage().nbytes())
+            saved.largest = max(saved.largest, t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved

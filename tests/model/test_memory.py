@@ -14,6 +14,8 @@ from armd_scale.model.generation_orders import l2r_order, sbp_order
 from armd_scale.model.memory import DTYPE_BYTES, activation_bytes, query_input_chunk_bytes
 from armd_scale.model.query_input import query_rows
 
+from .conftest import saved_for_backward
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -24,18 +26,10 @@ def saved_bytes(cfg: ModelConfig, batch: int, precision: str, order_kind: str) -
     n = cfg.max_seq_len
     tokens = torch.randint(0, cfg.vocab_size, (batch, n), generator=torch.Generator().manual_seed(0))
     order, block = l2r_order(batch, n) if order_kind == "l2r" else sbp_order(batch, n, streams=4)
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward(owned) as saved:
         logits = model(tokens) if cfg.arch == "mdlm" else model(tokens, order, block)
         order_loss(logits, tokens, order)
-    return sum(kept.values())
+    return saved.bytes
 
 
 SHAPES = [dict(n_layers=2, d_model=64, n_heads=4, max_seq_len=64, vocab_size=256),
@@ -89,17 +83,9 @@ def chunk_saved_bytes(cfg: ModelConfig, batch: int, precision: str, rows: int) -
     order, block = l2r_order(batch, n)
     x = torch.randn(batch, n, cfg.d_model, dtype=DTYPES[precision], requires_grad=True)
     owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), x, order, block]}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward(owned) as saved:
         query_rows(model, x, order, block, 0, rows)
-    return sum(kept.values())
+    return saved.bytes
 
 
 @pytest.mark.parametrize("rows", [7, 40])  # a chunk of 7 rows; all 40 rows (a dense evaluation)

@@ -20,7 +20,7 @@ from armd_scale.model import query_input as query_input_module
 from armd_scale.model.masks import dense_strict
 from armd_scale.model.neighbour import NeighbourAttention
 
-from .conftest import draw_order, randomise_parameters, tiny_model
+from .conftest import draw_order, randomise_parameters, saved_for_backward, tiny_model
 
 VARIANTS = [
     pytest.param(dict(query_input="neighbour"), id="neighbour"),
@@ -196,21 +196,10 @@ def _g0_saved(model, n: int) -> tuple[int, int]:
     order, block = draw_order("random", {}, None, batch=2, n=n, seed=0)
     x = torch.randn(2, n, model.cfg.d_model, requires_grad=True)
     owned = {t.untyped_storage().data_ptr() for t in model.parameters()}
-    kept: dict[int, int] = {}
-    largest = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal largest
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in owned:
-            kept[storage.data_ptr()] = max(kept.get(storage.data_ptr(), 0), storage.nbytes())
-            largest = max(largest, t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward(owned) as saved:
         g = model.prefix_aggregate(x, order, block)
     g.sum().backward()  # the kept tensors suffice for the backward pass
-    return sum(kept.values()), largest
+    return saved.bytes, saved.largest
 
 
 @pytest.mark.parametrize(
