@@ -123,11 +123,16 @@ def collect(out: Path, runs_file: Path) -> dict:
 
 
 def summarize(variants: dict) -> list[dict]:
-    """One row per variant with its numbers, relative to the preset's reference AR run ('ar')."""
-    reference = {}
+    """One row per variant with its numbers, relative to the preset's reference AR ('ar'): every seed of
+    every group's 'ar' run of that preset with the same overrides as the first, pooled (the same model
+    trained with more seeds, e.g. a second seed listed in another group)."""
+    reference: dict = {}
     for v in variants.values():
-        if v["name"] == "ar" and v["seeds"]:
-            reference.setdefault(v["preset"], v)
+        if v["name"] != "ar" or not v["seeds"]:
+            continue
+        ref = reference.setdefault(v["preset"], {**v, "seeds": {}})
+        if v["overrides"] == ref["overrides"]:
+            ref["seeds"] = {**ref["seeds"], **v["seeds"]}
     rows = []
     for v in variants.values():
         if not v["seeds"]:

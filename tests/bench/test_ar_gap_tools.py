@@ -212,3 +212,32 @@ def test_a_run_shortened_to_ars_flops_reports_its_end_as_the_equal_flops_gap(tmp
     assert rows["short"]["flops_vs_ar"] == pytest.approx(1.0, abs=0.01)
     assert rows["short"]["gap_equal_flops"] == pytest.approx(0.25)
     assert rows["full"].get("gap_equal_flops") is None and rows["full"]["gap_equal_steps"] == pytest.approx(0.1)
+
+
+def test_the_ar_reference_pools_every_seed_of_the_preset_across_groups(tmp_path):
+    """AR seed 0 listed in one group and seed 1 in another are one reference of mean (3.0 + 3.2) / 2; an
+    'ar' run with other overrides (another model) is not pooled into it."""
+    report = load_script("ar_gap_report")
+    runs_file = tmp_path / "runs.txt"
+    runs_file.write_text(
+        "preset tiny --config tiny-cpu\nrun g ar tiny 0 model.arch=ar\nrun h ar tiny 1 model.arch=ar\n"
+        "run k ar tiny 2 model.arch=ar model.n_layers=1\nrun h nb tiny 1 x.y=1\n"
+    )
+    cfg = load_config("tiny-cpu")
+    for group, name, seed, final in (
+        ("g", "ar", 0, 3.0),
+        ("h", "ar", 1, 3.2),
+        ("k", "ar", 2, 9.0),
+        ("h", "nb", 1, 3.4),
+    ):
+        run_dir = tmp_path / "out" / "runs" / group / name / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        raw = cfg.to_dict()
+        raw["model"]["arch"] = "ar" if name == "ar" else "armd"
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "val/nll": final}) + "\n")
+        (run_dir / "exit_status.json").write_text(json.dumps({"reason": "finished"}))
+    docs = tmp_path / "docs"
+    assert report.main(["--out", str(tmp_path / "out"), "--runs", str(runs_file), "--docs", str(docs)]) == 0
+    rows = {(r["group"], r["name"]): r for r in json.loads((docs / "summary.json").read_text())["variants"]}
+    assert rows[("h", "nb")]["gap_equal_steps"] == pytest.approx(3.4 - 3.1)
