@@ -114,9 +114,11 @@ def _refuse_a_file_in_the_way(run_dir: Path) -> None:
 def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: BatchLayout, run_dir: Path) -> int:
     run: _Run | None = None
     try:
-        _prepare_run_dir(cfg, dist_info, run_dir)
+        _prepare_run_dir(dist_info, run_dir)
         stop.check_setup(dist_info.device, "run directory")
-        data = open_train_data(cfg, dist_info)
+        data = open_train_data(cfg, dist_info)  # completes the config from the shards (tokenizer_vocab_size)
+        if dist_info.is_main:  # so config.yaml is written once the config is complete: the config the run uses
+            write_atomic(run_dir / "config.yaml", dump_config(cfg))
         stop.check_setup(dist_info.device, "data")
         run = _set_up(cfg, dist_info, layout, run_dir, data, stop)
         stop.set_time_limit(cfg.train.max_minutes)
@@ -143,10 +145,9 @@ def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: B
     return exit_code
 
 
-def _prepare_run_dir(cfg: Config, dist_info: DistInfo, run_dir: Path) -> None:
+def _prepare_run_dir(dist_info: DistInfo, run_dir: Path) -> None:
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", dump_config(cfg))
         write_exit_status(run_dir, -1, 0, "running")  # a crash leaves this, never a stale 75
 
 

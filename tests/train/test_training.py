@@ -231,3 +231,17 @@ def test_a_mixture_of_shard_sets_trains_and_resumes_exactly(tmp_path, data_cache
         (f"{built}/train", 0.8, 1.0),
         (f"{built}/val", 0.2, 4.0),
     ]
+
+
+def test_config_yaml_is_the_config_the_run_used(tmp_path, data_cache):
+    """config.yaml was written before the shards completed the config (model.tokenizer_vocab_size, the
+    tokenizer's size below a padded model.vocab_size), so it said null while every checkpoint said 128."""
+    import yaml
+
+    from armd_scale.pretrained import load_pretrained
+
+    run = run_train(tmp_path / "run", data_cache, "model.vocab_size=192", "train.steps=1", "train.checkpoint_every=1")
+    assert run.returncode == 0, run.output
+    saved = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert saved["model"]["tokenizer_vocab_size"] == 128  # data.vocab_size of TINY: the built-in tokenizer's ids
+    assert load_pretrained(run.dir).config.to_dict() == saved  # the checkpoint's config is the saved one
