@@ -11,7 +11,7 @@
 #   deepspeed and the requirements of deepspeed's that are not in that list (hjson, pydantic with
 #   pydantic-core, annotated-types and typing-inspection), webdataset (+ braceexpand), zstandard.
 # Not wandb (the check runs with log.wandb=off, which never imports it), not flash-attn (optional).
-# The versions are those the tests run with (pip show in the development environment). deepspeed has
+# The versions are those the tests run with (`pip show` where the test suite runs). deepspeed has
 # only a source distribution: it is built here as a pure-Python wheel (DS_BUILD_OPS=0, no compiled ops:
 # the stack uses torch's AdamW), which needs deepspeed's build requirements (torch) in this Python.
 #
