@@ -133,6 +133,9 @@ def summarize(variants: dict) -> list[dict]:
         ref = reference.setdefault(v["preset"], {**v, "seeds": {}})
         if v["overrides"] == ref["overrides"]:
             ref["seeds"] = {**ref["seeds"], **v["seeds"]}
+    for ref in reference.values():  # a run still in progress joins the reference only when it is alone
+        finished = {seed: f for seed, f in ref["seeds"].items() if not f["partial"]}
+        ref["seeds"] = finished or ref["seeds"]
     rows = []
     for v in variants.values():
         if not v["seeds"]:

@@ -216,12 +216,12 @@ def test_a_run_shortened_to_ars_flops_reports_its_end_as_the_equal_flops_gap(tmp
 
 def test_the_ar_reference_pools_every_seed_of_the_preset_across_groups(tmp_path):
     """AR seed 0 listed in one group and seed 1 in another are one reference of mean (3.0 + 3.2) / 2; an
-    'ar' run with other overrides (another model) is not pooled into it."""
+    'ar' run with other overrides (another model) is not pooled into it, nor a seed still running."""
     report = load_script("ar_gap_report")
     runs_file = tmp_path / "runs.txt"
     runs_file.write_text(
         "preset tiny --config tiny-cpu\nrun g ar tiny 0 model.arch=ar\nrun h ar tiny 1 model.arch=ar\n"
-        "run k ar tiny 2 model.arch=ar model.n_layers=1\nrun h nb tiny 1 x.y=1\n"
+        "run k ar tiny 2 model.arch=ar model.n_layers=1\nrun h nb tiny 1 x.y=1\nrun m ar tiny 3 model.arch=ar\n"
     )
     cfg = load_config("tiny-cpu")
     for group, name, seed, final in (
@@ -237,6 +237,14 @@ def test_the_ar_reference_pools_every_seed_of_the_preset_across_groups(tmp_path)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(raw))
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": cfg.train.steps, "val/nll": final}) + "\n")
         (run_dir / "exit_status.json").write_text(json.dumps({"reason": "finished"}))
+    running = tmp_path / "out" / "runs" / "m" / "ar" / "seed3"  # halfway, far behind: not in the reference
+    running.mkdir(parents=True)
+    raw = cfg.to_dict()
+    raw["model"]["arch"] = "ar"
+    raw["train"]["lr_schedule"] = "constant"  # a stopped constant-lr run is read at its last step
+    (running / "config.yaml").write_text(yaml.safe_dump(raw))
+    curve = [{"step": 10, "val/nll": 6.0}, {"step": cfg.train.steps // 2, "val/nll": 5.0}]
+    (running / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in curve) + "\n")
     docs = tmp_path / "docs"
     assert report.main(["--out", str(tmp_path / "out"), "--runs", str(runs_file), "--docs", str(docs)]) == 0
     rows = {(r["group"], r["name"]): r for r in json.loads((docs / "summary.json").read_text())["variants"]}
