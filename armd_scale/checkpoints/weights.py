@@ -66,11 +66,14 @@ def merge_tp_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     partition dimension (model/parallelize.py); replicated parameters are taken from rank 0."""
     if len(shards) == 1:
         return dict(shards[0])
-    merged = {}
-    for name, first in shards[0].items():
-        dim = partition_dim(name)
-        merged[name] = first if dim is None else torch.cat([s[name] for s in shards], dim=dim)
-    return merged
+    return {name: merge_tp_parts(name, [s[name] for s in shards]) for name in shards[0]}
+
+
+def merge_tp_parts(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Parameter `name` whole, from its AutoTP shards in TP rank order (replicated: rank 0's). The one
+    merge rule, for checkpoint files here and for the live engine at save (train/full_weights.py)."""
+    dim = partition_dim(name)
+    return parts[0] if dim is None else torch.cat(parts, dim=dim)
 
 
 def _zero0_files(folder: Path, topology: dict[str, Any]) -> bool:
