@@ -5,8 +5,9 @@ One parameter at a time, on every rank in the same order (each step is a collect
 - the fp32 master weights through DeepSpeed's `safe_get_full_fp32_param` wherever an optimizer wrapper
   keeps them (ZeRO-1/2: the owning rank's fragment, all-reduced over the data-parallel group; ZeRO-3:
   the partitions all-gathered; bf16/fp16 training: the fp32 copy, not the rounded module weights);
-  elsewhere the module's own parameter (ZeRO-0 in fp32), gathered with `GatheredParameters` if ZeRO-3
-  partitions it outside the optimizer;
+  elsewhere the module's own parameter, gathered with `GatheredParameters` if ZeRO-3 partitions it
+  outside the optimizer. ZeRO-0 hands out no master copy: in fp32 the module's parameters are the
+  weights; in bf16/fp16 they are its rounded copies, as DeepSpeed's own file holds them;
 - under tensor parallelism the shards of a split parameter are all-gathered over the TP group and
   merged by the same rule the checkpoint reader uses (weights.merge_tp_parts).
 Only rank 0 keeps a copy, on the CPU. No rank ever holds more than one full parameter on its device

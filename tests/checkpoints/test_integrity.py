@@ -53,7 +53,9 @@ KILL_AT = {
 
 
 def _killed(kill_at: str, argv: list[str], **env: str) -> None:
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+    launch = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # this process's own group
+    environ = {**{k: v for k, v in os.environ.items() if k not in launch}, "PYTHONPATH": str(REPO), **env}
+    environ["OMP_NUM_THREADS"] = "1"
     killed = subprocess.run(
         [sys.executable, "-m", "tests.hold", KILL_AT[kill_at], "--", *argv],
         env=environ,
