@@ -129,6 +129,32 @@ def test_the_weights_file_is_the_trained_model(run_name, request, tmp_path):
     assert recomputed_val_nll(loaded.model, loaded.config, 2) == pytest.approx(engine_val_nll(run), rel=1e-5, abs=0)
 
 
+class _Opened:
+    """The files opened under `folder` (Python's `open` audit event: our hashing, torch.load, json)."""
+
+    def __init__(self) -> None:
+        self.folder: str | None = None
+        self.names: list[str] = []
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if event == "open" and self.folder is not None and isinstance(args[0], str) and args[0].startswith(self.folder):
+            self.names.append(args[0][len(self.folder) :])
+
+
+_OPENED = _Opened()
+sys.addaudithook(_OPENED)  # audit hooks cannot be removed: it records nothing while no folder is set
+
+
+def test_readers_of_weights_open_no_file_of_deepspeed(zero3_run):
+    _OPENED.folder, _OPENED.names = f"{zero3_run.dir}/", []
+    try:
+        assert load_pretrained(zero3_run.dir).step == 6
+    finally:
+        _OPENED.folder = None
+    step6 = f"{STEP6}/"
+    assert {n.removeprefix(step6) for n in _OPENED.names} == {"meta.json", "COMPLETE", "model.safetensors"}
+
+
 def test_a_damaged_weights_file_is_named_and_readers_fall_back(zero2_run, data_cache, tmp_path, caplog, capsys):
     run = copy_run(zero2_run, tmp_path / "run")
     weights = run / STEP6 / "model.safetensors"
