@@ -3,8 +3,8 @@
 Config and topology differences are listed key by key (dotted names, both values). Weights are
 compared on the full fp32 state of each side (any kind: DeepSpeed, universal or export), tied
 aliases counted once: for every parameter the max abs difference, listing those that differ, and
-naming shape mismatches and parameters present on one side only. Reading a ZeRO-1/2/3 checkpoint's
-full weights converts it to the universal form once (cached in its folder, as a resume would).
+naming shape mismatches and parameters present on one side only. A checkpoint's weights come from
+its model.safetensors (weights.full_state); neither side is written to.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from .report import ConversionError, ConversionReport, Progress
 from .source import open_source, reads_newest
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 from .weights import full_state
+from .weights_file import write_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = {
@@ -69,11 +70,9 @@ def export(
     notes: list[str] = []
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        from safetensors.torch import save_file
-
         size = sum(t.numel() * t.element_size() for t in weights.values())
         progress(f"writing {EXPORT_WEIGHTS}: {len(weights)} tensors, {size / 2**20:.1f} MiB, {dtype}")
-        save_file(weights, str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt", "armd_scale": EXPORT_FORMAT})
+        write_weights(weights, tmp / EXPORT_WEIGHTS, metadata={"armd_scale": EXPORT_FORMAT})
         has_tokenizer = tokenizer and copy_tokenizer(source.meta, tmp / EXPORT_TOKENIZER, notes, progress)
         if not tokenizer:
             notes.append("tokenizer left out (--no-tokenizer)")

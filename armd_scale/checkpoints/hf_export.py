@@ -60,6 +60,7 @@ from .report import ConversionError, ConversionReport, Progress
 from .source import open_source, reads_newest
 from .validate import fixed_batch, max_abs_diff, model_from_state
 from .weights import full_state
+from .weights_file import write_weights
 
 HF_CODE = Path(__file__).parent / "hf_code"
 CODE_FILES = ("configuration_armd.py", "modeling_armd.py")
@@ -220,7 +221,6 @@ def export_hf(
 
 
 def _write_armd(tmp: Path, cfg, state, aliases: dict[str, str], separator: int | None) -> None:
-    from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     from .hf_code.configuration_armd import ARMDConfig
@@ -235,14 +235,13 @@ def _write_armd(tmp: Path, cfg, state, aliases: dict[str, str], separator: int |
     }
     config.save_pretrained(tmp)
     weights = {k: v.contiguous() for k, v in to_armd_state(without_aliases(state, aliases)).items()}
-    save_file(weights, str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt"})
+    write_weights(weights, tmp / EXPORT_WEIGHTS, metadata={})
     # no KV cache in the exported code: every generation step runs the whole (short) sequence
     generation = GenerationConfig(eos_token_id=separator, pad_token_id=separator, use_cache=False)
     generation.save_pretrained(tmp)
 
 
 def _write_llama(tmp: Path, cfg, state, separator: int | None) -> None:
-    from safetensors.torch import save_file
     from transformers import GenerationConfig, LlamaConfig
 
     mc = cfg.model
@@ -250,7 +249,7 @@ def _write_llama(tmp: Path, cfg, state, separator: int | None) -> None:
     config = LlamaConfig(**llama_config(mc), eos_token_id=separator, pad_token_id=separator)
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(tmp)
-    save_file(to_llama_state(state, mc), str(tmp / EXPORT_WEIGHTS), metadata={"format": "pt"})
+    write_weights(to_llama_state(state, mc), tmp / EXPORT_WEIGHTS, metadata={})
     generation = GenerationConfig(
         bos_token_id=bos,
         eos_token_id=separator,

@@ -2,9 +2,10 @@
 
     RUN_DIR/checkpoints/
       step_00000100/          one folder per saved step: DeepSpeed's engine files + ours
+        model.safetensors     the model's full fp32 weights, what every reader loads (weights_file.py)
         meta.json             our state in JSON (step, loader cursor, config, tokenizer, topology, ...)
         COMPLETE              written last, after every rank finished: only marked folders are loaded
-        universal/            DeepSpeed's universal form (universal.py), made once when needed
+        universal/            DeepSpeed's universal form (universal.py), made when a resume needs it
       latest                  name of the newest complete folder (for people and scripts)
       step_00000050.corrupt/  a folder whose files failed verification, set aside by a resume (never read)
       step_00000040.nonfinite/  weights that gave train.max_bad_steps non-finite losses, set aside (never read)
@@ -38,6 +39,8 @@ CHECKPOINTS = "checkpoints"  # the subfolder of a run directory
 MARKER = "COMPLETE"
 META = "meta.json"
 FILES = "files"  # meta.json key: {relative path: {bytes, sha256}} of every file the save wrote (integrity.py)
+WEIGHTS = "weights"  # meta.json key: the record of the checkpoint's model.safetensors (weights_file.py)
+MODEL_WEIGHTS = "model.safetensors"  # a checkpoint's full weights, as an export's and a transformers folder's
 CHECKSUMS = "checksums.json"  # the same list for a cached universal/ form, which meta.json predates
 CORRUPT_SUFFIX = ".corrupt"  # a resume sets a damaged step folder aside under this suffix
 NONFINITE_SUFFIX = ".nonfinite"  # ... and the trainer one whose weights gave only non-finite losses
@@ -50,7 +53,7 @@ UNIVERSAL = "universal"  # subfolder holding DeepSpeed's universal form
 LATEST_UNIVERSAL = "latest_universal"  # written by ds_to_universal beside the converted tag
 
 EXPORT_FORMAT = "armd_scale-export-1"
-EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_WEIGHTS = MODEL_WEIGHTS
 EXPORT_CONFIG = "config.json"
 EXPORT_TOKENIZER = "tokenizer"
 

@@ -8,14 +8,21 @@ Accepted paths, and what they resolve to:
 - an export directory (model.safetensors + config.json);
 - a Hugging Face folder written by `armd convert --to hf` (armd_scale.json beside transformers' files).
 
-A folder without COMPLETE is a save that was cut short and is refused. Opening a DeepSpeed or
-universal folder checks every file against the size and SHA-256 its meta.json records first
-(integrity.py), then every pickle-based file with the restricted unpickler (safe_load.py), so each
-caller refuses a tampered folder up front, naming the file, and damaged bytes are reported as damage
-(never fed to an unpickler). A missing file or meta.json (with COMPLETE present) is damage too. A
-run directory whose newest checkpoint fails that check resolves to the newest intact one, with a
-warning naming the damaged file; a folder given directly is an error naming it. The weights are
-read by `weights.full_state`.
+A folder without COMPLETE is a save that was cut short and is refused. What opening a checkpoint
+folder checks depends on what the caller reads (`scope`):
+- "weights" (the readers of weights: load_pretrained, the exports, init_from, --diff): a checkpoint
+  whose meta.json records a `model.safetensors` (weights_file.WeightsRecord, parsed here and only
+  here) has that one file checked against the size and SHA-256 meta.json records; DeepSpeed's files
+  are not opened, so no pickle is read and nothing depends on DeepSpeed's layout.
+- "folder" (inspect, --to universal, and any checkpoint without model.safetensors): every file is
+  checked against its recorded size and SHA-256 (integrity.py), then every pickle-based file with the
+  restricted unpickler (safe_load.py), so each caller refuses a tampered folder up front, naming the
+  file, and damaged bytes are reported as damage (never fed to an unpickler).
+In both, every name meta.json lists must stay inside the folder (safe_paths.py) before any file is
+opened. A missing file or meta.json (with COMPLETE present) is damage too. A run directory whose
+newest checkpoint fails that check resolves to the newest intact one, with a warning naming the
+damaged file; a folder given directly is an error naming it. The weights are read by
+`weights.full_state`. Nothing here writes.
 
 A running trainer's retention may remove the checkpoint a run directory resolved to while a tool
 reads it: resolution then looks again (it never falls back to an older one for that), and readers
@@ -47,14 +54,17 @@ from .layout import (
     MARKER,
     META,
     UNIVERSAL,
+    WEIGHTS,
     complete_tags,
     files_key,
     read_meta,
     universal_tag_dir,
 )
 from .safe_load import assert_weights_only_loadable, verify_files
+from .weights_file import WeightsRecord, read_record
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
+Scope = Literal["weights", "folder"]  # what opening a checkpoint folder verifies (module docstring)
 P = ParamSpec("P")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -67,6 +77,7 @@ class Source:
     meta: dict[str, Any]  # meta.json, or an export's config.json
     run_dir: Path | None = None  # set when the path given was a run directory
     universal_dir: Path | None = None  # DeepSpeed's universal tag folder, for kind "universal"
+    weights: WeightsRecord | None = None  # the checkpoint's model.safetensors, what full_state reads
 
     @property
     def meta_file(self) -> Path:
@@ -96,7 +107,7 @@ class Source:
         return self.meta.get("tokenizer_dir")
 
 
-def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
+def open_source(path: str | Path, *, check_safe: bool = True, scope: Scope = "weights") -> Source:
     path = Path(path).expanduser().absolute()  # reports and config.json record where the weights came from
     if (path / "zero").is_dir() and glob.glob(str(path / "*model_states.pt")) and not (path / META).exists():
         return _bare_universal(path, check_safe)
@@ -110,8 +121,8 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     if (path / META).is_file():
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its save was cut short")
-        return _checkpoint(path, None, check_safe)
-    source = _newest(path, check_safe)
+        return _checkpoint(path, None, check_safe, scope)
+    source = _newest(path, check_safe, scope)
     opened = _OPENED.get()
     if source is not None and opened is not None:
         opened.append(source)
@@ -124,7 +135,7 @@ def open_source(path: str | Path, *, check_safe: bool = True) -> Source:
     )
 
 
-def _newest(path: Path, check_safe: bool, *, removed: Path | None = None) -> Source | None:
+def _newest(path: Path, check_safe: bool, scope: Scope, *, removed: Path | None = None) -> Source | None:
     """The newest intact complete checkpoint of run directory `path`, None if it has none. One that
     disappears while it is checked (a running trainer's retention removed it) is looked for again
     once among the checkpoints then present: it gives way to a newer one, not to an older one."""
@@ -133,13 +144,13 @@ def _newest(path: Path, check_safe: bool, *, removed: Path | None = None) -> Sou
     for tag in reversed(tags):  # newest first; a damaged one gives way to the newest intact one
         folder = path / CHECKPOINTS / tag
         try:
-            return _checkpoint(folder, path, check_safe)
+            return _checkpoint(folder, path, check_safe, scope)
         except Exception as e:
             if _removed(folder, None):
                 if removed is not None:
                     raise _removed_twice(folder, removed, path) from None
                 log.warning("checkpoint %s was removed while it was read (%s); looking for the newest again", folder, e)
-                return _newest(path, check_safe, removed=folder)
+                return _newest(path, check_safe, scope, removed=folder)
             if not isinstance(e, CorruptCheckpointError):
                 raise
             first_error = first_error or e
@@ -242,16 +253,36 @@ def check_intact(folder: Path, meta: dict[str, Any], *, checksums: bool = True) 
         raise CorruptCheckpointError(f"{e}, although {folder / MARKER} and {folder / META} are present") from None
 
 
-def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool) -> Source:
+def check_weights(folder: Path, meta: dict[str, Any], record: WeightsRecord, *, checksum: bool = True) -> None:
+    """What a reader of the weights needs of checkpoint `folder`: every listed name inside the folder
+    (UnsafePathError, never a fallback), a size and SHA-256 recorded for the weights file, and (with
+    `checksum`) the file matching them (CorruptCheckpointError naming the file). No other file is opened."""
+    listed_by = files_key(META)
+    files = meta.get(FILES)
+    listed_paths(folder, files, named_by=listed_by)
+    if not isinstance(files, dict) or record.file not in files:
+        raise CorruptCheckpointError(
+            f"{folder / META} key '{WEIGHTS}' names {record.file}, but its key '{FILES}' records no size and "
+            "SHA-256 for it",
+            folder / META,
+        )
+    if checksum:
+        verify(folder, {record.file: files[record.file]}, named_by=listed_by)
+
+
+def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool, scope: Scope) -> Source:
     meta = read_meta(folder)
-    if check_safe:
+    record = read_record(meta, folder / META)
+    if check_safe and record is not None:
+        check_weights(folder, meta, record, checksum=scope == "weights")  # "folder": checked with every file next
+    if check_safe and (record is None or scope == "folder"):
         check_intact(folder, meta)
     if (meta.get("topology") or {}).get("layout") == UNIVERSAL:
         tag_dir = universal_tag_dir(folder)
         if tag_dir is None:
             raise FileNotFoundError(f"{folder}: meta.json says universal but {folder / UNIVERSAL} holds no tag folder")
-        return Source("universal", folder, meta, run_dir, tag_dir)
-    return Source("deepspeed", folder, meta, run_dir)
+        return Source("universal", folder, meta, run_dir, tag_dir, weights=record)
+    return Source("deepspeed", folder, meta, run_dir, weights=record)
 
 
 def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:

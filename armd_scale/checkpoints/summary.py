@@ -3,7 +3,8 @@
 The parameter count comes from building the saved config's model on the meta device (shapes, no
 memory), so inspecting a large checkpoint costs seconds; every pickle-based file is still opened
 with the restricted unpickler (memory-mapped), and every recorded checksum is compared (a `--to hf`
-folder's too), so inspect doubles as a safety and integrity check of the folder.
+folder's too), so inspect doubles as a safety and integrity check of the whole folder (open_source
+scope "folder": DeepSpeed's files included, which the readers of weights never open). It only reads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .source import Source, open_source, reads_newest
 
 @reads_newest
 def summarize(path: str | Path) -> dict[str, Any]:
-    source = open_source(path)
+    source = open_source(path, scope="folder")
     if source.kind == "hf":  # every file its armd_scale.json lists, before anything else is reported
         verify_hf_folder(source.folder)
     cfg = source.config
@@ -58,6 +59,8 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "safety": _safety(source, files),
         "integrity": _integrity(source),
     }
+    if source.weights is not None:
+        info["weights"] = source.weights.to_dict()
     if source.kind == "export":
         info["dtype"] = source.meta.get("dtype")
     if "conversion" in source.meta:
@@ -150,6 +153,9 @@ def format_summary(info: dict[str, Any]) -> str:
         ("wandb run id", info["wandb_run_id"] or "-"),
         ("saved at", info["saved_at"] or "-"),
     ]
+    if "weights" in info:
+        w = info["weights"]
+        rows.append(("weights", f"{w['file']}: {w['dtype']}, {w['tensors']} tensors (what every reader loads)"))
     if "dtype" in info:
         rows.append(("dtype", info["dtype"]))
     if "conversion" in info:

@@ -3,6 +3,7 @@
     OUT/
       meta.json        the source's meta.json, with topology.layout = "universal" and a "conversion" record
       COMPLETE         completion marker, as in a training checkpoint
+      model.safetensors  the full fp32 weights, as every checkpoint holds them (weights_file.py)
       universal/
         latest_universal   names the tag
         step_N/            DeepSpeed's universal layout: mp_rank_00_model_states.pt and
@@ -23,13 +24,14 @@ from pathlib import Path
 
 from .atomic import atomic_dir, check_out, refuse_overlap
 from .integrity import digests, recorded_files
-from .layout import FILES, UNIVERSAL, mark_complete, tag_for
-from .model_io import config_of, parameter_count
+from .layout import FILES, UNIVERSAL, WEIGHTS, mark_complete, tag_for
+from .model_io import config_of, parameter_count, tied_aliases, without_aliases
 from .report import ConversionError, ConversionReport, Progress
 from .source import open_source, reads_newest
 from .universal import read_universal, write_universal
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 from .weights import full_state, saved_module_state
+from .weights_file import write_checkpoint_weights
 
 
 @reads_newest
@@ -39,7 +41,7 @@ def to_universal(
     """Write the universal folder `out` for DeepSpeed checkpoint `path`, validated against the source."""
     progress = progress or Progress()
     out = check_out(out, overwrite=overwrite)
-    source = open_source(path)
+    source = open_source(path, scope="folder")  # DeepSpeed's files are read: every one is checked
     refuse_overlap(source.folder, out)
     if source.kind != "deepspeed":
         what = "already universal" if source.kind == "universal" else "an export"
@@ -68,12 +70,17 @@ def to_universal(
         progress("validating: universal weights vs the source's, both models on the fixed batch")
         reference_state = saved_module_state(source)
         reference = "the module weights DeepSpeed saved (mp_rank_*_model_states.pt)"
-        if reference_state is None:
+        if reference_state is None:  # ZeRO-3 saves no full module weights
             reference_state = full_state(source)
-            reference = "the source's cached universal form (ZeRO-3 saves no full module weights)"
+            reference = (
+                "the weights the save wrote (model.safetensors)"
+                if source.weights is not None
+                else "the source's universal form, converted apart"
+            )
         batch = fixed_batch(cfg)
         expected_model = model_from_state(cfg, reference_state, f"{source.folder} ({reference})")
-        result_model = model_from_state(cfg, read_universal(tag_dir), str(tag_dir))
+        converted = read_universal(tag_dir)
+        result_model = model_from_state(cfg, converted, str(tag_dir))
         diff = max_abs_diff(logits_of(expected_model, cfg, batch), logits_of(result_model, cfg, batch))
         precision = topology.get("precision", "fp32")
         notes = (
@@ -102,11 +109,14 @@ def to_universal(
                 f"max abs logit difference {diff:g} (must be 0)"
             )
 
+        aliases = tied_aliases(result_model)
+        record, _ = write_checkpoint_weights(tmp, without_aliases(converted, aliases), tied=aliases)
         meta = {
             **source.meta,
             "topology": {**topology, "layout": UNIVERSAL},
             "converted_from": str(source.folder),
             "conversion": report.to_dict(),
+            WEIGHTS: record.to_dict(),
             FILES: digests(tmp, recorded_files(tmp), sync=True),  # the new folder's own files, not the source's
         }
         mark_complete(tmp, meta)

@@ -14,6 +14,14 @@ A folder written by `armd convert --to universal` holds only the universal form 
 Every DeepSpeed load here runs under `weights_only_loading()`, which forces torch's restricted
 unpickler even where DeepSpeed asks for full unpickling.
 
+Only a resume writes the universal form into a run folder (`convert_to_universal`, cached there).
+Readers that need the weights of a checkpoint saved without `model.safetensors` (`universal_state`)
+read that cache if a resume left an intact one, and otherwise convert into a temporary directory
+outside the run folder (the system's temporary directory, `TMPDIR`), read it and delete it: reading
+never writes into a run folder, so it works on a read-only or shared filesystem and cannot race a
+trainer. The temporary directory of a reader killed mid-way is removed by the next such read on
+the same host.
+
 The cached universal form is staged beside the step folder (`checkpoints/.step_N.universal.tmp-HOST-PID`),
 never inside it, and renamed into `step_N/universal` when complete, with `checksums.json` listing its
 files: a conversion killed at any point leaves the checkpoint folder exactly as the save wrote it.
@@ -108,6 +116,36 @@ def convert_to_universal(folder: Path) -> Path:
     return target
 
 
+SCRATCH_PREFIX = "armd-universal-"  # + HOST-PID-random: a reader's temporary universal form
+SCRATCH_RE = re.compile(rf"^{SCRATCH_PREFIX}(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+
+
+def universal_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the ZeRO-1/2/3 checkpoint `folder` through the universal form, without
+    writing into `folder` or beside it: the cache a resume left there if it is intact, else a
+    conversion in a temporary directory (removed afterwards)."""
+    folder = Path(folder)
+    cached = folder / UNIVERSAL
+    if (cached / folder.name).is_dir() and (cached / LATEST_UNIVERSAL).is_file() and _cache_intact(cached):
+        return read_universal(cached / folder.name)
+    _remove_dead_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{socket.gethostname()}-{os.getpid()}-"))
+    try:
+        write_universal(folder, scratch / folder.name)
+        return read_universal(scratch / folder.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_dead_scratch() -> None:
+    """Remove the temporary universal forms that readers killed mid-way on this host left behind."""
+    host = socket.gethostname()
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        m = SCRATCH_RE.match(path.name)
+        if m and m["host"] == host and not pid_alive(int(m["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 STAGING_RE = re.compile(r"^\.(?P<tag>.+)\.universal\.tmp-(?P<host>.+)-(?P<pid>\d+)$")
 
 
@@ -153,12 +191,15 @@ def write_universal(folder: Path, output: Path) -> None:
 
     DeepSpeed collects its input files recursively, so a converted `universal/` subfolder (or the
     staging folder of an interrupted conversion) would be counted as extra ranks; it reads a view of
-    the folder's own files instead (symlinks in a temporary directory)."""
+    the folder's own files instead (symlinks in a hidden temporary directory beside `output`)."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     folder = Path(folder).absolute()
-    assert_weights_only_loadable(folder)
-    with tempfile.TemporaryDirectory(prefix="armd-ds-input-") as view:
+    assert_weights_only_loadable(folder, skip=(UNIVERSAL,))  # the files it reads: not a cached universal form
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # beside the output (a hidden name), so a process killed here leaves it where its output's debris is
+    with tempfile.TemporaryDirectory(prefix=".armd-ds-input-", dir=output.parent) as view:
         for path in folder.iterdir():
             if path.is_file():
                 os.symlink(path, Path(view) / path.name)

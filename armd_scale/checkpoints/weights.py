@@ -1,14 +1,19 @@
-"""Full fp32 weights of any checkpoint, read without a DeepSpeed engine, and the tensor-parallel merge.
+"""Full fp32 weights of any checkpoint, read without a DeepSpeed engine and without writing, and the
+tensor-parallel merge.
 
-- ZeRO-0: the module weights in `mp_rank_XX_model_states.pt`, one file per TP rank, merged along each
-  parameter's partition dimension (model/parallelize.py).
-- ZeRO-1/2/3: through DeepSpeed's universal form, converted once and cached in the folder as a resume
-  would (universal.py); the universal form holds unsharded fp32 weights.
+- a checkpoint with `model.safetensors` (every save writes one; weights_file.py): that file alone,
+  verified against its recorded size and SHA-256 when the source was opened (source.py). DeepSpeed's
+  files are not opened.
+- an older checkpoint, ZeRO-0: the module weights in `mp_rank_XX_model_states.pt`, one file per TP
+  rank, merged along each parameter's partition dimension (model/parallelize.py).
+- an older checkpoint, ZeRO-1/2/3: through DeepSpeed's universal form (unsharded fp32 weights), read
+  from the cache a resume left in the folder, else converted in a temporary directory outside the
+  run folder and deleted (universal.universal_state). Reading never writes into a run folder.
 - a universal folder: its fp32 weights; an export: its safetensors; a Hugging Face folder: its
   safetensors mapped back to our names (hf_mapping.py).
 
-Tied parameters come back as stored (each shared tensor once for universal folders and exports);
-`model_io.load_weights` restores every alias from the model itself.
+Tied parameters come back as stored (each shared tensor once for checkpoints with model.safetensors,
+universal folders and exports); `model_io.load_weights` restores every alias from the model itself.
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ from ..model.parallelize import partition_dim
 from .layout import EXPORT_WEIGHTS
 from .safe_load import safe_torch_load
 from .source import Source
-from .universal import convert_to_universal, read_universal
+from .universal import read_universal, universal_state
+from .weights_file import read_weights
 
 
 def full_state(source: Source) -> dict[str, torch.Tensor]:
     """Complete fp32 weights of `source` (floating tensors as fp32, detached)."""
-    if source.kind == "export":
-        from safetensors.torch import load_file
-
-        state = load_file(str(source.folder / EXPORT_WEIGHTS))
+    if source.weights is not None:  # verified by open_source; nothing else in the folder is read
+        state = read_weights(source.folder / source.weights.file)
+    elif source.kind == "export":
+        state = read_weights(source.folder / EXPORT_WEIGHTS)
     elif source.kind == "hf":
         from .hf_mapping import read_hf_state
         from .model_io import config_of
@@ -45,7 +51,7 @@ def full_state(source: Source) -> dict[str, torch.Tensor]:
     elif _zero0_files(source.folder, source.topology or {}):
         state = merge_tp_shards(_module_shards(source.folder, source.topology or {}))
     else:
-        state = read_universal(convert_to_universal(source.folder) / source.folder.name)
+        state = universal_state(source.folder)
     # ZeRO-0 files hold nn.Parameters; plain tensors keep autograd out of comparisons and exports
     return {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in state.items()}
 
@@ -66,11 +72,14 @@ def merge_tp_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     partition dimension (model/parallelize.py); replicated parameters are taken from rank 0."""
     if len(shards) == 1:
         return dict(shards[0])
-    merged = {}
-    for name, first in shards[0].items():
-        dim = partition_dim(name)
-        merged[name] = first if dim is None else torch.cat([s[name] for s in shards], dim=dim)
-    return merged
+    return {name: merge_tp_parts(name, [s[name] for s in shards]) for name in shards[0]}
+
+
+def merge_tp_parts(name: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Parameter `name` whole, from its AutoTP shards in TP rank order (replicated: rank 0's). The one
+    merge rule, for checkpoint files here and for the live engine at save (train/full_weights.py)."""
+    dim = partition_dim(name)
+    return parts[0] if dim is None else torch.cat(parts, dim=dim)
 
 
 def _zero0_files(folder: Path, topology: dict[str, Any]) -> bool:

@@ -4,7 +4,10 @@ The layout (step folders, meta.json, COMPLETE, latest) is `checkpoints/layout.py
 only decides when and what to write, and how to load it into a DeepSpeed engine.
 
 Save: every rank writes its DeepSpeed files, then hashes (SHA-256) and fsyncs the files it wrote
-itself; rank 0 records all of them in meta.json and only then writes COMPLETE (durably). A write that
+itself; the ranks gather the full fp32 weights one parameter at a time (full_weights.py) and rank 0
+writes them as `model.safetensors` (whole and durably: temporary sibling, fsync, rename), the file
+every reader loads; rank 0 records all of them in meta.json (the weights also under `weights`,
+checkpoints/weights_file.py) and only then writes COMPLETE (durably). A write that
 fails on any rank (a full disk, ...) fails the save on every rank with the path and the reason; the
 partial folder is removed and the previous checkpoints stay.
 
@@ -44,8 +47,10 @@ from ..checkpoints.layout import (
     LATEST,
     MARKER,
     META,
+    MODEL_WEIGHTS,
     TAG_RE,
     UNIVERSAL,
+    WEIGHTS,
     complete_tags,
     files_key,
     function_differences,
@@ -56,12 +61,15 @@ from ..checkpoints.layout import (
     step_of,
     tag_for,
 )
+from ..checkpoints.model_io import build, tied_aliases, without_aliases
 from ..checkpoints.safe_load import assert_weights_only_loadable, verify_files, weights_only_loading
 from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
+from ..checkpoints.weights_file import write_checkpoint_weights
 from ..config import Config, ConfigError
 from ..error_text import error_text
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects
+from .full_weights import gather_full_weights
 
 
 class CheckpointWriteError(OSError):
@@ -295,17 +303,25 @@ class Checkpointer:
             if self.dist.is_main:
                 shutil.rmtree(folder, ignore_errors=True)  # useless without COMPLETE, and it holds disk space
             raise CheckpointWriteError(f"checkpoint {tag} not saved: {errors[0]}; the earlier checkpoints are intact")
-        finished: str | None = None  # rank 0's failure to hash the rest or to write meta.json, COMPLETE, latest
+        # every rank takes part, one parameter at a time; rank 0 holds the result on the CPU
+        state = gather_full_weights(engine, tp=self.cfg.parallel.tp, keep=self.dist.is_main)
+        finished: str | None = None  # rank 0's failure to write the weights, hash the rest, write meta.json, ...
         if self.dist.is_main:
+            assert state is not None
             files: dict[str, Any] = {}
             for part, _ in results:
                 files.update(part)
             target = folder
             try:
+                aliases = tied_aliases(build(self.cfg, device="meta"))
+                record, files[MODEL_WEIGHTS] = write_checkpoint_weights(
+                    folder, without_aliases(state, aliases), tied=aliases
+                )
+                del state
                 others = [n for n in recorded_files(folder, skip=(META, MARKER, UNIVERSAL)) if n not in files]
                 files.update(digests(folder, others, sync=True))  # written by code that bypassed the engine's writer
                 target = folder / META  # mark_complete names the file it was writing in the error it raises
-                mark_complete(folder, {**meta, FILES: files})
+                mark_complete(folder, {**meta, WEIGHTS: record.to_dict(), FILES: files})
                 target = self.dir / LATEST
                 set_latest(self.dir, tag)
             except OSError as e:  # a full disk between the weights and COMPLETE is the same fault as during them

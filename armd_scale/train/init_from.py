@@ -6,10 +6,11 @@ schedule (warm-up, decay over its own steps) and its own run directory, so the p
 untouched and several fine-tunes can start from one checkpoint.
 
 Only weights are loaded, on every rank, before DeepSpeed wraps the model (which then shards them
-for ZeRO or tensor parallelism as usual). Rank 0 reads first: a ZeRO source is converted to the
-universal form once, in its folder, and the other ranks then read that copy instead of racing to
-write it. The source may be any checkpoint `checkpoints.source.open_source` resolves: a run directory
-(its newest complete checkpoint), a checkpoint folder, a universal folder or an export directory.
+for ZeRO or tensor parallelism as usual): a checkpoint's model.safetensors (weights.full_state), and
+nothing is written into the source run. Rank 0 reads first, so a source that is refused is refused
+once, with one message, before the other ranks spend time on it. The source may be any checkpoint
+`checkpoints.source.open_source` resolves: a run directory (its newest complete checkpoint), a
+checkpoint folder, a universal folder or an export directory.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
     error = broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
-    if message is None:  # the other ranks read after rank 0 (which converted a ZeRO source once)
+    if message is None:  # the other ranks read once rank 0 found the source sound
         message = load_init_weights(model, cfg, tokenizer_sha256)
     return message
 

@@ -3,6 +3,8 @@ session; tests that modify a checkpoint work on a copy)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -37,6 +39,18 @@ def zero0_run(tmp_path_factory, data_cache) -> Run:
 def zero1_run(tmp_path_factory, data_cache) -> Run:
     """ZeRO-1 on two processes (optimizer state partitioned over two data-parallel ranks)."""
     return _train(tmp_path_factory, data_cache, "zero1", "parallel.zero_stage=1", nproc=2)
+
+
+@pytest.fixture(scope="session")
+def zero2_run(tmp_path_factory, data_cache) -> Run:
+    """ZeRO-2 on two processes (gradients and optimizer state partitioned)."""
+    return _train(tmp_path_factory, data_cache, "zero2", "parallel.zero_stage=2", nproc=2)
+
+
+@pytest.fixture(scope="session")
+def zero3_run(tmp_path_factory, data_cache) -> Run:
+    """ZeRO-3 on two processes (the parameters themselves partitioned: no rank holds the whole model)."""
+    return _train(tmp_path_factory, data_cache, "zero3", "parallel.zero_stage=3", nproc=2)
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +94,26 @@ def copy_run(run: Run, dest: Path) -> Path:
     """A private copy of a run dir without cached universal forms (so conversions really run)."""
     shutil.copytree(run.dir, dest, ignore=shutil.ignore_patterns("universal", ".universal.*"))
     return dest
+
+
+def without_weights_file(path: Path) -> Path:
+    """Turn every complete checkpoint under `path` (a run directory or one checkpoint folder) into the
+    layout saved before checkpoints carried model.safetensors: the file, its `weights` record and its
+    `files` entry removed, COMPLETE's checksum of meta.json updated. Returns `path`."""
+    folders = [path] if (path / "meta.json").is_file() else sorted((path / "checkpoints").glob("step_*"))
+    for folder in folders:
+        (folder / "model.safetensors").unlink(missing_ok=True)
+        meta = json.loads((folder / "meta.json").read_text())
+        meta.pop("weights", None)
+        meta.get("files", {}).pop("model.safetensors", None)
+        write_meta(folder, meta)
+    return path
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """Replace a checkpoint's meta.json and the checksum COMPLETE records of it (as a save would write them)."""
+    text = json.dumps(meta, indent=1)
+    (folder / "meta.json").write_text(text)
+    marker = json.loads((folder / "COMPLETE").read_text())
+    marker["meta_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    (folder / "COMPLETE").write_text(json.dumps(marker))

@@ -2,12 +2,16 @@
 
 Every case must end in one of the accepted outcomes:
 - "fallback": the damaged checkpoint is named (the file, or the folder for COMPLETE) and the trainer sets it
-  aside and picks the older intact one; the tools (open_source) skip it the same way, without moving it;
+  aside and picks the older intact one; the tools that check the whole folder (open_source scope "folder",
+  as inspect) skip it the same way, without moving it;
 - "refused": a named tamper refusal (UnsafeCheckpointError naming the file) by both;
 - "harmless": the damage changed nothing a reader uses (a bit in COMPLETE's timestamp, say): both pick
   the newest checkpoint and load the same state as from the undamaged one.
 Anything else (a raw exception, a refusal naming no file, a fallback by one reader but not the other, a
-damaged file loaded) is "escaped", with the exception. Used by test_fault_fuzz.py and bench/fault_fuzz.py.
+damaged file loaded) is "escaped", with the exception. The readers of weights (open_source's default scope)
+open only meta.json, COMPLETE and model.safetensors: damage to one of those must meet them as it meets the
+trainer, and damage to any other file must leave them the newest checkpoint with its exact weights.
+Used by test_fault_fuzz.py and bench/fault_fuzz.py.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from armd_scale.checkpoints.safe_load import UnsafeCheckpointError
 from armd_scale.checkpoints.source import open_source
-from armd_scale.checkpoints.weights import saved_module_state
+from armd_scale.checkpoints.weights import full_state, saved_module_state
 from armd_scale.config import ConfigError, load_config
 from armd_scale.train.checkpoint import Checkpointer
 from armd_scale.train.distributed import DistInfo
@@ -101,11 +105,11 @@ def classify(pristine: Path, work: Path, case: Case, reference: dict[str, torch.
     def names_it(text: str) -> bool:
         return any(n in text for n in named)
 
-    # the tools: open_source on the run directory
+    # the tools: open_source on the run directory, checking the whole folder
     log = _Capture()
     logging.getLogger("armd_scale.checkpoints.source").addHandler(log)
     try:
-        source = open_source(work)
+        source = open_source(work, scope="folder")
         tool = "fallback" if source.folder.name == older else "newest"
         if tool == "fallback" and not names_it(log.text):
             return "escaped", f"tools fell back naming nothing: {log.text!r}"
@@ -121,6 +125,11 @@ def classify(pristine: Path, work: Path, case: Case, reference: dict[str, torch.
         return "escaped", f"tools: {type(e).__name__}: {str(e)[:300]}"
     finally:
         logging.getLogger("armd_scale.checkpoints.source").removeHandler(log)
+
+    # the readers of weights, before the trainer moves a damaged folder aside
+    escaped = _readers_of_weights(work, case, older, tool, reference, names_it)
+    if escaped:
+        return "escaped", escaped
 
     # the trainer: the resume plan (sets a damaged folder aside)
     try:
@@ -143,6 +152,33 @@ def classify(pristine: Path, work: Path, case: Case, reference: dict[str, torch.
     if tool != trainer and not (tool == "newest" and trainer == "refused-config"):
         return "escaped", f"tools: {tool}, trainer: {trainer}"
     return {"newest": "harmless"}.get(tool, tool), trainer
+
+
+def _readers_of_weights(work: Path, case: Case, older: str, tool: str, reference, names_it) -> str | None:
+    """Why the readers of weights (open_source, default scope, then full_state) got `case` wrong, or None."""
+    reads = case.file in ("meta.json", "COMPLETE", "model.safetensors")
+    log = _Capture()
+    logging.getLogger("armd_scale.checkpoints.source").addHandler(log)
+    try:
+        source = open_source(work)
+        outcome = "fallback" if source.folder.name == older else "newest"
+        if outcome == "fallback" and not names_it(log.text):
+            return f"readers of weights fell back naming nothing: {log.text!r}"
+        if outcome == "newest":
+            state = full_state(source)
+            tied = source.weights.tied if source.weights is not None else {}
+            if {*state, *tied} != reference.keys() or not all(torch.equal(v, reference[k]) for k, v in state.items()):
+                return "readers of weights loaded changed weights"
+    except UnsafeCheckpointError as e:
+        outcome = "refused"
+        if not names_it(str(e)):
+            return f"readers of weights refused naming no file: {e}"
+    except Exception as e:  # noqa: BLE001 - anything else escaped
+        return f"readers of weights: {type(e).__name__}: {str(e)[:300]}"
+    finally:
+        logging.getLogger("armd_scale.checkpoints.source").removeHandler(log)
+    expected = tool if reads else "newest"  # a file they never open cannot concern them
+    return None if outcome == expected else f"readers of weights: {outcome}, tools: {tool}"
 
 
 def run(pristine: Path, scratch: Path, flips: int = 50, seed: int = 0, say=print) -> Counter:

@@ -20,7 +20,7 @@ from armd_scale.checkpoints.validate import fixed_batch, logits_of
 from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
 
-from .conftest import engine_val_nll, recomputed_val_nll
+from .conftest import copy_run, engine_val_nll, recomputed_val_nll, without_weights_file
 
 REPO = Path(__file__).resolve().parents[2]
 # fp32: the engine (sharded, partitioned) and a plain module differ only in summation order
@@ -33,11 +33,17 @@ def convert(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("run_name", ["zero0_run", "zero1_run", "tp2_run"])
-def test_fp32_export_reproduces_the_source_exactly(run_name, request, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "run_name,weights_file",
+    [("zero0_run", True), ("zero1_run", True), ("tp2_run", True), ("tp2_run", False)],
+    ids=["zero0", "zero1", "tp2", "tp2-saved-before-model.safetensors"],
+)
+def test_fp32_export_reproduces_the_source_exactly(run_name, weights_file, request, tmp_path, capsys):
+    """From model.safetensors (the shards merged at save), and from DeepSpeed's files (merged by the reader)."""
     run = request.getfixturevalue(run_name)
+    run_dir = run.dir if weights_file else without_weights_file(copy_run(run, tmp_path / "run"))
     out = tmp_path / "export"
-    code, stdout, err = convert(capsys, "--checkpoint", str(run.dir), "--to", "export", "--out", str(out), "--json")
+    code, stdout, err = convert(capsys, "--checkpoint", str(run_dir), "--to", "export", "--out", str(out), "--json")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["max_abs_logit_diff"] == 0.0 and report["exact_required"] and report["step"] == 6
@@ -46,7 +52,7 @@ def test_fp32_export_reproduces_the_source_exactly(run_name, request, tmp_path, 
     assert not list(tmp_path.glob(".export.tmp*"))  # the temp dir was renamed, not left behind
 
     config = json.loads((out / "config.json").read_text())
-    source = open_source(run.dir)
+    source = open_source(run_dir)
     assert config["config"] == source.config and config["step"] == 6
     assert config["tokenizer_sha256"] == source.meta["tokenizer_sha256"]
     assert config["conversion"]["max_abs_logit_diff"] == 0.0
@@ -71,12 +77,13 @@ def test_a_wrong_tp_merge_passes_the_self_check_but_not_the_engine_reference(tp2
     shapes still fit) gives an export that reproduces the equally wrong merged source exactly, so the
     converter's own check passes, but its validation NLL is far from what the engine measured.
     (Reversing the shard order would not do: permuting heads and MLP units consistently is a symmetry
-    of the network.)"""
+    of the network.) The reader merges the shards of a checkpoint saved before model.safetensors existed."""
     from armd_scale.checkpoints import weights
 
     right = weights.merge_tp_shards
     monkeypatch.setattr(weights, "merge_tp_shards", lambda shards: right([shards[0]] * len(shards)))
-    report = export_module.export(tp2_run.dir, tmp_path / "wrong", progress=Progress(quiet=True))
+    run_dir = without_weights_file(copy_run(tp2_run, tmp_path / "run"))
+    report = export_module.export(run_dir, tmp_path / "wrong", progress=Progress(quiet=True))
     assert report.max_abs_logit_diff == 0.0  # self-consistent
     loaded = load_pretrained(tmp_path / "wrong")
     wrong, engine = recomputed_val_nll(loaded.model, loaded.config, 1), engine_val_nll(tp2_run)

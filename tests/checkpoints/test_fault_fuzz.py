@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from armd_scale.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
+from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
 
-from .conftest import copy_run
+from .conftest import copy_run, without_weights_file
 from .fault_fuzz import run
 from .test_security import Payload
 
@@ -29,14 +30,20 @@ def test_every_single_fault_is_named_and_falls_back(zero0_run, tmp_path):
     counts = run(pristine, tmp_path / "scratch", say=escaped.append)
     assert not escaped, "\n".join(escaped)
     files = {f for f, _, _ in counts}
-    assert {"mp_rank_00_model_states.pt", "meta.json", "COMPLETE"} <= files
+    assert {"mp_rank_00_model_states.pt", "meta.json", "COMPLETE", "model.safetensors"} <= files
     assert counts[("mp_rank_00_model_states.pt", "flip-pickle", "fallback")] == 50
+    assert counts[("model.safetensors", "flip", "fallback")] == 50
 
 
-def test_a_payload_that_matches_its_checksum_is_still_refused_as_tampering(zero0_run, tmp_path):
+@pytest.mark.parametrize("weights_file", [True, False], ids=["model.safetensors", "saved-before-it"])
+def test_a_payload_that_matches_its_checksum_is_still_refused_as_tampering(weights_file, zero0_run, tmp_path, capsys):
     """Checksums are compared before unpickling now; a file whose recorded size and SHA-256 were updated to
-    match a planted payload must still be refused by name, never loaded nor taken for damage."""
+    match a planted payload must still be refused by name, never loaded nor taken for damage: by every reader
+    of DeepSpeed's files (inspect; load_pretrained on a checkpoint without model.safetensors). A reader of
+    weights with model.safetensors never opens the file."""
     run_dir = copy_run(zero0_run, tmp_path / "run")
+    if not weights_file:
+        without_weights_file(run_dir)
     folder = run_dir / "checkpoints" / "step_00000006"
     bad = folder / "mp_rank_00_model_states.pt"
     marker = tmp_path / "pwned"
@@ -51,7 +58,12 @@ def test_a_payload_that_matches_its_checksum_is_still_refused_as_tampering(zero0
     (folder / "meta.json").write_text(text)
     complete = json.loads((folder / "COMPLETE").read_text())
     (folder / "COMPLETE").write_text(json.dumps({**complete, "meta_sha256": hashlib.sha256(text.encode()).hexdigest()}))
-    with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {bad}")) as refused:
-        load_pretrained(run_dir)
-    assert re.search(r"Unsupported global: GLOBAL _?io\.open", str(refused.value))  # _io.open from Python 3.12
+    assert main(["inspect", str(run_dir)]) == 1
+    assert f"refusing to load {bad}" in capsys.readouterr().err
+    if weights_file:
+        assert load_pretrained(run_dir).step == 6
+    else:
+        with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {bad}")) as refused:
+            load_pretrained(run_dir)
+        assert re.search(r"Unsupported global: GLOBAL _?io\.open", str(refused.value))  # _io.open from Python 3.12
     assert not marker.exists()

@@ -58,6 +58,9 @@ def test_run_dir_fields(zero1_run, capsys):
     for name in ("meta.json", "COMPLETE", "mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"):
         assert sizes[name] == (folder / name).stat().st_size
     assert info["safety"].startswith("all ") and "weights_only=True" in info["safety"]
+    assert (
+        info["weights"] == meta["weights"] and sizes["model.safetensors"] == meta["files"]["model.safetensors"]["bytes"]
+    )
 
     code, text, _ = inspect(capsys, str(zero1_run.dir))
     assert code == 0
@@ -68,6 +71,7 @@ def test_run_dir_fields(zero1_run, capsys):
         "cursor 48",
         "order         progressive",
         f"{info['parameters']:,}",
+        f"weights       model.safetensors: fp32, {meta['weights']['tensors']} tensors",
     ):
         assert fragment in text
 

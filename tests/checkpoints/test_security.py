@@ -19,7 +19,7 @@ from armd_scale.cli import main
 from armd_scale.pretrained import load_pretrained
 from armd_scale.safe_paths import UnsafePathError
 
-from .conftest import copy_run, run_train
+from .conftest import copy_run, run_train, without_weights_file
 
 
 class Payload:
@@ -60,19 +60,29 @@ def test_malicious_pickle_is_refused_everywhere(run_name, file, resume, request,
     assert f"refusing to load {bad}" in resumed.output
     assert not (folder / "universal").exists()
 
+    # the readers of DeepSpeed's files check the whole folder first
+    assert main(["inspect", str(run)]) == 1
+    assert f"refusing to load {bad}" in capsys.readouterr().err
+    assert main(["convert", "--checkpoint", str(run), "--to", "universal", "--out", str(tmp_path / "universal")]) == 1
+    assert f"refusing to load {bad}" in capsys.readouterr().err
+    assert not (tmp_path / "universal").exists()
+
+    # the readers of weights read model.safetensors (JSON and raw bytes) and never open a pickle
+    assert load_pretrained(run).step == 6
+    assert main(["inspect", "--diff", str(run / "checkpoints" / "step_00000003"), str(run)]) == 0
+    assert main(["convert", "--checkpoint", str(run), "--to", "export", "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    capsys.readouterr()
+
+    # saved before checkpoints carried model.safetensors: the weights come from DeepSpeed's files, checked first
+    without_weights_file(run)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {bad}")) as refused:
         load_pretrained(run)
     assert re.search(r"Unsupported global: GLOBAL _?io\.open", str(refused.value))  # the finding; _io from Python 3.12
-
-    assert main(["inspect", str(run)]) == 1
-    assert f"refusing to load {bad}" in capsys.readouterr().err
     assert main(["inspect", "--diff", str(run / "checkpoints" / "step_00000003"), str(run)]) == 1
     assert f"refusing to load {bad}" in capsys.readouterr().err
-
-    for to in ("export", "universal"):
-        assert main(["convert", "--checkpoint", str(run), "--to", to, "--out", str(tmp_path / to)]) == 1
-        assert f"refusing to load {bad}" in capsys.readouterr().err
-        assert not (tmp_path / to).exists()
+    assert main(["convert", "--checkpoint", str(run), "--to", "export", "--out", str(tmp_path / "export")]) == 1
+    assert f"refusing to load {bad}" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
 
     assert not marker.exists(), "the payload ran"
     # The payload is real: full unpickling (what none of the above may do) runs it.
@@ -81,7 +91,9 @@ def test_malicious_pickle_is_refused_everywhere(run_name, file, resume, request,
 
 
 def test_payload_hidden_in_a_universal_folder_is_refused(zero1_run, tmp_path, capsys):
-    """Tampering after conversion: the universal files are checked too."""
+    """Tampering after conversion: the universal files are checked too (by inspect, which checks the whole
+    folder, and by every reader of a folder without model.safetensors); the readers of weights read the
+    folder's model.safetensors and never open them."""
     out = tmp_path / "u"
     assert main(["convert", "--checkpoint", str(zero1_run.dir), "--to", "universal", "--out", str(out), "--quiet"]) == 0
     target = next((out / "universal" / "step_00000006" / "zero").glob("*/fp32.pt"))
@@ -90,6 +102,11 @@ def test_payload_hidden_in_a_universal_folder_is_refused(zero1_run, tmp_path, ca
     with open(target, "wb") as f:
         pickle.dump(Payload(marker), f, protocol=2)
 
+    assert main(["inspect", str(out)]) == 1
+    assert f"refusing to load {target}" in capsys.readouterr().err
+    assert load_pretrained(out).step == 6
+
+    without_weights_file(out)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(f"refusing to load {target}")):
         load_pretrained(out)
     capsys.readouterr()

@@ -32,9 +32,12 @@ def test_universal_folder_resumes_on_another_world_size(zero1_run, data_cache, t
 
     meta = read_meta(out)
     assert meta["topology"]["layout"] == "universal" and meta["step"] == 3 and (out / "COMPLETE").is_file()
-    assert not list(out.glob("*.pt"))  # only the universal form travels
+    assert not list(out.glob("*.pt"))  # only the universal form travels, and the weights every reader reads
+    assert (out / "model.safetensors").is_file() and meta["weights"]["file"] == "model.safetensors"
     converted = read_universal(out / "universal" / "step_00000003")
-    reference = full_state(open_source(source))
+    reference = full_state(open_source(source))  # the source's model.safetensors: each tied tensor once
+    for alias, stored in meta["weights"]["tied"].items():
+        assert alias not in converted or torch.equal(converted.pop(alias), converted[stored])
     assert converted.keys() == reference.keys()
     assert all(torch.equal(converted[k], reference[k]) for k in reference)
 

@@ -64,7 +64,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_older_checkpoint(
 
 
 def test_every_file_is_on_disk_before_complete(tmp_path, data_cache, monkeypatch, clean_process_env):
-    """fsync order of one save: each file DeepSpeed wrote, then the folder, meta.json, COMPLETE."""
+    """fsync order of one save: each file DeepSpeed wrote and model.safetensors (its temporary name, then the
+    folder holding the new name), then the folder, meta.json, COMPLETE."""
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -76,13 +77,14 @@ def test_every_file_is_on_disk_before_complete(tmp_path, data_cache, monkeypatch
     assert main(_argv(tmp_path, data_cache, "train.steps=3")) == 0
     folder = tmp_path / "checkpoints" / "step_00000003"
     files = json.loads((folder / "meta.json").read_text())["files"]
-    assert list(files) == ["mp_rank_00_model_states.pt"]
+    assert sorted(files) == ["model.safetensors", "mp_rank_00_model_states.pt"]
 
-    def first(match) -> int:
-        return next(i for i, p in enumerate(synced) if match(Path(p)))
+    def first(match, after: int = -1) -> int:
+        return next(i for i, p in enumerate(synced) if i > after and match(Path(p)))
 
     model = first(lambda p: p == folder / "mp_rank_00_model_states.pt")
+    weights = first(lambda p: p.parent == folder and p.name.startswith(".model.") and p.suffix == ".safetensors")
     meta = first(lambda p: p.parent == folder and p.name.startswith(".meta."))
     complete = first(lambda p: p.parent == folder and p.name.startswith(".COMPLETE."))
-    assert model < first(lambda p: p == folder) < meta < complete
+    assert model < weights < first(lambda p: p == folder, weights) < meta < complete
     assert any(Path(p) == folder.parent for p in synced[complete:])  # the checkpoints/ directory: the new name

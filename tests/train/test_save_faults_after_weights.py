@@ -17,15 +17,15 @@ from .conftest import run_train
 from .test_save_faults import _argv
 
 
-@pytest.mark.parametrize("name", ["meta.json", "COMPLETE", "latest"])
+@pytest.mark.parametrize("name", ["model.safetensors", "meta.json", "COMPLETE", "latest"])
 def test_a_full_disk_after_the_weights_names_the_file_and_removes_the_folder(
     name, tmp_path, data_cache, monkeypatch, capsys, clean_process_env
 ):
-    """The disk fills between the weight files and meta.json/COMPLETE (the fsync of the temporary file
-    reports it, as NFS does): this used to end in 5 chained tracebacks, a partial step folder and
-    exit_status.json stuck at "running"."""
+    """The disk fills between DeepSpeed's files and model.safetensors/meta.json/COMPLETE (the fsync of the
+    temporary file reports it, as NFS does): this used to end in 5 chained tracebacks, a partial step folder
+    and exit_status.json stuck at "running"."""
     real_fsync = os.fsync
-    stem = "." + name.split(".")[0] + "."  # write_durable's temporary sibling: .meta.tmpPID.json, ...
+    stem = "." + name.split(".")[0] + "."  # the temporary sibling: .meta.tmpPID.json, .model.tmpPID.safetensors, ...
     seen = {"n": 0}
 
     def fsync(fd):
