@@ -23,20 +23,38 @@ run plainly: evaluation gets the same bounded transient without the recomputatio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-if TYPE_CHECKING:  # armd.py imports this module
-    from .armd import ARMDModel
+from ..config import ModelConfig
+from .neighbour import NeighbourAttention
+
+
+class QueryInputModel(Protocol):
+    """What G0 reads of the model (ARMDModel, which imports this module, so it is named by shape)."""
+
+    cfg: ModelConfig
+    neighbour: NeighbourAttention | None
+    query_chunk_rows: int
+    training: bool
+
+    def query_start(self, pos: torch.Tensor, empty_prefix: torch.Tensor | bool = True) -> torch.Tensor: ...
+
+    def pe(self, pos: torch.Tensor) -> torch.Tensor: ...
+
+    def pe_query(self, pos: torch.Tensor) -> torch.Tensor: ...
+
+    def finish_aggregate(self, agg: torch.Tensor) -> torch.Tensor: ...
+
 
 # Query rows per chunk. At N = 1024 with 4 neighbour heads a 256-row chunk's scores are a quarter of
 # the dense ones, small next to a layer's activations, and four chunks add few kernel launches.
 QUERY_CHUNK_ROWS = 256
 
 
-def query_input(model: ARMDModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+def query_input(model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     """G0 [B, N, d] for embeddings x [B, N, d] in generation order, positions pos and blocks block
     [B, N], evaluated `model.query_chunk_rows` query rows at a time (module docstring)."""
     n, rows = x.shape[1], max(1, int(model.query_chunk_rows))
@@ -56,7 +74,7 @@ def query_input(model: ARMDModel, x: torch.Tensor, pos: torch.Tensor, block: tor
 
 
 def query_rows(
-    model: ARMDModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, start: int, stop: int
+    model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, start: int, stop: int
 ) -> torch.Tensor:
     """Rows start..stop-1 of G0 over all N keys: [B, stop - start, d]. With start = 0 and stop = N this
     is the dense evaluation of G0."""
