@@ -30,12 +30,16 @@ def _short_lines(n: int, offset: int) -> list[str]:
 
 
 def _peak_mib(code: str, cwd: Path) -> tuple[int, str]:
-    """Run `code` in a fresh interpreter; its peak RSS (VmHWM: ru_maxrss keeps the forked parent's
-    size across exec) in MiB, and its stderr."""
+    """Run `code` in a fresh interpreter with warnings logged to stderr; its peak RSS (VmHWM: ru_maxrss
+    keeps the forked parent's size across exec) in MiB, and its stderr."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("reads the peak RSS (VmHWM) from /proc, which this system lacks")
-    code += (
-        "\nimport re\nprint(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n"
+    code = (
+        "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
+        + code
+        + (
+            "\nimport re\nprint(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n"
+        )
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,7 +57,6 @@ def test_an_over_long_line_is_sharded_in_bounded_memory_and_its_text_is_kept(
     src.write_text("\n".join(docs) + "\n")
     out = tmp_path / "set"
     code = (
-        "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
         "from armd_scale.data.shards import build_shards\n"
         f"build_shards([{str(src)!r}], {str(out)!r}, {str(tokenizer_dir)!r}, seq_len=16, doc_split='line',"
         " shard_size_mb=1)\n"
@@ -78,7 +81,6 @@ def test_tokenizer_training_skips_an_over_long_line_without_holding_it(tmp_path:
     without = tmp_path / "short.txt"
     without.write_text("\n".join(lines) + "\n")
     code = (
-        "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
         "from armd_scale.data.tokenizer import train_tokenizer\n"
         f"for src, out in (({str(with_long)!r}, 'with'), ({str(without)!r}, 'without')):\n"
         "    train_tokenizer([src], out, vocab_size=64, doc_split='line', num_threads=1)\n"
