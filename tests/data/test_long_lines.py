@@ -34,13 +34,9 @@ def _peak_mib(code: str, cwd: Path) -> tuple[int, str]:
     keeps the forked parent's size across exec) in MiB, and its stderr."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("reads the peak RSS (VmHWM) from /proc, which this system lacks")
-    code = (
-        "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
-        + code
-        + (
-            "\nimport re\nprint(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n"
-        )
-    )
+    setup = "import logging\nlogging.basicConfig(level=logging.WARNING)\n"
+    peak = "import re\nprint(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n"
+    code = setup + code + "\n" + peak
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return int(proc.stdout.split()[-1]), proc.stderr
