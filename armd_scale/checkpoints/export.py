@@ -99,26 +99,20 @@ def export(
         progress("validating: load_pretrained on the new directory, both models on the fixed batch")
         loaded = load_pretrained(tmp)
         diff = max_abs_diff(expected, logits_of(loaded.model, loaded.config, batch))
-        report = ConversionReport(
-            to="export",
-            source=str(source.folder),
-            source_kind=source.kind,
-            out=str(out),
-            step=source.step,
+        report = ConversionReport.of(
+            "export",
+            source,
+            out,
+            progress,
             reference=REFERENCE[source.kind],
             batch=batch.to_dict(),
             max_abs_logit_diff=diff,
             exact_required=dtype == "fp32",
             dtype=dtype,
             parameters=parameter_count(reference),
-            seconds=progress.elapsed,
             notes=notes,
         )
-        if report.exact_required and diff != 0:
-            raise ConversionError(
-                f"the fp32 export of {source.folder} does not reproduce it: "
-                f"max abs logit difference {diff:g} (must be 0)"
-            )
+        report.require_exact("the fp32 export")
         config["conversion"] = report.to_dict()
         config[FILES] = digests(tmp, [n for n in recorded_files(tmp) if n != EXPORT_CONFIG], sync=True)
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -45,6 +46,28 @@ class ConversionReport:
     parameters: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, to: str, source: Any, out: str | Path, progress: Progress, **validated: Any) -> ConversionReport:
+        """The report of converting `source` (an opened checkpoint: its folder, kind and step) into `out`,
+        timed by `progress`; `validated` holds what the conversion compared and found."""
+        return cls(
+            to=to,
+            source=str(source.folder),
+            source_kind=source.kind,
+            out=str(out),
+            step=source.step,
+            seconds=progress.elapsed,
+            **validated,
+        )
+
+    def require_exact(self, what: str) -> None:
+        """Refuse a result that must reproduce its source bit for bit and does not (`what` names it)."""
+        if self.exact_required and self.max_abs_logit_diff != 0:
+            raise ConversionError(
+                f"{what} of {self.source} does not reproduce it: "
+                f"max abs logit difference {self.max_abs_logit_diff:g} (must be 0)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -88,26 +88,19 @@ def to_universal(
             if precision == "fp32"
             else [f"trained in {precision}: the saved module weights are rounded copies of the fp32 master weights"]
         )
-        report = ConversionReport(
-            to="universal",
-            source=str(source.folder),
-            source_kind=source.kind,
-            out=str(out),
-            step=source.step,
+        report = ConversionReport.of(
+            "universal",
+            source,
+            out,
+            progress,
             reference=reference,
             batch=batch.to_dict(),
             max_abs_logit_diff=diff,
             exact_required=precision == "fp32",
-            dtype="fp32",
             parameters=parameter_count(result_model),
-            seconds=progress.elapsed,
             notes=notes,
         )
-        if report.exact_required and diff != 0:
-            raise ConversionError(
-                f"the universal form of {source.folder} does not reproduce it: "
-                f"max abs logit difference {diff:g} (must be 0)"
-            )
+        report.require_exact("the universal form")
 
         aliases = tied_aliases(result_model)
         record, _ = write_checkpoint_weights(tmp, without_aliases(converted, aliases), tied=aliases)
