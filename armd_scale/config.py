@@ -369,7 +369,13 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    # wsd (warmup-stable-decay): the lr stays at train.lr after warm-up and decays to min_lr_ratio over
+    # the last decay_fraction of train.steps, or from optimizer step decay_start when that is set (> 0):
+    # the cool-down of a stable phase that was stopped, resumed with a larger train.steps.
+    decay_fraction: float = 0.1
+    decay_start: int = 0
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -415,6 +421,7 @@ class TrainConfig:
         _positive(self, "eval_batches", "keep_last", "max_bad_steps")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        self._validate_decay()
         for name in ("beta1", "beta2"):  # Adam's moment decay rates; 1 or more never forgets, < 0 oscillates
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")
@@ -426,6 +433,20 @@ class TrainConfig:
         _at_least(self, 0, "diverge_steps", "diverge_margin", "diverge_ratio")
         self.order.validate()
         self.profile.validate()
+
+    def _validate_decay(self) -> None:
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"train.decay_fraction={self.decay_fraction} must be in [0, 1]")
+        if self.decay_start and self.lr_schedule != "wsd":
+            raise ConfigError(
+                f"train.decay_start={self.decay_start} starts the decay of a wsd schedule; "
+                f"train.lr_schedule is {self.lr_schedule!r} (set train.lr_schedule=wsd)"
+            )
+        if not 0 <= self.decay_start < self.steps:
+            raise ConfigError(
+                f"train.decay_start={self.decay_start} must be 0 (off) or a step before train.steps={self.steps}: "
+                "to cool down a stopped stable phase, resume it with a larger train.steps"
+            )
 
 
 @dataclass
