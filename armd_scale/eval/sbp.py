@@ -12,7 +12,9 @@ Files are written whole or not at all (temporary name, then rename).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,12 +181,20 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 
 def write_results(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """results.json, results.md and results.png in out_dir (created if needed)."""
+    """results.json, results.md and, where matplotlib is installed (the `plot` extra), results.png in out_dir
+    (created if needed). The plot is optional: the numbers are all in the other two files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
+    paths = {"json": out / "results.json", "md": out / "results.md"}
     write_atomic(paths["json"], json.dumps(doc, indent=1) + "\n")
     write_atomic(paths["md"], markdown_table(doc))
+    if importlib.util.find_spec("matplotlib") is None:
+        print(
+            f"results.png not written to {out}: matplotlib is not installed (pip install 'armd_scale[plot]')",
+            file=sys.stderr,
+        )
+        return paths
+    paths["png"] = out / "results.png"
     plot(doc, paths["png"])
     return paths
 

@@ -16,6 +16,7 @@ from armd_scale.cli import main
 from armd_scale.data.tokenizer import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
+from armd_scale.eval.sbp import write_results
 from armd_scale.eval.text import TokenizerCodec, codec_for
 from armd_scale.pretrained import load_pretrained
 
@@ -162,3 +163,35 @@ def test_codec_of_a_synthetic_run_writes_ids(markov_run):
     assert codec.decode([5, 11, 4]) == "5 11 4" and codec.encode(" 5 11\n4 ") == [5, 11, 4]
     with pytest.raises(ValueError, match="not a token id"):
         codec.encode("5 12")
+
+
+def test_results_without_matplotlib_keep_the_numbers_and_say_why_there_is_no_plot(tmp_path, monkeypatch, capsys):
+    """matplotlib is the optional `plot` extra: without it the JSON and the table are still written."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an interpreter without the package sees
+    doc = {
+        "checkpoint": "runs/x",
+        "step": 10,
+        "length": 8,
+        "num_samples": 2,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "sample_dtype": "fp32",
+        "judge": {"kind": "self"},
+        "results": [
+            {
+                "streams": 1,
+                "forward_calls": 8,
+                "seconds": 0.5,
+                "tokens_per_s": 32.0,
+                "gen_ppl": 5.0,
+                "gen_nll_per_token": math.log(5.0),
+                "entropy": 1.5,
+            }
+        ],
+    }
+    paths = write_results(doc, tmp_path / "out")
+    assert sorted(paths) == ["json", "md"]
+    assert json.loads(paths["json"].read_text()) == doc and "| 1 | 8 |" in paths["md"].read_text()
+    assert not (tmp_path / "out" / "results.png").exists()
+    assert "matplotlib is not installed (pip install 'armd_scale[plot]')" in capsys.readouterr().err
