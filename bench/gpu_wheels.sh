@@ -9,7 +9,7 @@
 # safetensors, fsspec, numpy, pyarrow, psutil, matplotlib, msgpack, ninja, py-cpuinfo, nvidia-ml-py,
 # huggingface-hub, tqdm, pyyaml, einops and packaging; what it lacks and the stack imports at run time:
 #   deepspeed and the requirements of deepspeed's that are not in that list (hjson, pydantic with
-#   pydantic-core, annotated-types and typing-inspection), webdataset (+ braceexpand), zstandard.
+#   pydantic-core, annotated-types and typing-inspection), zstandard.
 # Not wandb (the check runs with log.wandb=off, which never imports it), not flash-attn (optional).
 # The versions are those the tests run with (`pip show` where the test suite runs). deepspeed has
 # only a source distribution: it is built here as a pure-Python wheel (DS_BUILD_OPS=0, no compiled ops:
@@ -40,8 +40,6 @@ PINS=(
   pydantic-core==2.46.4
   annotated-types==0.7.0
   typing-inspection==0.4.2
-  webdataset==1.0.2
-  braceexpand==0.1.7
   zstandard==0.25.0
 )
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
