@@ -405,8 +405,13 @@ class TrainConfig:
     stop_at_step: int = 0
     # NaN/inf guard: skip up to this many consecutive bad steps, then stop.
     max_bad_steps: int = 5
-    # A loss above spike_factor x its running mean is logged as a spike.
+    # A loss above spike_factor x its running mean is a spike. spike_action=skip (the default) skips that
+    # optimizer step, as PaLM and OLMo-core's skip-step optimizer do: one bad batch costs one update instead of
+    # the weights; max_spike_skips spikes in a row mean the weights themselves are bad, and the run stops
+    # with the checkpoints since set aside (docs/RELIABILITY.md). spike_action=log only logs it.
     spike_factor: float = 3.0
+    spike_action: Literal["skip", "log"] = "skip"
+    max_spike_skips: int = 5
     # Finite-divergence guard (docs/RELIABILITY.md): a loss more than max(diverge_margin nats,
     # diverge_ratio x its best running mean) above that mean holds checkpoint retention; diverge_steps
     # such steps in a row stop the run as failed and set aside the checkpoints since (0 = off, e.g. for a
@@ -418,7 +423,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _positive(self, "steps", "global_batch_size", "micro_batch_size", "checkpoint_every", "log_every", "lr", "eps")
-        _positive(self, "eval_batches", "keep_last", "max_bad_steps")
+        _positive(self, "eval_batches", "keep_last", "max_bad_steps", "max_spike_skips")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         self._validate_decay()

@@ -67,6 +67,8 @@ class TrainerState:
     best_loss_ema: float | None = None  # the lowest running mean so far: the sane level of the loss
     high_steps: int = 0  # consecutive finite steps with a loss far above best_loss_ema
     high_since: int = 0  # the first step of that streak (0: none)
+    spike_steps: int = 0  # consecutive spikes whose updates were skipped (train.spike_action=skip)
+    spike_since: int = 0  # the first step of that streak (0: none)
 
     def to_dict(self) -> dict:
         return dict(
@@ -77,6 +79,8 @@ class TrainerState:
             best_loss_ema=self.best_loss_ema,
             high_steps=self.high_steps,
             high_since=self.high_since,
+            spike_steps=self.spike_steps,
+            spike_since=self.spike_since,
         )
 
 
@@ -292,13 +296,23 @@ class _Run:
             nll_sum += loss.detach().double() * tokens.numel()
             self.engine.backward(loss)
             if micro == layout.grad_accum - 1:
-                # All ranks agree before the optimizer step whether to skip it (NaN/inf anywhere). Read
-                # after the backward is queued, so the GPU computes it while the host waits.
-                bad = not bool(torch.isfinite(nll_sum))
-                self.optimizer.skip_next = all_reduce_max(1.0 if bad else 0.0, device) > 0
+                # All ranks agree before the optimizer step whether to skip it: the global loss is NaN/inf
+                # (a sum over ranks stays non-finite if any term is) or a spike. Read after the backward is
+                # queued, so the GPU computes it while the host waits.
+                total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens_per_micro * layout.grad_accum], device)
+                step_loss = total_nll / total_tokens
+                self.optimizer.skip_next = not math.isfinite(step_loss) or self.skips(step_loss)
             self.engine.step()
-        total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens_per_micro * layout.grad_accum], device)
-        return total_nll / total_tokens, step_info, data_wait
+        return step_loss, step_info, data_wait
+
+    def is_spike(self, step_loss: float) -> bool:
+        """A finite loss above train.spike_factor x the running mean of the losses before it."""
+        ema = self.state.loss_ema
+        return ema is not None and math.isfinite(step_loss) and step_loss > self.cfg.train.spike_factor * ema
+
+    def skips(self, step_loss: float) -> bool:
+        """Whether this step's update is skipped as a spike (train.spike_action=skip)."""
+        return self.cfg.train.spike_action == "skip" and self.is_spike(step_loss)
 
     def record(self, step_loss: float, extra: dict[str, Any], seconds: float) -> None:
         """The NaN/inf count, the spike check and the running mean; metrics on logging steps."""
@@ -327,6 +341,10 @@ class _Run:
                 )
             return
         state.bad_steps = 0
+        if self.skips(step_loss):
+            self.skipped_spike(step_loss, seconds, extra)
+            return
+        state.spike_steps, state.spike_since = 0, 0
         far = self.far_above_best(step_loss)
         if far:
             state.high_steps += 1
@@ -341,7 +359,7 @@ class _Run:
             if self.unconfirmed_save:  # the last checkpoint's weights gave a finite, sane loss: older ones may go
                 self.checkpointer.apply_retention()
                 self.unconfirmed_save = False
-        spike = state.loss_ema is not None and step_loss > cfg.train.spike_factor * state.loss_ema
+        spike = self.is_spike(step_loss)
         if spike:
             self.metrics.message(f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}")
         state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
@@ -352,6 +370,33 @@ class _Run:
         window = cfg.train.diverge_steps
         if far and window and state.high_steps >= window:
             self.diverged(step_loss)
+
+    def skipped_spike(self, step_loss: float, seconds: float, extra: dict[str, Any]) -> None:
+        """A spike whose update was skipped: logged, kept out of the running means; `max_spike_skips` in a
+        row stop the run. The weights then give a spike on every batch, so they are bad themselves: the
+        checkpoints of the weights that produced the first spike and since are set aside (`step_N.diverged`),
+        and the newest checkpoint is again one from before it (saves during the streak kept older ones)."""
+        state, train_cfg = self.state, self.cfg.train
+        state.spike_steps += 1
+        state.spike_since = state.spike_since or state.step
+        self.metrics.message(
+            f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}; update skipped "
+            f"({state.spike_steps}/{train_cfg.max_spike_skips})"
+        )
+        self.metrics.log(state.step, self.step_metrics(step_loss, True, seconds) | extra | {"update_skipped": True})
+        if state.spike_steps < train_cfg.max_spike_skips:
+            return
+        first = state.spike_since
+        aside = self.checkpointer.set_aside_since(first - 1, DIVERGED_SUFFIX)
+        tags = complete_tags(self.checkpointer.dir)
+        raise TrainingDiverged(
+            f"loss spiked above {train_cfg.spike_factor:g}x its running mean {state.loss_ema:.4f} on "
+            f"{state.spike_steps} consecutive steps, from step {first} to step {state.step} (updates skipped): "
+            "the weights themselves are bad; "
+            + (f"checkpoints set aside: {', '.join(a.name for a in aside)}; " if aside else "")
+            + (f"the newest checkpoint is {tags[-1]}, from before the spikes; " if tags else "")
+            + "resume with a lower train.lr, or check the data"
+        )
 
     def far_above_best(self, step_loss: float) -> bool:
         """Whether a finite loss is far above the sane level of this run: its best running mean so far plus
@@ -451,7 +496,13 @@ class _Run:
                 f"step {step}: {local or 'a tensor on another rank'} holds NaN or inf, so no checkpoint was written "
                 f"({last} stays the last finite state); resume with a lower train.lr"
             )
-        if self.state.high_steps:  # taken after the loss left its sane range: it must not displace the sane ones
+        if self.state.spike_steps:  # the weights gave a spike: they must not displace the checkpoints before
+            retain = False
+            self.metrics.message(
+                f"step {step}: checkpoint saved with the older ones kept: updates skipped as spikes since step "
+                f"{self.state.spike_since}"
+            )
+        elif self.state.high_steps:  # taken after the loss left its sane range: it must not displace the sane ones
             retain = False
             self.metrics.message(
                 f"step {step}: checkpoint saved with the older ones kept: the loss has been far above its best "

@@ -1,7 +1,8 @@
 """The finite-divergence guard: a loss that stays far above its best level (no NaN anywhere) must not cost
 the checkpoints from before it, and the run must fail naming the step where it diverged.
 
-In-process runs, as tests/train/test_nan_guard.py: nothing is patched, the divergence is a real lr typo."""
+In-process runs, as tests/train/test_nan_guard.py: nothing is patched, the divergence is a real lr typo. The
+spike guard, which would stop these runs first (tests/train/test_spikes.py), is set to log only here."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from .conftest import TINY
 
 
 def _cfg(run_dir: Path, cache: Path, *overrides: str):
-    return load_config(overrides=[*TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", *overrides])
+    return load_config(
+        overrides=[*TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", "train.spike_action=log", *overrides]
+    )
 
 
 def test_a_finite_divergence_keeps_the_last_sane_checkpoint_and_fails(tmp_path, data_cache, clean_process_env):

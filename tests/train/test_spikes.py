@@ -1,0 +1,113 @@
+"""The spike guard (train.spike_action=skip): a step whose loss is far above its running mean is not applied,
+and a streak of them stops the run before it can cost the checkpoints from before it.
+
+In-process runs, as tests/train/test_nan_guard.py: the injected spike scales the loss of chosen steps (finite),
+the finite divergence is a real lr typo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from armd_scale.checkpoints.layout import complete_tags
+from armd_scale.config import load_config
+
+from .conftest import TINY
+
+
+def _cfg(run_dir: Path, cache: Path, *overrides: str):
+    return load_config(overrides=[*TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", *overrides])
+
+
+def _scale_loss(monkeypatch, steps: set[int], factor: float) -> None:
+    """Multiply the loss of every micro-batch of the given optimizer steps (1-based) by `factor`."""
+    import armd_scale.train.objective as objective
+
+    real = objective.order_loss
+    calls = {"n": 0}
+
+    def scaled(logits, tokens, order, **kw):
+        calls["n"] += 1
+        step = (calls["n"] - 1) // 4 + 1  # 4 micro-batches per step in the tiny layout
+        loss = real(logits, tokens, order, **kw)
+        return loss * factor if step in steps else loss
+
+    monkeypatch.setattr(objective, "order_loss", scaled)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / complete_tags(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache, monkeypatch, clean_process_env):
+    """A loss 50x its running mean at step 4: logged as a skipped spike; the run ends with the weights a run
+    gets whose step-4 update was never applied (the NaN guard's skip, at the same step), not those of a run
+    that applied it."""
+    from armd_scale.train.loop import train
+
+    runs = {}
+    for name, steps, factor, action in (
+        ("spike", {4}, 50.0, "skip"),
+        ("nan", {4}, float("nan"), "skip"),
+        ("applied", {4}, 50.0, "log"),
+    ):
+        monkeypatch.undo()
+        _scale_loss(monkeypatch, steps, factor)
+        run_dir = tmp_path / name
+        assert train(_cfg(run_dir, data_cache, f"train.spike_action={action}", "train.sample_at_end=0")) == 0
+        runs[name] = run_dir
+
+    step4 = [r for r in _records(runs["spike"]) if r.get("step") == 4 and "loss" in r]
+    assert len(step4) == 1 and step4[0]["loss_spike"] and step4[0]["update_skipped"]
+    assert step4[0]["loss"] > 10 * [r["loss"] for r in _records(runs["spike"]) if r.get("step") == 3][0]
+    spike, skipped, applied = (_final_weights(runs[n]) for n in ("spike", "nan", "applied"))
+    assert all(torch.equal(spike[k], skipped[k]) for k in spike)
+    assert any(not torch.equal(spike[k], applied[k]) for k in spike)
+    logged = [r for r in _records(runs["applied"]) if r.get("step") == 4 and "loss" in r][0]
+    assert logged["loss_spike"] and "update_skipped" not in logged  # spike_action=log only logs
+
+
+def test_a_spike_streak_stops_the_run_and_keeps_the_checkpoints_before_it(tmp_path, data_cache, clean_process_env):
+    """The finite divergence of tests/train/test_divergence.py (train.lr=3, a typo for 3e-3, after 20 sane
+    steps): the loss jumps ~5x and stays there. Its updates are skipped; after train.max_spike_skips of them the
+    run fails naming the streak, the checkpoints of the weights that produced it are set aside, the newest is
+    step 20 again, and a resume with the sane lr continues from it."""
+    from armd_scale.train.loop import TrainingDiverged, train
+
+    every = ("train.checkpoint_every=2", "train.sample_at_end=0")
+    assert train(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
+    ckpts = tmp_path / "checkpoints"
+    assert complete_tags(ckpts) == ["step_00000018", "step_00000020"]
+
+    with pytest.raises(TrainingDiverged, match=r"on 3 consecutive steps, from step (2[1-4]) to step") as err:
+        train(
+            _cfg(
+                tmp_path,
+                data_cache,
+                "train.steps=40",
+                "train.lr=3",
+                "train.warmup_steps=0",
+                *every,
+                "train.max_spike_skips=3",
+            )
+        )
+    first = int(str(err.value).split("from step ")[1].split(" ")[0])
+    assert "the newest checkpoint is step_00000020, from before the spikes" in str(err.value)
+    assert complete_tags(ckpts) == ["step_00000018", "step_00000020"]
+    aside = sorted(p.name for p in ckpts.glob("*.diverged"))
+    assert all(int(n[5:13]) >= first - 1 for n in aside)
+    status = json.loads((tmp_path / "exit_status.json").read_text())
+    assert status["code"] == 1 and status["reason"].startswith("failed: TrainingDiverged: loss spiked"), status
+    skipped = [r["step"] for r in _records(tmp_path) if r.get("update_skipped")]
+    assert skipped == [first, first + 1, first + 2]
+
+    assert train(_cfg(tmp_path, data_cache, "train.steps=22", *every)) == 0  # the sane lr, from step 20
+    assert complete_tags(ckpts)[-1] == "step_00000022"
