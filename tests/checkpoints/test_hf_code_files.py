@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from armd_scale.checkpoints.hf_code_files import _check_absolute, shipped_files, write_code
+from armd_scale.checkpoints.hf_code_files import _check_absolute, _target, module_file, shipped_files, write_code
 from armd_scale.checkpoints.report import ConversionError
 from armd_scale.config import ModelConfig
 from armd_scale.model import build_model
@@ -106,3 +106,18 @@ def test_imports_the_folder_cannot_satisfy_are_refused():
         _check_absolute("armd_scale.model.x", ast.parse("def f():\n    import deepspeed\n"))
     _check_absolute("armd_scale.model.x", ast.parse("try:\n    import flash_attn\nexcept ImportError:\n    pass\n"))
     _check_absolute("armd_scale.model.x", ast.parse("import torch.nn\nimport math\nfrom transformers import A\n"))
+
+
+def test_the_closure_follows_imports_and_refuses_what_it_cannot_ship():
+    """From another root the walker reaches other modules (no list), and refuses what a folder cannot hold:
+    armd_scale/config.py needs yaml; `from . import x` is a form transformers' loader does not copy."""
+    from_layers = set(shipped_files(("armd_scale.model.layers",)))
+    assert {"layers.py", "attention.py", "masks.py", "rope.py"} <= from_layers and "armd.py" not in from_layers
+    with pytest.raises(ConversionError, match="armd_scale.config .* imports yaml outside a try block"):
+        _check_absolute("armd_scale.config", ast.parse((PACKAGE_PARENT / "armd_scale" / "config.py").read_text()))
+    node = ast.parse("from . import masked_diffusion as md").body[0]
+    assert isinstance(node, ast.ImportFrom)
+    with pytest.raises(ConversionError, match=r"`from \. import \.\.\.` cannot be shipped"):
+        _target("armd_scale.model.mdlm", node)
+    with pytest.raises(ConversionError, match="not a module file"):
+        module_file("armd_scale.model")
