@@ -22,208 +22,22 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+# ModelConfig lives in model_config.py (standard library only: the Hugging Face export ships it); its
+# names stay importable from here
+from .model_config import DEFAULT_QUERY_INPUT as DEFAULT_QUERY_INPUT
+from .model_config import QUERY_INPUT_FORMS as QUERY_INPUT_FORMS
+from .model_config import ConfigError as ConfigError
+from .model_config import ModelConfig as ModelConfig
+from .model_config import _at_least, _positive, legacy_values
+from .model_config import query_input_form as query_input_form
+
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_PRESET = "tiny-cpu"
-
-
-class ConfigError(ValueError):
-    """A config key or value is invalid; the message names the key, the value and what is allowed."""
 
 
 # --------------------------------------------------------------------------------------------------
 # The tree
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelConfig:
-    """Shape and flavour of the network (docs/ARCHITECTURE.md, Forward pass and Baselines).
-    Changing any of these changes the checkpoint."""
-
-    arch: Literal["armd", "ar", "mdlm"] = "armd"
-    vocab_size: int = 512
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    max_seq_len: int = 128
-    # Two-stream (strictly causal) layers at the bottom; None = n_layers // 2 as in the paper.
-    n_two_stream_layers: int | None = None
-    # Width of the learned positional table used by prefix aggregation.
-    d_pe: int = 64
-    # Prefix aggregation: a plain sum, as in the paper (with the recency-kernel PE init below), a mean,
-    # or none (G0 without the paper's aggregate; only sensible with neighbour_heads > 0).
-    prefix_agg: Literal["mean", "sum", "none"] = "sum"
-    # Length scale of the exponential recency kernel the PE table starts as (0 = random normal init).
-    pe_init_tau: float = 2.0
-    # The prefix kernel <PE_n, PE_i> the table starts as: recency (the default, exp(-|n - i| / pe_init_tau))
-    # or shift (weight ~1 on i = n - 1 and little elsewhere, AR's input shift under l2r; sharp while
-    # d_pe >= max_seq_len / 2; model/pe_init.py), the start that makes query_input=paper level with AR.
-    # Our choice either way: the paper does not say how its table starts. Measured in
-    # docs/REPRODUCTION.md, "The paper's model and ours".
-    pe_init: Literal["recency", "shift"] = "recency"
-    # Add a learned projection of the target's own PE row to the start vector s, so first-block
-    # queries know their position (part of query_input=neighbour; see positional_start_init).
-    positional_start: bool = True
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    # Hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it per branch, rounded).
-    mlp_ratio: float = 4.0
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
-    init_std: float = 0.02
-    attention_backend: Literal["sdpa", "flex", "flash", "auto"] = "sdpa"
-    # torch.compile the model for training (in place: parameter names and checkpoints are unchanged).
-    # Not a shape key: a run may resume with it switched on or off. See docs/GPU.md.
-    compile: bool = False
-    # Ids >= this are vocabulary padding (vocab_size rounded up for GPU efficiency, e.g. GPT-2's 50,257
-    # -> 50,304): their logits are the dtype's minimum, so they get no probability in training,
-    # evaluation or sampling. None = no padding. The trainer sets it from the shards' tokenizer.
-    tokenizer_vocab_size: int | None = None
-    # -- The query stream's input G0 (docs/ARCHITECTURE.md, Forward pass; measured in docs/REPRODUCTION.md,
-    # "The paper's model and ours"). One switch names the form: `paper` is the paper's s + prefix
-    # aggregation (with pe_init=shift it is level with AR left to right), `neighbour` (the default) ours:
-    # + directional neighbour heads + the positional start, `custom` any other mix of the fields below.
-    # Naming a form fills every field of QUERY_INPUT_FORMS[form] that is left at its default; a config
-    # that names a form and sets one of its fields otherwise is refused. After construction the field
-    # names the form the fields match.
-    query_input: Literal["paper", "neighbour", "custom"] = "neighbour"
-    # Content-free softmax heads over the revealed tokens, scored by relative position only, added to
-    # G0 (model/neighbour.py): a sharp path to the nearest revealed token (AR's input shift under l2r).
-    neighbour_heads: int = 4
-    # Which table the positional start W_s PE[pos n] reads: the prefix-aggregation table, or its own.
-    positional_start_table: Literal["shared", "separate"] = "shared"
-    # Which queries get the positional start: all, or only those with nothing revealed before them.
-    positional_start_scope: Literal["all", "first_block"] = "all"
-    # Initial W_s: zeros (G0 starts as without it) or normal(init_std) like every matrix, which swamps
-    # the content of G0 at the start and cost 0.4-0.5 nats/token on tiny-cpu.
-    positional_start_init: Literal["normal", "zero"] = "zero"
-    # RMS-normalise the prefix-aggregation sum of each query (to the embeddings' initial scale).
-    prefix_norm: bool = False
-    # Learning-rate multiplier of the PE table(s), by reparametrisation (stored = table / scale);
-    # 0 freezes them at their initial value.
-    pe_lr_scale: float = 1.0
-    # A separate query-side PE table for the prefix sum, <PEq[pos n], PE[pos i]>, initialised as the
-    # key table shifted by one position: an asymmetric kernel peaked on the previous position that
-    # keeps the O(1) decoding state (pe_init=shift reaches a similar start with the paper's one table).
-    prefix_query_table: bool = False
-    # Add the mean embedding of the immediately preceding block to G0: a block-level form of the paper's
-    # rejected "Shift" (q_n = q_{n-1}, AR's input under l2r). Averaging the whole previous block keeps
-    # permutation equivariance, and the contract tests run it. A diagnostic, not an input we recommend:
-    # it is not the paper's, and it was measured left to right only (docs/REPRODUCTION.md).
-    previous_block_input: bool = False
-    # Neighbour heads: directional (heads alternate left/right of the query and may attend to "nothing",
-    # so under an order unlike training a head gives the same kind of token or nothing), or symmetric
-    # (head h scores -4^(1-h)|distance|, either side alike; a row always sums to 1). Equal left to right
-    # on tiny-cpu; directional is better in any order (random-order NLL 4.67 vs 5.33 after progressive
-    # training, 4.15 vs 4.39 after random-order training, old loader). model/neighbour.py.
-    neighbour_kind: Literal["symmetric", "directional"] = "directional"
-
-    def __post_init__(self) -> None:
-        form = QUERY_INPUT_FORMS.get(self.query_input)
-        if form is not None:
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name, value in form.items():
-                if getattr(self, name) == defaults[name]:
-                    setattr(self, name, value)
-            clashes = [f"model.{k}={getattr(self, k)!r}" for k, v in form.items() if getattr(self, k) != v]
-            if clashes and self.query_input != DEFAULT_QUERY_INPUT:
-                raise ConfigError(
-                    f"model.query_input={self.query_input} fixes {', '.join(f'{k}={v!r}' for k, v in form.items())}; "
-                    f"{', '.join(clashes)} contradicts it (use model.query_input=custom to mix options)"
-                )
-        self.query_input = query_input_form(self)
-
-    @staticmethod
-    def check_given(raw: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments to build from. A config file or override that names a form and also sets
-        one of its fields to another value is refused, even where that value is the field's default
-        (which __post_init__ cannot tell from a value left alone). A mapping that holds every field of
-        the form is a saved or dumped config: there the fields decide, and the name is derived from
-        them again (so a saved config edited by hand is read as the fields it holds)."""
-        form = QUERY_INPUT_FORMS.get(str(raw.get("query_input")))
-        if form is None:
-            return raw
-        if set(form) <= set(raw):
-            return {k: v for k, v in raw.items() if k != "query_input"}
-        for name in sorted(set(raw) & set(form)):
-            if raw[name] != form[name]:
-                raise ConfigError(
-                    f"model.{name}={raw[name]!r} contradicts model.query_input={raw['query_input']}, which sets "
-                    f"{name}={form[name]!r} (use model.query_input=custom to mix options)"
-                )
-        return raw
-
-    def validate(self) -> None:
-        _positive(self, "vocab_size", "n_layers", "d_model", "n_heads", "max_seq_len", "d_pe")
-        if self.tokenizer_vocab_size is not None and not 1 <= self.tokenizer_vocab_size <= self.vocab_size:
-            raise ConfigError(
-                f"model.tokenizer_vocab_size={self.tokenizer_vocab_size} must be in [1, model.vocab_size="
-                f"{self.vocab_size}]: a model cannot be smaller than its tokenizer"
-            )
-        if self.neighbour_heads < 0:
-            raise ConfigError(f"model.neighbour_heads={self.neighbour_heads} must be >= 0 (0 = off)")
-        if self.pe_lr_scale < 0:
-            raise ConfigError(f"model.pe_lr_scale={self.pe_lr_scale} must be >= 0 (0 = frozen PE table)")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ConfigError(f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (RoPE)")
-        if self.n_two_stream_layers is not None and not 1 <= self.n_two_stream_layers <= self.n_layers:
-            raise ConfigError(
-                f"model.n_two_stream_layers={self.n_two_stream_layers} must be in "
-                f"[1, model.n_layers={self.n_layers}] or null (= n_layers // 2)"
-            )
-        if self.arch == "armd" and self.n_two_stream_layers is None and self.n_layers < 2:
-            raise ConfigError("model.n_layers must be >= 2 for arch=armd (half are two-stream layers)")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be > 0")
-        _positive(self, "rope_theta", "norm_eps", "init_std")
-        _at_least(self, 0, "pe_init_tau")
-
-    @property
-    def two_stream_layers(self) -> int:
-        if self.n_two_stream_layers is not None:
-            return self.n_two_stream_layers
-        return max(1, self.n_layers // 2)
-
-
-# The named forms of the query stream's input (ModelConfig.query_input): the fields each one fixes.
-QUERY_INPUT_FORMS: dict[str, dict[str, Any]] = {
-    # Karami & Ghodsi: G0 = s + sum over strictly earlier blocks of <PE_n, PE_i> X0[i].
-    "paper": {
-        "neighbour_heads": 0,
-        "positional_start": False,
-        "prefix_agg": "sum",
-        "prefix_norm": False,
-        "prefix_query_table": False,
-        "previous_block_input": False,
-    },
-    # Ours, the default: the paper's sum + 4 directional neighbour heads + the positional start
-    # W_s PE[pos n] (W_s = 0 at the start); docs/ARCHITECTURE.md says what each adds and
-    # docs/REPRODUCTION.md what it measured.
-    "neighbour": {
-        "neighbour_heads": 4,
-        "neighbour_kind": "directional",
-        "positional_start": True,
-        "positional_start_init": "zero",
-        "positional_start_table": "shared",
-        "positional_start_scope": "all",
-        "prefix_agg": "sum",
-        "prefix_norm": False,
-        "prefix_query_table": False,
-        "previous_block_input": False,
-    },
-}
-DEFAULT_QUERY_INPUT = "neighbour"
-
-
-def query_input_form(cfg: ModelConfig) -> Literal["paper", "neighbour", "custom"]:
-    """The named form whose fields cfg has, else 'custom'."""
-    names: tuple[Literal["paper", "neighbour"], ...] = ("paper", "neighbour")
-    for name in names:
-        if all(getattr(cfg, k) == v for k, v in QUERY_INPUT_FORMS[name].items()):
-            return name
-    return "custom"
 
 
 @dataclass
@@ -575,19 +389,17 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
 
 
 # A checkpoint saves its whole resolved config, so a model field it lacks did not exist when it was
-# written; it was trained with that field's value of the time, not today's default.
-LEGACY_MODEL_VALUES = {
-    "neighbour_heads": 0,
-    "positional_start_init": "normal",
-    "neighbour_kind": "symmetric",
-    "pe_init": "recency",
-}
+# written; it was trained with that field's value of the time (its `legacy` declaration in
+# model_config.py), not today's default.
+LEGACY_MODEL_VALUES = legacy_values(ModelConfig)
 
 
-def saved_model_fields(model: dict[str, Any]) -> dict[str, Any]:
+def saved_model_fields(model: dict[str, Any], fields_of: type | None = None) -> dict[str, Any]:
     """A saved config's `model` mapping with the fields it predates filled with their values of the time
-    (LEGACY_MODEL_VALUES); the one place both loading and the resume/init_from checks read it through."""
-    return {**{k: v for k, v in LEGACY_MODEL_VALUES.items() if k not in model}, **model}
+    (LEGACY_MODEL_VALUES, or the legacy declarations of `fields_of`, a ModelConfig subclass); the one
+    place both loading and the resume/init_from checks read it through."""
+    legacy = LEGACY_MODEL_VALUES if fields_of is None else legacy_values(fields_of)
+    return {**{k: v for k, v in legacy.items() if k not in model}, **model}
 
 
 def saved_config_from_dict(raw: dict[str, Any], origin: str = "<checkpoint>") -> Config:
@@ -722,10 +534,6 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"'{key}': unsupported config type {tp}")  # pragma: no cover - programming error
 
 
-def _group(obj: Any) -> str:
-    return type(obj).__name__.replace("Config", "").lower()
-
-
 def _shape_matches(tp: Any, value: Any) -> bool:
     """Whether `value` is a list for a list type, or a mapping for a dataclass or dict type."""
     if isinstance(value, (list, tuple)):
@@ -733,20 +541,6 @@ def _shape_matches(tp: Any, value: Any) -> bool:
     if isinstance(value, dict):
         return dataclasses.is_dataclass(tp) or get_origin(tp) is dict
     return False
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{_group(obj)}.{name}={value} must be > 0")
-
-
-def _at_least(obj: Any, floor: float, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < floor:
-            raise ConfigError(f"{_group(obj)}.{name}={value} must be >= {floor}")
 
 
 def dump_config(cfg: Config) -> str:

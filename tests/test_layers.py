@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {
         "armd_scale",
         "config",
+        "model_config",
         "rng",
         "devices",
         "atomic",

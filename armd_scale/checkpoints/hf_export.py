@@ -3,12 +3,16 @@ with `AutoModelForCausalLM` / `AutoTokenizer`, without armd_scale installed.
 
     OUT/
       config.json, generation_config.json
-      configuration_armd.py, modeling_armd.py   custom-code layout only (copied from hf_code/)
+      configuration_armd.py, modeling_armd.py   custom-code layout only: the transformers glue (hf_code/)
+      armd.py, layers.py, ..., model_config.py  ... and armd_scale's own modules it imports, followed from
+                                                its imports and copied with only the package-relative
+                                                imports made sibling imports (hf_code_files.py)
       model.safetensors                         the weights (a tied matrix stored once)
       tokenizer.json, tokenizer_config.json     hf_tokenizer.py, checked to give the training ids
       README.md                                 the model card (model_card.py)
       armd_scale.json                           {"format", "layout", "config" (resolved run config), "step",
-                                                 "tokenizer_sha256", provenance, "conversion", "files" (size
+                                                 "tokenizer_sha256", provenance, "conversion", "code" (each
+                                                 .py file's source module and import rewrites), "files" (size
                                                  and SHA-256 of every other file, as an export's config.json;
                                                  transformers never reads this file)}
       armd_tokenizer/                           the run's own tokenizer files, as `--to export` copies them
@@ -33,7 +37,6 @@ before it reads the weights (hf_mapping.verify_hf_folder), so a damaged file is 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ import torch
 
 from .atomic import atomic_dir, check_out, refuse_overlap
 from .export import copy_tokenizer
+from .hf_code_files import write_code
 from .hf_mapping import (
     armd_config,
     check_exportable,
@@ -62,8 +66,6 @@ from .validate import fixed_batch, max_abs_diff, model_from_state
 from .weights import full_state
 from .weights_file import write_weights
 
-HF_CODE = Path(__file__).parent / "hf_code"
-CODE_FILES = ("configuration_armd.py", "modeling_armd.py")
 LAYOUTS = ("auto", "armd", "llama")
 LLAMA_TOLERANCE = 1e-5
 REFERENCE = "armd_scale's model on the source's full fp32 weights (weights.full_state)"
@@ -128,10 +130,11 @@ def export_hf(
             notes.append("tokenizer left out (--no-tokenizer)")
         separator = None if tok is None else tok.eos_id
         progress(f"writing the {chosen} layout: config, generation config, {EXPORT_WEIGHTS}")
+        code = None
         if chosen == "llama":
             _write_llama(tmp, cfg, state, separator)
         else:
-            _write_armd(tmp, cfg, state, tied_aliases(reference), separator)
+            code = _write_armd(tmp, cfg, state, tied_aliases(reference), separator)
         tok_facts = None
         if tok is not None:
             progress("writing tokenizer.json and tokenizer_config.json (checked against the run's tokenizer)")
@@ -201,6 +204,7 @@ def export_hf(
             "source": {"path": str(source.folder), "kind": source.kind},
             "conversion": report.to_dict(),
             **({"llama": {"bos_id": real, "real_vocab": real}} if chosen == "llama" else {}),
+            **({"code": code} if code is not None else {}),
         }
         card = model_card(
             cfg,
@@ -220,13 +224,13 @@ def export_hf(
     return report
 
 
-def _write_armd(tmp: Path, cfg, state, aliases: dict[str, str], separator: int | None) -> None:
+def _write_armd(tmp: Path, cfg, state, aliases: dict[str, str], separator: int | None) -> dict[str, dict]:
+    """Write the custom-code layout; returns the shipped code's record (hf_code_files.write_code)."""
     from transformers import GenerationConfig
 
     from .hf_code.configuration_armd import ARMDConfig
 
-    for name in CODE_FILES:
-        shutil.copyfile(HF_CODE / name, tmp / name)
+    code = write_code(tmp)
     config = ARMDConfig(**armd_config(cfg.model), eos_token_id=separator, pad_token_id=separator)
     config.architectures = ["ARMDForCausalLM"]
     config.auto_map = {
@@ -239,6 +243,7 @@ def _write_armd(tmp: Path, cfg, state, aliases: dict[str, str], separator: int |
     # no KV cache in the exported code: every generation step runs the whole (short) sequence
     generation = GenerationConfig(eos_token_id=separator, pad_token_id=separator, use_cache=False)
     generation.save_pretrained(tmp)
+    return code
 
 
 def _write_llama(tmp: Path, cfg, state, separator: int | None) -> None:

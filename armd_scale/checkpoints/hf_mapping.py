@@ -1,8 +1,9 @@
 """How an armd_scale model maps onto a Hugging Face transformers model, both ways, as data.
 
 Two layouts:
-- `armd` (custom code, `trust_remote_code=True`): the code in hf_code/ under armd_scale's own
-  parameter names with a `model.` prefix; any `armd` model and any `ar` model (its gelu MLP and
+- `armd` (custom code, `trust_remote_code=True`): armd_scale's own model (the glue in hf_code/ and
+  the model modules it imports, shipped by hf_code_files.py) under its parameter names with a
+  `model.` prefix; any `armd` model and any `ar` model (its gelu MLP and
   its learned start vector have no stock equivalent).
 - `llama` (a stock `LlamaForCausalLM`, no custom code): an `ar` model with the SwiGLU MLP. The
   layers map one to one (attn_norm -> input_layernorm, wq/wk/wv/wo -> q/k/v/o_proj, mlp_norm ->
@@ -14,75 +15,59 @@ Two layouts:
   [s, x_0, ..., x_{k-1}]. The output matrix keeps T real rows plus a zero row for BOS (logit 0), so
   embeddings are stored untied; score with logits[..., :T] (BOS is suppressed in generation).
 
-Every field of `ModelConfig` is listed in `FIELDS` with how the exported code treats it. A field
-this module does not know (a model option added later) is refused unless it has its default, and
-the exporter's logit check then decides: an option can never export wrong code silently.
+The `armd` layout ships the package's own model modules (hf_code_files.py), so every model option
+the package implements is implemented there too. What this module decides per field comes from the
+field's declaration in model_config.py (`FIELDS`, derived): its config.json key, the values the
+export accepts (hf_values, else every value of its type) and whether it only matters at
+initialisation or at run time. A field with no config.json key (hf=None) is refused unless it has its
+default, and the exporter's logit check decides the rest: an option never exports wrong code silently.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 
-from ..config import ModelConfig
 from ..model.layers import mlp_hidden
+from ..model_config import DERIVED, INIT, RUNTIME, ModelConfig, declarations, to_hf
 from ..safe_paths import contained_path
 from .integrity import CorruptCheckpointError
 from .report import ConversionError
 
 ANY = "any value"
 INIT_ONLY = "initialisation only: does not change a trained model's function"
-RUNTIME = "a runtime choice with the same function: the exported code uses PyTorch SDPA"
-FIELDS: dict[str, tuple[Any, ...] | str] = {
-    "arch": ("armd", "ar"),
-    "vocab_size": ANY,
-    "n_layers": ANY,
-    "d_model": ANY,
-    "n_heads": ANY,
-    "max_seq_len": ANY,
-    "n_two_stream_layers": ANY,
-    "d_pe": ANY,
-    "prefix_agg": ("sum", "mean", "none"),
-    "pe_init_tau": INIT_ONLY,
-    "pe_init": INIT_ONLY,
-    # a name for the combination of the query-input fields below, each of which is checked itself
-    "query_input": ANY,
-    "positional_start": (True, False),
-    "mlp": ("swiglu", "gelu"),
-    "mlp_ratio": ANY,
-    "tie_embeddings": (True, False),
-    "rope_theta": ANY,
-    "norm_eps": ANY,
-    "init_std": INIT_ONLY,
-    "attention_backend": RUNTIME,
-    "compile": RUNTIME,
-    "tokenizer_vocab_size": ANY,
-    # the query stream's input options (model/neighbour.py, ARMDModel.prefix_aggregate)
-    "neighbour_heads": ANY,
-    "neighbour_kind": ("symmetric", "directional"),
-    "positional_start_table": ("shared", "separate"),
-    "positional_start_scope": ("all", "first_block"),
-    "positional_start_init": INIT_ONLY,
-    "prefix_norm": (True, False),
-    "prefix_query_table": (True, False),
-    "previous_block_input": (True, False),
-    "pe_lr_scale": ANY,
-}
-# Their values when a ModelConfig predates them: the paper's query-stream input (ARMDConfig's defaults).
-QUERY_INPUT_OFF: dict[str, Any] = {
-    "neighbour_heads": 0,
-    "neighbour_kind": "symmetric",
-    "positional_start_table": "shared",
-    "positional_start_scope": "all",
-    "prefix_norm": False,
-    "prefix_query_table": False,
-    "previous_block_input": False,
-    "pe_lr_scale": 1.0,
-}
+RUNTIME_ONLY = "a runtime choice with the same function: the exported code uses ModelConfig's default"
+
+
+def export_rules(cls: type | None = None) -> dict[str, tuple[Any, ...] | str]:
+    """{field: the values the export accepts, or a sentence saying why any value is fine}, from the
+    declarations of ModelConfig (or `cls`, a subclass)."""
+    hints = typing.get_type_hints(cls or ModelConfig)
+    rules: dict[str, tuple[Any, ...] | str] = {}
+    for d in declarations(cls):
+        tp = hints[d.name]
+        if d.role == INIT:
+            rules[d.name] = INIT_ONLY
+        elif d.role == RUNTIME:
+            rules[d.name] = RUNTIME_ONLY
+        elif d.role == DERIVED:  # a name for a combination of fields, each of which is checked itself
+            rules[d.name] = ANY
+        elif d.hf_values is not None:
+            rules[d.name] = d.hf_values
+        elif get_origin(tp) is Literal:
+            rules[d.name] = get_args(tp)
+        elif tp is bool:
+            rules[d.name] = (True, False)
+        else:
+            rules[d.name] = ANY
+    return rules
+
+
+FIELDS = export_rules()
 LLAMA_MAP = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn.wq.weight": "self_attn.q_proj.weight",
@@ -96,33 +81,26 @@ LLAMA_MAP = {
 }
 
 
-def _default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return dataclasses.MISSING
-
-
 def check_exportable(mc: ModelConfig) -> list[str]:
     """Refuse, naming the field, a model the exported code would not reproduce; returns notes."""
     notes = []
-    for field in dataclasses.fields(mc):
-        value = getattr(mc, field.name)
-        rule = FIELDS.get(field.name)
-        if rule is None:
-            if value != _default(field):
-                raise ConversionError(
-                    f"model.{field.name}={value!r}: the Hugging Face export code does not implement this model option "
-                    f"(it knows {', '.join(FIELDS)}); export with --to export instead"
-                )
-            notes.append(f"model.{field.name} is new to the exporter and at its default; the logit check covers it")
-        elif isinstance(rule, tuple) and value not in rule:
+    rules = FIELDS if type(mc) is ModelConfig else export_rules(type(mc))
+    for d in declarations(type(mc)):
+        value = getattr(mc, d.name)
+        rule = rules[d.name]
+        if d.hf is None and d.role not in (INIT, RUNTIME) and value != d.default:
+            raise ConversionError(
+                f"model.{d.name}={value!r}: the Hugging Face export code does not implement this model option "
+                "(it has no config.json key); export with --to export instead"
+            )
+        if isinstance(rule, tuple) and value not in rule:
             supported = ", ".join(repr(v) for v in rule)
             raise ConversionError(
-                f"model.{field.name}={value!r} has no Hugging Face export (supported: {supported}); "
+                f"model.{d.name}={value!r} has no Hugging Face export (supported: {supported}); "
                 "use --to export, which armd_scale loads"
             )
+        if d.hf is None and d.role == RUNTIME and value != d.default:
+            notes.append(f"model.{d.name}={value!r} is a runtime choice: the exported code uses {d.default!r}")
     return notes
 
 
@@ -140,26 +118,8 @@ def real_vocab(mc: ModelConfig) -> int:
 
 
 def armd_config(mc: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments of hf_code's ARMDConfig."""
-    return {
-        "arch": mc.arch,
-        "vocab_size": mc.vocab_size,
-        "n_layers": mc.n_layers,
-        "d_model": mc.d_model,
-        "n_heads": mc.n_heads,
-        "max_seq_len": mc.max_seq_len,
-        "n_two_stream_layers": mc.two_stream_layers,
-        "d_pe": mc.d_pe,
-        "prefix_agg": mc.prefix_agg,
-        "positional_start": mc.positional_start,
-        "mlp": mc.mlp,
-        "mlp_hidden": mlp_hidden(mc.d_model, mc.mlp_ratio, mc.mlp),
-        "rope_theta": mc.rope_theta,
-        "norm_eps": mc.norm_eps,
-        "tokenizer_vocab_size": mc.tokenizer_vocab_size,
-        "tie_word_embeddings": mc.tie_embeddings,
-        **{name: getattr(mc, name, off) for name, off in QUERY_INPUT_OFF.items()},
-    }
+    """Keyword arguments of hf_code's ARMDConfig: every exported field under its config.json key."""
+    return to_hf(mc)
 
 
 def llama_config(mc: ModelConfig) -> dict[str, Any]:

@@ -23,7 +23,6 @@ fields of meta.json and config.json.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -31,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, saved_model_fields
+from ..config import saved_model_fields
+from ..model_config import DERIVED, INIT, RUNTIME, SHAPE, declarations, fields_with_role
 from ..safe_paths import contained_path
 from .integrity import CorruptCheckpointError, fsync_dir, listed_paths, write_durable
 
@@ -63,33 +63,10 @@ HF_FORMAT = "armd_scale-hf-1"
 HF_META = "armd_scale.json"  # the resolved run config, provenance and the validation record
 HF_TOKENIZER = "armd_tokenizer"  # the run's own tokenizer files, as an export's tokenizer/
 
-# Model fields that change parameter shapes or what the weights mean: a `train.init_from` with a different
-# value is refused (a resume is stricter: `function_differences`). Fields such as rope_theta may change on
-# purpose when fine-tuning from trained weights.
-SHAPE_FIELDS = (
-    "arch",
-    "vocab_size",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "max_seq_len",
-    "n_two_stream_layers",
-    "d_pe",
-    "mlp",
-    "mlp_ratio",
-    "tie_embeddings",
-    "positional_start",
-    # the query stream's input (docs/ARCHITECTURE.md): parameters, or what they mean
-    "neighbour_heads",
-    "neighbour_kind",
-    "positional_start_table",
-    "positional_start_scope",
-    "prefix_agg",
-    "prefix_norm",
-    "prefix_query_table",
-    "previous_block_input",
-    "pe_lr_scale",  # the PE tables are stored divided by it
-)
+# Model fields that change parameter shapes or what the weights mean (role SHAPE in model_config.py): a
+# `train.init_from` with a different value is refused (a resume is stricter: `function_differences`).
+# Fields such as rope_theta may change on purpose when fine-tuning from trained weights.
+SHAPE_FIELDS = fields_with_role(SHAPE)
 
 
 def files_key(file: str) -> str:
@@ -198,48 +175,40 @@ def _write_named(path: Path, data: str) -> None:
         raise
 
 
-def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`model.KEY: checkpoint A vs config B` for every shape field that differs. A field the saved
-    config lacks did not exist when it was written: it counts as its value of the time."""
-    saved = saved_model_fields(saved)
+def shape_differences(saved: dict[str, Any], current: dict[str, Any], fields_of: type | None = None) -> list[str]:
+    """`model.KEY: checkpoint A vs config B` for every shape field (of ModelConfig, or of `fields_of`, a
+    subclass) that differs. A field the saved config lacks did not exist when it was written: it counts
+    as its value of the time."""
+    saved = saved_model_fields(saved, fields_of)
+    shape = SHAPE_FIELDS if fields_of is None else fields_with_role(SHAPE, cls=fields_of)
     return [
         f"model.{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-        for k in SHAPE_FIELDS
+        for k in shape
         if saved.get(k) != current.get(k)
     ]
 
 
-# Model fields that change neither a parameter's shape nor the function trained weights compute: how the
-# same function is evaluated (the attention kernel, torch.compile), how weights were first drawn (only
-# read when a run starts), and query_input, a name for a combination of fields that are checked
-# themselves. Every other ModelConfig field, including any added later, is protected on resume: a new
-# field is guarded the day it is added, unless it is listed here with its reason.
-NON_FUNCTION_FIELDS = frozenset(
-    {"attention_backend", "compile", "init_std", "pe_init_tau", "pe_init", "positional_start_init", "query_input"}
-)
+# Model fields that change neither a parameter's shape nor the function trained weights compute (roles
+# RUNTIME, INIT and DERIVED in model_config.py): how the same function is evaluated (the attention
+# kernel, torch.compile), how weights were first drawn (only read when a run starts), and query_input, a
+# name for a combination of fields that are checked themselves. Every other ModelConfig field, including
+# any added later without a declared role, is protected on resume.
+NON_FUNCTION_FIELDS = frozenset(fields_with_role(RUNTIME, INIT, DERIVED))
 
 
 def function_differences(saved: dict[str, Any], current: dict[str, Any], fields_of: type | None = None) -> list[str]:
     """`model.KEY: checkpoint A vs config B` for every model field that changes the function the model
-    computes (all ModelConfig fields but NON_FUNCTION_FIELDS). A key missing from `saved` (a checkpoint
-    written before the field existed) counts as its value of the time (config.LEGACY_MODEL_VALUES), else
-    as the field's default, which reproduces the old behaviour."""
-    fields_of = fields_of or ModelConfig
-    saved = saved_model_fields(saved)
-    defaults = {f.name: _default(f) for f in dataclasses.fields(fields_of)}
+    computes (roles SHAPE and FUNCTION of ModelConfig, or of `fields_of`, a subclass). A key missing from
+    `saved` (a checkpoint written before the field existed) counts as its value of the time (its legacy
+    declaration), else as the field's default, which reproduces the old behaviour."""
+    saved = saved_model_fields(saved, fields_of)
+    unguarded = (RUNTIME, INIT, DERIVED)
+    defaults = {d.name: d.default for d in declarations(fields_of) if d.role not in unguarded}
     return [
         f"model.{k}: checkpoint {saved.get(k, default)!r} vs config {current.get(k, default)!r}"
         for k, default in defaults.items()
-        if k not in NON_FUNCTION_FIELDS and saved.get(k, default) != current.get(k, default)
+        if saved.get(k, default) != current.get(k, default)
     ]
-
-
-def _default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return None
 
 
 def universal_tag_dir(folder: Path) -> Path | None:

@@ -75,7 +75,9 @@ def model_card(
             "`logits[b, k]` predicts `tokens[b, order[b, k]]` from the tokens of strictly earlier blocks, for any",
             "generation order and any block structure (strided block-parallel decoding, infilling, random orders);",
             "with `order = block = arange(n)` it gives the exact left-to-right likelihood of every token, the first",
-            "one included. The code (`modeling_armd.py`, `configuration_armd.py`) needs only torch and transformers.",
+            "one included. The code (`modeling_armd.py`, `configuration_armd.py` and the model modules beside them,",
+            "armd_scale's own source with only its package imports made sibling imports) needs only torch and",
+            "transformers.",
         ]
     else:
         usage = [

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .attention import prepare
 from .generation_orders import l2r_order
 from .layers import Block, init_weights

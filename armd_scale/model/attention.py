@@ -181,8 +181,7 @@ def _full(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> to
     if backend == "flex":
         return _flex_fn(q.device.type)(q, k, v, block_mask=None)
     if backend == "flash":
-        from flash_attn import flash_attn_func
-
+        flash_attn_func = _flash_attn_func()
         return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -191,9 +190,19 @@ def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def _flash_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from flash_attn import flash_attn_func  # optional dependency; layout [B, T, H, D]
+def _flash_attn_func():
+    """flash_attn's kernel (an optional dependency; layout [B, T, H, D]). Imported in a try block, the one
+    place transformers' check_imports does not look, so the Hugging Face export that ships this module
+    loads where flash-attn is not installed (checkpoints/hf_code_files.py)."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as exc:
+        raise RuntimeError("model.attention_backend=flash needs the flash_attn package") from exc
+    return flash_attn_func
 
+
+def _flash_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    flash_attn_func = _flash_attn_func()
     return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
 
 

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .neighbour import NeighbourAttention
 
 

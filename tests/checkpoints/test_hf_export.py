@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from armd_scale.checkpoints.hf_mapping import QUERY_INPUT_OFF, check_exportable
+from armd_scale.checkpoints.hf_mapping import check_exportable
 from armd_scale.checkpoints.report import ConversionError
 from armd_scale.checkpoints.source import open_source
 from armd_scale.checkpoints.weights import full_state
 from armd_scale.cli import main
 from armd_scale.config import ModelConfig
+from armd_scale.model_config import SHAPE, option
 from armd_scale.pretrained import load_pretrained
 from tests.checkpoints.isolated_python import clean_env, python_without_armd_scale
 
@@ -91,6 +93,28 @@ def _inputs(model) -> dict[str, torch.Tensor]:
     return {"tokens": tokens, "order": order, "block": (torch.arange(32) // 4).expand(2, 32)}
 
 
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+IMPORT_LINE = re.compile(r"^\s*from \.+[\w.]* import ")
+
+
+def _assert_built_from_package(folder: Path) -> None:
+    """The folder's code is armd_scale's source by construction: every .py file is the package module its
+    armd_scale.json record names, with only the recorded import lines changed (each a relative import
+    before and after), and the forward modules are among them: no second copy of the arithmetic."""
+    code = json.loads((folder / "armd_scale.json").read_text())["code"]
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted(code)
+    core = {"configuration_armd.py", "modeling_armd.py", "model_config.py", "armd.py", "layers.py", "attention.py"}
+    assert core | {"masks.py", "rope.py", "neighbour.py", "query_input.py"} <= set(code)
+    for name, record in code.items():
+        assert record["module"].startswith("armd_scale.") and record["module"].endswith("." + name[:-3])
+        lines = (PACKAGE_PARENT / record["source"]).read_text().splitlines(keepends=True)
+        for number, old, new in record["rewrites"]:
+            assert lines[number - 1] == old + "\n" and IMPORT_LINE.match(old) and IMPORT_LINE.match(new)
+            assert old.split(" import ")[1] == new.split(" import ")[1]  # the same names, from a sibling
+            lines[number - 1] = new + "\n"
+        assert (folder / name).read_text() == "".join(lines), name
+
+
 def _load_in_isolation(tmp_path, folders: dict[str, Path]) -> list[tuple[dict, dict]]:
     """Load every folder with transformers in a fresh venv without armd_scale, on `_inputs` saved beside it
     (tmp_path/NAME-x.pt); return (facts, outputs) per folder."""
@@ -141,11 +165,11 @@ def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_
         assert code == 0, err
         report = json.loads(stdout)
         assert report["to"] == "hf" and report["max_abs_logit_diff"] == 0.0 and report["exact_required"]
-        assert sorted(p.name for p in out.iterdir()) == sorted(
-            ["README.md", "armd_scale.json", "armd_tokenizer", "config.json", "configuration_armd.py",
-             "generation_config.json", "model.safetensors", "modeling_armd.py", "tokenizer.json",
-             "tokenizer_config.json"]
+        assert sorted(p.name for p in out.iterdir() if p.suffix != ".py") == sorted(
+            ["README.md", "armd_scale.json", "armd_tokenizer", "config.json", "generation_config.json",
+             "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
         )  # fmt: skip
+        _assert_built_from_package(out)
         config = json.loads((out / "config.json").read_text())
         assert config["model_type"] == "armd"
         assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_armd.ARMDForCausalLM"
@@ -164,7 +188,17 @@ def test_hf_export_loads_where_armd_scale_cannot_be_imported(text_run, text_bpe_
 
 
 # The query stream's input options (model/neighbour.py); older ModelConfigs lack them.
-HAS_QUERY_INPUT_OPTIONS = all(hasattr(ModelConfig(), f) for f in QUERY_INPUT_OFF)
+QUERY_INPUT_FIELDS = [
+    "neighbour_heads",
+    "neighbour_kind",
+    "positional_start_table",
+    "positional_start_scope",
+    "prefix_norm",
+    "prefix_query_table",
+    "previous_block_input",
+    "pe_lr_scale",
+]
+HAS_QUERY_INPUT_OPTIONS = all(hasattr(ModelConfig(), f) for f in QUERY_INPUT_FIELDS)
 QUERY_INPUT_VARIANTS = {
     "default": {},  # ModelConfig's defaults: the neighbour input
     "paper": {"neighbour_heads": 0, "positional_start": False, "pe_init": "shift"},  # the paper's input
@@ -195,7 +229,7 @@ def _variant_export(run, out: Path, fields: dict, capsys) -> Path:
     assert code == 0, err
     meta = json.loads((out / "config.json").read_text())
     defaults = ModelConfig()
-    query_input = {f: getattr(defaults, f) for f in [*QUERY_INPUT_OFF, "positional_start_init", "prefix_agg"]}
+    query_input = {f: getattr(defaults, f) for f in [*QUERY_INPUT_FIELDS, "positional_start_init", "prefix_agg"]}
     meta["config"]["model"].update({**query_input, **fields})
     cfg = config_of(meta["config"], "variant")
     torch.manual_seed(0)
@@ -232,7 +266,7 @@ def test_query_stream_options_export_and_reproduce(text_run, tmp_path, capsys):
         assert json.loads(stdout)["max_abs_logit_diff"] == 0.0
         config = json.loads((out / "config.json").read_text())
         mc = load_pretrained(source).config.model
-        assert all(config[f] == getattr(mc, f) for f in QUERY_INPUT_OFF)
+        assert all(config[f] == getattr(mc, f) for f in QUERY_INPUT_FIELDS)
         torch.save(_inputs(load_pretrained(source).model), tmp_path / f"{name}-x.pt")
         folders[name] = out
     results = _load_in_isolation(tmp_path, folders)
@@ -341,11 +375,15 @@ def test_model_options_the_exported_code_lacks_are_refused(text_mdlm_run, tmp_pa
     assert code == 1 and "model.arch='mdlm' has no Hugging Face export" in err
     assert not (tmp_path / "o").exists()
 
-    # a model option added after the exporter was written: refused unless at its default
+    # The exported code is the package's own, so a model option added later is exported with it (under
+    # its config.json key; the logit check decides). Only an option declared with no key is refused
+    # unless at its default: the folder could not say which value it has.
     later = dataclasses.make_dataclass(
-        "Later", [("stream_gate", str, dataclasses.field(default="plain"))], bases=(ModelConfig,)
+        "Later",
+        [("stream_gate", str, option("plain", role=SHAPE, hf=None)), ("window", int, dataclasses.field(default=0))],
+        bases=(ModelConfig,),
     )
-    assert check_exportable(later(stream_gate="plain"))  # at its default: a note, the logit check decides
+    assert check_exportable(later(stream_gate="plain", window=3)) == []
     with pytest.raises(ConversionError, match=r"model.stream_gate='gated': the Hugging Face export code does not"):
         check_exportable(later(stream_gate="gated"))
     with pytest.raises(ConversionError, match="model.prefix_agg='max'"):
