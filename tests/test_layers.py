@@ -151,5 +151,5 @@ def test_the_loop_finder_finds_loops(graph, has_cycle):
 def test_the_import_reader_sees_function_level_imports():
     """A late import inside a function counts: that is how the old model -> generate loop was hidden."""
     assert "armd_scale.checkpoints.pretrained" in GRAPH["armd_scale.pretrained"]
-    late = {m for m, targets in GRAPH.items() if "armd_scale.data.tokenizer" in targets}
+    late = {m for m, targets in GRAPH.items() if "armd_scale.data.tokenizers.load" in targets}
     assert "armd_scale.checkpoints.pretrained" in late  # imported inside Pretrained.tokenizer()

@@ -131,7 +131,7 @@ def copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress:
     found by hub name) after checking it is the one the checkpoint was trained with; a tokenizer that
     changed since would silently garble every output."""
     from ..data.errors import DataError
-    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
+    from ..data.tokenizers.load import IdsOnlyTokenizer, load_tokenizer
 
     src = meta.get("tokenizer_dir")
     if not src:

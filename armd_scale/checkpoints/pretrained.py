@@ -25,7 +25,7 @@ from .source import Source, open_source, reads_newest
 from .weights import full_state
 
 if TYPE_CHECKING:
-    from ..data.tokenizer import Tokenizer
+    from ..data.tokenizers.load import Tokenizer
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Pretrained:
 
     def tokenizer(self) -> Tokenizer:
         """The run's tokenizer (any backend), or an error saying where it was expected."""
-        from ..data.tokenizer import load_tokenizer
+        from ..data.tokenizers.load import load_tokenizer
 
         if not self.tokenizer_dir:
             raise FileNotFoundError(f"{self.source} names no tokenizer; pass token ids or train with a tokenizer")

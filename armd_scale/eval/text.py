@@ -93,7 +93,7 @@ def codec_for(pretrained) -> TextCodec:
     has vanished, a tokenizer that is not the one the run was trained with (another SHA-256), or one
     with more ids than the model are errors naming it: its ids would decode to nonsense.
     """
-    from ..data.tokenizer import INFO_FILE, IdsOnlyTokenizer, load_tokenizer
+    from ..data.tokenizers.load import INFO_FILE, IdsOnlyTokenizer, load_tokenizer
 
     vocab = pretrained.config.model.vocab_size
     tok_dir = pretrained.tokenizer_dir

@@ -26,7 +26,7 @@ import torch
 from ..atomic import write_atomic
 from ..checkpoints.layout import DIVERGED_SUFFIX, NONFINITE_SUFFIX, complete_tags, is_complete, tag_for
 from ..config import Config, ConfigError, dump_config
-from ..data.loader import ShardLoader
+from ..data.loading.loader import ShardLoader
 from ..model import build_model
 from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_INTERRUPTED, EXIT_PREEMPTED

@@ -8,10 +8,10 @@ from typing import Any
 import torch.distributed as dist
 
 from ..config import Config, ConfigError
-from ..data.builtin import ensure_builtin_dataset
-from ..data.loader import ShardLoader
+from ..data.loading.loader import ShardLoader
+from ..data.loading.mixture import MixtureSource
 from ..data.manifest import read_manifest
-from ..data.mixture import MixtureSource
+from ..data.prepare.builtin import ensure_builtin_dataset
 from .distributed import DistInfo, barrier
 from .engine import BatchLayout
 
@@ -148,7 +148,7 @@ def check_tokenizer(spec: str, expected_sha256: str, where: str) -> None:
     """data.tokenizer must be the tokenizer the shards were built with: the run records it for
     evaluation and generation, which would otherwise decode ids with the wrong vocabulary."""
     from ..data.errors import DataError
-    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
+    from ..data.tokenizers.load import IdsOnlyTokenizer, load_tokenizer
 
     sha: str | None
     try:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from armd_scale.config import DataConfig
-from armd_scale.data.builtin import builtin_cache_dir, ensure_builtin_dataset
 from armd_scale.data.errors import DataError
-from armd_scale.data.loader import ShardLoader
+from armd_scale.data.loading.loader import ShardLoader
 from armd_scale.data.manifest import manifest_info
-from armd_scale.data.tokenizer import load_tokenizer, tokenizer_info
+from armd_scale.data.prepare.builtin import builtin_cache_dir, ensure_builtin_dataset
+from armd_scale.data.tokenizers.load import load_tokenizer, tokenizer_info
 
 
 def cfg(tmp_path: Path, **kw) -> DataConfig:

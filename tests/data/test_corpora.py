@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from armd_scale.data.corpora import MarkovSource, parse_synthetic, pydoc_documents
 from armd_scale.data.errors import DataError
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.shards import build_synthetic_shards
-from armd_scale.data.tokenizer import tokenizer_info
+from armd_scale.data.prepare.corpora import MarkovSource, parse_synthetic, pydoc_documents
+from armd_scale.data.prepare.synthetic import build_synthetic_shards
+from armd_scale.data.tokenizers.load import tokenizer_info
 from tests.data.conftest import shard_stream
 
 

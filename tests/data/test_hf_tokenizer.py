@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from armd_scale.cli import main
-from armd_scale.data.corpora import pydoc_documents
 from armd_scale.data.errors import DataError
-from armd_scale.data.hf_tokenizer import HFTokenizer
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.shards import build_shards
-from armd_scale.data.textio import expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import load_tokenizer, train_tokenizer
+from armd_scale.data.prepare.corpora import pydoc_documents
+from armd_scale.data.prepare.shards import build_shards
+from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
+from armd_scale.data.prepare.tokenizer_training import train_tokenizer
+from armd_scale.data.tokenizers.hf import HFTokenizer
+from armd_scale.data.tokenizers.load import load_tokenizer
 from tests.data.conftest import CORPORA, shard_stream
 
 UNICODE = "naïve café — 日本語 🙂\n\tindented  twice\r\nand <|endoftext|> [SEP] as plain text\n\n"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from armd_scale.data.errors import DataError, DataMismatchError
-from armd_scale.data.loader import ShardLoader
+from armd_scale.data.loading.loader import ShardLoader
 from armd_scale.data.manifest import read_manifest
 from armd_scale.data.shardio import DEFAULT_CHUNK_KB, chunk_samples_for
 from armd_scale.data.urls import RetryPolicy

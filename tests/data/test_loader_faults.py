@@ -11,7 +11,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from armd_scale.data.errors import BadShardError
-from armd_scale.data.manifest_upgrade import upgrade_manifests
+from armd_scale.data.prepare.manifest_upgrade import upgrade_manifests
 from armd_scale.data.urls import RetryPolicy
 from tests.data.test_loader import STEPS, G, make, take_steps
 

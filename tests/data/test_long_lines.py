@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from armd_scale.data.textio import iter_documents
-from armd_scale.data.tokenizer import load_tokenizer
+from armd_scale.data.prepare.textio import iter_documents
+from armd_scale.data.tokenizers.load import load_tokenizer
 from tests.data.conftest import shard_stream
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "omicron"]
@@ -53,7 +53,7 @@ def test_an_over_long_line_is_sharded_in_bounded_memory_and_its_text_is_kept(
     src.write_text("\n".join(docs) + "\n")
     out = tmp_path / "set"
     code = (
-        "from armd_scale.data.shards import build_shards\n"
+        "from armd_scale.data.prepare.shards import build_shards\n"
         f"build_shards([{str(src)!r}], {str(out)!r}, {str(tokenizer_dir)!r}, seq_len=16, doc_split='line',"
         " shard_size_mb=1)\n"
     )
@@ -77,7 +77,7 @@ def test_tokenizer_training_skips_an_over_long_line_without_holding_it(tmp_path:
     without = tmp_path / "short.txt"
     without.write_text("\n".join(lines) + "\n")
     code = (
-        "from armd_scale.data.tokenizer import train_tokenizer\n"
+        "from armd_scale.data.prepare.tokenizer_training import train_tokenizer\n"
         f"for src, out in (({str(with_long)!r}, 'with'), ({str(without)!r}, 'without')):\n"
         "    train_tokenizer([src], out, vocab_size=64, doc_split='line', num_threads=1)\n"
     )

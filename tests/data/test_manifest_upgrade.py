@@ -10,8 +10,8 @@ import pytest
 
 from armd_scale.data.errors import DataError
 from armd_scale.data.manifest import MANIFEST_FORMAT_V1, read_manifest
-from armd_scale.data.manifest_upgrade import upgrade_manifests
-from armd_scale.data.shards import verify_shards
+from armd_scale.data.prepare.manifest_upgrade import upgrade_manifests
+from armd_scale.data.prepare.verify import verify_shards
 from tests.data.conftest import write_indexed_set
 from tests.data.test_loader import make, take_steps
 

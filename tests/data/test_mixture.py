@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from armd_scale.data.errors import DataError, DataMismatchError
-from armd_scale.data.mixture import MixtureSource, as_sources, quotas
+from armd_scale.data.loading.mixture import MixtureSource, as_sources, quotas
 from tests.data.conftest import write_indexed_set
 from tests.data.test_loader import make, take_steps
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from armd_scale.data import readers
 from armd_scale.data.errors import DataError
-from armd_scale.data.formats import FileFormat, detect_format
-from armd_scale.data.readers import ReadIssues, iter_text_blocks, split_documents
-from armd_scale.data.shards import build_shards
-from armd_scale.data.textio import expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import Tokenizer
+from armd_scale.data.prepare import readers
+from armd_scale.data.prepare.formats import FileFormat, detect_format
+from armd_scale.data.prepare.readers import ReadIssues, iter_text_blocks, split_documents
+from armd_scale.data.prepare.shards import build_shards
+from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
+from armd_scale.data.tokenizers.load import Tokenizer
 
 zstandard = pytest.importorskip("zstandard")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -104,7 +104,7 @@ def test_unknown_formats_are_errors_that_name_the_file(tmp_path: Path) -> None:
 def _paragraph_docs() -> list[str]:
     """Real prose and code (pydoc topics cut at blank lines) plus non-ASCII text: each document
     has no blank line inside, so a .txt read by paragraph yields exactly these documents."""
-    from armd_scale.data.corpora import pydoc_documents
+    from armd_scale.data.prepare.corpora import pydoc_documents
 
     docs = [p for d in pydoc_documents()[:40] for p in regex_documents(d, "paragraph")]
     docs += ["naïve café — ünïcødé ✓", "日本語のテキスト\n  second line", "emoji 🙂 and <|endoftext|> literally"]
@@ -234,7 +234,7 @@ def test_hf_inputs_refuse_unknown_keys_and_missing_columns(tmp_path: Path) -> No
 def test_shards_pack_long_documents_in_pieces_without_changing_them(tmp_path: Path, tokenizer: Tokenizer) -> None:
     """A document longer than one encoding chunk is cut at line breaks for the workers; the ids must
     be those of the whole document."""
-    from armd_scale.data import shards
+    from armd_scale.data.prepare import shards
 
     text = "\n".join(f"line {i} of a very long document" for i in range(20_000))
     (tmp_path / "long.txt").write_text(text)

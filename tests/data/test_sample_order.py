@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from armd_scale.data.sample_order import ChunkTable, SampleOrder
+from armd_scale.data.loading.sample_order import ChunkTable, SampleOrder
 
 SIZES = [64] * 15 + [40]  # 1000 samples, as `indexed_set`
 CHUNK = 8

@@ -10,12 +10,14 @@ import pytest
 
 from armd_scale.cli import main
 from armd_scale.data.errors import DataError
-from armd_scale.data.loader import ShardLoader
+from armd_scale.data.loading.loader import ShardLoader
 from armd_scale.data.manifest import dtype_for_vocab, read_manifest
 from armd_scale.data.permutations import holdout
-from armd_scale.data.shards import ShardSetWriter, build_shards, verify_shards
-from armd_scale.data.textio import expand_inputs, iter_corpus
-from armd_scale.data.tokenizer import Tokenizer
+from armd_scale.data.prepare.shard_writer import ShardSetWriter
+from armd_scale.data.prepare.shards import build_shards
+from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
+from armd_scale.data.prepare.verify import verify_shards
+from armd_scale.data.tokenizers.load import Tokenizer
 from tests.data.conftest import DOC_GZ, DOCS_JSONL, DOCS_TXT, shard_stream
 
 
@@ -156,8 +158,8 @@ def test_shards_from_other_tar_writers_still_decode(tmp_path: Path) -> None:
     import tarfile
 
     from armd_scale.data.errors import BadShardError
+    from armd_scale.data.prepare.shard_writer import encode_shard
     from armd_scale.data.shardio import decode_shard
-    from armd_scale.data.shards import encode_shard
 
     rows = np.arange(30, dtype=np.uint16).reshape(5, 6)
     ours = encode_shard(rows, 0, "uint16")
@@ -184,7 +186,7 @@ def test_building_streams_with_bounded_memory_and_without_torch(tmp_path: Path, 
     import sys
 
     zstandard = pytest.importorskip("zstandard")
-    from armd_scale.data.corpora import pydoc_documents
+    from armd_scale.data.prepare.corpora import pydoc_documents
 
     docs = pydoc_documents()
     path = tmp_path / "big.jsonl.zst"

@@ -17,7 +17,8 @@ import pytest
 from armd_scale.cli import main
 from armd_scale.data.errors import DataError
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.shards import build_shards, verify_shards
+from armd_scale.data.prepare.shards import build_shards
+from armd_scale.data.prepare.verify import verify_shards
 from tests.data.test_cli import REPO, _tree
 from tests.hold import Hold
 
@@ -57,7 +58,12 @@ def test_two_builds_on_one_out_never_mix(tmp_path: Path, tokenizer_dir: Path, ca
     assert main(_argv(tokenizer_dir, reference, seed=1)) == 0
     capsys.readouterr()
 
-    a = Hold("armd_scale.data.shards:ShardSetWriter.finish:before:1", _argv(tokenizer_dir, out, seed=0), ENV, str(REPO))
+    a = Hold(
+        "armd_scale.data.prepare.shard_writer:ShardSetWriter.finish:before:1",
+        _argv(tokenizer_dir, out, seed=0),
+        ENV,
+        str(REPO),
+    )
     try:
         a.wait_held()
         assert main(_argv(tokenizer_dir, out, seed=1)) == 0  # B, while A is between its shards and manifests
@@ -83,7 +89,7 @@ def test_an_overwrite_killed_midway_leaves_the_old_set_whole(tmp_path: Path, tok
     assert main(_argv(tokenizer_dir, out, seed=0)) == 0
     before = _tree(out)
     killed = Hold(
-        "armd_scale.data.shards:write_atomic:kill-after:2",
+        "armd_scale.data.prepare.shard_writer:write_atomic:kill-after:2",
         [*_argv(tokenizer_dir, out, seed=1), "--overwrite"],
         ENV,
         str(REPO),

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from armd_scale.data.errors import DataError
-from armd_scale.data.formats import INPUT_FORMATS, detect_format, found_in_folder
-from armd_scale.data.hfdatasets import HF_PREFIX
-from armd_scale.data.readers import DOC_SPLITS, DocSplit, file_documents
+from armd_scale.data.prepare.formats import INPUT_FORMATS, detect_format, found_in_folder
+from armd_scale.data.prepare.hfdatasets import HF_PREFIX
+from armd_scale.data.prepare.readers import DOC_SPLITS, DocSplit, file_documents
 from armd_scale.data.urls import StorageOptions, url_to_fs
 
 __all__ = ["DOC_SPLITS", "DocSplit", "INPUT_FORMATS", "expand_inputs", "iter_corpus", "iter_documents"]
@@ -84,11 +84,11 @@ def iter_documents(
     lines (for a second pass over the same files). `max_line_bytes` skips longer lines of text and
     JSON-lines files without ever holding them whole (readers.file_documents)."""
     if source.startswith(BUILTIN_PREFIX):
-        from armd_scale.data.corpora import builtin_documents
+        from armd_scale.data.prepare.corpora import builtin_documents
 
         yield from builtin_documents(source)
     elif source.startswith(HF_PREFIX):
-        from armd_scale.data.hfdatasets import hf_documents
+        from armd_scale.data.prepare.hfdatasets import hf_documents
 
         yield from hf_documents(source, text_field, warn)
     else:

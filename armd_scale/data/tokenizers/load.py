@@ -25,15 +25,8 @@ What `load_tokenizer(spec)` accepts, in this order:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from armd_scale.data.errors import DataError
-from armd_scale.data.hf_tokenizer import HFTokenizer, is_hub_name, load_hf_dir, resolve_hub_name
-from armd_scale.data.hf_training import train_hf_tokenizer
-from armd_scale.data.sp_tokenizer import SentencePieceTokenizer, load_sentencepiece_dir, train_sentencepiece
-from armd_scale.data.textio import DocSplit
-from armd_scale.data.tokenizer_base import (
+from armd_scale.data.tokenizers.base import (
     INFO_FILE,
     INFO_FORMAT,
     MODEL_FILE,
@@ -47,6 +40,8 @@ from armd_scale.data.tokenizer_base import (
     tokenizer_info,
     write_tokenizer_info,
 )
+from armd_scale.data.tokenizers.hf import HFTokenizer, is_hub_name, load_hf_dir, resolve_hub_name
+from armd_scale.data.tokenizers.sentencepiece import SentencePieceTokenizer, load_sentencepiece_dir
 from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, url_to_fs
 
 __all__ = [
@@ -61,7 +56,6 @@ __all__ = [
     "init_encode_worker",
     "load_tokenizer",
     "tokenizer_info",
-    "train_tokenizer",
     "write_tokenizer_info",
 ]
 
@@ -102,33 +96,3 @@ def load_tokenizer(spec: str, storage_options: StorageOptions = None) -> Tokeniz
         with open(path, "rb") as f:
             return HFTokenizer(f.read(), source=spec, info={"hub_name": spec, "resolved": path})
     raise DataError(f"tokenizer {spec} does not exist (not a local path, and not a hub name like gpt2 or org/name)")
-
-
-def train_tokenizer(
-    inputs: Sequence[str],
-    out: str,
-    *,
-    vocab_size: int,
-    kind: str = "sentencepiece",
-    text_field: str = "text",
-    doc_split: DocSplit = "file",
-    input_format: str = "auto",
-    progress: bool = False,
-    storage_options: StorageOptions = None,
-    **options: Any,
-) -> Tokenizer:
-    """Train a tokenizer of `kind` on `inputs` into the directory `out` and return it loaded.
-    SentencePiece options (model_type, character_coverage, byte_fallback, max_sentences,
-    num_threads, seed) apply to kind "sentencepiece"; `lowercase` to "wordpiece"."""
-    read: dict[str, Any] = dict(
-        text_field=text_field, doc_split=doc_split, input_format=input_format, progress=progress
-    )
-    if kind == "sentencepiece":
-        return train_sentencepiece(
-            inputs, out, vocab_size=vocab_size, storage_options=storage_options, **read, **options
-        )
-    if kind in ("byte-bpe", "wordpiece"):
-        return train_hf_tokenizer(
-            inputs, out, kind=kind, vocab_size=vocab_size, storage_options=storage_options, **read, **options
-        )
-    raise DataError(f"tokenizer kind {kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")

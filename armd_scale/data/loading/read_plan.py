@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from armd_scale.data.sample_order import LaneWindow, SampleOrder
+from armd_scale.data.loading.sample_order import LaneWindow, SampleOrder
 
 
 @dataclass

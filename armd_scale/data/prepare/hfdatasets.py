@@ -85,7 +85,7 @@ def _open(spec: str, parsed: HFSpec):
 
 def hf_documents(spec: str, text_field: str, warn: bool = True) -> Iterator[str]:
     """The non-blank `text_field` values of the dataset's rows, newline-normalised, in order."""
-    from armd_scale.data.readers import ReadIssues, record_text
+    from armd_scale.data.prepare.readers import ReadIssues, record_text
 
     parsed = parse_hf(spec)
     ds = _open(spec, parsed)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from armd_scale.data.errors import DataError
-from armd_scale.data.formats import open_stream
+from armd_scale.data.prepare.formats import open_stream
 from armd_scale.data.urls import StorageOptions
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from typing import Any
 
 import sentencepiece
 
-from armd_scale.data.corpora import builtin_fingerprint
 from armd_scale.data.errors import DataError
 from armd_scale.data.manifest import MANIFEST_FILE, MANIFEST_FORMAT
-from armd_scale.data.textio import BUILTIN_PREFIX, SYNTHETIC_PREFIX
-from armd_scale.data.tokenizer import INFO_FILE, INFO_FORMAT
+from armd_scale.data.prepare.corpora import builtin_fingerprint
+from armd_scale.data.prepare.textio import BUILTIN_PREFIX, SYNTHETIC_PREFIX
+from armd_scale.data.tokenizers.load import INFO_FILE, INFO_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ def _complete(root: Path) -> bool:
 
 
 def _build(data_cfg: Any, root: Path, progress: bool) -> None:
-    from armd_scale.data.shards import build_shards, build_synthetic_shards
-    from armd_scale.data.tokenizer import train_tokenizer
+    from armd_scale.data.prepare.shards import build_shards
+    from armd_scale.data.prepare.synthetic import build_synthetic_shards
+    from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"

@@ -26,9 +26,9 @@ from typing import Any
 
 from armd_scale import __version__
 from armd_scale.data.errors import DataError
-from armd_scale.data.hf_tokenizer import HF_INFO_FILE, HF_INFO_FORMAT, HFTokenizer
-from armd_scale.data.textio import DocSplit, expand_inputs, iter_corpus
-from armd_scale.data.tokenizer_base import INFO_FILE
+from armd_scale.data.prepare.textio import DocSplit, expand_inputs, iter_corpus
+from armd_scale.data.tokenizers.base import INFO_FILE
+from armd_scale.data.tokenizers.hf import HF_INFO_FILE, HF_INFO_FORMAT, HFTokenizer
 from armd_scale.data.urls import StorageOptions, join_url, write_atomic
 
 log = logging.getLogger(__name__)

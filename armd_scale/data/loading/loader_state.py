@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from armd_scale.data.errors import DataError, DataMismatchError
+from armd_scale.data.loading.mixture import MixtureSource
+from armd_scale.data.loading.sample_order import ChunkTable, SampleOrder
 from armd_scale.data.manifest import Manifest
-from armd_scale.data.mixture import MixtureSource
-from armd_scale.data.sample_order import ChunkTable, SampleOrder
 
 log = logging.getLogger(__name__)
 

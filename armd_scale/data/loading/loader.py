@@ -34,12 +34,12 @@ import torch
 
 from armd_scale.data.chunk_cache import ChunkCache
 from armd_scale.data.errors import BadShardError, DataError
-from armd_scale.data.loader_state import STATE_VERSION, decode_bad_chunks, encode_bad_chunks, restore_state
+from armd_scale.data.loading.loader_state import STATE_VERSION, decode_bad_chunks, encode_bad_chunks, restore_state
+from armd_scale.data.loading.mixture import MixtureSource, as_sources, check_compatible, mixture_fingerprint, quotas
+from armd_scale.data.loading.prefetch import Background, ChunkStore, make_executor
+from armd_scale.data.loading.read_plan import StepPlan, plan_steps
+from armd_scale.data.loading.sample_order import ChunkTable, SampleOrder
 from armd_scale.data.manifest import check_expectations, read_manifest
-from armd_scale.data.mixture import MixtureSource, as_sources, check_compatible, mixture_fingerprint, quotas
-from armd_scale.data.prefetch import Background, ChunkStore, make_executor
-from armd_scale.data.read_plan import StepPlan, plan_steps
-from armd_scale.data.sample_order import ChunkTable, SampleOrder
 from armd_scale.data.shardio import chunk_ref, read_chunk
 from armd_scale.data.urls import DEFAULT_RETRY, RetryPolicy, StorageOptions, protocol_of
 

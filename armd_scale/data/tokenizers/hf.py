@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from armd_scale.data.errors import DataError
-from armd_scale.data.tokenizer_base import INFO_FILE, Tokenizer
+from armd_scale.data.tokenizers.base import INFO_FILE, Tokenizer
 from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, sha256_bytes
 
 HF_INFO_FILE = "armd_tokenizer.json"
