@@ -46,7 +46,8 @@ from .metrics import MetricsLogger
 from .objective import Objective, make_objective
 from .preemption import StopDuringSetup, StopRequest
 from .profiler import StepProfiler
-from .run_data import TrainData, loader_state_of_all_ranks, open_train_data
+from .run_data import DataSources, TrainData, loader_state_of_all_ranks, open_train_data
+from .run_facts import RunFacts, versions
 from .run_lock import run_dir_lock
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
@@ -80,8 +81,11 @@ class TrainerState:
         )
 
 
-def train(cfg: Config, stop: StopRequest | None = None) -> int:
+def train(cfg: Config, stop: StopRequest | None = None, sources: DataSources | None = None) -> int:
     """Run (or resume) training as described by `cfg`. Returns the process exit code.
+
+    `sources`: the prepared shard sets (the command layer builds a built-in corpus on first use and
+    passes them); default: the shard sets as `cfg.data` names them.
 
     `stop` holds the stop-request handlers; `armd train` installs them before anything else so that a
     signal during set-up is acted on, not lost. Rank 0 holds the run directory's lock throughout; every
@@ -94,7 +98,7 @@ def train(cfg: Config, stop: StopRequest | None = None) -> int:
         run_dir = Path(cfg.run.dir).expanduser()
         _refuse_a_file_in_the_way(run_dir)
         with run_dir_lock(run_dir, dist_info, say=print if dist_info.is_main else lambda _: None):
-            return _train_locked(cfg, stop, dist_info, layout, run_dir)
+            return _train_locked(cfg, stop, dist_info, layout, run_dir, sources)
     finally:
         if own_stop:
             stop.restore()
@@ -111,16 +115,21 @@ def _refuse_a_file_in_the_way(run_dir: Path) -> None:
             return
 
 
-def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: BatchLayout, run_dir: Path) -> int:
+def _train_locked(
+    cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: BatchLayout, run_dir: Path, sources: DataSources | None
+) -> int:
     run: _Run | None = None
     try:
         _prepare_run_dir(dist_info, run_dir)
         stop.check_setup(dist_info.device, "run directory")
-        data = open_train_data(cfg, dist_info)  # completes the config from the shards (tokenizer_vocab_size)
-        if dist_info.is_main:  # so config.yaml is written once the config is complete: the config the run uses
+        data = open_train_data(cfg, dist_info, sources)
+        if dist_info.is_main:  # the config as resolved, never completed; what the data says goes to run_facts
             write_atomic(run_dir / "config.yaml", dump_config(cfg))
+            _run_facts(data, dist_info, cfg).write(run_dir)
         stop.check_setup(dist_info.device, "data")
-        run = _set_up(cfg, dist_info, layout, run_dir, data, stop)
+        # the model is built from config + facts (model.tokenizer_vocab_size from the shards); checkpoints
+        # record this effective config, which is what their readers build the model from
+        run = _set_up(data.model_config(), dist_info, layout, run_dir, data, stop)
         stop.set_time_limit(cfg.train.max_minutes)
         try:
             exit_code = run.steps(stop)
@@ -140,9 +149,21 @@ def _train_locked(cfg: Config, stop: StopRequest, dist_info: DistInfo, layout: B
     barrier()
     if dist_info.is_main:  # the status first: an optional sample that fails cannot fail a finished run
         reason = stop.reason if exit_code else "finished"
-        sample = ("sample", lambda: print_final_sample(run.engine.module, cfg, data.tokenizer_dir, print))
+        sample = ("sample", lambda: print_final_sample(run.engine.module, cfg, data.tokenizer.location, print))
         finish_run(run_dir, exit_code, run.state.step, reason, [sample] if exit_code == 0 else [])
     return exit_code
+
+
+def _run_facts(data: TrainData, dist_info: DistInfo, cfg: Config) -> RunFacts:
+    return RunFacts(
+        tokenizer=data.tokenizer,
+        tokenizer_vocab_size=data.vocab_size,
+        train=[{"url": s.url, "weight": s.weight, "epochs": s.epochs} for s in data.train_sources],
+        val=data.val_url,
+        world_size=dist_info.world_size,
+        tp=cfg.parallel.tp,
+        versions=versions(),
+    )
 
 
 def _prepare_run_dir(dist_info: DistInfo, run_dir: Path) -> None:
@@ -155,9 +176,7 @@ def _set_up(
     cfg: Config, dist_info: DistInfo, layout: BatchLayout, run_dir: Path, data: TrainData, stop: StopRequest
 ) -> _Run:
     """Model, engine and loader; resumed from the newest checkpoint or started (maybe from init_from)."""
-    checkpointer = Checkpointer(
-        run_dir, cfg, dist_info, tokenizer_sha256=data.tokenizer_sha256, tokenizer_dir=data.tokenizer_dir
-    )
+    checkpointer = Checkpointer(run_dir, cfg, dist_info, tokenizer=data.tokenizer)
     plan = checkpointer.plan_resume()
     stop.check_setup(dist_info.device, "resume plan")
 
@@ -165,7 +184,7 @@ def _set_up(
     model = build_model(cfg.model).to(dist_info.device)
     init_message = None
     if plan.tag is None and cfg.train.init_from:  # a new run starting from trained weights (resume wins)
-        init_message = initialize_from(model, cfg, data.tokenizer_sha256, dist_info)
+        init_message = initialize_from(model, cfg, data.tokenizer, dist_info)
     engine, optimizer, scheduler = build_engine(cfg, model, dist_info, layout, load_universal=plan.universal)
     dp_rank, dp_world = data_parallel_coords(dist_info, cfg.parallel.tp)
     loader = data.train_loader(layout, dp_rank, dp_world, pin_memory=dist_info.device.type == "cuda")

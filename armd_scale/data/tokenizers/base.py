@@ -23,21 +23,13 @@ VOCAB_FILE = "tokenizer.vocab"
 TOKENIZER_KINDS = ("sentencepiece", "byte-bpe", "wordpiece")
 
 
-class IdsOnlyTokenizer(DataError):
-    """The tokenizer record describes a token source without text (a synthetic source)."""
-
-    def __init__(self, message: str, info: dict[str, Any]):
-        super().__init__(message)
-        self.info = info
-
-    def __reduce__(self):
-        return (type(self), (str(self), self.info))
-
-
 class Tokenizer(ABC):
     """Text <-> ids for every backend. `eos_id` is the document separator packed after every document."""
 
     kind: ClassVar[str]
+    # False for the id tokenizer of a synthetic source (ids written as numbers, no bytes per id): what
+    # a caller checks instead of catching an exception.
+    has_text: ClassVar[bool] = True
     sha256: str
     source: str
     info: dict[str, Any]
@@ -67,9 +59,10 @@ class Tokenizer(ABC):
         """Text of `ids`; special tokens (separator, pad, BOS) decode to nothing."""
 
     @abstractmethod
-    def byte_lengths(self) -> np.ndarray:
+    def byte_lengths(self) -> np.ndarray | None:
         """Per id, the UTF-8 bytes of text the token stands for (0 for special tokens): bits per
-        byte sums this over the scored tokens. See each backend for where it is exact."""
+        byte sums this over the scored tokens. See each backend for where it is exact. None for a
+        tokenizer without text (`has_text` False)."""
 
     @abstractmethod
     def files(self) -> dict[str, bytes]:

@@ -1,16 +1,19 @@
-"""Tokenizers: one interface, two backends, and how a `--tokenizer` / `data.tokenizer` value is found.
+"""How a `--tokenizer` / `data.tokenizer` value is found and opened, whatever its backend.
 
-Backends:
-- `SentencePieceTokenizer` (sp_tokenizer.py): models trained by `armd tokenizer` (the default kind),
+Backends (one `Tokenizer` interface, base.py):
+- `SentencePieceTokenizer` (sentencepiece.py): models trained by `armd tokenizer` (the default kind),
   special ids pad=0, unk=1, bos=2, eos=3, documents encoded line by line. Identity: SHA-256 of
   `tokenizer.model`.
-- `HFTokenizer` (hf_tokenizer.py): a Hugging Face `tokenizers` file, `tokenizer.json`, such as
+- `HFTokenizer` (hf.py): a Hugging Face `tokenizers` file, `tokenizer.json`, such as
   GPT-2's byte-level BPE or bert-base-uncased's WordPiece, or one trained here with
   `armd tokenizer --kind byte-bpe|wordpiece`. Identity: SHA-256 of `tokenizer.json` as stored.
   Special roles (document separator, BOS, pad, unk) come from the tokenizer's own tokens.
+- `IdTokenizer` (ids.py): a synthetic token source's record; ids written as numbers, no text.
+  Identity: the source's, recorded in its `tokenizer.json`.
 
 The identity travels into shard manifests and checkpoints, so a mismatch is refused wherever ids
-meet: a run resuming on other shards, an evaluation on shards of another tokenizer.
+meet: a run resuming on other shards, an evaluation on shards of another tokenizer. A run or
+checkpoint names its tokenizer by a `TokenizerRef` (ref.py), whose `open()` verifies the identity.
 
 What `load_tokenizer(spec)` accepts, in this order:
 1. a `.model` file: a bare SentencePiece model;
@@ -32,7 +35,6 @@ from armd_scale.data.tokenizers.base import (
     MODEL_FILE,
     TOKENIZER_KINDS,
     VOCAB_FILE,
-    IdsOnlyTokenizer,
     Tokenizer,
     encode_chunks_in_worker,
     init_encode_worker,
@@ -41,6 +43,7 @@ from armd_scale.data.tokenizers.base import (
     write_tokenizer_info,
 )
 from armd_scale.data.tokenizers.hf import HFTokenizer, is_hub_name, load_hf_dir, resolve_hub_name
+from armd_scale.data.tokenizers.ids import IdTokenizer
 from armd_scale.data.tokenizers.sentencepiece import SentencePieceTokenizer, load_sentencepiece_dir
 from armd_scale.data.urls import StorageOptions, exists, join_url, read_bytes, url_to_fs
 
@@ -50,7 +53,7 @@ __all__ = [
     "MODEL_FILE",
     "TOKENIZER_KINDS",
     "VOCAB_FILE",
-    "IdsOnlyTokenizer",
+    "IdTokenizer",
     "Tokenizer",
     "encode_chunks_in_worker",
     "init_encode_worker",
@@ -77,12 +80,8 @@ def load_tokenizer(spec: str, storage_options: StorageOptions = None) -> Tokeniz
                 )
             record = read_json(record_url, storage_options)
             if isinstance(record, dict) and record.get("format") == INFO_FORMAT:
-                if record.get("kind") != "sentencepiece":
-                    raise IdsOnlyTokenizer(
-                        f"tokenizer {spec} is a {record.get('kind')} token source ({record.get('source', '?')}), "
-                        "which has ids but no text tokenizer",
-                        record,
-                    )
+                if record.get("kind") == IdTokenizer.kind:
+                    return IdTokenizer(read_bytes(record_url, storage_options), source=spec)
                 return load_sentencepiece_dir(spec, tokenizer_info(spec, storage_options), storage_options)
             return load_hf_dir(spec, storage_options)
         if spec.endswith(".json"):

@@ -13,7 +13,7 @@ from armd_scale.data.manifest import MANIFEST_FORMAT_V1, read_manifest
 from armd_scale.data.prepare.manifest_upgrade import upgrade_manifests
 from armd_scale.data.prepare.verify import verify_shards
 from tests.data.conftest import write_indexed_set
-from tests.data.test_loader import make, take_steps
+from tests.data.loading.test_loader import make, take_steps
 
 
 def _as_version_1(url: str) -> dict:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from armd_scale.data.errors import DataError
-from tests.data.test_loader import G, make, take_steps
+from tests.data.loading.test_loader import G, make, take_steps
 
 
 def test_state_is_small_plain_json_and_names_its_version(indexed_set: str) -> None:

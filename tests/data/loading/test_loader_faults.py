@@ -13,7 +13,7 @@ from fsspec.implementations.local import LocalFileSystem
 from armd_scale.data.errors import BadShardError
 from armd_scale.data.prepare.manifest_upgrade import upgrade_manifests
 from armd_scale.data.urls import RetryPolicy
-from tests.data.test_loader import STEPS, G, make, take_steps
+from tests.data.loading.test_loader import STEPS, G, make, take_steps
 
 BAD_IDS = set(range(3 * 64, 3 * 64 + 8))  # chunk 0 of shard 3 in `indexed_set` (chunks of 8 samples)
 

@@ -13,7 +13,7 @@ import pytest
 from armd_scale.data.errors import DataError, DataMismatchError
 from armd_scale.data.loading.mixture import MixtureSource, as_sources, quotas
 from tests.data.conftest import write_indexed_set
-from tests.data.test_loader import make, take_steps
+from tests.data.loading.test_loader import make, take_steps
 
 A_IDS = range(0, 1000)
 B_IDS = range(2000, 2300)
