@@ -47,7 +47,7 @@ from .objective import Objective, make_objective
 from .preemption import StopDuringSetup, StopRequest
 from .profiler import StepProfiler
 from .run_data import DataSources, TrainData, loader_state_of_all_ranks, open_train_data
-from .run_facts import RunFacts, versions
+from .run_facts import RunFacts
 from .run_lock import run_dir_lock
 from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
@@ -125,7 +125,7 @@ def _train_locked(
         data = open_train_data(cfg, dist_info, sources)
         if dist_info.is_main:  # the config as resolved, never completed; what the data says goes to run_facts
             write_atomic(run_dir / "config.yaml", dump_config(cfg))
-            _run_facts(data, dist_info, cfg).write(run_dir)
+            RunFacts.of(data, dist_info.world_size, cfg.parallel.tp).write(run_dir)
         stop.check_setup(dist_info.device, "data")
         # the model is built from config + facts (model.tokenizer_vocab_size from the shards); checkpoints
         # record this effective config, which is what their readers build the model from
@@ -152,18 +152,6 @@ def _train_locked(
         sample = ("sample", lambda: print_final_sample(run.engine.module, cfg, data.tokenizer.location, print))
         finish_run(run_dir, exit_code, run.state.step, reason, [sample] if exit_code == 0 else [])
     return exit_code
-
-
-def _run_facts(data: TrainData, dist_info: DistInfo, cfg: Config) -> RunFacts:
-    return RunFacts(
-        tokenizer=data.tokenizer,
-        tokenizer_vocab_size=data.vocab_size,
-        train=[{"url": s.url, "weight": s.weight, "epochs": s.epochs} for s in data.train_sources],
-        val=data.val_url,
-        world_size=dist_info.world_size,
-        tp=cfg.parallel.tp,
-        versions=versions(),
-    )
 
 
 def _prepare_run_dir(dist_info: DistInfo, run_dir: Path) -> None:

@@ -19,12 +19,15 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import write_atomic
 from ..config import ConfigError
 from ..data.errors import DataError
 from ..data.tokenizers.ref import TokenizerRef
+
+if TYPE_CHECKING:
+    from .run_data import TrainData
 
 RUN_FACTS_FILE = "run_facts.json"
 RUN_FACTS_FORMAT = "armd_scale.run_facts/1"
@@ -39,6 +42,19 @@ class RunFacts:
     world_size: int
     tp: int
     versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: TrainData, world_size: int, tp: int) -> RunFacts:
+        """The facts of a run that opened `data` on `world_size` processes with TP degree `tp`."""
+        return cls(
+            tokenizer=data.tokenizer,
+            tokenizer_vocab_size=data.vocab_size,
+            train=[{"url": s.url, "weight": s.weight, "epochs": s.epochs} for s in data.train_sources],
+            val=data.val_url,
+            world_size=world_size,
+            tp=tp,
+            versions=versions(),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
