@@ -92,12 +92,17 @@ class TokenizerRef:
         return tokenizer
 
     def identity_file(self, tokenizer: Tokenizer | None = None) -> str:
-        """The file whose checksum is the identity, for messages: a directory's model or record file."""
+        """The file whose checksum is the identity, for messages: the location itself when it is a
+        file, the model of a SentencePiece folder, the resolved file of a hub name, else the folder's
+        `tokenizer.json` (a Hugging Face tokenizer, or a synthetic source's record)."""
         location = self.location or "?"
-        if location.endswith((".model", ".json")) or (tokenizer is not None and tokenizer.kind == "hf"):
-            return location if location.endswith(".json") or "/" not in location else join_url(location, INFO_FILE)
+        if location.endswith((".model", ".json")):
+            return location
+        info = tokenizer.info if tokenizer is not None else {}
+        if info.get("resolved"):  # a hub name, found in the local Hugging Face cache
+            return str(info["resolved"])
         kind = tokenizer.kind if tokenizer is not None else self.kind
-        return join_url(location, MODEL_FILE if kind == "sentencepiece" else INFO_FILE)
+        return join_url(location, str(info.get("model", MODEL_FILE)) if kind == "sentencepiece" else INFO_FILE)
 
     def to_dict(self) -> dict[str, Any]:
         return {"location": self.location, "kind": self.kind, "checksum": self.checksum}

@@ -105,3 +105,18 @@ def test_a_synthetic_source_opens_as_an_id_tokenizer(tmp_path: Path) -> None:
     manifest = read_manifest(str(tmp_path / "train"))
     tok = TokenizerRef(str(tmp_path / "tokenizer"), "synthetic", manifest.tokenizer_sha256).open()
     assert isinstance(tok, IdTokenizer) and not tok.has_text and tok.vocab_size == manifest.vocab_size
+
+
+def test_a_re_saved_hugging_face_tokenizer_is_refused_naming_the_file(tmp_path: Path, bpe_dir: Path) -> None:
+    """tokenizer.json re-serialised (same vocabulary, other bytes) is another identity."""
+    import json
+
+    from armd_scale.data.tokenizers.load import load_tokenizer
+
+    expected = load_tokenizer(str(bpe_dir)).sha256
+    moved = tmp_path / "bpe"
+    shutil.copytree(bpe_dir, moved)
+    (moved / "tokenizer.json").write_text(json.dumps(json.loads((moved / "tokenizer.json").read_text())))
+    with pytest.raises(DataError) as e:
+        TokenizerRef(str(moved), "hf", expected).open()
+    assert str(moved / "tokenizer.json") in str(e.value) and expected in str(e.value)
