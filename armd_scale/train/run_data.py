@@ -34,10 +34,6 @@ class TrainData:
     tokenizer: TokenizerRef  # location None when the run names no tokenizer (shards built elsewhere)
     vocab_size: int  # the tokenizer's ids, from the shards' manifest
 
-    @property
-    def tokenizer_sha256(self) -> str:
-        return self.tokenizer.checksum
-
     def model_config(self) -> Config:
         """The config the model is built from: the run's config with the padded-vocabulary fact from
         the shards (`model.tokenizer_vocab_size`) filled in. A copy: the run's config stays what the
