@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..data.tokenizers.load import Tokenizer
+from ..data.tokenizers.base import Tokenizer
 from .report import ConversionError
 
 ADDING_POST_PROCESSORS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")

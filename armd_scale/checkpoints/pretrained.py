@@ -25,7 +25,7 @@ from .source import Source, open_source, reads_newest
 from .weights import full_state
 
 if TYPE_CHECKING:
-    from ..data.tokenizers.load import Tokenizer
+    from ..data.tokenizers.base import Tokenizer
 
 
 @dataclass

@@ -23,7 +23,7 @@ from armd_scale.data.prepare.formats import FileFormat, detect_format
 from armd_scale.data.prepare.readers import ReadIssues, iter_text_blocks, split_documents
 from armd_scale.data.prepare.shards import build_shards
 from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
-from armd_scale.data.tokenizers.load import Tokenizer
+from armd_scale.data.tokenizers.base import Tokenizer
 
 zstandard = pytest.importorskip("zstandard")
 pq = pytest.importorskip("pyarrow.parquet")

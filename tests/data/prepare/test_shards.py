@@ -17,7 +17,7 @@ from armd_scale.data.prepare.shard_writer import ShardSetWriter
 from armd_scale.data.prepare.shards import build_shards
 from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
 from armd_scale.data.prepare.verify import verify_shards
-from armd_scale.data.tokenizers.load import Tokenizer
+from armd_scale.data.tokenizers.base import Tokenizer
 from tests.data.conftest import DOC_GZ, DOCS_JSONL, DOCS_TXT, shard_stream
 
 

@@ -13,7 +13,8 @@ import pytest
 from armd_scale.data.errors import DataError
 from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
 from armd_scale.data.prepare.tokenizer_training import train_tokenizer
-from armd_scale.data.tokenizers.load import Tokenizer, load_tokenizer, tokenizer_info
+from armd_scale.data.tokenizers.base import Tokenizer
+from armd_scale.data.tokenizers.load import load_tokenizer, tokenizer_info
 from tests.data.conftest import CORPORA, DOC_GZ, DOCS_JSONL, DOCS_TXT
 
 
