@@ -84,8 +84,8 @@ def prepare_data(cfg: Config, *, build: bool | None = None, progress: bool | Non
     from ..data.prepare.builtin import ensure_builtin_dataset
     from ..train.run_data import DataSources
 
-    if build is None:
-        build = int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0"
+    if build is None:  # as init_distributed reads the launcher: no RANK is a world of one
+        build = "RANK" not in os.environ or os.environ.get("LOCAL_RANK", "0") == "0"
     if progress is None:
         progress = os.environ.get("RANK", "0") == "0" and cfg.log.progress_bar
     train, val, tokenizer = ensure_builtin_dataset(cfg.data, build=build, progress=progress)

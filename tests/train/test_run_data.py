@@ -20,7 +20,7 @@ def test_building_the_builtin_corpus_follows_log_progress_bar(tmp_path: Path, ca
     the shard builder's bars the first time it builds a built-in corpus; with it on, the bars show.
     The builder is local rank 0 of a launch; a stray LOCAL_RANK in a single process does not stop it."""
     monkeypatch.setenv("LOCAL_RANK", "3")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
     cfg = load_config(
         "tiny-cpu",
         [
