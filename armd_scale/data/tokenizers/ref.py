@@ -23,6 +23,7 @@ from typing import Any
 
 from armd_scale.data.errors import DataError
 from armd_scale.data.tokenizers.base import INFO_FILE, MODEL_FILE, Tokenizer
+from armd_scale.data.tokenizers.load import load_tokenizer
 from armd_scale.data.urls import StorageOptions, join_url
 
 META_KEY = "tokenizer"  # the key of a reference in run facts and checkpoint metadata
@@ -64,8 +65,6 @@ class TokenizerRef:
         """The tokenizer at `location`, verified: a DataError names the location when there is none
         or it cannot be read, and a `TokenizerMismatch` names the file and the expected checksum
         when it is another tokenizer than the one recorded."""
-        from armd_scale.data.tokenizers.load import load_tokenizer
-
         if not self.location:
             raise DataError(
                 f"no tokenizer location is recorded (tokenizer {self.checksum[:12]}): pass token ids, or train "
@@ -143,6 +142,4 @@ def open_recorded(location: str, checksum: str | None, storage_options: StorageO
     records one; a bare tokenizer folder given by hand has none to check against)."""
     if checksum:
         return TokenizerRef(location, "", checksum).open(storage_options)
-    from armd_scale.data.tokenizers.load import load_tokenizer
-
     return load_tokenizer(location, storage_options)
