@@ -181,7 +181,7 @@ def execute(run: Run, presets: dict[str, list[str]], out: Path) -> str:
 
 def evaluate_random(preset: list[str], overrides: list[str], run_dir: Path, out_json: Path) -> int:
     """Random-order NLL (4 orders, exact each) of the final checkpoint on the run's validation split."""
-    from armd_scale.data.builtin import ensure_builtin_dataset
+    from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
     cfg = resolved_config(preset, overrides)
     _, val_url, _ = ensure_builtin_dataset(cfg.data, progress=False)

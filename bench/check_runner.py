@@ -266,7 +266,7 @@ class Workflow:
 
     def val_url(self) -> str:
         from armd_scale.config import load_config
-        from armd_scale.data.builtin import ensure_builtin_dataset
+        from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
         cfg = load_config("owt-small", [*self.plan.overrides, *self.data_overrides()])
         train, val, _ = ensure_builtin_dataset(cfg.data)

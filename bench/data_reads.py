@@ -55,7 +55,7 @@ def _server_counts(endpoint: str | None) -> dict:
 
 
 def child(args: argparse.Namespace) -> None:
-    from armd_scale.data.loader import ShardLoader
+    from armd_scale.data.loading.loader import ShardLoader
 
     def loader(rank: int) -> ShardLoader:
         kw = dict(global_batch_size=args.gbs, micro_batch_size=min(args.micro, args.gbs // args.world))

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# armd_scale.data.loader is imported inside functions: worker processes are spawned and re-import
+# armd_scale.data.loading.loader is imported inside functions: worker processes are spawned and re-import
 # this file, and they should start as light as they do under `armd train` (no torch import).
 
 
 def write_set(
     url: str, samples: int, seq_len: int, samples_per_shard: int, vocab: int, chunk_samples: int | None = None
 ) -> None:
-    from armd_scale.data.shards import ShardSetWriter
+    from armd_scale.data.prepare.shard_writer import ShardSetWriter
 
     rng = np.random.default_rng(0)
     writer = ShardSetWriter(
@@ -44,7 +44,7 @@ def one_epoch(url: str, *, workers: int, prefetch: int, world: int, gbs: int, mb
     """(startup seconds, steady seconds, steady tokens) for rank 0 reading one epoch with a fresh
     loader: startup is construction to first batch (worker start and first shard included),
     steady is the rest of the epoch."""
-    from armd_scale.data.loader import ShardLoader
+    from armd_scale.data.loading.loader import ShardLoader
 
     start = time.perf_counter()
     mbs = min(mbs, gbs // world)

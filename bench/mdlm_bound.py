@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from armd_scale.config import ModelConfig  # noqa: E402
-from armd_scale.data.corpora import MarkovSource  # noqa: E402
+from armd_scale.data.prepare.corpora import MarkovSource  # noqa: E402
 from armd_scale.model import build_model  # noqa: E402
 from armd_scale.model import masked_diffusion as md  # noqa: E402
 

@@ -31,7 +31,7 @@ import numpy as np
 
 def batches_chunked(sizes: list[int], chunk: int, window_chunks: int, gbs: int, seed: int, epoch: int):
     """(shard, row) of every place of every step, [steps, G] each, for the chunked order."""
-    from armd_scale.data.sample_order import ChunkTable, SampleOrder
+    from armd_scale.data.loading.sample_order import ChunkTable, SampleOrder
 
     table = ChunkTable.of(sizes, chunk)
     order = SampleOrder([table], [table.num_samples], seed=seed, global_batch_size=gbs, window=window_chunks * chunk)
@@ -95,7 +95,7 @@ def main() -> None:
     if args.tree:
         sys.path.insert(0, str(Path(args.tree).resolve()))
     sizes = [args.per_shard] * args.shards
-    chunked = importlib.util.find_spec("armd_scale.data.sample_order") is not None
+    chunked = importlib.util.find_spec("armd_scale.data.loading.sample_order") is not None
     if chunked:
         variants = {
             f"chunks of {args.region}, windows of {args.window_chunks} chunks (default)": (

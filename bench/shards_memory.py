@@ -32,7 +32,7 @@ def make_corpus(path: Path, size_mb: int) -> None:
     import zstandard
 
     sys.path.insert(0, str(ROOT))
-    from armd_scale.data.textio import expand_inputs, iter_corpus
+    from armd_scale.data.prepare.textio import expand_inputs, iter_corpus
 
     docs = list(iter_corpus(expand_inputs([str(BOOKS)]), doc_split="paragraph", warn=False))
     target = size_mb << 20

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from armd_scale.data.shards import build_shards  # noqa: E402
-from armd_scale.data.textio import expand_inputs, iter_corpus  # noqa: E402
-from armd_scale.data.tokenizer import train_tokenizer  # noqa: E402
+from armd_scale.data.prepare.shards import build_shards  # noqa: E402
+from armd_scale.data.prepare.textio import expand_inputs, iter_corpus  # noqa: E402
+from armd_scale.data.prepare.tokenizer_training import train_tokenizer  # noqa: E402
 
 KINDS = ("sentencepiece", "byte-bpe", "wordpiece")
 

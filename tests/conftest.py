@@ -113,7 +113,7 @@ def generator_device_guard(monkeypatch):
 def data_cache(tmp_path_factory) -> Path:
     """Tokenizer and shards of the built-in corpus, built once for every training test."""
     from armd_scale.config import DataConfig
-    from armd_scale.data.builtin import ensure_builtin_dataset
+    from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
     cache = tmp_path_factory.mktemp("armd_cache")
     ensure_builtin_dataset(DataConfig(cache_dir=str(cache), seq_len=32, vocab_size=128), build=True)

@@ -152,5 +152,52 @@ def test_the_loop_finder_finds_loops(graph, has_cycle):
 def test_the_import_reader_sees_function_level_imports():
     """A late import inside a function counts: that is how the old model -> generate loop was hidden."""
     assert "armd_scale.checkpoints.pretrained" in GRAPH["armd_scale.pretrained"]
-    late = {m for m, targets in GRAPH.items() if "armd_scale.data.tokenizer" in targets}
+    late = {m for m, targets in GRAPH.items() if "armd_scale.data.tokenizers.ref" in targets}
     assert "armd_scale.checkpoints.pretrained" in late  # imported inside Pretrained.tokenizer()
+
+
+# Inside data/, bottom to top: the shared base (errors, storage URLs, the shard format), tokenizers,
+# then preparing and loading side by side. Loading never imports prepare: a training process reads
+# shards without the corpus readers and builders.
+DATA_FLOORS: list[set[str]] = [
+    {"errors", "urls", "permutations", "manifest", "shardio", "chunk_cache"},
+    {"tokenizers"},
+    {"prepare", "loading"},
+]
+
+
+def _data_floor(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[:2] != ["armd_scale", "data"] or len(parts) < 3:
+        return None
+    for index, members in enumerate(DATA_FLOORS):
+        if parts[2] in members:
+            return index
+    raise AssertionError(f"{module} is on no floor of data/: add '{parts[2]}' to DATA_FLOORS in {__file__}")
+
+
+def test_data_has_its_floors_and_loading_never_imports_prepare():
+    wrong = []
+    for module, targets in GRAPH.items():
+        floor = _data_floor(module)
+        if floor is None:
+            continue
+        for target in sorted(targets):
+            to = _data_floor(target)
+            if to is not None and to > floor:
+                wrong.append(f"{module} (floor {floor}) imports {target} (floor {to})")
+            if module.startswith("armd_scale.data.loading") and target.startswith("armd_scale.data.prepare"):
+                wrong.append(f"{module} imports {target}: loading must not need the corpus builders")
+    assert not wrong, "imports up the floors of data/:\n" + "\n".join(wrong)
+
+
+def test_train_imports_neither_corpus_building_nor_tokenizer_training():
+    """The built-in corpus and its tokenizer are prepared by the command layer (commands/train.py)."""
+    found = [
+        f"{m} imports {t}"
+        for m, targets in GRAPH.items()
+        if m.startswith("armd_scale.train")
+        for t in targets
+        if t.startswith("armd_scale.data.prepare")
+    ]
+    assert not found, found

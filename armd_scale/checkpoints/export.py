@@ -125,27 +125,25 @@ def copy_tokenizer(meta: dict[str, Any], dest: Path, notes: list[str], progress:
     found by hub name) after checking it is the one the checkpoint was trained with; a tokenizer that
     changed since would silently garble every output."""
     from ..data.errors import DataError
-    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
+    from ..data.tokenizers.ref import TokenizerRef
 
-    src = meta.get("tokenizer_dir")
+    ref = TokenizerRef.from_meta(meta)  # the typed reference, or the loose keys of older checkpoints
+    src = ref.location if ref is not None else meta.get("tokenizer_dir")
     if not src:
         notes.append("the checkpoint names no tokenizer directory; the export has none (pass token ids)")
         return False
     try:
-        tok = load_tokenizer(src)
-    except IdsOnlyTokenizer as e:
-        notes.append(f"{src} is a {e.info.get('kind')} token source without a text tokenizer; none exported")
-        return False
+        # verified on open: a tokenizer that changed since training is refused, naming file and checksum
+        from ..data.tokenizers.load import load_tokenizer
+
+        tok = ref.open() if ref is not None else load_tokenizer(src)
     except DataError as e:
         raise ConversionError(
             f"cannot copy the run's tokenizer: {e} (pass --no-tokenizer to export without it)"
         ) from None
-    expected = meta.get("tokenizer_sha256")
-    if expected and tok.sha256 != expected:
-        raise ConversionError(
-            f"tokenizer {src} has sha256 {tok.sha256} but the checkpoint was trained with {expected}: the directory "
-            "changed since training (pass --no-tokenizer to export without it)"
-        )
+    if not tok.has_text:
+        notes.append(f"{src} is a {tok.kind} token source without a text tokenizer; none exported")
+        return False
     progress(f"copying tokenizer {src} (sha256 {tok.sha256[:12]})")
     dest.mkdir()
     for name, data in tok.files().items():

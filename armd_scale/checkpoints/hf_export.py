@@ -123,7 +123,7 @@ def export_hf(
         if tokenizer:
             meta = {**source.meta, "tokenizer_dir": source.tokenizer_dir}
             if copy_tokenizer(meta, tmp / HF_TOKENIZER, notes, progress):
-                from ..data.tokenizer import load_tokenizer
+                from ..data.tokenizers.load import load_tokenizer
 
                 tok = load_tokenizer(str(tmp / HF_TOKENIZER))
         else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..data.tokenizer import Tokenizer
+from ..data.tokenizers.base import Tokenizer
 from .report import ConversionError
 
 ADDING_POST_PROCESSORS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
@@ -40,7 +40,7 @@ EDGE_CASES = (
 
 
 def check_texts() -> list[str]:
-    from ..data.corpora import pydoc_documents
+    from ..data.prepare.corpora import pydoc_documents
 
     return list(EDGE_CASES) + pydoc_documents()
 

@@ -25,7 +25,7 @@ from .source import Source, open_source, reads_newest
 from .weights import full_state
 
 if TYPE_CHECKING:
-    from ..data.tokenizer import Tokenizer
+    from ..data.tokenizers.base import Tokenizer
 
 
 @dataclass
@@ -39,11 +39,11 @@ class Pretrained:
 
     def tokenizer(self) -> Tokenizer:
         """The run's tokenizer (any backend), or an error saying where it was expected."""
-        from ..data.tokenizer import load_tokenizer
+        from ..data.tokenizers.ref import open_recorded
 
         if not self.tokenizer_dir:
             raise FileNotFoundError(f"{self.source} names no tokenizer; pass token ids or train with a tokenizer")
-        return load_tokenizer(self.tokenizer_dir)
+        return open_recorded(self.tokenizer_dir, self.tokenizer_sha256)  # verified: the tokenizer it trained with
 
 
 @reads_newest

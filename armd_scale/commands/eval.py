@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.formats import INPUT_FORMATS
-from ..data.readers import DOC_SPLITS
+from ..data.prepare.formats import INPUT_FORMATS
+from ..data.prepare.readers import DOC_SPLITS
 from .common import add_device_arg, chosen_device, fail, non_negative_float, positive_int, probability, write_json
 
 

@@ -8,8 +8,8 @@ import logging
 import sys
 import time
 
-from armd_scale.data.formats import INPUT_FORMATS
-from armd_scale.data.readers import DOC_SPLITS
+from armd_scale.data.prepare.formats import INPUT_FORMATS
+from armd_scale.data.prepare.readers import DOC_SPLITS
 
 from .common import positive_float, positive_int
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from armd_scale.data.shards import verify_shards
+    from armd_scale.data.prepare.verify import verify_shards
 
     status = 0
     for report in verify_shards(args.verify, progress=not args.no_progress):
@@ -99,7 +99,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from armd_scale.data.manifest_upgrade import upgrade_manifests
+    from armd_scale.data.prepare.manifest_upgrade import upgrade_manifests
 
     for m in upgrade_manifests(args.upgrade_manifest, chunk_kb=args.chunk_kb, progress=not args.no_progress):
         chunks = sum(len(s.chunks) for s in m.shards)
@@ -108,7 +108,8 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from armd_scale.data.shards import build_shards, build_synthetic_shards
+    from armd_scale.data.prepare.shards import build_shards
+    from armd_scale.data.prepare.synthetic import build_synthetic_shards
 
     parser: argparse.ArgumentParser = args._parser
     synthetic = bool(args.input) and args.input[0].startswith("synthetic:")

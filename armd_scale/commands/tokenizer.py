@@ -7,8 +7,8 @@ import logging
 import sys
 import time
 
-from armd_scale.data.formats import INPUT_FORMATS
-from armd_scale.data.readers import DOC_SPLITS
+from armd_scale.data.prepare.formats import INPUT_FORMATS
+from armd_scale.data.prepare.readers import DOC_SPLITS
 
 from .common import positive_int, probability
 
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
     from armd_scale.checkpoints.atomic import atomic_dir, not_empty
     from armd_scale.data.errors import DataError
-    from armd_scale.data.tokenizer import Tokenizer, train_tokenizer
+    from armd_scale.data.prepare.tokenizer_training import train_tokenizer
+    from armd_scale.data.tokenizers.base import Tokenizer
     from armd_scale.data.urls import url_to_fs
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -19,8 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .common import add_config_args, config_from_args, positive_int
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..train.run_data import DataSources
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +74,24 @@ def run(args: argparse.Namespace) -> int:
         stop.restore()
 
 
+def prepare_data(cfg: Config, *, build: bool | None = None, progress: bool | None = None) -> DataSources:
+    """The run's shard sets, prepared: a built-in (`builtin:`) or synthetic corpus is built on first
+    use into `data.cache_dir` (tokenizer training included); shard sets named by URL pass unchanged.
+
+    Here, in the command layer, so the trainer (`armd_scale.train`) only ever reads prepared shards.
+    Every process of a launch calls it: local rank 0 of each node builds (default `build`), the others
+    wait for its copy. Progress bars follow `log.progress_bar` on global rank 0 only."""
+    from ..data.prepare.builtin import ensure_builtin_dataset
+    from ..train.run_data import DataSources
+
+    if build is None:  # as init_distributed reads the launcher: no RANK is a world of one
+        build = "RANK" not in os.environ or os.environ.get("LOCAL_RANK", "0") == "0"
+    if progress is None:
+        progress = os.environ.get("RANK", "0") == "0" and cfg.log.progress_bar
+    train, val, tokenizer = ensure_builtin_dataset(cfg.data, build=build, progress=progress)
+    return DataSources(train, val, tokenizer)
+
+
 def _train(args: argparse.Namespace, stop) -> int:
     from ..checkpoints.integrity import CorruptCheckpointError
     from ..config import ConfigError
@@ -79,7 +102,7 @@ def _train(args: argparse.Namespace, stop) -> int:
 
     try:
         cfg = config_from_args(args)
-        code = train(cfg, stop)
+        code = train(cfg, stop, prepare_data(cfg))
     except (ConfigError, DataError, CorruptCheckpointError, CheckpointWriteError, TrainingDiverged) as e:
         print(f"armd train: {e}", file=sys.stderr)  # the status file says the same (RUN_DIR/exit_status.json)
         return 1

@@ -271,7 +271,7 @@ def load_judge(
     Hugging Face cache (`gpt2-large`), or (None) the generator itself. `max_length`, `dtype` and
     `batch_size` apply to transformers judges (the MDLM protocol)."""
     from ..checkpoints.pretrained import load_pretrained
-    from ..data.hf_tokenizer import is_hub_name
+    from ..data.tokenizers.hf import is_hub_name
 
     if path is None:
         return CheckpointJudge(load_pretrained(generator_path, device=device, dtype=torch.float64), kind="self")

@@ -9,7 +9,7 @@ import torch
 
 from ..data.errors import DataError
 from ..data.manifest import read_manifest
-from ..data.textio import DocSplit
+from ..data.prepare.textio import DocSplit
 from .likelihood import evaluate_likelihood
 from .text import codec_for
 from .windows import is_shard_set, open_eval_data

@@ -4,11 +4,12 @@ A run trained on text has a tokenizer (SentencePiece or a Hugging Face tokenizer
 trained on a synthetic source (`synthetic:markov?...`) has only ids, described by a `tokenizer.json`
 of kind `synthetic`. Commands should work on both, so they go through a `TextCodec`:
 
-- `TokenizerCodec`: the run's tokenizer. `byte_lengths()` gives, per id, the UTF-8 bytes of text the
+- `TokenizerCodec`: the run's tokenizer (any `Tokenizer`, a synthetic source's id tokenizer too).
+  `byte_lengths()` gives, per id, the UTF-8 bytes of text the
   token stands for, so bits per byte can be summed token by token and does not depend on where a
   window boundary falls (exact for byte-level BPE and lossless SentencePiece; see the backends).
-- `IdCodec`: ids written as decimal numbers separated by spaces. It has no bytes, so bits per byte is
-  undefined (None) for such runs.
+- `IdCodec(...)`: a `TokenizerCodec` over an `IdTokenizer`, ids written as decimal numbers separated
+  by spaces. It has no bytes, so bits per byte is undefined (None) for such runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from ..data.errors import DataError
+from ..data.tokenizers.base import Tokenizer
+from ..data.tokenizers.ids import IdTokenizer
 
 
 class TextCodec(Protocol):
@@ -39,11 +42,10 @@ class TextCodec(Protocol):
 class TokenizerCodec:
     """The run's tokenizer; documents are encoded as `armd shards` encodes them."""
 
-    kind = "text"
-
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.sha256: str | None = tokenizer.sha256
+        self.kind = "text" if tokenizer.has_text else "ids"
+        self.sha256: str | None = tokenizer.sha256 or None  # "" : an id tokenizer of unknown identity
         self.vocab_size: int = tokenizer.vocab_size
         self.eos_id: int | None = tokenizer.eos_id
 
@@ -53,37 +55,13 @@ class TokenizerCodec:
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.tokenizer.decode(ids)
 
-    def byte_lengths(self) -> np.ndarray:
+    def byte_lengths(self) -> np.ndarray | None:
         return self.tokenizer.byte_lengths()
 
 
-class IdCodec:
-    """Ids as text (`"5 9 4"`), for runs trained on a synthetic token source with no text tokenizer."""
-
-    kind = "ids"
-    eos_id: int | None = None
-
-    def __init__(self, vocab_size: int, sha256: str | None = None, source: str = "") -> None:
-        self.vocab_size = vocab_size
-        self.sha256 = sha256
-        self.source = source
-
-    def encode(self, text: str) -> list[int]:
-        ids = []
-        for word in text.split():
-            if not word.lstrip("-").isdigit() or not 0 <= int(word) < self.vocab_size:
-                raise DataError(
-                    f"'{word}' is not a token id in [0, {self.vocab_size}): this checkpoint was trained on "
-                    f"{self.source or 'a token source without text'}, so text is written as ids separated by spaces"
-                )
-            ids.append(int(word))
-        return ids
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return " ".join(str(int(i)) for i in ids)
-
-    def byte_lengths(self) -> None:
-        return None
+def IdCodec(vocab_size: int, sha256: str | None = None, source: str = "") -> TokenizerCodec:  # noqa: N802
+    """Ids as text (`"5 9 4"`): the id tokenizer of a synthetic source, or of a run without a tokenizer."""
+    return TokenizerCodec(IdTokenizer.of(vocab_size, sha256, source))
 
 
 def codec_for(pretrained) -> TextCodec:
@@ -93,7 +71,7 @@ def codec_for(pretrained) -> TextCodec:
     has vanished, a tokenizer that is not the one the run was trained with (another SHA-256), or one
     with more ids than the model are errors naming it: its ids would decode to nonsense.
     """
-    from ..data.tokenizer import INFO_FILE, IdsOnlyTokenizer, load_tokenizer
+    from ..data.tokenizers.base import INFO_FILE
 
     vocab = pretrained.config.model.vocab_size
     tok_dir = pretrained.tokenizer_dir
@@ -106,17 +84,9 @@ def codec_for(pretrained) -> TextCodec:
             "was the data cache deleted? Rebuild it or export the checkpoint with its tokenizer"
         )
     try:
-        tokenizer = load_tokenizer(tok_dir)
-    except IdsOnlyTokenizer as e:
-        return IdCodec(vocab, e.info.get("sha256", pretrained.tokenizer_sha256), e.info.get("source", tok_dir))
+        tokenizer = pretrained.tokenizer()  # verified on open: a changed tokenizer names its file and checksum
     except DataError as e:
         raise DataError(f"checkpoint {pretrained.source} names tokenizer {tok_dir}: {e}") from None
-    expected = pretrained.tokenizer_sha256
-    if expected and tokenizer.sha256 != expected:
-        raise DataError(
-            f"tokenizer {tok_dir} has sha256 {tokenizer.sha256} but checkpoint {pretrained.source} was trained with "
-            f"{expected}: the tokenizer changed since training; restore the one it was trained with"
-        )
     if tokenizer.vocab_size > vocab:
         raise DataError(
             f"tokenizer {tok_dir} has {tokenizer.vocab_size} ids but the model of {pretrained.source} only "

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..data.errors import DataError, DataMismatchError
 from ..data.manifest import MANIFEST_FILE, Manifest, read_manifest
+from ..data.prepare.textio import DocSplit, expand_inputs, iter_corpus
 from ..data.shardio import load_shard, out_of_vocab
-from ..data.textio import DocSplit, expand_inputs, iter_corpus
 from ..data.urls import exists, join_url
 from .text import TextCodec
 

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..data.errors import DataError
-from ..data.formats import FileFormat, detect_format, open_stream
-from ..data.readers import ReadIssues, iter_lines, iter_text_blocks
+from ..data.prepare.formats import FileFormat, detect_format, open_stream
+from ..data.prepare.readers import ReadIssues, iter_lines, iter_text_blocks
 
 
 def wikitext_detokenize(text: str) -> str:

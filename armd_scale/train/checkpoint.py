@@ -67,6 +67,7 @@ from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
 from ..checkpoints.weights_file import write_checkpoint_weights
 from ..config import Config, ConfigError
+from ..data.tokenizers.ref import TokenizerRef
 from ..error_text import error_text
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects
 from .full_weights import gather_full_weights
@@ -89,14 +90,12 @@ class Checkpointer:
         cfg: Config,
         dist_info: DistInfo,
         *,
-        tokenizer_sha256: str,
-        tokenizer_dir: str | None = None,
+        tokenizer: TokenizerRef,
     ):
         self.dir = run_dir / CHECKPOINTS
         self.cfg = cfg
         self.dist = dist_info
-        self.tokenizer_sha256 = tokenizer_sha256
-        self.tokenizer_dir = tokenizer_dir
+        self.tokenizer = tokenizer
 
     # -- topology ---------------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
@@ -229,10 +228,11 @@ class Checkpointer:
                 f"cannot resume {self.dir / tag}: the model changed ({'; '.join(diffs)}). "
                 "Use a new run.dir (train.init_from can start it from these weights) or restore these values."
             )
-        if meta.get("tokenizer_sha256") != self.tokenizer_sha256:
+        saved = TokenizerRef.from_meta(meta, str(self.dir / tag / "meta.json"))  # old loose keys convert
+        if saved is None or saved.checksum != self.tokenizer.checksum:
             raise ConfigError(
-                f"cannot resume {self.dir / tag}: it was trained with tokenizer {meta.get('tokenizer_sha256')} "
-                f"but the data now uses {self.tokenizer_sha256}"
+                f"cannot resume {self.dir / tag}: it was trained with tokenizer {saved and saved.checksum} "
+                f"but the data now uses {self.tokenizer.checksum}"
             )
 
     def load(self, engine, plan: ResumePlan) -> dict[str, Any]:
@@ -277,8 +277,8 @@ class Checkpointer:
             "trainer": trainer,
             "loader": loader,
             "config": self.cfg.to_dict(),
-            "tokenizer_sha256": self.tokenizer_sha256,
-            "tokenizer_dir": self.tokenizer_dir,
+            **self.tokenizer.to_meta(),
+            "tokenizer_dir": self.tokenizer.location,  # for readers of versions before the typed reference
             "wandb_run_id": trainer.get("wandb_run_id"),
             "topology": self.topology(),
             "saved_at": time.time(),

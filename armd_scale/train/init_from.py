@@ -22,10 +22,12 @@ from ..checkpoints.model_io import load_weights
 from ..checkpoints.source import open_source
 from ..checkpoints.weights import full_state
 from ..config import Config, ConfigError
+from ..data.errors import DataError
+from ..data.tokenizers.ref import TokenizerRef
 from .distributed import DistInfo, broadcast_object
 
 
-def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_info: DistInfo) -> str:
+def initialize_from(model: nn.Module, cfg: Config, tokenizer: TokenizerRef, dist_info: DistInfo) -> str:
     """Load `cfg.train.init_from` into `model` (in place) on every rank. Returns a line for the run log.
 
     Refuses, naming what differs, a source with another model shape or another tokenizer: both would
@@ -35,19 +37,21 @@ def initialize_from(model: nn.Module, cfg: Config, tokenizer_sha256: str, dist_i
     error: str | None = None
     if dist_info.is_main:
         try:
-            message = load_init_weights(model, cfg, tokenizer_sha256)
+            message = load_init_weights(model, cfg, tokenizer)
         except ConfigError as e:
             error = str(e)  # every rank must learn of the failure, not hang
     error = broadcast_object(error)
     if error is not None:
         raise ConfigError(error)
     if message is None:  # the other ranks read once rank 0 found the source sound
-        message = load_init_weights(model, cfg, tokenizer_sha256)
+        message = load_init_weights(model, cfg, tokenizer)
     return message
 
 
-def load_init_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> str:
-    """The single-process part of `initialize_from`."""
+def load_init_weights(model: nn.Module, cfg: Config, tokenizer: TokenizerRef | str) -> str:
+    """The single-process part of `initialize_from`. `tokenizer`: the run's tokenizer reference, or
+    just its checksum (what a shard manifest gives)."""
+    checksum = tokenizer if isinstance(tokenizer, str) else tokenizer.checksum
     where = f"train.init_from={cfg.train.init_from!r}"
     if not cfg.train.init_from:
         raise ConfigError("train.init_from is not set: there is nothing to initialise from")
@@ -59,10 +63,13 @@ def load_init_weights(model: nn.Module, cfg: Config, tokenizer_sha256: str) -> s
     diffs = shape_differences(saved_model, cfg.to_dict()["model"])
     if diffs:
         raise ConfigError(f"{where}: the model shape differs ({'; '.join(diffs)})")
-    saved_tokenizer = checkpoint.meta.get("tokenizer_sha256")
-    if saved_tokenizer and saved_tokenizer != tokenizer_sha256:
+    try:
+        saved = TokenizerRef.from_meta(checkpoint.meta, str(checkpoint.meta_file))  # old loose keys convert
+    except DataError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if saved is not None and saved.checksum != checksum:
         raise ConfigError(
-            f"{where} was trained with tokenizer {saved_tokenizer[:12]} but data.train uses {tokenizer_sha256[:12]}"
+            f"{where} was trained with tokenizer {saved.checksum[:12]} but data.train uses {checksum[:12]}"
         )
     try:
         load_weights(model, full_state(checkpoint), f"{where} ({checkpoint.folder})")

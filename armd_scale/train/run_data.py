@@ -1,18 +1,28 @@
-"""The training run's view of its data: resolved shard sets, tokenizer identity and loaders."""
+"""The training run's view of its data: resolved shard sets, tokenizer identity and loaders.
+
+The data arrives prepared: `DataSources` names shard sets that exist. Building a built-in corpus or
+training its tokenizer on first use is the command layer's job (`armd_scale.commands.train.prepare_data`),
+so nothing under `train/` imports the corpus builders (`armd_scale.data.prepare`).
+
+Nothing here writes into the config: what the shards say (the tokenizer's vocabulary size, its
+identity) is returned as facts, and the model is configured from config + facts (`model_config`).
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch.distributed as dist
 
 from ..config import Config, ConfigError
-from ..data.builtin import ensure_builtin_dataset
-from ..data.loader import ShardLoader
+from ..data.errors import DataError
+from ..data.loading.loader import ShardLoader
+from ..data.loading.mixture import MixtureSource
 from ..data.manifest import read_manifest
-from ..data.mixture import MixtureSource
-from .distributed import DistInfo, barrier
+from ..data.tokenizers.ref import TokenizerMismatch, TokenizerRef
+from .distributed import DistInfo
 from .engine import BatchLayout
 
 
@@ -21,9 +31,14 @@ class TrainData:
     cfg: Config
     train_sources: list[MixtureSource]  # one shard set, or the sources of a mixture
     val_url: str | None
-    tokenizer_dir: str | None
-    tokenizer_sha256: str
-    vocab_size: int
+    tokenizer: TokenizerRef  # location None when the run names no tokenizer (shards built elsewhere)
+    vocab_size: int  # the tokenizer's ids, from the shards' manifest
+
+    def model_config(self) -> Config:
+        """The config the model is built from: the run's config with the padded-vocabulary fact from
+        the shards (`model.tokenizer_vocab_size`) filled in. A copy: the run's config stays what the
+        user resolved (config.yaml), the fact is recorded in run_facts.json."""
+        return with_tokenizer_vocab(self.cfg, self.vocab_size)
 
     def train_loader(
         self, layout: BatchLayout, dp_rank: int, dp_world: int, *, pin_memory: bool = False
@@ -40,7 +55,7 @@ class TrainData:
             num_workers=d.num_workers,
             prefetch=d.prefetch,
             on_bad_shard=d.on_bad_shard,
-            expect_tokenizer_sha=self.tokenizer_sha256,
+            expect_tokenizer_sha=self.tokenizer.checksum,
             expect_seq_len=d.seq_len,
             pin_memory=pin_memory,
             **self._chunk_options(),
@@ -64,7 +79,7 @@ class TrainData:
             world_size=dp_world,
             seed=self.cfg.data.seed,
             prefetch=0,
-            expect_tokenizer_sha=self.tokenizer_sha256,
+            expect_tokenizer_sha=self.tokenizer.checksum,
             expect_seq_len=self.cfg.data.seq_len,
             loop=False,
             **self._chunk_options(),
@@ -83,22 +98,41 @@ def loader_state_of_all_ranks(loader: ShardLoader) -> dict[str, Any]:
     return loader.state_dict()
 
 
-def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
-    """Resolve `data.train`/`data.val` (building built-in corpora once) and check them against the model."""
-    # The first use builds the built-in corpus: local rank 0 of each node builds (the other ranks
-    # wait for it), and its bars follow log.progress_bar like the trainer's.
-    build_bars = dist_info.is_main and cfg.log.progress_bar
-    train, val_url, tokenizer_dir = ensure_builtin_dataset(
-        cfg.data, build=dist_info.local_rank == 0, progress=build_bars
-    )
-    barrier()
+@dataclass(frozen=True)
+class DataSources:
+    """The shard sets a run reads, prepared: `train` (a URL, or `data.train`'s mixture entries), `val`
+    and the tokenizer location (`data.tokenizer`, or the one built with a built-in corpus)."""
+
+    train: Any
+    val: str | None
+    tokenizer: str | None
+
+    @classmethod
+    def of_config(cls, cfg: Config) -> DataSources:
+        """The sources exactly as the config names them: for shard sets that already exist. A built-in
+        or synthetic corpus must be prepared first (its shards are built on first use)."""
+        d = cfg.data
+        if isinstance(d.train, str) and d.train.startswith(("builtin:", "synthetic:")):
+            raise ConfigError(
+                f"data.train={d.train!r} is a built-in corpus: prepare it first (`armd train` does, through "
+                "armd_scale.commands.train.prepare_data) and pass the prepared DataSources"
+            )
+        return cls(d.train, d.val, d.tokenizer)
+
+
+def open_train_data(cfg: Config, dist_info: DistInfo, sources: DataSources | None = None) -> TrainData:
+    """Open the prepared shard sets (`sources`, default: as the config names them) and check them
+    against each other, the config and the tokenizer. Reads; never changes `cfg`."""
+    del dist_info  # every rank reads the manifests itself; kept for the call sites' symmetry
+    sources = sources or DataSources.of_config(cfg)
+    train = sources.train
     if isinstance(train, str):
-        sources = [MixtureSource(train)]
+        mixture = [MixtureSource(train)]
     else:
-        sources = [MixtureSource(s.path.rstrip("/"), s.weight, s.epochs) for s in train]
-    train_url = sources[0].url
+        mixture = [MixtureSource(s.path.rstrip("/"), s.weight, s.epochs) for s in train]
+    train_url = mixture[0].url
     manifest = read_manifest(train_url)
-    for i, source in enumerate(sources[1:], start=1):
+    for i, source in enumerate(mixture[1:], start=1):
         other = read_manifest(source.url)
         if (other.tokenizer_sha256, other.seq_len) != (manifest.tokenizer_sha256, manifest.seq_len):
             raise ConfigError(
@@ -110,22 +144,27 @@ def open_train_data(cfg: Config, dist_info: DistInfo) -> TrainData:
         raise ConfigError(
             f"shards at {train_url} hold sequences of {manifest.seq_len} tokens but data.seq_len={cfg.data.seq_len}"
         )
-    fit_model_vocab(cfg, manifest.vocab_size, train_url)
-    if tokenizer_dir is not None:
-        check_tokenizer(tokenizer_dir, manifest.tokenizer_sha256, train_url)
-    if val_url is not None:
-        val = read_manifest(val_url)
+    with_tokenizer_vocab(cfg, manifest.vocab_size, train_url)  # refuses a model smaller than its tokenizer
+    if sources.tokenizer is not None:  # the kind is what opening it finds
+        tokenizer = check_tokenizer(TokenizerRef(sources.tokenizer, "", manifest.tokenizer_sha256), train_url)
+    else:
+        kind = manifest.tokenizer.get("kind", "") if isinstance(manifest.tokenizer, dict) else ""
+        tokenizer = TokenizerRef(None, str(kind), manifest.tokenizer_sha256)
+    if sources.val is not None:
+        val = read_manifest(sources.val)
         if val.tokenizer_sha256 != manifest.tokenizer_sha256:
             raise ConfigError(
-                f"validation shards {val_url} were built with tokenizer {val.tokenizer_sha256[:12]} but the "
+                f"validation shards {sources.val} were built with tokenizer {val.tokenizer_sha256[:12]} but the "
                 f"training shards with {manifest.tokenizer_sha256[:12]}"
             )
-    return TrainData(cfg, sources, val_url, tokenizer_dir, manifest.tokenizer_sha256, manifest.vocab_size)
+    return TrainData(cfg, mixture, sources.val, tokenizer, manifest.vocab_size)
 
 
-def fit_model_vocab(cfg: Config, tokenizer_vocab: int, where: str) -> None:
-    """Refuse a model smaller than its tokenizer; record vocabulary padding (model.vocab_size above
-    the tokenizer's size) in `model.tokenizer_vocab_size`, so padded ids get no probability."""
+def with_tokenizer_vocab(cfg: Config, tokenizer_vocab: int, where: str = "the shards") -> Config:
+    """A copy of `cfg` whose `model.tokenizer_vocab_size` records vocabulary padding (model.vocab_size
+    above the tokenizer's size), so padded ids get no probability. Refuses a model smaller than its
+    tokenizer, and a `model.tokenizer_vocab_size` set to another size (a run.dir/config.yaml written
+    before run_facts.json existed carries the setting: the same size is accepted)."""
     model = cfg.model
     if tokenizer_vocab > model.vocab_size:
         padded = -(-tokenizer_vocab // 64) * 64
@@ -134,31 +173,28 @@ def fit_model_vocab(cfg: Config, tokenizer_vocab: int, where: str) -> None:
             f"cannot be smaller than its tokenizer; set model.vocab_size >= {tokenizer_vocab} (e.g. {padded}, "
             "a multiple of 64)"
         )
-    if model.tokenizer_vocab_size is None:
-        if tokenizer_vocab < model.vocab_size:
-            model.tokenizer_vocab_size = tokenizer_vocab
-    elif model.tokenizer_vocab_size != tokenizer_vocab:
+    if model.tokenizer_vocab_size is not None and model.tokenizer_vocab_size != tokenizer_vocab:
         raise ConfigError(
             f"model.tokenizer_vocab_size={model.tokenizer_vocab_size} but the tokenizer of {where} has "
             f"{tokenizer_vocab} ids; drop the setting (the trainer takes it from the shards)"
         )
+    out = copy.deepcopy(cfg)
+    if out.model.tokenizer_vocab_size is None and tokenizer_vocab < model.vocab_size:
+        out.model.tokenizer_vocab_size = tokenizer_vocab
+    return out
 
 
-def check_tokenizer(spec: str, expected_sha256: str, where: str) -> None:
+def check_tokenizer(ref: TokenizerRef, where: str) -> TokenizerRef:
     """data.tokenizer must be the tokenizer the shards were built with: the run records it for
-    evaluation and generation, which would otherwise decode ids with the wrong vocabulary."""
-    from ..data.errors import DataError
-    from ..data.tokenizer import IdsOnlyTokenizer, load_tokenizer
-
-    sha: str | None
+    evaluation and generation, which would otherwise decode ids with the wrong vocabulary. Opens it
+    through the reference (the one verification), and returns the reference with the kind found."""
     try:
-        sha = load_tokenizer(spec).sha256
-    except IdsOnlyTokenizer as e:
-        sha = e.info.get("sha256")
-    except DataError as e:
-        raise ConfigError(f"data.tokenizer={spec!r}: {e}") from None
-    if sha != expected_sha256:
+        tokenizer = ref.open()
+    except TokenizerMismatch as e:
         raise ConfigError(
-            f"data.tokenizer={spec!r} has sha256 {sha} but the shards at {where} were built with tokenizer "
-            f"{expected_sha256}: point data.tokenizer at the tokenizer the shards were built with"
-        )
+            f"data.tokenizer={ref.location!r} has sha256 {e.actual} ({e.file}) but the shards at {where} were built "
+            f"with tokenizer {e.expected}: point data.tokenizer at the tokenizer the shards were built with"
+        ) from None
+    except DataError as e:
+        raise ConfigError(f"data.tokenizer={ref.location!r}: {e}") from None
+    return TokenizerRef(ref.location, tokenizer.kind, ref.checksum)

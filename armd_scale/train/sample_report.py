@@ -17,7 +17,7 @@ def print_final_sample(model: Model, cfg: Config, tokenizer_dir: str | None, say
     tokens = cfg.train.sample_at_end
     if tokens <= 0 or tokenizer_dir is None or cfg.parallel.tp > 1 or cfg.parallel.zero_stage >= 3:
         return
-    from ..data.tokenizer import load_tokenizer
+    from ..data.tokenizers.load import load_tokenizer
     from ..generate import sample_mdlm, sample_sbp, sample_sequential
 
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from armd_scale.commands.train import prepare_data
 from armd_scale.config import Config
 from armd_scale.train.distributed import DistInfo
 from armd_scale.train.objective import make_objective
@@ -72,7 +73,7 @@ def engine_val_nll(run: Run) -> float:
 def recomputed_val_nll(model: torch.nn.Module, cfg: Config, dp_world: int) -> float:
     """The same validation NLL computed with a plain module: the first `train.eval_batches` validation
     micro-batches of every data-parallel rank, exact l2r NLL per token, as the trainer's `evaluate`."""
-    data = open_train_data(cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"))
+    data = open_train_data(cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"), prepare_data(cfg, build=False))
     objective = make_objective(cfg, cfg.train.global_batch_size)
     total, count = 0.0, 0
     for dp_rank in range(dp_world):

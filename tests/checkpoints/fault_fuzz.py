@@ -30,6 +30,7 @@ from armd_scale.checkpoints.safe_load import UnsafeCheckpointError
 from armd_scale.checkpoints.source import open_source
 from armd_scale.checkpoints.weights import full_state, saved_module_state
 from armd_scale.config import ConfigError, load_config
+from armd_scale.data.tokenizers.ref import TokenizerRef
 from armd_scale.train.checkpoint import Checkpointer
 from armd_scale.train.distributed import DistInfo
 
@@ -134,7 +135,7 @@ def classify(pristine: Path, work: Path, case: Case, reference: dict[str, torch.
     # the trainer: the resume plan (sets a damaged folder aside)
     try:
         plan = Checkpointer(
-            work, cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"), tokenizer_sha256=_tokenizer(ckpts / older)
+            work, cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"), tokenizer=_tokenizer(ckpts / older)
         ).plan_resume()
         trainer = "fallback" if plan.tag == older else "newest"
         if trainer == "fallback" and not (ckpts / f"{newest}.corrupt").exists():
@@ -217,10 +218,10 @@ def _overrides(config: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _tokenizer(folder: Path) -> str:
+def _tokenizer(folder: Path) -> TokenizerRef:
     import json
 
-    return json.loads((folder / "meta.json").read_text())["tokenizer_sha256"]
+    return TokenizerRef(None, "", json.loads((folder / "meta.json").read_text())["tokenizer_sha256"])
 
 
 class _Capture(logging.Handler):

@@ -12,6 +12,7 @@ import torch
 
 from armd_scale.cli import main
 from armd_scale.config import ConfigError, load_config
+from armd_scale.data.tokenizers.ref import TokenizerRef
 from armd_scale.error_text import error_text
 from armd_scale.train.checkpoint import Checkpointer
 from armd_scale.train.distributed import DistInfo
@@ -29,7 +30,7 @@ def test_a_resume_refusal_is_one_error_naming_the_folder_once(tmp_path: Path, ze
     (folder / name).mkdir()
     cfg = load_config(str(run / "config.yaml"), [f"run.dir={run}"])
     checkpointer = Checkpointer(
-        run, cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"), tokenizer_sha256=meta.get("tokenizer_sha256")
+        run, cfg, DistInfo(0, 1, 0, torch.device("cpu"), "gloo"), tokenizer=TokenizerRef.from_meta(meta)
     )
     with pytest.raises(ConfigError) as e:
         checkpointer.plan_resume()

@@ -393,7 +393,7 @@ def test_model_options_the_exported_code_lacks_are_refused(text_mdlm_run, tmp_pa
 def test_a_tokenizer_that_does_not_convert_exactly_is_refused(text_run, tmp_path, capsys):
     """A SentencePiece unigram model reads `<s>` in text as a piece after conversion: the check catches it."""
     from armd_scale.checkpoints.hf_tokenizer import export_tokenizer_files
-    from armd_scale.data.tokenizer import train_tokenizer
+    from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 
     tok = train_tokenizer(["builtin:pydoc"], str(tmp_path / "uni"), vocab_size=200, model_type="unigram")
     with pytest.raises(ConversionError, match="encodes .* differently from the run's tokenizer"):

@@ -28,7 +28,7 @@ from armd_scale.checkpoints.weights import full_state
 from armd_scale.checkpoints.weights_file import UnsupportedWeightsError, read_weights, write_weights
 from armd_scale.cli import main
 from armd_scale.config import DataConfig
-from armd_scale.data.builtin import ensure_builtin_dataset
+from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 from armd_scale.pretrained import load_pretrained
 
 from .conftest import copy_run, engine_val_nll, recomputed_val_nll, without_weights_file, write_meta

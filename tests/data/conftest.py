@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from armd_scale.data.manifest import Manifest, read_manifest
+from armd_scale.data.prepare.shard_writer import ShardSetWriter
+from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 from armd_scale.data.shardio import load_shard
-from armd_scale.data.shards import ShardSetWriter
-from armd_scale.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from armd_scale.data.tokenizers.base import Tokenizer
+from armd_scale.data.tokenizers.load import load_tokenizer
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 

@@ -146,7 +146,7 @@ class CountingFileSystem(LocalFileSystem):
 
 def _rank(args: tuple[str, str | None, int, int]) -> tuple[list[list[int]], list]:
     url, cache_dir, rank, world = args
-    from armd_scale.data.loader import ShardLoader
+    from armd_scale.data.loading.loader import ShardLoader
 
     fsspec.register_implementation("counted", CountingFileSystem, clobber=True)
     CountingFileSystem.ranges = []

@@ -11,7 +11,7 @@ import pytest
 
 from armd_scale.cli import main
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.tokenizer import load_tokenizer, tokenizer_info
+from armd_scale.data.tokenizers.load import load_tokenizer, tokenizer_info
 from tests.hold import Hold
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,7 +200,9 @@ def test_a_tokenizer_overwrite_killed_midway_leaves_the_old_tokenizer_whole(
     before = _tree(out)
     argv = ["tokenizer", "--input", "builtin:pydoc", "--vocab-size", "220", "--no-progress", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = Hold("armd_scale.data.sp_tokenizer:write_atomic:kill-after:1", [*argv, "--overwrite"], env, cwd=str(REPO))
+    killed = Hold(
+        "armd_scale.data.prepare.sp_training:write_atomic:kill-after:1", [*argv, "--overwrite"], env, cwd=str(REPO)
+    )
     code, output = killed.finish()
     assert code == -signal.SIGKILL, output[-3000:]
     assert _tree(out) == before

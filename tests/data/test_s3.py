@@ -18,10 +18,12 @@ pytest.importorskip("s3fs", reason="s3fs is needed for s3:// URLs (pip install .
 pytest.importorskip("moto.server", reason="moto[server] provides the local S3 server (pip install .[test])")
 
 from armd_scale.data.errors import BadShardError  # noqa: E402
-from armd_scale.data.loader import ShardLoader  # noqa: E402
+from armd_scale.data.loading.loader import ShardLoader  # noqa: E402
 from armd_scale.data.manifest import read_manifest  # noqa: E402
-from armd_scale.data.shards import build_shards, verify_shards  # noqa: E402
-from armd_scale.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from armd_scale.data.prepare.shards import build_shards  # noqa: E402
+from armd_scale.data.prepare.tokenizer_training import train_tokenizer  # noqa: E402
+from armd_scale.data.prepare.verify import verify_shards  # noqa: E402
+from armd_scale.data.tokenizers.load import load_tokenizer  # noqa: E402
 from armd_scale.data.urls import RetryPolicy, url_to_fs  # noqa: E402
 from armd_scale.ports import free_port  # noqa: E402
 from tests.data.conftest import shard_stream  # noqa: E402

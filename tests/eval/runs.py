@@ -106,8 +106,8 @@ for _name in HF_RUNS:
 def hf_data(base: Path, kind: str) -> tuple[Path, Path]:
     """(tokenizer dir, shard dir with train/ and val/) of pydoc with a `kind` tokenizer, built once."""
     from armd_scale.data.manifest import MANIFEST_FILE
-    from armd_scale.data.shards import build_shards
-    from armd_scale.data.tokenizer import train_tokenizer
+    from armd_scale.data.prepare.shards import build_shards
+    from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 
     tok, shards = base / f"tok-{kind}", base / f"shards-{kind}"
     if not (shards / "train" / MANIFEST_FILE).is_file():
@@ -125,7 +125,7 @@ class TinyRun:
     def data_urls(self) -> tuple[str, str | None, str | None]:
         """(train shards, val shards, tokenizer dir) of the run's built-in data set."""
         from armd_scale.config import load_config
-        from armd_scale.data.builtin import ensure_builtin_dataset
+        from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
         cfg = load_config(
             None, [o for o in self.overrides if o.startswith(("data.", "model."))] + [f"data.cache_dir={self.cache}"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from armd_scale.cli import main
-from armd_scale.data.corpora import SYNTHETIC_TOKEN_OFFSET, parse_synthetic
 from armd_scale.data.errors import DataError, DataMismatchError
-from armd_scale.data.shards import build_shards
+from armd_scale.data.prepare.corpora import SYNTHETIC_TOKEN_OFFSET, parse_synthetic
+from armd_scale.data.prepare.shards import build_shards
 from armd_scale.eval import validate
 from armd_scale.eval.likelihood import draw_orders, evaluate_likelihood, score_orders
 from armd_scale.eval.ppl import eval_ppl

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from armd_scale.cli import main
-from armd_scale.data.tokenizer import train_tokenizer
+from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
 from armd_scale.eval.sbp import write_results

@@ -14,9 +14,9 @@ import pytest
 from armd_scale.checkpoints.source import open_source
 from armd_scale.cli import main
 from armd_scale.data.errors import BadShardError
-from armd_scale.data.loader import ShardLoader
+from armd_scale.data.loading.loader import ShardLoader
 from armd_scale.data.manifest import read_manifest
-from armd_scale.data.shards import ShardSetWriter
+from armd_scale.data.prepare.shard_writer import ShardSetWriter
 
 SEQ = 32
 VOCAB = 128  # the text run's tokenizer and model

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from armd_scale.cli import main
-from armd_scale.data.corpora import pydoc_documents
-from armd_scale.data.shards import build_shards
-from armd_scale.data.tokenizer import load_tokenizer
+from armd_scale.data.prepare.corpora import pydoc_documents
+from armd_scale.data.prepare.shards import build_shards
+from armd_scale.data.tokenizers.load import load_tokenizer
 from armd_scale.eval import validate
 from armd_scale.pretrained import load_pretrained
 

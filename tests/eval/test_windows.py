@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from armd_scale.data.shards import ShardSetWriter
+from armd_scale.data.prepare.shard_writer import ShardSetWriter
 from armd_scale.eval.text import IdCodec
 from armd_scale.eval.windows import open_eval_data
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from armd_scale.cli import main
-from armd_scale.data.tokenizer import load_tokenizer
+from armd_scale.data.tokenizers.load import load_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.zeroshot import markdown_table
 from armd_scale.eval.zeroshot_data import (

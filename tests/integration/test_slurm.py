@@ -80,7 +80,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurmClus
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tokenize the built-in corpus once, so the jobs' processes never race to build it."""
     from armd_scale.config import load_config
-    from armd_scale.data.builtin import ensure_builtin_dataset
+    from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
     cache = tmp_path_factory.mktemp("data")
     cfg = load_config(None, [*TINY.split(), f"data.cache_dir={cache}"])
@@ -259,7 +259,7 @@ def test_overrides_and_eval_args_on_many_lines_all_count(cluster: LocalSlurmClus
     """OVERRIDES and EVAL_ARGS were read with `read -r -a`, which stops at the first newline: a value
     written one override per line passed only its first line, and none when it began with a newline."""
     from armd_scale.config import load_config
-    from armd_scale.data.builtin import ensure_builtin_dataset
+    from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 
     run_dir = tmp_path / "run"
     run_dir.parent.mkdir(parents=True, exist_ok=True)

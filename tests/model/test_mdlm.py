@@ -169,7 +169,7 @@ def one_thread():
 def test_markov_elbo_is_an_upper_bound_close_to_the_true_nll(one_thread):
     """A briefly trained tiny mdlm on a Markov chain with known law: its NELBO per token is above the
     true NLL of the same sequences (a bound can not beat the source) and within 0.2 nats of it."""
-    from armd_scale.data.corpora import MarkovSource
+    from armd_scale.data.prepare.corpora import MarkovSource
 
     n, vocab = 16, 8
     source = MarkovSource(vocab, 1, seed=0, concentration=0.3)

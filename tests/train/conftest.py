@@ -138,3 +138,12 @@ def clean_process_env():
 
 
 __all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY", "clean_process_env"]
+
+
+def train_in_process(cfg) -> int:
+    """`armd train` in this process: the command layer prepares the data (builds the built-in corpus
+    on first use), then the trainer runs on the prepared shard sets."""
+    from armd_scale.commands.train import prepare_data
+    from armd_scale.train.loop import train
+
+    return train(cfg, sources=prepare_data(cfg))

@@ -86,7 +86,7 @@ def test_the_checkpoint_lists_bad_chunks_that_only_another_rank_met(tmp_path, da
     import shutil
     from pathlib import Path
 
-    from armd_scale.data.loader import ShardLoader
+    from armd_scale.data.loading.loader import ShardLoader
 
     (built,) = data_cache.glob("builtin-pydoc-*")
     data = tmp_path / "data"

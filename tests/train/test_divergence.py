@@ -15,7 +15,7 @@ import pytest
 from armd_scale.checkpoints.layout import complete_tags
 from armd_scale.config import load_config
 
-from .conftest import TINY
+from .conftest import TINY, train_in_process
 
 
 def _cfg(run_dir: Path, cache: Path, *overrides: str):
@@ -28,16 +28,16 @@ def test_a_finite_divergence_keeps_the_last_sane_checkpoint_and_fails(tmp_path, 
     """As reported: 20 sane steps with checkpoint_every=2, continued to 40 with `train.lr=3 warmup_steps=0`
     (a typo for 3e-3). The loss jumped from ~5 to ~40 and stayed finite: the run used to end with rc 0,
     "finished", and retention deleted the step-20 checkpoint, keeping only the wrecked steps 38 and 40."""
-    from armd_scale.train.loop import TrainingDiverged, train
+    from armd_scale.train.loop import TrainingDiverged
 
     every = ("train.checkpoint_every=2", "train.sample_at_end=0")
-    assert train(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
+    assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
     ckpts = tmp_path / "checkpoints"
     assert complete_tags(ckpts) == ["step_00000018", "step_00000020"]
     sane = [r["loss"] for r in _records(tmp_path) if "loss" in r][-1]
 
     with pytest.raises(TrainingDiverged, match=r"training diverged at step 2[1-3]: the loss stayed") as err:
-        train(_cfg(tmp_path, data_cache, "train.steps=40", "train.lr=3", "train.warmup_steps=0", *every))
+        train_in_process(_cfg(tmp_path, data_cache, "train.steps=40", "train.lr=3", "train.warmup_steps=0", *every))
     diverged_at = int(str(err.value).split("training diverged at step ")[1].split(":")[0])
     assert "the newest checkpoint is step_00000020, from before the divergence" in str(err.value)
     assert complete_tags(ckpts) == ["step_00000018", "step_00000020"]  # the sane ones, untouched by retention
@@ -50,7 +50,7 @@ def test_a_finite_divergence_keeps_the_last_sane_checkpoint_and_fails(tmp_path, 
     losses = {r["step"]: r["loss"] for r in _records(tmp_path) if "loss" in r and r["step"] > 20}
     assert all(math.isfinite(v) for v in losses.values())  # the NaN guard never saw anything
 
-    assert train(_cfg(tmp_path, data_cache, "train.steps=24", *every)) == 0  # the sane lr, from step 20
+    assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=24", *every)) == 0  # the sane lr, from step 20
     resumed = {r["step"]: r["loss"] for r in [r for r in _records(tmp_path) if "loss" in r][-4:]}
     assert sorted(resumed) == [21, 22, 23, 24] and all(v < sane + 1.0 for v in resumed.values()), resumed
 
@@ -60,12 +60,12 @@ def test_a_divergence_that_turns_non_finite_sets_aside_everything_since_it_began
 ):
     """lr=1e20 without warm-up: the loss is first huge but finite, then NaN. The NaN guard stops the run; the
     checkpoints taken while it was merely huge (held by the divergence guard) go aside with the NaN one."""
-    from armd_scale.train.loop import TrainingDiverged, train
+    from armd_scale.train.loop import TrainingDiverged
 
     every = ("train.checkpoint_every=1", "train.keep_last=2", "train.sample_at_end=0")
-    assert train(_cfg(tmp_path, data_cache, "train.steps=8", *every)) == 0
+    assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=8", *every)) == 0
     with pytest.raises(TrainingDiverged, match="loss was not finite|training diverged"):
-        train(_cfg(tmp_path, data_cache, "train.steps=30", "train.lr=1e20", "train.warmup_steps=0", *every))
+        train_in_process(_cfg(tmp_path, data_cache, "train.steps=30", "train.lr=1e20", "train.warmup_steps=0", *every))
     assert complete_tags(tmp_path / "checkpoints") == ["step_00000007", "step_00000008"]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000008"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from armd_scale.config import DataConfig, load_config
-from armd_scale.data.builtin import ensure_builtin_dataset
+from armd_scale.data.prepare.builtin import ensure_builtin_dataset
 from armd_scale.model import build_model
 from armd_scale.train.run_status import finish_run
 from armd_scale.train.sample_report import print_final_sample

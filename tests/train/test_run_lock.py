@@ -36,7 +36,7 @@ def test_a_second_trainer_is_refused_and_names_the_holder(tmp_path, data_cache):
     other's checkpoints."""
     run_dir = tmp_path / "run"
     argv = ["train", *TINY, f"data.cache_dir={data_cache}", f"run.dir={run_dir}", "train.sample_at_end=0"]
-    first = Hold("armd_scale.train.loop:_Run.record:before:2", argv, env=_env(), cwd=str(REPO))
+    first = Hold("armd_scale.train.steps:TrainingRun.record:before:2", argv, env=_env(), cwd=str(REPO))
     try:
         first.wait_held()
         config_before = (run_dir / "config.yaml").read_bytes()

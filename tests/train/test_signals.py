@@ -72,7 +72,9 @@ def test_ctrl_c_saves_and_stops_cleanly(tmp_path, data_cache):
     """Ctrl-C used to raise KeyboardInterrupt mid-step: no checkpoint, a traceback, and exit_status.json
     left at "running"."""
     run_dir = tmp_path / "run"
-    hold = _held("armd_scale.train.loop:_Run.record:before:2", run_dir, data_cache, "train.checkpoint_every=100")
+    hold = _held(
+        "armd_scale.train.steps:TrainingRun.record:before:2", run_dir, data_cache, "train.checkpoint_every=100"
+    )
     hold.signal(signal.SIGINT)
     hold.release()
     code, output = hold.finish()
@@ -86,7 +88,10 @@ def test_ctrl_c_saves_and_stops_cleanly(tmp_path, data_cache):
 def test_a_second_ctrl_c_aborts_at_once_and_says_so(tmp_path, data_cache):
     """The first Ctrl-C asks for a save; a second one while it saves aborts: exit 130, recorded as failed."""
     run_dir = tmp_path / "run"
-    points = ["armd_scale.train.loop:_Run.record:before:2", "armd_scale.train.checkpoint:Checkpointer.save:before:1"]
+    points = [
+        "armd_scale.train.steps:TrainingRun.record:before:2",
+        "armd_scale.train.checkpoint:Checkpointer.save:before:1",
+    ]
     hold = Hold(points, _argv(run_dir, data_cache, "train.checkpoint_every=100"), env=_env(), cwd=str(REPO))
     hold.wait_held()
     hold.signal(signal.SIGINT)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from armd_scale.checkpoints.layout import complete_tags
 from armd_scale.config import load_config
 
-from .conftest import TINY
+from .conftest import TINY, train_in_process
 
 
 def _cfg(run_dir: Path, cache: Path, *overrides: str):
@@ -51,8 +51,6 @@ def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache
     """A loss 50x its running mean at step 4: logged as a skipped spike; the run ends with the weights a run
     gets whose step-4 update was never applied (the NaN guard's skip, at the same step), not those of a run
     that applied it."""
-    from armd_scale.train.loop import train
-
     runs = {}
     for name, steps, factor, action in (
         ("spike", {4}, 50.0, "skip"),
@@ -62,7 +60,7 @@ def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache
         monkeypatch.undo()
         _scale_loss(monkeypatch, steps, factor)
         run_dir = tmp_path / name
-        assert train(_cfg(run_dir, data_cache, f"train.spike_action={action}", "train.sample_at_end=0")) == 0
+        assert train_in_process(_cfg(run_dir, data_cache, f"train.spike_action={action}", "train.sample_at_end=0")) == 0
         runs[name] = run_dir
 
     step4 = [r for r in _records(runs["spike"]) if r.get("step") == 4 and "loss" in r]
@@ -80,15 +78,15 @@ def test_a_spike_streak_stops_the_run_and_keeps_the_checkpoints_before_it(tmp_pa
     steps): the loss jumps ~5x and stays there. Its updates are skipped; after train.max_spike_skips of them the
     run fails naming the streak, the checkpoints of the weights that produced it are set aside, the newest is
     step 20 again, and a resume with the sane lr continues from it."""
-    from armd_scale.train.loop import TrainingDiverged, train
+    from armd_scale.train.loop import TrainingDiverged
 
     every = ("train.checkpoint_every=2", "train.sample_at_end=0")
-    assert train(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
+    assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=20", *every)) == 0
     ckpts = tmp_path / "checkpoints"
     assert complete_tags(ckpts) == ["step_00000018", "step_00000020"]
 
     with pytest.raises(TrainingDiverged, match=r"on 3 consecutive steps, from step (2[1-4]) to step") as err:
-        train(
+        train_in_process(
             _cfg(
                 tmp_path,
                 data_cache,
@@ -109,5 +107,5 @@ def test_a_spike_streak_stops_the_run_and_keeps_the_checkpoints_before_it(tmp_pa
     skipped = [r["step"] for r in _records(tmp_path) if r.get("update_skipped")]
     assert skipped == [first, first + 1, first + 2]
 
-    assert train(_cfg(tmp_path, data_cache, "train.steps=22", *every)) == 0  # the sane lr, from step 20
+    assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=22", *every)) == 0  # the sane lr, from step 20
     assert complete_tags(ckpts)[-1] == "step_00000022"

@@ -234,14 +234,54 @@ def test_a_mixture_of_shard_sets_trains_and_resumes_exactly(tmp_path, data_cache
 
 
 def test_config_yaml_is_the_config_the_run_used(tmp_path, data_cache):
-    """config.yaml was written before the shards completed the config (model.tokenizer_vocab_size, the
-    tokenizer's size below a padded model.vocab_size), so it said null while every checkpoint said 128."""
+    """config.yaml is the config resolved from the command line, exactly: what the run derives from the
+    shards (the tokenizer's 128 ids below a padded model.vocab_size=192) is in run_facts.json and never
+    written back into it. The model is built from config + facts, so the checkpoint says 128."""
     import yaml
 
+    from armd_scale.config import dump_config
     from armd_scale.pretrained import load_pretrained
+    from armd_scale.train.run_facts import RunFacts
 
-    run = run_train(tmp_path / "run", data_cache, "model.vocab_size=192", "train.steps=1", "train.checkpoint_every=1")
+    overrides = ("model.vocab_size=192", "train.steps=1", "train.checkpoint_every=1")
+    run = run_train(tmp_path / "run", data_cache, *overrides)
     assert run.returncode == 0, run.output
+    resolved = load_config(overrides=[*TINY, f"data.cache_dir={data_cache}", f"run.dir={run.dir}", *overrides])
+    assert (run.dir / "config.yaml").read_text() == dump_config(resolved)
     saved = yaml.safe_load((run.dir / "config.yaml").read_text())
-    assert saved["model"]["tokenizer_vocab_size"] == 128  # data.vocab_size of TINY: the built-in tokenizer's ids
-    assert load_pretrained(run.dir).config.to_dict() == saved  # the checkpoint's config is the saved one
+    assert saved == resolved.to_dict() and saved["model"]["tokenizer_vocab_size"] is None
+    facts = RunFacts.read(run.dir)
+    assert facts is not None and facts.tokenizer_vocab_size == 128  # data.vocab_size of TINY: the tokenizer's ids
+    assert facts.tokenizer.kind == "sentencepiece" and facts.tokenizer.location and facts.world_size == 1
+    assert facts.train[0]["url"].endswith("/train") and facts.val and facts.versions["armd_scale"]
+    pretrained = load_pretrained(run.dir)
+    assert pretrained.config.model.tokenizer_vocab_size == 128  # the checkpoint's config: config + facts
+    assert pretrained.tokenizer().sha256 == facts.tokenizer.checksum
+
+
+def test_a_run_written_before_run_facts_resumes(tmp_path, data_cache):
+    """An old run folder: config.yaml carries model.tokenizer_vocab_size (the old code wrote it back),
+    checkpoints carry only the loose tokenizer keys, and there is no run_facts.json. It resumes."""
+    import hashlib
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    first = run_train(run_dir, data_cache, "model.vocab_size=192", "train.steps=3")
+    assert first.returncode == 0, first.output
+    (run_dir / "run_facts.json").unlink()
+    for meta_path in (run_dir / "checkpoints").glob("step_*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta.pop("tokenizer")  # as written before the typed reference
+        meta_path.write_text(json.dumps(meta))
+        complete = meta_path.parent / "COMPLETE"  # records the checksum of meta.json as it was written
+        record = json.loads(complete.read_text())
+        record["meta_sha256"] = hashlib.sha256(meta_path.read_bytes()).hexdigest()
+        complete.write_text(json.dumps(record))
+    old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    old["model"]["tokenizer_vocab_size"] = 128
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    second = run_train(run_dir, data_cache, "model.vocab_size=192", "model.tokenizer_vocab_size=128", "train.steps=6")
+    assert second.returncode == 0, second.output[-3000:]
+    assert "resum" in second.output.lower() and sorted(second.losses()) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "run_facts.json").read_text())["tokenizer_vocab_size"] == 128
