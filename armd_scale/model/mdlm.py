@@ -40,6 +40,11 @@ from .masks import full_spec
 class MDLMModel(_Transformer):
     """Bidirectional denoiser with a mask token; see the module docstring for the calling contract."""
 
+    likelihood_kind = "bound"  # scores are ELBOs: the exact conditionals cost a pass per block
+    sampler = "ancestral"  # the reverse diffusion process (generate/mdlm.py), not the KV-cached plans
+    objective = "masked_diffusion"  # trained on noisy inputs, one pass per batch (train/objective.py)
+    mask_id: int
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.mask_id = cfg.vocab_size
