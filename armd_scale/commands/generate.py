@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import cast
 
 from .common import add_device_arg, chosen_device, non_negative_float, positive_int, probability
 
@@ -95,11 +96,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def generate_samples(args: argparse.Namespace) -> dict:
-    """The `armd generate --json` document (schema `generate` in armd_scale/eval/schema.py)."""
+    """The `armd generate --json` document (schema `generate` in armd_scale/eval/schema.py). The model
+    decides how it is sampled (`armd_scale.generate.sample`)."""
     import torch
 
     from armd_scale.eval.text import codec_for
-    from armd_scale.generate import sample_infill, sample_sbp
+    from armd_scale.generate import SampleRequest, sample
+    from armd_scale.model import Model
 
     from ..checkpoints.pretrained import load_pretrained
 
@@ -109,37 +112,31 @@ def generate_samples(args: argparse.Namespace) -> dict:
     pre = load_pretrained(args.checkpoint, device=chosen_device(args, "generate"), dtype=dtype)
     codec = codec_for(pre)
     max_len = pre.config.model.max_seq_len
-    kw = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed, sample_dtype=dtype)
-    mdlm = pre.config.model.arch == "mdlm"
+    settings = dict(
+        batch_size=args.num_samples,
+        streams=args.streams,
+        steps=args.steps,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        sample_dtype=dtype,
+    )
     if args.infill is not None:
         ids, known = parse_infill(args.infill, codec)
         length, known_count = len(ids), sum(known)
         if length > max_len:
             raise ValueError(f"--infill text is {length} tokens, more than the model's max_seq_len={max_len}")
         tokens = torch.tensor(ids).expand(args.num_samples, -1).clone()
-        if mdlm:
-            out = _mdlm_sample(pre.model, tokens, torch.tensor(known), args)
-        else:
-            out = sample_infill(pre.model, tokens, torch.tensor(known), streams=args.streams, **kw)
+        request = SampleRequest(infill=(tokens, torch.tensor(known)), **settings)
     else:
         length = args.length or min(pre.config.data.seq_len, max_len)
         if length > max_len:
             raise ValueError(f"--length {length} exceeds the model's max_seq_len={max_len}")
         prompt = codec.encode(args.prompt) if args.prompt else []
         known_count = len(prompt)
-        if mdlm:
-            tokens = torch.zeros(args.num_samples, length, dtype=torch.long)
-            tokens[:, :known_count] = torch.tensor(prompt, dtype=torch.long)
-            out = _mdlm_sample(pre.model, tokens, torch.arange(length) < known_count, args)
-        else:
-            out = sample_sbp(
-                pre.model,
-                length,
-                args.streams,
-                batch_size=args.num_samples,
-                prompt=torch.tensor(prompt, dtype=torch.long) if prompt else None,
-                **kw,
-            )
+        prompt_t = torch.tensor(prompt, dtype=torch.long) if prompt else None
+        request = SampleRequest(length=length, prompt=prompt_t, **settings)
+    out = sample(cast(Model, pre.model), request)  # load_pretrained builds a Model (checkpoints/model_io.py)
     rows = out.tokens.cpu()
     generated = (length - known_count) * args.num_samples
     return {
@@ -159,28 +156,5 @@ def generate_samples(args: argparse.Namespace) -> dict:
         "sample_dtype": str(dtype).removeprefix("torch."),
         "mode": "infill" if args.infill is not None else "sample",
         "arch": pre.config.model.arch,
-        **({"diffusion_steps": args.steps or length} if mdlm else {}),
+        **({"diffusion_steps": out.diffusion_steps} if out.diffusion_steps is not None else {}),
     }
-
-
-def _mdlm_sample(model, tokens, known, args: argparse.Namespace):
-    """The masked-diffusion baseline's ancestral sampler: known tokens stay, the rest start masked."""
-    import torch
-
-    from armd_scale.generate import sample_mdlm
-    from armd_scale.rng import seeded
-
-    steps = args.steps or tokens.shape[1]
-    if steps < 1:
-        raise ValueError(f"--steps {steps} must be >= 1")
-    init = torch.where(known.expand_as(tokens), tokens, torch.full_like(tokens, model.mask_id))
-    return sample_mdlm(
-        model,
-        tokens.shape[0],
-        tokens.shape[1],
-        steps,
-        generator=seeded(args.seed),
-        temperature=args.temperature,
-        top_p=args.top_p,
-        init=init,
-    )

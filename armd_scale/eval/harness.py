@@ -7,7 +7,7 @@ or `armd eval harness --checkpoint PATH --tasks ...` (commands/eval_harness.py).
 has no plugin entry points for models, so the import above is what registers the name.
 
 What each request type computes (docs/EVALUATION.md, "lm-evaluation-harness"):
-- `loglikelihood(context, continuation)`: `armd` and `ar` give the **exact** left-to-right
+- `loglikelihood(context, continuation)`: `armd` and `ar` (`likelihood_kind` "exact") give the **exact** left-to-right
   log-likelihood of the continuation tokens given the context, from one forward pass: the strength
   of ARMD over masked diffusion, which can only bound it. `is_greedy` is whether every continuation
   token is the argmax of its conditional. `mdlm` gives an **ELBO** (a lower bound) estimated as
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -39,8 +39,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ..model import Model
 from ..model.generation_orders import l2r_order
-from ..model.mdlm import MDLMModel
 from ..rng import seeded, uniform
 
 DEFAULT_MC_SAMPLES = 128  # LLaDA's mc_num
@@ -82,16 +82,15 @@ class ARMDHarnessLM(TemplateLM):
         self.dtype = torch.float64 if str(float64).lower() in ("1", "true") else torch.float32
         self._device = resolve_device(device or "auto")
         self.pre = load_pretrained(checkpoint, device=self._device, dtype=self.dtype)
-        self.model = self.pre.model
+        self.model = cast(Model, self.pre.model)  # load_pretrained builds a Model (checkpoints/model_io.py)
         self.arch = self.pre.config.model.arch
         self.codec = codec_for(self.pre)
         if self.codec.kind != "text" or self.codec.eos_id is None:
             raise ValueError(f"{self.pre.source} has no text tokenizer; lm-eval tasks need one")
         self.eos_id: int = self.codec.eos_id
-        self.mdlm = self.model if isinstance(self.model, MDLMModel) else None
         self.batch_size = 8 if str(batch_size).startswith("auto") else _int_arg(batch_size, "batch_size")
         self.streams = _int_arg(streams, "streams")
-        if self.streams > 1 and self.arch != "armd":
+        if self.streams > 1 and not self.model.parallel_decoding:
             raise ValueError(f"streams={self.streams}: SBP decoding needs arch armd, {self.pre.source} is {self.arch}")
         self.mc_samples = _int_arg(mc_samples, "mc_samples")
         self.steps = None if steps is None else _int_arg(steps, "steps")
@@ -126,7 +125,7 @@ class ARMDHarnessLM(TemplateLM):
 
     def get_model_info(self) -> dict[str, Any]:
         """Merged into lm_eval's results["config"]: which likelihood the numbers are."""
-        exact = self.arch != "mdlm"
+        exact = self.model.likelihood_kind == "exact"
         return {
             "armd_checkpoint": str(self.pre.source),
             "armd_step": self.pre.step,
@@ -152,7 +151,7 @@ class ARMDHarnessLM(TemplateLM):
                     f"a continuation of {len(continuation)} tokens is longer than the model ({self.max_length})"
                 )
             seqs.append(((list(context) + list(continuation))[-self.max_length :], len(continuation)))
-        if self.arch == "mdlm":
+        if self.model.likelihood_kind == "bound":
             return [(self._mdlm_loglikelihood(s, n), False) for s, n in tqdm(seqs, disable=disable_tqdm, desc="elbo")]
         return self._l2r_loglikelihoods(seqs, disable_tqdm)
 
@@ -198,8 +197,8 @@ class ARMDHarnessLM(TemplateLM):
             masked = torch.zeros(k, len(tokens), dtype=torch.bool, device=self._device)
             masked[:, span] = masked_span
             rows = x.expand(k, -1)
-            assert self.mdlm is not None
-            logits = self.mdlm(rows.masked_fill(masked, self.mdlm.mask_id))
+            assert self.model.mask_id is not None  # a bound is the masked-diffusion ELBO: the model has a mask id
+            logits = self.model(rows.masked_fill(masked, self.model.mask_id))
             logp = torch.log_softmax(logits.to(self.dtype), dim=-1).gather(-1, rows.unsqueeze(-1)).squeeze(-1)
             per_draw = (logp.double() * masked).sum(dim=1) * (n / counts.to(self._device, torch.float64))
             total += float(per_draw.sum())
@@ -263,31 +262,24 @@ class ARMDHarnessLM(TemplateLM):
 
     @torch.no_grad()
     def _generate_batch(self, plans: list[dict[str, Any]]) -> list[str]:
-        from ..generate import sample_mdlm, sample_sbp
+        from ..generate import SampleRequest, sample
 
         p, gen = len(plans[0]["prompt"]), plans[0]["gen"]
         temperature, top_p = plans[0]["sampling"]
         length, b = p + gen, len(plans)
         prompt = torch.tensor([plan["prompt"] for plan in plans], dtype=torch.long).view(b, p)
-        if self.mdlm is not None:
-            init = torch.full((b, length), self.mdlm.mask_id, dtype=torch.long)
-            init[:, :p] = prompt
-            steps = self.steps or gen
-            result = sample_mdlm(
-                self.mdlm, b, length, steps, generator=self.generator, temperature=temperature, top_p=top_p, init=init
-            )
-        else:
-            result = sample_sbp(
-                self.model,
-                length,
-                self.streams,
-                batch_size=b,
-                prompt=prompt if p else None,
-                temperature=temperature,
-                top_p=top_p,
-                generator=self.generator,
-                sample_dtype=torch.float64,
-            )
+        request = SampleRequest(
+            length,
+            batch_size=b,
+            prompt=prompt if p else None,
+            streams=self.streams,
+            steps=self.steps or gen,  # an ancestral sampler's default: one step per generated token
+            temperature=temperature,
+            top_p=top_p,
+            generator=self.generator,
+            sample_dtype=torch.float64,
+        )
+        result = sample(self.model, request)
         texts = []
         for row, plan in zip(result.tokens.cpu().tolist(), plans, strict=True):
             new = row[p:][: plan["wanted"]]

@@ -25,15 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..data.errors import DataError
+from ..model import Model
 from ..model.generation_orders import l2r_order
-from ..model.mdlm import MDLMModel
+from ..model.masked_diffusion import discrete_nelbo
 from ..rng import seeded
 from .likelihood import position_nll
 from .text import TextCodec, bits_per_byte, codec_for
@@ -106,17 +107,17 @@ def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: TextCodec, block_l
     return Blocks(kept, count, len(stream), len(stream) - n * content, _count_words(stream[: n * content], codec), bos)
 
 
-def scored_from(protocol: str, arch: str) -> int:
-    """First scored position of a block: the mdlm protocol gives l2r models BOS as context only."""
-    return 1 if protocol == "mdlm" and arch != "mdlm" else 0
+def scored_from(protocol: str, exact: bool) -> int:
+    """First scored position of a block: the mdlm protocol gives l2r models (exact likelihoods) BOS as
+    context only; a masked-diffusion bound scores the whole block, BOS included, as MDLM does."""
+    return 1 if protocol == "mdlm" and exact else 0
 
 
 @torch.no_grad()
 def score_blocks(
-    model: torch.nn.Module,
+    model: Model,
     blocks: np.ndarray,
     *,
-    arch: str,
     first: int,
     batch_size: int,
     dtype: torch.dtype,
@@ -125,7 +126,8 @@ def score_blocks(
     progress: bool = True,
     desc: str = "",
 ) -> float:
-    """Total NLL (nats) of positions first.. of every block: exact l2r, or mdlm's T-step negative ELBO."""
+    """Total NLL (nats) of positions first.. of every block: exact l2r, or (a model whose likelihood is a
+    bound) the T-step negative ELBO."""
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
     generator = seeded(seed)
@@ -133,9 +135,9 @@ def score_blocks(
     order, block = l2r_order(1, length)
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
         x = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
-        if arch == "mdlm":
-            assert isinstance(model, MDLMModel) and steps is not None  # evaluate_zeroshot checks both
-            total += model.elbo(x, steps, generator).double().sum()
+        if model.likelihood_kind == "bound":
+            assert model.mask_id is not None and steps is not None  # evaluate_zeroshot checks both
+            total += discrete_nelbo(model, x, steps, model.mask_id, generator).double().sum()
         else:
             total += position_nll(model, x, order[0], block[0], dtype)[:, first:].sum()
     return float(total)
@@ -196,20 +198,22 @@ def evaluate_zeroshot(
         raise ValueError(f"--batch-size {batch_size} must be >= 1")
     dtype = torch.float64 if float64 else torch.float32
     pre = load_pretrained(checkpoint, device=device, dtype=dtype)
-    arch = pre.config.model.arch
-    if arch == "mdlm" and (steps is None or steps < 1):
+    arch = pre.config.model.arch  # named in messages and the document; what to do is the model's to say
+    model = cast(Model, pre.model)  # load_pretrained builds a Model (checkpoints/model_io.py)
+    exact = model.likelihood_kind == "exact"
+    if not exact and (steps is None or steps < 1):
         raise ValueError(
             f"{pre.source} is arch mdlm, scored with the T-step ELBO: pass --steps T >= 1 "
             "(MDLM's own evaluation scripts use T = 1000)"
         )
-    if arch != "mdlm" and steps is not None:
+    if exact and steps is not None:
         raise ValueError(f"--steps applies to arch mdlm only; arch {arch} is scored with its exact l2r likelihood")
     max_len = pre.config.model.max_seq_len
     length = block_len or min(pre.config.data.seq_len, max_len)
     if length > max_len:
         raise DataError(f"--block-len {length} exceeds the model's max_seq_len={max_len}")
     codec = codec_for(pre)
-    first = scored_from(protocol, arch)
+    first = scored_from(protocol, exact)
     results = []
     for bench, paths in benches:
         if not paths:
@@ -217,9 +221,8 @@ def evaluate_zeroshot(
         rows = (row for path in paths for row in read_rows(path, bench))
         blocks = wrap_blocks(rows, bench, codec, length, protocol)
         nll = score_blocks(
-            pre.model,
+            model,
             blocks.tokens,
-            arch=arch,
             first=first,
             batch_size=batch_size,
             dtype=dtype,
@@ -229,7 +232,6 @@ def evaluate_zeroshot(
             desc=f"zeroshot {bench.name}",
         )
         results.append(_task_result(bench, paths, blocks, nll, first, codec, protocol))
-    exact = arch != "mdlm"
     return {
         "protocol": protocol,
         "checkpoint": str(pre.source),

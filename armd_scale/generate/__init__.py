@@ -1,7 +1,8 @@
 """Decoding: KV-cached sampling schedules (sequential, SBP, infilling; docs/GENERATION.md) and the
-mdlm baseline's ancestral sampler."""
+mdlm baseline's ancestral sampler. `sample(model, SampleRequest(...))` picks the one a model declares."""
 
 from .cache import ARDecoder, ARMDDecoder, make_decoder
+from .entry import SampleRequest, sample
 from .mdlm import ancestral_sample, sample_mdlm
 from .reference import FullForwardDecoder
 from .sampler import (
@@ -24,12 +25,14 @@ __all__ = [
     "ARMDDecoder",
     "DecodePlan",
     "FullForwardDecoder",
+    "SampleRequest",
     "SampleResult",
     "ancestral_sample",
     "generate",
     "infill_plan",
     "make_decoder",
     "order_plan",
+    "sample",
     "sample_infill",
     "sample_logits",
     "sample_mdlm",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from ..model import Model
-from ..model.armd import ARModel
 
 
 class FullForwardDecoder:
@@ -26,7 +25,7 @@ class FullForwardDecoder:
         self.length = length
         self.device = next(model.parameters()).device
         # AR accepts single-token blocks only: every committed token is then its own block.
-        self.single_token_blocks = isinstance(model, ARModel)
+        self.single_token_blocks = not model.multi_token_blocks
         self.tokens = torch.zeros(batch_size, length, dtype=torch.long, device=self.device)
         self.used = torch.zeros(batch_size, length, dtype=torch.bool, device=self.device)
         self.order: list[torch.Tensor] = []

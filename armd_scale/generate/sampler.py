@@ -92,6 +92,7 @@ class SampleResult:
     tokens: torch.Tensor  # [B, N] in text order
     forward_calls: int
     seconds: float
+    diffusion_steps: int | None = None  # reverse-process steps, where the sampler was ancestral (mdlm)
 
 
 def _batched(t: torch.Tensor | None, batch_size: int, name: str) -> torch.Tensor:

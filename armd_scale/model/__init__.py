@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .armd import ARMDModel, ARModel
 from .loss import order_loss, token_nll
 from .mdlm import MDLMModel
@@ -14,16 +14,31 @@ Model: TypeAlias = ARMDModel | ARModel | MDLMModel  # every architecture: logits
 ARCHS: dict[str, type[Model]] = {"armd": ARMDModel, "ar": ARModel, "mdlm": MDLMModel}
 
 
-def build_model(model_config: ModelConfig) -> Model:
-    """Instantiate the architecture named by `model_config.arch` (weights initialised)."""
-    model_config.validate()
+def model_class(model_config: ModelConfig) -> type[Model]:
+    """The class of `model_config.arch`: the one place the arch name is read. Callers that hold a config
+    and no model ask its class for architecture facts (`objective`, `likelihood_kind`, ...)."""
     try:
-        cls = ARCHS[model_config.arch]
+        return ARCHS[model_config.arch]
     except KeyError:
         raise ValueError(
             f"model.arch='{model_config.arch}' is not available; choose one of {', '.join(ARCHS)}"
         ) from None
-    return cls(model_config)
 
 
-__all__ = ["ARMDModel", "ARModel", "ARCHS", "MDLMModel", "Model", "build_model", "order_loss", "token_nll"]
+def build_model(model_config: ModelConfig) -> Model:
+    """Instantiate the architecture named by `model_config.arch` (weights initialised)."""
+    model_config.validate()
+    return model_class(model_config)(model_config)
+
+
+__all__ = [
+    "ARMDModel",
+    "ARModel",
+    "ARCHS",
+    "MDLMModel",
+    "Model",
+    "build_model",
+    "model_class",
+    "order_loss",
+    "token_nll",
+]

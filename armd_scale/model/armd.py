@@ -23,15 +23,19 @@ Forward pass, top to bottom:
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..model_config import ModelConfig
 from .attention import prepare
+from .flops import armd_forward_flops, transformer_forward_flops
 from .generation_orders import l2r_order
 from .layers import Block, init_weights
 from .masks import causal_spec, strict_spec, two_stream_spec
+from .memory import ActivationEstimate, activation_bytes
 from .neighbour import NeighbourAttention
 from .pe_init import initial_pos_table
 from .query_input import QUERY_CHUNK_ROWS, query_input
@@ -84,6 +88,61 @@ class _Transformer(nn.Module):
             )
         if tokens.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+
+    # -- architecture facts: the other layers ask the model instead of switching on model.arch ------
+
+    # "exact": every score is an exact conditional log-likelihood; "bound": an ELBO (masked diffusion).
+    likelihood_kind: ClassVar[Literal["exact", "bound"]] = "exact"
+    # Whether model(tokens, order, block) accepts blocks of several tokens (AR refuses them: a block's
+    # own tokens would leak through its shifted input).
+    multi_token_blocks: ClassVar[bool] = True
+    # How armd_scale.generate samples it: "blocks" = block by block through the shared contract with
+    # a KV cache (generate/cache.py); "ancestral" = the masked-diffusion reverse process (generate/mdlm.py).
+    sampler: ClassVar[Literal["blocks", "ancestral"]] = "blocks"
+    # What training minimises (train/objective.py): the order loss, or the continuous-time MDLM loss.
+    objective: ClassVar[Literal["orders", "masked_diffusion"]] = "orders"
+    # The id that marks a masked input position, for models that take one (mdlm); None elsewhere.
+    mask_id: int | None = None
+
+    @property
+    def parallel_decoding(self) -> bool:
+        """Several tokens per forward call from the cache (SBP streams, infilling in SBP order)."""
+        return self.sampler == "blocks" and self.multi_token_blocks
+
+    def forward_flops(self, seq_len: int) -> float:
+        """Forward matmul FLOPs of one sequence, counted as the implementation runs (model/flops.py)."""
+        return transformer_forward_flops(self.cfg, seq_len)
+
+    def training_flops_per_token(self, seq_len: int) -> float:
+        """3x forward (the backward pass computes gradients of inputs and weights), per token."""
+        return 3.0 * self.forward_flops(seq_len) / seq_len
+
+    def activation_bytes(
+        self, micro_batch: int, seq_len: int, precision: str, *, multi_token_blocks: bool = False, tp: int = 1
+    ) -> ActivationEstimate:
+        """What autograd keeps for one micro-batch (model/memory.py)."""
+        return activation_bytes(self.cfg, micro_batch, seq_len, precision, multi_token_blocks=multi_token_blocks, tp=tp)
+
+    def no_decay_matrices(self) -> list[nn.Parameter]:
+        """Matrices that must not take weight decay (an architecture declares its own; none here)."""
+        return []
+
+    def weight_decay_split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(decay, no_decay) over the trainable parameters, each once (tied weights count once).
+
+        Matrices (linear weights, embeddings) decay; vectors (norm scales, start and mask vectors)
+        never do, nor the matrices `no_decay_matrices` names by reference (position tables, score
+        tables: decay would pull them towards a flat kernel)."""
+        exempt = {id(p) for p in self.no_decay_matrices()}
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        seen: set[int] = set()
+        for p in self.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (decay if p.dim() >= 2 and id(p) not in exempt else no_decay).append(p)
+        return decay, no_decay
 
 
 class ARMDModel(_Transformer):
@@ -181,6 +240,19 @@ class ARMDModel(_Transformer):
                 g = self._run_layer(layer, g, None, rope, rope, causal)
         return self.head(g)
 
+    # -- architecture facts (see _Transformer) ----------------------------------------------------
+
+    def forward_flops(self, seq_len: int) -> float:
+        return armd_forward_flops(self.cfg, seq_len)
+
+    def no_decay_matrices(self) -> list[nn.Parameter]:
+        """The PE tables (decay would flatten the prefix-aggregation kernel) and neighbour attention's
+        score table (decay would pull its scores towards uniform attention)."""
+        tables = [self.pos_table, self.start_pos_table, self.query_pos_table]
+        if self.neighbour is not None:
+            tables.append(self.neighbour.rel_bias)
+        return [t for t in tables if t is not None]
+
 
 class ARModel(_Transformer):
     """Plain causal transformer under the same contract (the FLOP-matched baseline).
@@ -190,6 +262,8 @@ class ARModel(_Transformer):
     l2r order this is an ordinary GPT. Any order with single-token blocks is accepted (an order-blind
     shifted model); multi-token blocks would leak a block's own tokens and are refused.
     """
+
+    multi_token_blocks = False  # the shifted input would leak a block's own tokens
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

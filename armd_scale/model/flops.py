@@ -13,7 +13,7 @@ peak-FLOPs table keyed by device name.
 
 from __future__ import annotations
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .layers import mlp_hidden
 
 
@@ -24,24 +24,35 @@ def _layer_flops(cfg: ModelConfig, q_rows: int, kv_rows: int, keys: int) -> floa
     return q_rows * (4 * d * d + mlp) + kv_rows * 4 * d * d + q_rows * keys * 4 * d
 
 
+def transformer_forward_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs of a plain stack of L self-attention layers on N rows (ar, mdlm)."""
+    n = seq_len
+    return cfg.n_layers * _layer_flops(cfg, n, n, n) + 2 * n * cfg.d_model * cfg.vocab_size
+
+
+def armd_forward_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs of ARMD: two streams in the first L2 - 1 layers, the query stream alone in the
+    last two-stream layer, block-causal layers, prefix aggregation and neighbour attention."""
+    n, d = seq_len, cfg.d_model
+    two = cfg.two_stream_layers
+    total = (two - 1) * _layer_flops(cfg, 2 * n, n, n)  # both streams
+    total += _layer_flops(cfg, n, n, n)  # last two-stream layer: G queries only
+    total += (cfg.n_layers - two) * _layer_flops(cfg, n, n, n)  # block-causal layers
+    total += 2 * n * n * cfg.d_pe + 2 * n * n * d if cfg.prefix_agg != "none" else 0  # prefix aggregation
+    total += 2 * n * cfg.d_pe * d if cfg.positional_start else 0  # position-conditioned start
+    total += 2 * cfg.neighbour_heads * n * n * d  # neighbour attention: weights @ embeddings per head
+    return total + 2 * n * d * cfg.vocab_size
+
+
+# For callers that hold a config and no model (dry runs, MFU): a model answers `model.forward_flops`.
+_FORWARD_FLOPS = {"armd": armd_forward_flops, "ar": transformer_forward_flops, "mdlm": transformer_forward_flops}
+
+
 def forward_flops(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs for one sequence of `seq_len` tokens."""
-    n, d = seq_len, cfg.d_model
-    head = 2 * n * d * cfg.vocab_size
-    if cfg.arch == "ar":
-        return cfg.n_layers * _layer_flops(cfg, n, n, n) + head
-    if cfg.arch == "armd":
-        two = cfg.two_stream_layers
-        total = (two - 1) * _layer_flops(cfg, 2 * n, n, n)  # both streams
-        total += _layer_flops(cfg, n, n, n)  # last two-stream layer: G queries only
-        total += (cfg.n_layers - two) * _layer_flops(cfg, n, n, n)  # block-causal layers
-        total += 2 * n * n * cfg.d_pe + 2 * n * n * d if cfg.prefix_agg != "none" else 0  # prefix aggregation
-        total += 2 * n * cfg.d_pe * d if cfg.positional_start else 0  # position-conditioned start
-        total += 2 * cfg.neighbour_heads * n * n * d  # neighbour attention: weights @ embeddings per head
-        return total + head
-    if cfg.arch == "mdlm":
-        return cfg.n_layers * _layer_flops(cfg, n, n, n) + head
-    raise ValueError(f"no FLOP formula for model.arch='{cfg.arch}'")
+    if cfg.arch not in _FORWARD_FLOPS:
+        raise ValueError(f"no FLOP formula for model.arch='{cfg.arch}'")
+    return _FORWARD_FLOPS[cfg.arch](cfg, seq_len)
 
 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from ..rng import uniform
 from . import masked_diffusion as md
 from .armd import _Transformer
@@ -39,6 +39,11 @@ from .masks import full_spec
 
 class MDLMModel(_Transformer):
     """Bidirectional denoiser with a mask token; see the module docstring for the calling contract."""
+
+    likelihood_kind = "bound"  # scores are ELBOs: the exact conditionals cost a pass per block
+    sampler = "ancestral"  # the reverse diffusion process (generate/mdlm.py), not the KV-cached plans
+    objective = "masked_diffusion"  # trained on noisy inputs, one pass per batch (train/objective.py)
+    mask_id: int
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

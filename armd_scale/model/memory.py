@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ModelConfig
+from ..model_config import ModelConfig
 from .layers import mlp_hidden
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

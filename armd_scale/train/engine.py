@@ -156,17 +156,10 @@ class GuardedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (linear weights, embeddings); never norms, start vectors, PE tables or the
-    neighbour-attention score table (decay would pull its scores towards uniform attention)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 and "pos_table" not in name and "rel_bias" not in name else no_decay).append(p)
+def param_groups(model: Model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups: which parameters take weight decay is the model's to say
+    (`weight_decay_split`: matrices, less the tables it names), not a pattern over parameter names."""
+    decay, no_decay = model.weight_decay_split()
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -27,7 +27,7 @@ import torch
 
 from ..config import Config
 from ..model import masked_diffusion as md
-from ..model import order_loss, token_nll
+from ..model import model_class, order_loss, token_nll
 from ..rng import uniform
 from .step_orders import draw_step_orders, step_generator
 
@@ -163,6 +163,7 @@ class MaskedDiffusionObjective(Objective):
 
 
 def make_objective(cfg: Config, global_batch: int) -> Objective:
-    if cfg.model.arch == "mdlm":
+    """The objective the model class declares (`objective`): the order loss, or masked diffusion."""
+    if model_class(cfg.model).objective == "masked_diffusion":
         return MaskedDiffusionObjective(cfg, global_batch, mask_id=cfg.model.vocab_size)
     return OrderObjective(cfg, global_batch)
