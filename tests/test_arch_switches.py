@@ -27,16 +27,6 @@ MODEL_CLASSES = {"ARMDModel", "ARModel", "MDLMModel", "_Transformer"}
 ARCH_NAMES = {"armd", "ar", "mdlm"}
 # Copied into Hugging Face exports and run by transformers without armd_scale: a program of its own.
 STANDALONE = {"checkpoints/hf_code"}
-# Sites in the checkpoints layer that the Hugging Face export work (hf_export.py, hf_mapping.py,
-# model_card.py) still has to fold into one table; listed so that none can be added meanwhile.
-PENDING = {
-    "checkpoints": {
-        ("checkpoints/hf_export.py", "_any_order"),
-        ("checkpoints/hf_export.py", "export_hf"),
-        ("checkpoints/hf_mapping.py", "llama_incompatibility"),
-        ("checkpoints/model_card.py", "model_card"),
-    }
-}
 ALLOWED_PER_LAYER = 1
 
 
@@ -105,7 +95,7 @@ def inventory() -> dict[str, dict[tuple[str, str], list[int]]]:
 def test_no_layer_outside_the_model_has_more_than_one_arch_switch():
     over = []
     for layer, sites in inventory().items():
-        counted = set(sites) - PENDING.get(layer, set())
+        counted = set(sites)
         if len(counted) > ALLOWED_PER_LAYER:
             listing = ", ".join(f"{m}:{f} (lines {sites[(m, f)]})" for m, f in sorted(counted))
             over.append(f"{layer}: {len(counted)} sites: {listing}")
@@ -116,14 +106,13 @@ def test_no_layer_outside_the_model_has_more_than_one_arch_switch():
 
 
 def test_the_inventory_is_what_this_file_says():
-    """The whole inventory, written out: a new site fails here even in a layer that has room for one,
-    and a pending site that is gone must leave PENDING (so the allowance only ever shrinks)."""
+    """The whole inventory, written out: a new site fails here even in a layer that has room for one."""
     found = {layer: set(sites) for layer, sites in inventory().items()}
     assert found == {
         "(top)": {("model_config.py", "validate")},
         "train": {("train/loop.py", "_set_up")},
         "generate": {("generate/cache.py", "make_decoder")},
-        **PENDING,
+        "checkpoints": {("checkpoints/model_card.py", "model_card")},
     }
 
 

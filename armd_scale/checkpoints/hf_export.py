@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from ..model import model_class
 from .atomic import atomic_dir, check_out, refuse_overlap
 from .export import copy_tokenizer
 from .hf_code_files import write_code
@@ -104,7 +105,7 @@ def export_hf(
     if layout == "llama" and reason:
         raise ConversionError(f"--layout llama: {reason}; the custom-code layout (--layout armd) exports it")
     chosen = "llama" if layout in ("auto", "llama") and reason is None else "armd"
-    if mc.arch == "ar" and chosen == "armd":
+    if model_class(mc).causal_lm and chosen == "armd":
         notes.append(f"custom code instead of a stock Llama: {reason or '--layout armd'}")
 
     progress(f"reading the full weights of {source.folder} ({source.kind}, step {source.step})")
@@ -113,7 +114,7 @@ def export_hf(
     batch = fixed_batch(cfg)
     real = real_vocab(mc)
     tokens, order, block = batch.tensors(real)  # real ids: a Llama export has no rows for padded ones
-    any_order = _any_order(tokens, mc.arch)
+    any_order = _any_order(tokens, model_class(mc).multi_token_blocks)
     with torch.no_grad():
         expected = reference(tokens, order, block).float()
         expected_any = reference(*any_order).float()
@@ -264,13 +265,13 @@ def _write_llama(tmp: Path, cfg, state, separator: int | None) -> None:
     generation.save_pretrained(tmp)
 
 
-def _any_order(tokens: torch.Tensor, arch: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fixed tokens under a seeded random order, in blocks of 3 (single tokens for arch ar, which
-    allows no larger blocks): the custom code must reproduce the contract beyond left to right."""
+def _any_order(tokens: torch.Tensor, multi_token_blocks: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed tokens under a seeded random order, in blocks of 3 (single tokens for a model that allows
+    no larger blocks, the AR baseline): the custom code must reproduce the contract beyond left to right."""
     b, n = tokens.shape
     g = torch.Generator().manual_seed(1)
     order = torch.stack([torch.randperm(n, generator=g) for _ in range(b)])
-    block = (torch.arange(n) // (1 if arch == "ar" else 3)).expand(b, n)
+    block = (torch.arange(n) // (3 if multi_token_blocks else 1)).expand(b, n)
     return tokens, order, block
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import torch
 
+from ..model import model_class
 from ..model.layers import mlp_hidden
 from ..model_config import DERIVED, INIT, RUNTIME, ModelConfig, declarations, to_hf
 from ..safe_paths import contained_path
@@ -106,7 +107,7 @@ def check_exportable(mc: ModelConfig) -> list[str]:
 
 def llama_incompatibility(mc: ModelConfig) -> str | None:
     """Why this model cannot be a stock LlamaForCausalLM (None: it can)."""
-    if mc.arch != "ar":
+    if not model_class(mc).causal_lm:
         return f"arch {mc.arch} is not a plain causal transformer"
     if mc.mlp != "swiglu":
         return f"model.mlp={mc.mlp}: Llama's MLP is gated (SwiGLU)"

@@ -103,6 +103,9 @@ class _Transformer(nn.Module):
     objective: ClassVar[Literal["orders", "masked_diffusion"]] = "orders"
     # The id that marks a masked input position, for models that take one (mdlm); None elsewhere.
     mask_id: int | None = None
+    # Whether stock causal-LM code can run it (a transformers LlamaForCausalLM: plain causal attention over
+    # the tokens before, see checkpoints/hf_mapping.py): the AR baseline only.
+    causal_lm: ClassVar[bool] = False
 
     @property
     def parallel_decoding(self) -> bool:
@@ -264,6 +267,7 @@ class ARModel(_Transformer):
     """
 
     multi_token_blocks = False  # the shifted input would leak a block's own tokens
+    causal_lm = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
