@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .text import TextCodec, codec_for
+from ..data.tokenizers.base import Tokenizer
+from .text import codec_for
 
 
 @dataclass
@@ -46,7 +47,7 @@ class JudgeScore:
 class Judge(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
-    def score(self, samples: np.ndarray, codec: TextCodec) -> JudgeScore: ...
+    def score(self, samples: np.ndarray, codec: Tokenizer) -> JudgeScore: ...
 
 
 def unigram_entropy(samples: np.ndarray) -> float:
@@ -85,15 +86,15 @@ class CheckpointJudge:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def _inputs(self, samples: np.ndarray, codec: TextCodec) -> list[list[int]]:
-        same = codec.sha256 is not None and codec.sha256 == self.codec.sha256
+    def _inputs(self, samples: np.ndarray, codec: Tokenizer) -> list[list[int]]:
+        same = bool(codec.sha256) and codec.sha256 == self.codec.sha256
         self.retokenized = not same
         if same:
             return [list(map(int, row)) for row in samples]
         return [self.codec.encode(codec.decode(row)) for row in samples]
 
     @torch.no_grad()
-    def score(self, samples: np.ndarray, codec: TextCodec) -> JudgeScore:
+    def score(self, samples: np.ndarray, codec: Tokenizer) -> JudgeScore:
         seqs = self._inputs(samples, codec)
         truncated = sum(len(s) > self.max_len for s in seqs)
         seqs = [s[: self.max_len] for s in seqs if s]
@@ -184,7 +185,7 @@ class TransformersJudge:
             "batch_size": self.batch_size,
         }
 
-    def texts(self, samples: np.ndarray, codec: TextCodec) -> list[str]:
+    def texts(self, samples: np.ndarray, codec: Tokenizer) -> list[str]:
         """Step 1: each sample's text, generator separators written as the judge's EOS text."""
         eos_text = self.tokenizer.eos_token
         out = []
@@ -199,7 +200,7 @@ class TransformersJudge:
         return out
 
     @torch.no_grad()
-    def score(self, samples: np.ndarray, codec: TextCodec) -> JudgeScore:
+    def score(self, samples: np.ndarray, codec: Tokenizer) -> JudgeScore:
         import torch.nn.functional as F
 
         texts = self.texts(samples, codec)

@@ -85,7 +85,7 @@ class ARMDHarnessLM(TemplateLM):
         self.model = cast(Model, self.pre.model)  # load_pretrained builds a Model (checkpoints/model_io.py)
         self.arch = self.pre.config.model.arch
         self.codec = codec_for(self.pre)
-        if self.codec.kind != "text" or self.codec.eos_id is None:
+        if not self.codec.has_text or self.codec.eos_id is None:
             raise ValueError(f"{self.pre.source} has no text tokenizer; lm-eval tasks need one")
         self.eos_id: int = self.codec.eos_id
         self.batch_size = 8 if str(batch_size).startswith("auto") else _int_arg(batch_size, "batch_size")

@@ -2,22 +2,18 @@
 
 A run trained on text has a tokenizer (SentencePiece or a Hugging Face tokenizer.json); a run
 trained on a synthetic source (`synthetic:markov?...`) has only ids, described by a `tokenizer.json`
-of kind `synthetic`. Commands should work on both, so they go through a `TextCodec`:
-
-- `TokenizerCodec`: the run's tokenizer (any `Tokenizer`, a synthetic source's id tokenizer too).
-  `byte_lengths()` gives, per id, the UTF-8 bytes of text the
-  token stands for, so bits per byte can be summed token by token and does not depend on where a
-  window boundary falls (exact for byte-level BPE and lossless SentencePiece; see the backends).
-- `IdCodec(...)`: a `TokenizerCodec` over an `IdTokenizer`, ids written as decimal numbers separated
-  by spaces. It has no bytes, so bits per byte is undefined (None) for such runs.
+of kind `synthetic`, and opens as an `IdTokenizer` (ids written as decimal numbers separated by
+spaces, `has_text` False). Commands work on both through the one `Tokenizer` interface (data/tokenizers):
+`byte_lengths()` gives, per id, the UTF-8 bytes of text the token stands for, so bits per byte can be
+summed token by token and does not depend on where a window boundary falls (exact for byte-level BPE
+and lossless SentencePiece; see the backends); an id tokenizer has no bytes, so bits per byte is
+undefined (None) for such runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -26,57 +22,20 @@ from ..data.tokenizers.base import Tokenizer
 from ..data.tokenizers.ids import IdTokenizer
 
 
-class TextCodec(Protocol):
-    kind: str  # "text" or "ids"
-    sha256: str | None  # tokenizer identity (shard manifests and checkpoints carry the same value)
-    vocab_size: int
-    eos_id: int | None
+def codec_for(pretrained) -> Tokenizer:
+    """The tokenizer of a loaded checkpoint (`armd_scale.pretrained.Pretrained`), verified on open.
 
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
-
-    def byte_lengths(self) -> np.ndarray | None: ...
-
-
-class TokenizerCodec:
-    """The run's tokenizer; documents are encoded as `armd shards` encodes them."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.kind = "text" if tokenizer.has_text else "ids"
-        self.sha256: str | None = tokenizer.sha256 or None  # "" : an id tokenizer of unknown identity
-        self.vocab_size: int = tokenizer.vocab_size
-        self.eos_id: int | None = tokenizer.eos_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self.tokenizer.decode(ids)
-
-    def byte_lengths(self) -> np.ndarray | None:
-        return self.tokenizer.byte_lengths()
-
-
-def IdCodec(vocab_size: int, sha256: str | None = None, source: str = "") -> TokenizerCodec:  # noqa: N802
-    """Ids as text (`"5 9 4"`): the id tokenizer of a synthetic source, or of a run without a tokenizer."""
-    return TokenizerCodec(IdTokenizer.of(vocab_size, sha256, source))
-
-
-def codec_for(pretrained) -> TextCodec:
-    """The codec of a loaded checkpoint (`armd_scale.pretrained.Pretrained`).
-
-    A run without a tokenizer, or with a synthetic one, gets an `IdCodec`. A tokenizer directory that
-    has vanished, a tokenizer that is not the one the run was trained with (another SHA-256), or one
-    with more ids than the model are errors naming it: its ids would decode to nonsense.
+    A run without a tokenizer gets an `IdTokenizer` (ids written as decimal text), as a synthetic source has.
+    A tokenizer directory that has vanished, a tokenizer that is not the one the run was trained with
+    (another SHA-256), or one with more ids than the model are errors naming it: its ids would decode
+    to nonsense.
     """
     from ..data.tokenizers.base import INFO_FILE
 
     vocab = pretrained.config.model.vocab_size
     tok_dir = pretrained.tokenizer_dir
     if not tok_dir:
-        return IdCodec(vocab, pretrained.tokenizer_sha256, f"{pretrained.source} (no tokenizer recorded)")
+        return IdTokenizer.of(vocab, pretrained.tokenizer_sha256, f"{pretrained.source} (no tokenizer recorded)")
     local = None if "://" in tok_dir else Path(tok_dir)
     if local is not None and local.is_dir() and not (local / INFO_FILE).is_file():
         raise DataError(
@@ -92,10 +51,10 @@ def codec_for(pretrained) -> TextCodec:
             f"tokenizer {tok_dir} has {tokenizer.vocab_size} ids but the model of {pretrained.source} only "
             f"{vocab}: a model cannot be smaller than its tokenizer"
         )
-    return TokenizerCodec(tokenizer)
+    return tokenizer
 
 
-def count_bytes(codec: TextCodec, tokens: np.ndarray) -> int | None:
+def count_bytes(codec: Tokenizer, tokens: np.ndarray) -> int | None:
     """UTF-8 bytes of the decoded text of `tokens` (any shape), or None when the codec has no text."""
     table = codec.byte_lengths()
     if table is None:

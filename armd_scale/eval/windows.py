@@ -22,8 +22,8 @@ from ..data.errors import DataError, DataMismatchError
 from ..data.manifest import MANIFEST_FILE, Manifest, read_manifest
 from ..data.prepare.textio import DocSplit, expand_inputs, iter_corpus
 from ..data.shardio import load_shard, out_of_vocab
+from ..data.tokenizers.base import Tokenizer
 from ..data.urls import exists, join_url
-from .text import TextCodec
 
 
 @dataclass
@@ -88,7 +88,7 @@ def is_shard_set(url: str) -> bool:
 
 def pack_text(
     inputs: Sequence[str],
-    codec: TextCodec,
+    codec: Tokenizer,
     seq_len: int,
     *,
     text_field: str = "text",
@@ -97,7 +97,7 @@ def pack_text(
     max_windows: int | None = None,
 ) -> np.ndarray:
     """[windows, seq_len] token ids of text inputs, packed as `armd shards` packs them."""
-    if codec.kind != "text":
+    if not codec.has_text:
         raise DataError(
             f"text inputs {list(inputs)} need a text tokenizer, but the checkpoint was trained on ids only "
             "(a synthetic source); evaluate it on shard sets"
@@ -125,7 +125,7 @@ def pack_text(
 
 def open_eval_data(
     paths: Sequence[str],
-    codec: TextCodec,
+    codec: Tokenizer,
     *,
     seq_len: int,
     max_tokens: int | None = None,
@@ -157,7 +157,7 @@ def open_eval_data(
             raise DataMismatchError(
                 f"shard set {path} holds windows of seq_len={m.seq_len}, but this evaluation uses seq_len={seq_len}"
             )
-        if codec.sha256 is not None and m.tokenizer_sha256 != codec.sha256:
+        if codec.sha256 and m.tokenizer_sha256 != codec.sha256:
             raise DataMismatchError(
                 f"shard set {path} was built with tokenizer {m.tokenizer_sha256[:12]} but the checkpoint uses "
                 f"{codec.sha256[:12]}: its ids mean different things"

@@ -32,12 +32,13 @@ import torch
 from tqdm import tqdm
 
 from ..data.errors import DataError
+from ..data.tokenizers.base import Tokenizer
 from ..model import Model
 from ..model.generation_orders import l2r_order
 from ..model.masked_diffusion import discrete_nelbo
 from ..rng import seeded
 from .likelihood import position_nll
-from .text import TextCodec, bits_per_byte, codec_for
+from .text import bits_per_byte, codec_for
 from .zeroshot_data import BENCHMARKS, Benchmark, benchmark, read_rows
 
 PROTOCOLS = ("sedd", "mdlm")
@@ -56,19 +57,18 @@ class Blocks:
     bos: int | None  # the BOS id the mdlm protocol wraps with (None for sedd)
 
 
-def _separator(codec: TextCodec) -> int:
-    if codec.kind != "text" or codec.eos_id is None:
+def _separator(codec: Tokenizer) -> int:
+    if not codec.has_text or codec.eos_id is None:
         raise DataError("the zero-shot suite needs a checkpoint with a text tokenizer (this one has ids only)")
     return codec.eos_id
 
 
-def _bos_id(codec: TextCodec) -> int:
+def _bos_id(codec: Tokenizer) -> int:
     """MDLM wraps blocks with `tokenizer.bos_token` (GPT-2: <|endoftext|>, the separator itself)."""
-    bos = getattr(getattr(codec, "tokenizer", None), "bos_id", None)
-    return _separator(codec) if bos is None else int(bos)
+    return _separator(codec) if codec.bos_id is None else int(codec.bos_id)
 
 
-def _count_words(stream: Sequence[int], codec: TextCodec) -> int:
+def _count_words(stream: Sequence[int], codec: Tokenizer) -> int:
     """Words of the text `stream` stands for: decoded between separators, so two documents never
     merge into one word."""
     words, start = 0, 0
@@ -79,7 +79,7 @@ def _count_words(stream: Sequence[int], codec: TextCodec) -> int:
     return words
 
 
-def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: TextCodec, block_len: int, protocol: str) -> Blocks:
+def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: Tokenizer, block_len: int, protocol: str) -> Blocks:
     """Detokenize, tokenize, append the separator to every row, concatenate, cut into blocks."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
@@ -144,7 +144,7 @@ def score_blocks(
 
 
 def _task_result(
-    bench: Benchmark, paths: Sequence[str], blocks: Blocks, nll: float, first: int, codec: TextCodec, protocol: str
+    bench: Benchmark, paths: Sequence[str], blocks: Blocks, nll: float, first: int, codec: Tokenizer, protocol: str
 ) -> dict[str, Any]:
     scored = blocks.tokens[:, first:]
     tokens = int(scored.size)
@@ -244,7 +244,7 @@ def evaluate_zeroshot(
         "scored_positions": f"{first}..{length - 1} of each block",
         "bos_id": None if protocol == "sedd" else _bos_id(codec),
         "separator_id": _separator(codec),
-        "tokenizer_sha256": codec.sha256,
+        "tokenizer_sha256": codec.sha256 or None,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,
         "aggregation": AGGREGATION,

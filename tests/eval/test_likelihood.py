@@ -43,9 +43,9 @@ def _ppl(tmp_path, *args: str) -> dict:
 def _true_markov_nll(val_url: str) -> float:
     """NLL per token of the generating chain itself on the same windows (stationary start)."""
     source, _ = parse_synthetic(MARKOV)
-    from armd_scale.eval.text import IdCodec
+    from armd_scale.data.tokenizers.ids import IdTokenizer
 
-    data = open_eval_data([val_url], IdCodec(12), seq_len=SEQ_LEN)
+    data = open_eval_data([val_url], IdTokenizer.of(12), seq_len=SEQ_LEN)
     x = np.concatenate(list(data.batches(64))) - SYNTHETIC_TOKEN_OFFSET
     nll = -np.log(source.stationary()[x[:, 0]]).sum() - np.log(source.transitions[x[:, :-1], x[:, 1:]]).sum()
     return float(nll / x.size)

@@ -17,7 +17,7 @@ from armd_scale.data.prepare.tokenizer_training import train_tokenizer
 from armd_scale.eval import validate
 from armd_scale.eval.genppl import CheckpointJudge, load_judge, unigram_entropy
 from armd_scale.eval.sbp import write_results
-from armd_scale.eval.text import TokenizerCodec, codec_for
+from armd_scale.eval.text import codec_for
 from armd_scale.pretrained import load_pretrained
 
 from .runs import cli_env
@@ -126,7 +126,7 @@ def test_sweep_rejects_streams_that_do_not_divide_the_length(text_run, tmp_path,
 
 def test_judge_retokenizes_text_from_another_tokenizer(text_run, tmp_path):
     """A generator with another tokenizer: the judge reads the decoded text, not the ids."""
-    other = TokenizerCodec(train_tokenizer(["builtin:pydoc"], str(tmp_path / "tok"), vocab_size=96, seed=0))
+    other = train_tokenizer(["builtin:pydoc"], str(tmp_path / "tok"), vocab_size=96, seed=0)
     judge = CheckpointJudge(load_pretrained(text_run.dir, dtype=torch.float64))
     assert other.sha256 != judge.codec.sha256
     rng = np.random.default_rng(0)
@@ -159,7 +159,7 @@ def test_transformers_judge_without_transformers_says_so(tmp_path):
 
 def test_codec_of_a_synthetic_run_writes_ids(markov_run):
     codec = codec_for(load_pretrained(markov_run.dir))
-    assert codec.kind == "ids" and codec.byte_lengths() is None
+    assert not codec.has_text and codec.byte_lengths() is None
     assert codec.decode([5, 11, 4]) == "5 11 4" and codec.encode(" 5 11\n4 ") == [5, 11, 4]
     with pytest.raises(ValueError, match="not a token id"):
         codec.encode("5 12")
