@@ -143,8 +143,11 @@ def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torc
     raise AssertionError(chosen)  # pragma: no cover
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask) -> torch.Tensor:
-    """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask | None) -> torch.Tensor:
+    """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]. mask None: every key visible to every query
+    (a warm decoding step, whose queries all come after every cached key)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
     if mask.spec.pattern == "full":
         return _full(q, k, v, mask.backend)
     if mask.backend == "sdpa":
