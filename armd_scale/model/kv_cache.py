@@ -6,7 +6,8 @@ query-input code of the training forward (`ARMDModel.decode_step`, `ARModel.deco
 is one copy of the forward arithmetic; the generate package only orchestrates steps.
 
 What is here:
-- `KVCache`: one layer's K/V, preallocated to `max_len` rows and written in place. `Attention`
+- `KVCache` (defined in model/attention.py, beside the attention that fills it, so the layers need
+  nothing else): one layer's K/V, preallocated to `max_len` rows and written in place. `Attention`
   appends the keys of its call at `filled` and attends to rows [0, filled). Rows past what the
   decoder has committed are *pending* (a causal layer's query-stream K/V computed for the last
   targets); `truncate` keeps them when the next commit is those targets and drops them otherwise.
@@ -21,35 +22,9 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelConfig
-from .attention import PreparedMask, prepare
+from .attention import KVCache, PreparedMask, prepare
 from .masks import BlockMaskSpec
 from .query_input import QueryInputCache
-
-
-class KVCache:
-    """K/V of one layer: [B, H, max_len, head_dim] each, rows [0, filled) valid, filled front to back."""
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
-        self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.filled = 0
-
-    def truncate(self, rows: int) -> None:
-        """Keep rows [0, rows): what is committed, plus pending rows the caller has just committed."""
-        if rows > self.filled:
-            raise ValueError(f"cannot keep {rows} cache rows: only {self.filled} are written")
-        self.filled = rows
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k/v [B, H, m, hd] at rows [filled, filled + m); return every valid row's K and V."""
-        start, end = self.filled, self.filled + k.shape[2]
-        if end > self.k.shape[2]:
-            raise ValueError(f"decoding needs {end} cache rows but the cache holds max_len={self.k.shape[2]}")
-        if end > start:
-            self.k[:, :, start:end] = k
-            self.v[:, :, start:end] = v
-        self.filled = end
-        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 def _layer_caches(cfg: ModelConfig, count: int, batch: int, max_len: int, device, dtype) -> list[KVCache]:

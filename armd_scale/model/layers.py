@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import PreparedMask, attend
-from .kv_cache import KVCache
+from .attention import KVCache, PreparedMask, attend
 from .rope import apply_rotary
 
 

@@ -1,4 +1,5 @@
-"""The query stream's input G0 in training: a chunk of query rows at a time, recomputed for backward.
+"""The query stream's input G0: in training a chunk of query rows at a time, recomputed for backward;
+in decoding from a running state of the committed tokens (`QueryInputCache`).
 
 Why. G0 (model/armd.py, Forward pass step 2) compares every query with every key: the prefix
 aggregation weights <PE_n, PE_i> over strictly earlier blocks are [B, N, N], and neighbour attention
@@ -19,6 +20,11 @@ float64 against a dense reference; model/memory.py counts what is kept and what 
 Everything that reads a parameter of the model itself (the start, the PE rows) happens inside the
 chunk, so nothing but X0, positions and blocks is kept. Outside training, or without grad, the chunks
 run plainly: evaluation gets the same bounded transient without the recomputation.
+
+Decoding. A decoding query sees exactly the committed tokens, so its prefix sum is PE_q[n] @ S with
+S = sum_i PE[pos i]^T X0[i] kept as it grows (O(1) state, the recurrence of docs/ARCHITECTURE.md),
+and neighbour attention reads the committed X0 and positions. Both paths form their sums and hand
+them to one function, `query_terms`, which adds the start and every term: the terms are written once.
 """
 
 from __future__ import annotations
