@@ -29,113 +29,21 @@ steps need no mask at all: every cached key is visible to every new query.
 
 Cache tensors are preallocated to `max_len` and written in place; a step costs O(new rows x cached
 rows) attention plus per-row work, never a recompute of past tokens.
+
+Where the work happens. The cache (model/kv_cache.py) and the step (`ARMDModel.decode_step`,
+`ARModel.decode_step`) belong to the model: a step calls the model's own `Block`s, `Attention`s and
+query-input code, so there is one copy of the forward arithmetic. This module is the orchestration
+around it: input checks, room in the cache, whether a commit is warm or cold (the host-side positions
+of the last targets), and the forward-call count. tests/generate/test_one_forward.py keeps it so.
 """
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
-import torch.nn.functional as F
 
 from ..model import Model
 from ..model.armd import ARMDModel, ARModel
-from ..model.attention import PreparedMask, attend, prepare
-from ..model.layers import Block
-from ..model.masks import BlockMaskSpec
-from ..model.rope import apply_rotary
-
-Rope = tuple[torch.Tensor, torch.Tensor]
-
-
-class _KVBuffer:
-    """Preallocated K/V for one layer: [B, H, max_len, head_dim] each, filled front to back."""
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
-        self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-
-
-class StepLayer:
-    """One `Block` prepared for decoding: the same math with fused weights.
-
-    Small decoding steps are dominated by per-op overhead, so q/k/v are one matmul and the SwiGLU
-    gate/up another, and the module call machinery is skipped. The arithmetic mirrors
-    `Block.forward` term by term (the teacher-forcing tests hold the two together). The fused
-    weights are a snapshot: build a new decoder after the model's weights change.
-    """
-
-    def __init__(self, layer: Block):
-        attn, mlp = layer.attn, layer.mlp
-        with torch.no_grad():
-            self.w_qkv = torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]).detach()
-            self.w_o = attn.wo.weight.detach()
-            if mlp.kind == "swiglu":
-                self.w_in = torch.cat([mlp.gate.weight, mlp.up.weight]).detach()
-            else:
-                self.w_in = mlp.up.weight.detach()
-            self.w_down = mlp.down.weight.detach()
-        self.attn_norm, self.mlp_norm = layer.attn_norm, layer.mlp_norm
-        self.swiglu = mlp.kind == "swiglu"
-        self.head_dim = attn.head_dim
-        self.d_model = self.w_o.shape[0]
-        self.heads = self.d_model // self.head_dim
-
-    @staticmethod
-    def _norm(norm: torch.nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, norm.normalized_shape, norm.weight, norm.eps)
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            gate, up = F.linear(x, self.w_in).chunk(2, dim=-1)
-            return F.linear(F.silu(gate) * up, self.w_down)
-        return F.linear(F.gelu(F.linear(x, self.w_in), approximate="tanh"), self.w_down)
-
-    def __call__(
-        self,
-        h: torch.Tensor,
-        rope: Rope,
-        q_rows: slice,
-        kv_rows: slice,
-        buf: _KVBuffer,
-        start: int,
-        mask: PreparedMask | None,
-    ) -> torch.Tensor:
-        """Run rows h [B, R, d] (rotary tables rope for all R rows); return the updated q_rows.
-
-        The kv_rows of h produce keys/values, written into the cache at [start, start + m); the
-        q_rows attend to cache rows [0, start + m). mask None means every one of those keys is
-        visible to every query (the common case); else a prepared sdpa mask.
-        """
-        hq = h[:, q_rows]
-        b, r, _ = h.shape
-        qkv = F.linear(self._norm(self.attn_norm, h), self.w_qkv)
-        qkv = qkv.view(b, r, 3 * self.heads, self.head_dim).transpose(1, 2)  # [B, 3H, R, hd]
-        qk = apply_rotary(qkv[:, : 2 * self.heads], *rope)
-        new = qkv[:, :, kv_rows].shape[2]
-        end = start + new
-        if new:
-            buf.k[:, :, start:end] = qk[:, self.heads :, kv_rows]
-            buf.v[:, :, start:end] = qkv[:, 2 * self.heads :, kv_rows]
-        t = hq.shape[1]
-        if end > 0 and t > 0:  # with no key at all the attention output is exactly zero (see model.attention)
-            q, k, v = qk[:, : self.heads, q_rows], buf.k[:, :, :end], buf.v[:, :, :end]
-            out = F.scaled_dot_product_attention(q, k, v) if mask is None else attend(q, k, v, mask)
-            hq = hq + F.linear(out.transpose(1, 2).reshape(b, t, self.d_model), self.w_o)
-        return hq + self._mlp(self._norm(self.mlp_norm, hq))
-
-
-ALL = slice(None)
-NONE = slice(0, 0)
-
-
-def _general_mask(q_limit: list[int], k_block: list[int], batch: int, like: torch.Tensor):
-    """A prepared sdpa mask from per-row limits and per-key block ids (rows with no key give zeros)."""
-    dev = like.device
-    spec = BlockMaskSpec(
-        torch.tensor(q_limit, device=dev).expand(batch, -1), torch.tensor(k_block, device=dev).expand(batch, -1)
-    )
-    return prepare(spec, "sdpa", dev, like.dtype)
+from ..model.kv_cache import ARCache, ARMDCache
 
 
 class _Decoder:
@@ -148,16 +56,15 @@ class _Decoder:
         self.max_len = cfg.max_seq_len if max_len is None else max_len
         if not 1 <= self.max_len <= cfg.max_seq_len:
             raise ValueError(f"max_len={self.max_len} must be in [1, model.max_seq_len={cfg.max_seq_len}]")
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        self.head_dim = cfg.d_model // cfg.n_heads
-        self.layers = [StepLayer(cast(Block, layer)) for layer in model.layers]  # ModuleList items are Blocks
-        self.n_committed = 0
+        self.device = next(model.parameters()).device
         self.forward_calls = 0
+        self.pending: torch.Tensor | None = None  # the last step's target positions (host)
 
-    def _buffers(self, count: int) -> list[_KVBuffer]:
-        shape = (self.batch_size, self.model.cfg.n_heads, self.max_len, self.head_dim)
-        return [_KVBuffer(*shape, self.device, self.dtype) for _ in range(count)]
+    cache: ARMDCache | ARCache  # the model's decoding state, built by each subclass
+
+    @property
+    def n_committed(self) -> int:
+        return self.cache.n_committed
 
     def _check(self, commit_tokens, commit_positions, target_positions) -> tuple[torch.Tensor, ...]:
         """Default missing parts to empty [B, 0], validate shapes and positions, and return
@@ -193,46 +100,20 @@ class _Decoder:
         )
 
     def _room(self, needed: int) -> None:
+        """Refuse a step before it changes any state, rather than fail half-way through the layers."""
         if needed > self.max_len:
             raise ValueError(f"decoding needs {needed} cache rows but the cache holds max_len={self.max_len}")
 
 
 class ARMDDecoder(_Decoder):
-    """Cached decoding for `ARMDModel`: content-stream cache, query-stream cache, prefix state."""
+    """Cached decoding for `ARMDModel` (`ARMDModel.decode_step` over a `kv_cache.ARMDCache`)."""
 
     model: ARMDModel
+    cache: ARMDCache
 
     def __init__(self, model: ARMDModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
-        cfg = model.cfg
-        self.n_two_stream = model.n_two_stream
-        self.x_cache = self._buffers(self.n_two_stream)  # content-stream K/V, committed tokens only
-        self.g_cache = self._buffers(cfg.n_layers - self.n_two_stream)  # query-stream K/V, + pending targets
-        self.prefix_state = torch.zeros(batch_size, cfg.d_pe, cfg.d_model, device=self.device, dtype=self.dtype)
-        self.prefix_count = 0
-        if model.neighbour is not None:  # neighbour attention reads the embeddings and positions of committed tokens
-            self.x0_cache = torch.zeros(batch_size, self.max_len, cfg.d_model, device=self.device, dtype=self.dtype)
-            self.pos_cache = torch.zeros(batch_size, self.max_len, dtype=torch.long, device=self.device)
-        self.pending: torch.Tensor | None = None  # target positions (host) whose G K/V sit at [n_committed, ...)
-        self.last_block_mean: torch.Tensor | None = None  # previous_block_input: mean X0 of the last commit
-
-    def _g0(self, pos: torch.Tensor) -> torch.Tensor:
-        """Prefix aggregation from the running state (O(d_pe * d) per target, independent of length),
-        plus neighbour attention over the committed embeddings (O(committed) per target)."""
-        model, count = self.model, self.prefix_count
-        g0 = model.query_start(pos, count == 0).to(self.dtype)
-        if count == 0:
-            return g0
-        if self.last_block_mean is not None:  # previous_block_input: the block committed last
-            g0 = g0 + self.last_block_mean[:, None, :]
-        if model.cfg.prefix_agg != "none":
-            agg = torch.bmm(model.pe_query(pos).to(self.dtype), self.prefix_state)
-            if model.cfg.prefix_agg == "mean":
-                agg = agg / count
-            g0 = g0 + model.finish_aggregate(agg)
-        if model.neighbour is not None:
-            g0 = g0 + model.neighbour(self.x0_cache[:, :count], pos, self.pos_cache[:, :count], None)
-        return g0
+        self.cache = model.decode_cache(batch_size, self.max_len)
 
     @torch.inference_mode()
     def step(
@@ -243,71 +124,24 @@ class ARMDDecoder(_Decoder):
     ) -> torch.Tensor:
         """Commit one block and return logits [B, T, V] for the next block's target positions."""
         tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
-        model, n = self.model, self.n_committed
         c, t = cpos.shape[1], tpos.shape[1]
         warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos_host))
-        self._room(n + c + t)
+        self._room(self.n_committed + c + t)
         self.forward_calls += 1
-
-        x = model.embed(tokens)
-        g_rows = [] if warm else [self._g0(cpos)]  # a cold commit also runs its G rows (targets of its block)
-        if c:
-            pe = model.pe(cpos).to(self.dtype)
-            self.prefix_state += torch.bmm(pe.transpose(1, 2), x)
-            if model.neighbour is not None:
-                self.x0_cache[:, self.prefix_count : self.prefix_count + c] = x
-                self.pos_cache[:, self.prefix_count : self.prefix_count + c] = cpos
-            self.prefix_count += c
-            self.last_block_mean = x.mean(dim=1) if model.cfg.previous_block_input else None
-        g_rows.append(self._g0(tpos))
-        g = torch.cat(g_rows, dim=1)
-        g_pos = tpos if warm else torch.cat([cpos, tpos], dim=1)
-        cg = g.shape[1] - t  # number of cold-commit G rows in front of the targets
-        rope_g = model.rope.tables(g_pos, self.dtype)
-        rope_xg = model.rope.tables(torch.cat([cpos, g_pos], dim=1), self.dtype) if c else rope_g
-
-        # Relative block ids for cold masks: cache 0, commit block 1, target block 2.
-        # Query rows: X commit (Mc), G commit (Msc: cache only), G targets (cache + commit).
-        two_mask = last_mask = causal_mask = None
-        if not warm:
-            x_keys, g_keys = [0] * n + [1] * c, [0] * n + [1] * c + [2] * t
-            two_mask = _general_mask([1] * c + [0] * c + [1] * t, x_keys, self.batch_size, g)
-            last_mask = _general_mask([0] * c + [1] * t, x_keys, self.batch_size, g)  # G rows only
-            causal_mask = _general_mask([1] * c + [2] * t, g_keys, self.batch_size, g)
-
-        # Two-stream layers: rows [X (commit); G], keys/values from the X rows only.
-        keys = slice(0, c)
-        for i in range(self.n_two_stream):
-            layer, buf, xg = self.layers[i], self.x_cache[i], torch.cat([x, g], dim=1)
-            if i < self.n_two_stream - 1:  # both streams advance
-                xg = layer(xg, rope_xg, ALL, keys, buf, n, two_mask)
-                x, g = xg[:, :c], xg[:, c:]
-            else:  # the last one: X is needed only as keys, so only G rows advance
-                g = layer(xg, rope_xg, slice(c, None), keys, buf, n, last_mask)
-        # Causal layers on G. Warm: the commit block's G K/V are already at [n, n + c) (pending).
-        for layer, buf in zip(self.layers[self.n_two_stream :], self.g_cache, strict=True):
-            g = layer(g, rope_g, ALL, ALL, buf, n + c - cg, causal_mask)
-
-        self.n_committed = n + c
+        logits = self.model.decode_step(self.cache, tokens, cpos, tpos, warm)
         self.pending = tpos_host.clone() if t else None
-        return model.head(g[:, cg:])
+        return logits
 
 
 class ARDecoder(_Decoder):
-    """An ordinary KV cache for `ARModel`: one row per generation index, causal over indices.
-
-    Row k holds the input "token generated at k-1" (a learned start vector at k = 0) at the rotary
-    position of the token it predicts, so the row for a target is computed once, when the target is
-    predicted, and reused when that token is committed.
-    """
+    """An ordinary KV cache for `ARModel` (`ARModel.decode_step`): one row per generation index."""
 
     model: ARModel
+    cache: ARCache
 
     def __init__(self, model: ARModel, batch_size: int, max_len: int | None = None):
         super().__init__(model, batch_size, max_len)
-        self.caches = self._buffers(model.cfg.n_layers)
-        self.last_token: torch.Tensor | None = None  # [B, 1] most recently committed token
-        self.pending: torch.Tensor | None = None  # [B, 1] position (host) of the row at index n_committed
+        self.cache = model.decode_cache(batch_size, self.max_len)
 
     @torch.inference_mode()
     def step(
@@ -318,41 +152,16 @@ class ARDecoder(_Decoder):
     ) -> torch.Tensor:
         """Commit tokens (each its own block, in the order given) and predict at most one target."""
         tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
-        if tpos.shape[1] > 1:
-            raise ValueError(
-                f"arch 'ar' predicts one token per step (single-token blocks); got {tpos.shape[1]} targets"
-            )
-        model, n = self.model, self.n_committed
-        c = cpos.shape[1]
+        c, t = cpos.shape[1], tpos.shape[1]
+        if t > 1:
+            raise ValueError(f"arch 'ar' predicts one token per step (single-token blocks); got {t} targets")
         reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos_host[:, :1])
-        # rows [n + reuse, n + c + t): inputs are the previous tokens, positions the tokens they predict
-        prev = [] if self.last_token is None else [self.last_token]
-        inputs = torch.cat(prev + [tokens], dim=1)
-        row_pos = torch.cat([cpos, tpos], dim=1)
-        skip = int(reuse)
-        start_row = n + skip
-        embeds = model.embed(inputs)
-        if self.last_token is None:
-            embeds = torch.cat([model.start.to(self.dtype).expand(self.batch_size, 1, -1), embeds], dim=1)
-        h = embeds[:, skip : row_pos.shape[1]]
-        row_pos = row_pos[:, skip:]
-        q = row_pos.shape[1]
-        self._room(start_row + q)
-        if c:
-            self.last_token = tokens[:, -1:].clone()
-        self.n_committed = n + c
-        self.pending = tpos_host.clone() if tpos.shape[1] else None
-        if q == 0:
-            return h.new_zeros(self.batch_size, 0, model.cfg.vocab_size)
-        self.forward_calls += 1
-        rope = model.rope.tables(row_pos, self.dtype)
-        mask = None
-        if q > 1:  # causal among the new rows; every cached row is visible
-            ids = list(range(start_row + q))
-            mask = _general_mask(ids[start_row:], ids, self.batch_size, h)
-        for layer, buf in zip(self.layers, self.caches, strict=True):
-            h = layer(h, rope, ALL, ALL, buf, start_row, mask)
-        return model.head(h[:, q - tpos.shape[1] :])
+        self._room(self.n_committed + c + t)
+        if c + t > int(reuse):  # rows to compute: a forward call
+            self.forward_calls += 1
+        logits = self.model.decode_step(self.cache, tokens, cpos, tpos, reuse)
+        self.pending = tpos_host.clone() if t else None
+        return logits
 
 
 def make_decoder(model: Model, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:

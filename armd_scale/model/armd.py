@@ -19,6 +19,10 @@ Forward pass, top to bottom:
 3. Two-stream layers: X attends to X under Mc; G attends to X under Msc; both streams share weights.
    The X output of the last two-stream layer is never read, so that layer runs the G stream only.
 4. Block-causal layers on G (Mc), final norm, LM head tied to the embedding.
+
+Cached decoding (`decode_step`, docs/GENERATION.md) runs these same modules on the new rows of one
+step with a `kv_cache.ARMDCache`: the layers append their keys to it and G0 reads the running state
+of `query_input.QueryInputCache`. generate/cache.py only checks inputs and keeps the step's books.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from ..model_config import ModelConfig
 from .attention import prepare
 from .flops import armd_forward_flops, transformer_forward_flops
 from .generation_orders import l2r_order
+from .kv_cache import ARCache, ARMDCache, block_mask
 from .layers import Block, init_weights
 from .masks import causal_spec, strict_spec, two_stream_spec
 from .memory import ActivationEstimate, activation_bytes
 from .neighbour import NeighbourAttention
 from .pe_init import initial_pos_table
-from .query_input import QUERY_CHUNK_ROWS, query_input
+from .query_input import QUERY_CHUNK_ROWS, cached_query_rows, query_input
 from .rope import RotaryEmbedding
 from .vocab import mask_padded_vocab
 
@@ -256,6 +261,52 @@ class ARMDModel(_Transformer):
             tables.append(self.neighbour.rel_bias)
         return [t for t in tables if t is not None]
 
+    def decode_cache(self, batch: int, max_len: int) -> ARMDCache:
+        """An empty decoding cache for `decode_step`, in the model's device and dtype."""
+        param = self.pos_table
+        return ARMDCache(
+            self.cfg, self.n_two_stream, self.neighbour is not None, batch, max_len, param.device, param.dtype
+        )
+
+    def decode_step(
+        self, cache: ARMDCache, tokens: torch.Tensor, cpos: torch.Tensor, tpos: torch.Tensor, warm: bool
+    ) -> torch.Tensor:
+        """Commit tokens [B, c] at positions cpos and return logits [B, T, V] for targets tpos [B, T].
+
+        The commit is the block after every cached one and the targets the block after it, so on a
+        warm step (cpos are the last step's targets, or nothing is committed) every cached key is
+        visible to every new row and no mask is needed; the commit's query-stream K/V were written
+        when it was predicted. A cold commit also runs its G rows as targets of its own block, under
+        masks with block ids cache 0, commit 1, targets 2. Same modules as `forward`, new rows only."""
+        n, c, t = cache.n_committed, cpos.shape[1], tpos.shape[1]
+        dtype = cache.dtype
+        x = self.embed(tokens)
+        g_rows = [] if warm else [cached_query_rows(self, cache.query, cpos)]  # before the commit: strict
+        cache.query.commit(self, x, cpos)
+        g = torch.cat([*g_rows, cached_query_rows(self, cache.query, tpos)], dim=1)
+        g_pos = tpos if warm else torch.cat([cpos, tpos], dim=1)
+        cg = g.shape[1] - t  # cold-commit G rows in front of the targets
+        rope_x, rope_g = self.rope.tables(cpos, dtype), self.rope.tables(g_pos, dtype)
+        rope_xg = (torch.cat([rope_x[0], rope_g[0]], dim=2), torch.cat([rope_x[1], rope_g[1]], dim=2))
+        both = strict = causal = None
+        if not warm:  # query rows: X commit (Mc), G commit (cache only), G targets (cache + commit)
+            x_keys, g_keys, b = [0] * n + [1] * c, [0] * n + [1] * c + [2] * t, cache.batch
+            both = block_mask([1] * c + [0] * c + [1] * t, x_keys, b, g)
+            strict = block_mask([0] * c + [1] * t, x_keys, b, g)
+            causal = block_mask([1] * c + [2] * t, g_keys, b, g)
+        for kv in cache.g_cache:  # warm: keep the commit's pending query-stream rows; cold: drop them
+            kv.truncate(n + (c if warm else 0))
+        for i, layer in enumerate(self.layers):
+            if i < self.n_two_stream - 1:
+                xg = layer(torch.cat([x, g], dim=1), x, rope_xg, rope_x, both, cache.x_cache[i])
+                x, g = xg[:, :c], xg[:, c:]
+            elif i == self.n_two_stream - 1:
+                g = layer(g, x, rope_g, rope_x, strict, cache.x_cache[i])
+            else:
+                g = layer(g, None, rope_g, rope_g, causal, cache.g_cache[i - self.n_two_stream])
+        cache.n_committed = n + c
+        return self.head(g[:, cg:])
+
 
 class ARModel(_Transformer):
     """Plain causal transformer under the same contract (the FLOP-matched baseline).
@@ -290,3 +341,37 @@ class ARModel(_Transformer):
         for layer in self.layers:
             h = self._run_layer(layer, h, None, rope, rope, causal)
         return self.head(h)
+
+    def decode_cache(self, batch: int, max_len: int) -> ARCache:
+        """An empty decoding cache for `decode_step`, in the model's device and dtype."""
+        param = self.start
+        return ARCache(self.cfg, batch, max_len, param.device, param.dtype)
+
+    def decode_step(
+        self, cache: ARCache, tokens: torch.Tensor, cpos: torch.Tensor, tpos: torch.Tensor, reuse: bool
+    ) -> torch.Tensor:
+        """Commit tokens [B, c] (each its own block) and return logits [B, T, V] for T <= 1 targets.
+
+        Row k of the cache is `forward`'s row k: the token generated at k-1 (the start vector at
+        k = 0) at the position of the token it predicts. reuse: the first commit is the last step's
+        target, whose row was computed then (pending) and is kept instead of recomputed."""
+        n, c, t = cache.n_committed, cpos.shape[1], tpos.shape[1]
+        prev = [] if cache.last_token is None else [cache.last_token]
+        embeds = self.embed(torch.cat([*prev, tokens], dim=1))
+        if cache.last_token is None:
+            embeds = torch.cat([self.start.to(cache.dtype).expand(cache.batch, 1, -1), embeds], dim=1)
+        skip, row_pos = int(reuse), torch.cat([cpos, tpos], dim=1)
+        h, row_pos = embeds[:, skip : row_pos.shape[1]], row_pos[:, skip:]
+        q, start = row_pos.shape[1], n + skip
+        if c:
+            cache.last_token = tokens[:, -1:].clone()
+        cache.n_committed = n + c
+        if q == 0:
+            return h.new_zeros(cache.batch, 0, self.cfg.vocab_size)
+        rope = self.rope.tables(row_pos, cache.dtype)
+        ids = list(range(start + q))  # causal among the new rows; every cached row is visible
+        mask = block_mask(ids[start:], ids, cache.batch, h) if q > 1 else None
+        for layer, kv in zip(self.layers, cache.layers, strict=True):
+            kv.truncate(start)
+            h = layer(h, None, rope, rope, mask, kv)
+        return self.head(h[:, q - t :])

@@ -20,6 +20,9 @@ A query row with no visible key (the first block under a strict mask) returns ze
 that row's output then carries no information, which is exactly what "nothing to condition on" means.
 
 Masks are prepared once per forward (`prepare`) and shared by every layer.
+
+Decoding keeps each layer's keys and values in a `KVCache` (model/kv_cache.py says what the whole
+decoding cache holds); `attend` with mask None is a warm decoding step, every key visible.
 """
 
 from __future__ import annotations
@@ -112,6 +115,32 @@ class PreparedMask:
     flex: Any = None
 
 
+class KVCache:
+    """K/V of one layer: [B, H, max_len, head_dim] each, rows [0, filled) valid, filled front to back."""
+
+    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
+        self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.filled = 0
+
+    def truncate(self, rows: int) -> None:
+        """Keep rows [0, rows): what is committed, plus pending rows the caller has just committed."""
+        if rows > self.filled:
+            raise ValueError(f"cannot keep {rows} cache rows: only {self.filled} are written")
+        self.filled = rows
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, H, m, hd] at rows [filled, filled + m); return every valid row's K and V."""
+        start, end = self.filled, self.filled + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"decoding needs {end} cache rows but the cache holds max_len={self.k.shape[2]}")
+        if end > start:
+            self.k[:, :, start:end] = k
+            self.v[:, :, start:end] = v
+        self.filled = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 def resolve_backend(name: str, spec: BlockMaskSpec, device: torch.device, dtype: torch.dtype) -> str:
     """The backend for one call (`choose_backend`); a replaced `flash` is reported once per reason."""
     usable = device.type == "cuda" and name in ("auto", "flash") and flash_available()
@@ -143,8 +172,11 @@ def prepare(spec: BlockMaskSpec, backend: str, device: torch.device, dtype: torc
     raise AssertionError(chosen)  # pragma: no cover
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask) -> torch.Tensor:
-    """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: PreparedMask | None) -> torch.Tensor:
+    """q [B, H, Q, D], k/v [B, H, K, D] -> [B, H, Q, D]. mask None: every key visible to every query
+    (a warm decoding step, whose queries all come after every cached key)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
     if mask.spec.pattern == "full":
         return _full(q, k, v, mask.backend)
     if mask.backend == "sdpa":

@@ -6,7 +6,9 @@ from* and in the mask:
 - two-stream layer:  queries from [X; G], keys/values from X, mask two_stream (Mc rows, Msc rows);
 - last two-stream layer: queries from G only (X is not used after it), keys/values from X, mask Msc;
 - block-causal layer: queries and keys/values from G, mask Mc;
-- cached decoding (generate/cache.py): the same math with fused weights and preallocated K/V buffers.
+- cached decoding (`ARMDModel.decode_step`): the same calls with a per-layer `KVCache`. The rows
+  passed as keys/values are only the new ones; `Attention` writes their K/V into the cache and its
+  queries attend to every cached row, under a mask only on cold steps (model/kv_cache.py).
 
 Sharing one module per layer between the two streams is the point: the query stream reuses every
 weight (attention, norms, MLP) of the content stream, as in XLNet, and adds no parameters.
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import PreparedMask, attend
+from .attention import KVCache, PreparedMask, attend
 from .rope import apply_rotary
 
 
@@ -61,8 +63,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(d_model, d_model, bias=False)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # -1: local heads under tensor parallel
+        b, t, width = x.shape  # width // head_dim: the local heads under tensor parallel (and fine with t = 0)
+        return x.view(b, t, width // self.head_dim, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
@@ -70,14 +72,23 @@ class Attention(nn.Module):
         h_kv: torch.Tensor,
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
-        mask: PreparedMask,
+        mask: PreparedMask | None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """Queries from h_q, keys/values from h_kv. With a cache, h_kv holds only the new rows: their
+        K/V are appended to the cache and the queries attend to every cached row. mask None: every
+        key is visible to every query (a warm decoding step)."""
         q = apply_rotary(self._heads(self.wq(h_q)), *rope_q)
         k = apply_rotary(self._heads(self.wk(h_kv)), *rope_kv)
         v = self._heads(self.wv(h_kv))
-        out = attend(q, k, v, mask)
-        b, _, t, _ = out.shape
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if k.shape[2] == 0 or q.shape[2] == 0:  # no key at all (an empty cache): the output is exactly zero
+            out = torch.zeros_like(q)
+        else:
+            out = attend(q, k, v, mask)
+        b, h, t, d = out.shape
+        return self.wo(out.transpose(1, 2).reshape(b, t, h * d))
 
 
 class Block(nn.Module):
@@ -96,14 +107,14 @@ class Block(nn.Module):
         kv_src: torch.Tensor | None,
         rope_q: tuple[torch.Tensor, torch.Tensor],
         rope_kv: tuple[torch.Tensor, torch.Tensor],
-        mask: PreparedMask,
+        mask: PreparedMask | None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """h: query-side rows [B, Q, d]; kv_src: rows that produce keys/values (None = h itself).
-        Returns the updated h. Cached decoding runs the same math with its own K/V buffers
-        (`generate/cache.py: StepLayer`), so the training forward carries no cache arguments."""
+        Returns the updated h. cache: this layer's decoding cache (`Attention.forward`)."""
         normed = self.attn_norm(h)
         kv_normed = normed if kv_src is None else self.attn_norm(kv_src)
-        h = h + self.attn(normed, kv_normed, rope_q, rope_kv, mask)
+        h = h + self.attn(normed, kv_normed, rope_q, rope_kv, mask, cache)
         return h + self.mlp(self.mlp_norm(h))
 
 

@@ -25,7 +25,7 @@ Why it keeps the contract. The weights are a function of positions and block ind
 values are contents of strictly earlier blocks, so the output is strictly causal (no leakage); it
 depends on the *set* of revealed (position, token) pairs, not on how they are listed, so it is
 permutation-equivariant; it adds no forward call. Decoding caches X0 and the positions of committed
-tokens (`generate/cache.py`), O(committed) per step like any attention layer.
+tokens (`query_input.QueryInputCache`), O(committed) per step like any attention layer.
 
 What it costs. The scores are dense [B, H, queries, keys] (no fused kernel takes a per-head table of
 relative scores and a sink), so training computes them a chunk of query rows at a time, recomputed in

@@ -1,4 +1,5 @@
-"""The query stream's input G0 in training: a chunk of query rows at a time, recomputed for backward.
+"""The query stream's input G0: in training a chunk of query rows at a time, recomputed for backward;
+in decoding from a running state of the committed tokens (`QueryInputCache`).
 
 Why. G0 (model/armd.py, Forward pass step 2) compares every query with every key: the prefix
 aggregation weights <PE_n, PE_i> over strictly earlier blocks are [B, N, N], and neighbour attention
@@ -19,6 +20,11 @@ float64 against a dense reference; model/memory.py counts what is kept and what 
 Everything that reads a parameter of the model itself (the start, the PE rows) happens inside the
 chunk, so nothing but X0, positions and blocks is kept. Outside training, or without grad, the chunks
 run plainly: evaluation gets the same bounded transient without the recomputation.
+
+Decoding. A decoding query sees exactly the committed tokens, so its prefix sum is PE_q[n] @ S with
+S = sum_i PE[pos i]^T X0[i] kept as it grows (O(1) state, the recurrence of docs/ARCHITECTURE.md),
+and neighbour attention reads the committed X0 and positions. Both paths form their sums and hand
+them to one function, `query_terms`, which adds the start and every term: the terms are written once.
 """
 
 from __future__ import annotations
@@ -81,16 +87,88 @@ def query_rows(
     cfg = model.cfg
     q_pos, q_block = pos[:, start:stop], block[:, start:stop]
     visible = block[:, None, :] < q_block[:, :, None]  # [B, C (queries), N (keys)]: strictly earlier blocks
-    g = model.query_start(q_pos, ~visible.any(dim=-1)).to(x.dtype)
+    agg = count = neighbour = previous = None
     if cfg.prefix_agg != "none":
         pe = model.pe(pos)  # [B, N, d_pe], the keys' rows
         weights = torch.bmm(model.pe_query(q_pos), pe.transpose(1, 2)) * visible.to(pe.dtype)
-        if cfg.prefix_agg == "mean":
-            weights = weights / visible.sum(dim=-1, keepdim=True).clamp(min=1).to(pe.dtype)
-        g = g + model.finish_aggregate(torch.bmm(weights.to(x.dtype), x))
+        agg, count = torch.bmm(weights.to(x.dtype), x), visible.sum(dim=-1, keepdim=True).clamp(min=1).to(x.dtype)
     if model.neighbour is not None:
-        g = g + model.neighbour(x, q_pos, pos, visible)
+        neighbour = model.neighbour(x, q_pos, pos, visible)
     if cfg.previous_block_input:
-        previous = (block[:, None, :] == q_block[:, :, None] - 1).to(x.dtype)  # [B, C, N]
-        g = g + torch.bmm(previous / previous.sum(dim=-1, keepdim=True).clamp(min=1), x)
+        prev = (block[:, None, :] == q_block[:, :, None] - 1).to(x.dtype)  # [B, C, N]
+        previous = torch.bmm(prev / prev.sum(dim=-1, keepdim=True).clamp(min=1), x)
+    return query_terms(model, q_pos, ~visible.any(dim=-1), agg, count, neighbour, previous, x.dtype)
+
+
+def query_terms(
+    model: QueryInputModel,
+    q_pos: torch.Tensor,
+    empty_prefix: torch.Tensor | bool,
+    agg: torch.Tensor | None,
+    count: torch.Tensor | int | None,
+    neighbour: torch.Tensor | None,
+    previous: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """G0 from its terms: start(pos) + finish(agg [/ count]) + neighbour + previous block's mean.
+
+    The one place the terms are combined, for training's rows (`query_rows`, sums over visible keys)
+    and for decoding's (`cached_query_rows`, the same sums read from a running state). agg is
+    sum_i <PE_q[n], PE[i]> X0[i] over the query's revealed tokens and count their number; a term that
+    is None is absent (its option is off, or nothing is revealed yet)."""
+    g = model.query_start(q_pos, empty_prefix).to(dtype)
+    if agg is not None:
+        if model.cfg.prefix_agg == "mean":
+            assert count is not None  # every caller passes the count with the sum
+            agg = agg / count
+        g = g + model.finish_aggregate(agg)
+    if neighbour is not None:
+        g = g + neighbour
+    if previous is not None:
+        g = g + previous
     return g
+
+
+class QueryInputCache:
+    """What G0 reads of the committed tokens, kept incrementally while decoding (docs/GENERATION.md).
+
+    - the prefix-aggregation state S = sum_i PE[pos i]^T X0[i] ([B, d_pe, d]) and the count of
+      tokens in it: the sum `query_rows` forms over visible keys is PE_q[n] @ S, O(d_pe * d) per
+      query whatever the length (a query's revealed tokens are exactly the committed ones);
+    - with neighbour attention, the embeddings X0 and positions of committed tokens, which its
+      content-free softmax reads (O(committed) per query, like an attention head);
+    - with previous_block_input, the mean X0 of the block committed last."""
+
+    def __init__(self, cfg: ModelConfig, neighbour: bool, batch: int, max_len: int, device, dtype):
+        self.state = torch.zeros(batch, cfg.d_pe, cfg.d_model, device=device, dtype=dtype)
+        self.count = 0
+        self.x0 = self.pos = None
+        if neighbour:
+            self.x0 = torch.zeros(batch, max_len, cfg.d_model, device=device, dtype=dtype)
+            self.pos = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self.last_block_mean: torch.Tensor | None = None
+
+    def commit(self, model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor) -> None:
+        """Add one committed block: embeddings x [B, c, d] at positions pos [B, c]."""
+        c = pos.shape[1]
+        if not c:
+            return
+        self.state += torch.bmm(model.pe(pos).to(x.dtype).transpose(1, 2), x)
+        if self.x0 is not None and self.pos is not None:
+            self.x0[:, self.count : self.count + c] = x
+            self.pos[:, self.count : self.count + c] = pos
+        self.count += c
+        self.last_block_mean = x.mean(dim=1, keepdim=True) if model.cfg.previous_block_input else None
+
+
+def cached_query_rows(model: QueryInputModel, cache: QueryInputCache, q_pos: torch.Tensor) -> torch.Tensor:
+    """G0 [B, T, d] for queries at q_pos [B, T] that see every committed token (and no other)."""
+    dtype, count = cache.state.dtype, cache.count
+    if count == 0:  # nothing revealed: the start alone, as `query_rows` gives a first-block row
+        return query_terms(model, q_pos, True, None, None, None, None, dtype)
+    agg = neighbour = None
+    if model.cfg.prefix_agg != "none":
+        agg = torch.bmm(model.pe_query(q_pos).to(dtype), cache.state)
+    if model.neighbour is not None and cache.x0 is not None and cache.pos is not None:
+        neighbour = model.neighbour(cache.x0[:, :count], q_pos, cache.pos[:, :count], None)
+    return query_terms(model, q_pos, False, agg, count, neighbour, cache.last_block_mean, dtype)

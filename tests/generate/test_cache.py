@@ -156,7 +156,7 @@ def test_float64_cache_is_exact_to_rounding():
     assert (cached - full).abs().max().item() <= 1e-10
 
 
-@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state", "x0_cache", "pos_cache"])
+@pytest.mark.parametrize("part", ["x_cache", "g_cache", "prefix_state", "x0", "pos"])
 def test_corrupting_the_cache_changes_logits(part):
     """Guard for the tests above: every part of the cached state is read by later steps."""
     model = tiny_model("armd", n_layers=4, neighbour_heads=2)
@@ -168,14 +168,15 @@ def test_corrupting_the_cache_changes_logits(part):
     for k in range(4):
         commit = (tokens[:, k - 1 : k], order[:, k - 1 : k]) if k else (None, None)
         decoder.step(*commit, order[:, k : k + 1])
+    query = decoder.cache.query  # the query input's running state (model/query_input.py)
     if part == "prefix_state":
-        decoder.prefix_state.mul_(1.5)
-    elif part == "x0_cache":  # neighbour attention's values: the committed embeddings
-        decoder.x0_cache[:, 2] += 0.5
-    elif part == "pos_cache":  # and their positions, which its scores read
-        decoder.pos_cache[:, 2] = 0
+        query.state.mul_(1.5)
+    elif part == "x0":  # neighbour attention's values: the committed embeddings
+        query.x0[:, 2] += 0.5
+    elif part == "pos":  # and their positions, which its scores read
+        query.pos[:, 2] = 0
     else:
-        for buf in getattr(decoder, part):
+        for buf in getattr(decoder.cache, part):
             buf.k[:, :, :2] += 0.5
     logits = decoder.step(tokens[:, 3:4], order[:, 3:4], order[:, 4:5])
     assert (logits[:, 0] - full[:, 4]).abs().max().item() > 1e-3
@@ -188,7 +189,7 @@ def test_decoder_types_and_state():
     decoder = make_decoder(armd, 2, 8)
     decoder.step(None, None, torch.tensor([[0, 4], [1, 5]]))
     decoder.step(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[0, 4], [1, 5]]), torch.tensor([[2], [3]]))
-    assert decoder.n_committed == 2 and decoder.prefix_count == 2 and decoder.forward_calls == 2
+    assert decoder.n_committed == 2 and decoder.cache.query.count == 2 and decoder.forward_calls == 2
     with pytest.raises(TypeError, match="no cached decoder"):
         make_decoder(torch.nn.Linear(2, 2), 1)
 
