@@ -1,0 +1,126 @@
+"""The EMA of the weights (train.ema_decay, train/ema.py) against an independent computation.
+
+Each run saves a checkpoint after every optimizer step, so `model.safetensors` holds the raw weights
+w_k of every step k and `ema.safetensors` the average e_k the trainer kept. The test computes the
+average itself from those raw weights with plain torch, e_k = d * e_{k-1} + (1 - d) * w_k, started
+from the initial weights w_0 (the model the trainer builds from train.seed), and compares every step,
+across a resume that changes the world size (ZeRO-3, 2 ranks -> 1) or the TP degree (ZeRO-1, TP 1 -> 2).
+A decay of 0.5 makes every step's contribution visible in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from armd_scale.checkpoints.layout import CHECKPOINTS, step_of
+from armd_scale.checkpoints.weights_file import EMA_WEIGHTS, read_weights
+from armd_scale.config import load_config
+from armd_scale.model import build_model
+
+from .conftest import TINY, Run, run_train
+
+DECAY = 0.5
+EVERY_STEP = ("train.checkpoint_every=1", "train.keep_last=100", f"train.ema_decay={DECAY}")
+VALIDATE = ("train.eval_every=3", "train.eval_batches=2")
+
+
+def _two_legs(tmp_path: Path, cache: Path, first: tuple[str, ...], second: tuple[str, ...], nproc: tuple[int, int]):
+    run_dir = tmp_path / "run"
+    one = run_train(run_dir, cache, *EVERY_STEP, *VALIDATE, "train.stop_at_step=3", *first, nproc=nproc[0])
+    assert one.status()["code"] == 75, one.output[-3000:]
+    two = run_train(run_dir, cache, *EVERY_STEP, *VALIDATE, *second, nproc=nproc[1])
+    assert two.returncode == 0, two.output[-3000:]
+    return one, two
+
+
+def _initial_weights(run: Run) -> dict[str, torch.Tensor]:
+    """w_0: the model the trainer builds before its first step (torch.manual_seed(train.seed), then the
+    architecture), built here in-process from the run's own config.yaml."""
+    cfg = load_config(str(run.dir / "config.yaml"), [])
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    return {name: p.detach().float().clone() for name, p in model.named_parameters()}  # each tied tensor once
+
+
+def _assert_ema_matches(run: Run) -> None:
+    folders = sorted((run.dir / CHECKPOINTS).glob("step_*"), key=lambda p: step_of(p.name))
+    assert [step_of(f.name) for f in folders] == [1, 2, 3, 4, 5, 6], folders
+    expected = _initial_weights(run)
+    moved = False
+    for folder in folders:
+        raw = read_weights(folder / "model.safetensors")
+        saved = read_weights(folder / EMA_WEIGHTS)
+        assert saved.keys() == raw.keys() == expected.keys()
+        expected = {k: DECAY * expected[k] + (1 - DECAY) * raw[k] for k in raw}
+        for name, value in saved.items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-6, msg=f"{folder.name} {name}")
+            moved = moved or not torch.equal(value, raw[name])
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["ema_weights"]["file"] == EMA_WEIGHTS and EMA_WEIGHTS in meta["files"]
+    assert moved, "the average equals the raw weights: nothing was averaged"
+
+
+def _validation_reports_both(run: Run) -> None:
+    records = run.records()
+    for step in (3, 6):
+        keys = {k for r in records if r["step"] == step for k in r}
+        assert {"val/nll", "val/nll_ema"} <= keys, records
+
+
+def _per_rank(output: str) -> list[list[int]]:
+    return [json.loads(m) for m in re.findall(r"fp32 elements per rank: (\[[0-9, ]+\])", output)]
+
+
+def test_zero3_ema_matches_and_resumes_on_one_rank(tmp_path, data_cache):
+    """ZeRO-3 on two ranks, then resumed on one: every step's EMA equals the independent computation,
+    and at ZeRO-3 each of the two ranks holds about half of it (no rank a full copy)."""
+    one, two = _two_legs(tmp_path, data_cache, ("parallel.zero_stage=3",), ("parallel.zero_stage=3",), (2, 1))
+    _assert_ema_matches(two)
+    _validation_reports_both(two)
+    assert "EMA of the weights: decay 0.5, resumed from step_" in two.output, two.output[-3000:]
+    cfg = load_config(str(two.dir / "config.yaml"), [])
+    params = build_model(cfg.model).num_params()
+    [per_rank] = _per_rank(one.output)
+    assert len(per_rank) == 2 and sum(per_rank) >= params, (per_rank, params)
+    for held in per_rank:  # half, up to DeepSpeed's alignment padding
+        assert held <= params // 2 + 64, (per_rank, params)
+    [alone] = _per_rank(two.output)
+    assert alone[0] >= params
+
+
+def test_zero1_ema_matches_across_a_tp_change(tmp_path, data_cache):
+    """ZeRO-1 on two data-parallel ranks (the average partitioned as the master weights), resumed on
+    TP 2: every step's EMA equals the independent computation."""
+    _, two = _two_legs(
+        tmp_path, data_cache, ("parallel.zero_stage=1",), ("parallel.zero_stage=1", "parallel.tp=2"), (2, 2)
+    )
+    _assert_ema_matches(two)
+    assert "EMA of the weights: decay 0.5, resumed from step_" in two.output, two.output[-3000:]
+
+
+def test_the_ema_leaves_training_unchanged(tmp_path, data_cache):
+    """Validating the EMA swaps it into the model and back: the raw training is bit for bit the one
+    of a run without EMA (ZeRO-3, where the swap also refreshes the partitioned working weights)."""
+    common = ("parallel.zero_stage=3", "train.eval_every=2", "train.eval_batches=2", "train.steps=4")
+    with_ema = run_train(tmp_path / "ema", data_cache, *common, f"train.ema_decay={DECAY}", nproc=2)
+    plain = run_train(tmp_path / "plain", data_cache, *common, nproc=2)
+    assert with_ema.returncode == plain.returncode == 0, with_ema.output[-3000:] + plain.output[-3000:]
+    assert with_ema.losses() == plain.losses()
+    tag = with_ema.checkpoints()[-1]
+    ema_raw = read_weights(with_ema.dir / CHECKPOINTS / tag / "model.safetensors")
+    plain_raw = read_weights(plain.dir / CHECKPOINTS / tag / "model.safetensors")
+    assert all(torch.equal(ema_raw[k], plain_raw[k]) for k in plain_raw)
+    assert not (plain.dir / CHECKPOINTS / tag / EMA_WEIGHTS).exists()
+
+
+@pytest.mark.parametrize("decay", ["1.0", "-0.1"])
+def test_ema_decay_out_of_range_is_refused(decay):
+    from armd_scale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        load_config(None, [*TINY, f"train.ema_decay={decay}"])
