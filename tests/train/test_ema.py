@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from armd_scale.checkpoints.layout import CHECKPOINTS, step_of
+from armd_scale.checkpoints.layout import CHECKPOINTS, step_of, tag_for
 from armd_scale.checkpoints.weights_file import EMA_WEIGHTS, read_weights
 from armd_scale.config import load_config
 from armd_scale.model import build_model
@@ -65,11 +65,22 @@ def _assert_ema_matches(run: Run) -> None:
     assert moved, "the average equals the raw weights: nothing was averaged"
 
 
-def _validation_reports_both(run: Run) -> None:
+def _validation_matches(run: Run, dp_worlds: dict[int, int]) -> None:
+    """val/nll and val/nll_ema the engine logged at each step of `dp_worlds` (its data-parallel size
+    then) are the NLLs a plain module computes with that step's raw and EMA weights: the EMA was
+    swapped into the partitioned engine and the working weights refreshed from it, and back."""
+    from armd_scale.pretrained import load_pretrained
+    from tests.checkpoints.conftest import recomputed_val_nll
+
     records = run.records()
-    for step in (3, 6):
-        keys = {k for r in records if r["step"] == step for k in r}
-        assert {"val/nll", "val/nll_ema"} <= keys, records
+    for step, dp_world in dp_worlds.items():
+        logged = {k: v for r in records if r["step"] == step for k, v in r.items()}
+        folder = run.dir / CHECKPOINTS / tag_for(step)
+        for weights, key in (("raw", "val/nll"), ("ema", "val/nll_ema")):
+            loaded = load_pretrained(folder, weights=weights)
+            value = recomputed_val_nll(loaded.model, loaded.config, dp_world)
+            assert value == pytest.approx(logged[key], rel=1e-5, abs=0), (step, key)
+        assert logged["val/nll"] != logged["val/nll_ema"]
 
 
 def _per_rank(output: str) -> list[list[int]]:
@@ -81,7 +92,7 @@ def test_zero3_ema_matches_and_resumes_on_one_rank(tmp_path, data_cache):
     and at ZeRO-3 each of the two ranks holds about half of it (no rank a full copy)."""
     one, two = _two_legs(tmp_path, data_cache, ("parallel.zero_stage=3",), ("parallel.zero_stage=3",), (2, 1))
     _assert_ema_matches(two)
-    _validation_reports_both(two)
+    _validation_matches(two, {3: 2, 6: 1})
     assert "EMA of the weights: decay 0.5, resumed from step_" in two.output, two.output[-3000:]
     cfg = load_config(str(two.dir / "config.yaml"), [])
     params = build_model(cfg.model).num_params()
@@ -100,6 +111,7 @@ def test_zero1_ema_matches_across_a_tp_change(tmp_path, data_cache):
         tmp_path, data_cache, ("parallel.zero_stage=1",), ("parallel.zero_stage=1", "parallel.tp=2"), (2, 2)
     )
     _assert_ema_matches(two)
+    _validation_matches(two, {3: 2, 6: 1})
     assert "EMA of the weights: decay 0.5, resumed from step_" in two.output, two.output[-3000:]
 
 
