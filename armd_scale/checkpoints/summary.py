@@ -60,7 +60,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "integrity": _integrity(source),
     }
     if source.weights is not None:
-        info["weights"] = source.weights.to_dict()
+        info["weights"] = {**source.weights.to_dict(), "ema": source.averaged}
     if source.kind == "export":
         info["dtype"] = source.meta.get("dtype")
     if "conversion" in source.meta:
@@ -155,7 +155,8 @@ def format_summary(info: dict[str, Any]) -> str:
     ]
     if "weights" in info:
         w = info["weights"]
-        rows.append(("weights", f"{w['file']}: {w['dtype']}, {w['tensors']} tensors (what every reader loads)"))
+        what = "the EMA of the weights, what readers load unless --raw-weights" if w.get("ema") else "what readers load"
+        rows.append(("weights", f"{w['file']}: {w['dtype']}, {w['tensors']} tensors ({what})"))
     if "dtype" in info:
         rows.append(("dtype", info["dtype"]))
     if "conversion" in info:

@@ -7,7 +7,8 @@ Save: every rank writes its DeepSpeed files, then hashes (SHA-256) and fsyncs th
 itself; the ranks gather the full fp32 weights one parameter at a time (full_weights.py) and rank 0
 writes them as `model.safetensors` (whole and durably: temporary sibling, fsync, rename), the file
 every reader loads; rank 0 records all of them in meta.json (the weights also under `weights`,
-checkpoints/weights_file.py) and only then writes COMPLETE (durably). A write that
+checkpoints/weights_file.py; with train.ema_decay the EMA of the weights likewise as `ema.safetensors`,
+train/ema.py) and only then writes COMPLETE (durably). A write that
 fails on any rank (a full disk, ...) fails the save on every rank with the path and the reason; the
 partial folder is removed and the previous checkpoints stay.
 

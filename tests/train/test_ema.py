@@ -47,10 +47,13 @@ def _initial_weights(run: Run) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().clone() for name, p in model.named_parameters()}  # each tied tensor once
 
 
-def _assert_ema_matches(run: Run) -> None:
+def _assert_ema_matches(run: Run, first: int = 1) -> None:
+    """Every checkpoint from step `first` on holds the average of the raw weights from the step before
+    it (the initial weights for step 1)."""
     folders = sorted((run.dir / CHECKPOINTS).glob("step_*"), key=lambda p: step_of(p.name))
     assert [step_of(f.name) for f in folders] == [1, 2, 3, 4, 5, 6], folders
-    expected = _initial_weights(run)
+    expected = _initial_weights(run) if first == 1 else read_weights(folders[first - 2] / "model.safetensors")
+    folders = folders[first - 1 :]
     moved = False
     for folder in folders:
         raw = read_weights(folder / "model.safetensors")
@@ -113,6 +116,33 @@ def test_zero1_ema_matches_across_a_tp_change(tmp_path, data_cache):
     _assert_ema_matches(two)
     _validation_matches(two, {3: 2, 6: 1})
     assert "EMA of the weights: decay 0.5, resumed from step_" in two.output, two.output[-3000:]
+    _universal_carries_the_ema(two.dir / CHECKPOINTS / tag_for(3), tmp_path / "universal")
+
+
+def _universal_carries_the_ema(folder: Path, out: Path) -> None:
+    """`armd convert --to universal` checks DeepSpeed's raw weights and copies ema.safetensors along."""
+    from armd_scale.checkpoints.source import open_source
+    from armd_scale.checkpoints.weights import full_state
+    from armd_scale.cli import main
+
+    assert main(["convert", "--checkpoint", str(folder), "--to", "universal", "--out", str(out), "--quiet"]) == 0
+    converted = open_source(out)
+    assert converted.kind == "universal" and converted.averaged
+    ema = read_weights(folder / EMA_WEIGHTS)
+    assert all(torch.equal(v, ema[k]) for k, v in full_state(converted).items())
+
+
+def test_an_ema_started_on_resume_starts_from_the_checkpoint(tmp_path, data_cache):
+    """A run resumed with train.ema_decay from a checkpoint saved without an EMA starts the average at
+    that checkpoint's weights (ZeRO-0, one process: the module's parameters are the masters)."""
+    run_dir = tmp_path / "run"
+    common = ("train.checkpoint_every=1", "train.keep_last=100")
+    one = run_train(run_dir, data_cache, *common, "train.stop_at_step=3")
+    assert one.status()["code"] == 75, one.output[-3000:]
+    two = run_train(run_dir, data_cache, *common, f"train.ema_decay={DECAY}")
+    assert two.returncode == 0, two.output[-3000:]
+    assert "started from the weights of step_00000003 (it holds no EMA)" in two.output, two.output[-3000:]
+    _assert_ema_matches(two, first=4)
 
 
 def test_the_ema_leaves_training_unchanged(tmp_path, data_cache):
