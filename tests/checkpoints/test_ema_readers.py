@@ -91,9 +91,18 @@ def test_hf_export_writes_the_ema_by_default(ema_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "command", [["generate"], ["eval", "ppl"], ["eval", "sbp"], ["eval", "zeroshot"], ["eval", "harness"], ["convert"]]
+    "command",
+    [["generate"], ["eval", "ppl"], ["eval", "sbp"], ["eval", "zeroshot"], ["eval", "harness"], ["convert"]]
+    + [["inspect"]],
 )
 def test_every_reading_command_takes_raw_weights(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
     assert exit_.value.code == 0 and "--raw-weights" in capsys.readouterr().out
+
+
+def test_inspect_names_the_weights_readers_load(ema_run, capsys):
+    assert main(["inspect", str(ema_run.dir)]) == 0
+    assert "ema.safetensors: fp32, 26 tensors (the EMA of the weights" in capsys.readouterr().out
+    assert main(["inspect", str(ema_run.dir), "--raw-weights"]) == 0
+    assert "model.safetensors: fp32, 26 tensors (what readers load)" in capsys.readouterr().out
