@@ -6,8 +6,10 @@ on here (0 = off). Plain: no bias correction and no warm-up of the decay, as in 
 
 Where the average lives. One fp32 tensor beside each fp32 master tensor of this rank, of the same
 shape: the flat partitions of ZeRO-1/2 (`single_partition_of_fp32_groups`), of ZeRO-3
-(`fp32_partitioned_groups_flat`) and of the bf16 wrapper (`fp32_groups_flat_partition`), or the
-module's own parameters at ZeRO-0 in fp32 (no wrapper: the torch optimizer's params). So it is
+(`fp32_partitioned_groups_flat`) and of DeepSpeed's BF16_Optimizer (`fp32_groups_flat_partition`), or
+the module's own parameters at ZeRO-0 in fp32 (no wrapper: the torch optimizer's params). ZeRO-0 in
+bf16/fp16 (DeepSpeed's FP16_UnfusedOptimizer) is refused: its masters are not reachable through
+`safe_get/set_full_fp32_param`, so they could be neither saved nor restored exactly. So it is
 partitioned exactly as the master weights are (under ZeRO-1/2/3 each rank holds 1/dp of it, no rank a
 full copy) and costs 4 bytes per parameter divided by the data-parallel size, on the device. It is
 updated right after the wrapper's step (the engine calls it once per optimizer step, at the gradient
@@ -148,7 +150,7 @@ class WeightEMA:
 _MASTERS = (  # where DeepSpeed's wrappers keep this rank's fp32 master tensors
     "fp32_partitioned_groups_flat",  # ZeRO-3 (its sub-groups)
     "single_partition_of_fp32_groups",  # ZeRO-1/2
-    "fp32_groups_flat_partition",  # the bf16 wrapper (ZeRO-0 in bf16)
+    "fp32_groups_flat_partition",  # DeepSpeed's BF16_Optimizer
 )
 
 
@@ -162,8 +164,9 @@ def _master_tensors(engine, optimizer: torch.optim.Optimizer) -> list[torch.Tens
         if masters is not None:
             return [m for m in masters if m is not None]
     raise ConfigError(
-        f"train.ema_decay: DeepSpeed wraps the optimizer in {type(wrapper).__name__}, whose fp32 master weights "
-        "the EMA cannot read back (ZeRO-0 with fp16); use parallel.zero_stage >= 1, or bf16/fp32"
+        f"train.ema_decay: DeepSpeed wraps the optimizer in {type(wrapper).__name__} (parallel.zero_stage=0 with "
+        "bf16/fp16), whose fp32 master weights neither the EMA nor the checkpoint's weights file can read back; "
+        "use parallel.zero_stage=1 (on one GPU too: it costs nothing there), or fp32"
     )
 
 
