@@ -33,11 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from ..checkpoints.layout import META, read_meta
 from ..checkpoints.weights_file import EMA_WEIGHTS_KEY, read_record
 from ..config import Config, ConfigError
 from .distributed import gather_objects
+from .full_weights import gather_full_weights
 
 _SWAP_CHUNK = 1 << 22  # elements swapped through one temporary buffer (16 MiB of fp32)
 
@@ -52,11 +55,10 @@ class WeightEMA:
         self.engine = engine
         self.optimizer = optimizer
         self.decay = decay
-        self.updates = 0  # optimizer steps averaged in by this process (a resume starts again at 0)
         self.averages = [m.detach().clone(memory_format=torch.contiguous_format) for m in self._masters()]
         wrapper = engine.optimizer
         self._step = wrapper.step
-        wrapper.step = self._stepping  # the instance's attribute: removed again by close()
+        wrapper.step = self._stepping  # the instance's attribute: the class's step is what it calls
 
     # -- the update ---------------------------------------------------------------------------------
     def _masters(self) -> list[torch.Tensor]:
@@ -76,7 +78,6 @@ class WeightEMA:
         masters = [m.detach() for m in self._masters()]
         self._check_shapes(masters)
         torch._foreach_lerp_(self.averages, masters, 1.0 - self.decay)  # one pass: ema += (1 - d) * (w - ema)
-        self.updates += 1
 
     def _check_shapes(self, masters: list[torch.Tensor]) -> None:
         if [m.shape for m in masters] != [a.shape for a in self.averages]:
@@ -88,10 +89,6 @@ class WeightEMA:
     def local_numel(self) -> int:
         """Elements of the average this rank holds (its share of the master weights)."""
         return sum(a.numel() for a in self.averages)
-
-    def close(self) -> None:
-        """Stop updating: the wrapper's own step again."""
-        vars(self.engine.optimizer).pop("step", None)
 
     # -- swapping ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -119,8 +116,6 @@ class WeightEMA:
     # -- checkpoints -------------------------------------------------------------------------------
     def gather(self, *, tp: int, keep: bool) -> dict[str, torch.Tensor] | None:
         """Collective: the full fp32 average, gathered as `model.safetensors` is (rank 0 keeps it)."""
-        from .full_weights import gather_full_weights
-
         with self.swapped():
             return gather_full_weights(self.engine, tp=tp, keep=keep)
 
@@ -128,22 +123,17 @@ class WeightEMA:
         """Collective: the average from checkpoint `folder`'s EMA file (verified with the folder before
         the resume); False, leaving the average at the current weights, where the checkpoint has none
         (saved with train.ema_decay=0, or by an armd_scale without the EMA)."""
-        from ..checkpoints.layout import META, read_meta
-
         meta = read_meta(folder)
         record = read_record(meta, folder / META, key=EMA_WEIGHTS_KEY)
         if record is None:
             return False
         path = folder / record.file
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as stored, self.swapped():
             names = set(stored.keys())
             for name, param in self.engine.module.named_parameters():
                 if name not in names:
                     raise ValueError(f"{path} (meta.json key '{EMA_WEIGHTS_KEY}') holds no tensor '{name}'")
                 _set_master(param, name, stored.get_tensor(name))
-        self.updates = 0
         return True
 
 
