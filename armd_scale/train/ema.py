@@ -29,6 +29,7 @@ swapping it in and refreshing the working (bf16, or ZeRO-3 partitioned) weights 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,16 +58,21 @@ class WeightEMA:
         self.decay = decay
         self.averages = [m.detach().clone(memory_format=torch.contiguous_format) for m in self._masters()]
         wrapper = engine.optimizer
-        self._step = wrapper.step
-        wrapper.step = self._stepping  # the instance's attribute: the class's step is what it calls
+        step = wrapper.step
+
+        @functools.wraps(step)  # keeps the marks torch's LR scheduler puts on the step it wrapped
+        def stepping(*args, **kwargs):
+            return self._stepping(step, *args, **kwargs)
+
+        wrapper.step = stepping  # the instance's attribute; it calls the step it replaces
 
     # -- the update ---------------------------------------------------------------------------------
     def _masters(self) -> list[torch.Tensor]:
         return _master_tensors(self.engine, self.optimizer)
 
-    def _stepping(self, *args, **kwargs):
+    def _stepping(self, step, *args, **kwargs):
         skip = bool(getattr(self.optimizer, "skip_next", False))  # GuardedAdamW resets it inside its step
-        result = self._step(*args, **kwargs)
+        result = step(*args, **kwargs)
         if not skip and not getattr(self.engine.optimizer, "overflow", False):
             self.update()
         return result

@@ -184,3 +184,22 @@ def test_ema_decay_out_of_range_is_refused(decay):
 
     with pytest.raises(ConfigError, match="train.ema_decay"):
         load_config(None, [*TINY, f"train.ema_decay={decay}"])
+
+
+def test_a_step_the_nan_guard_skips_leaves_the_ema_alone(tmp_path, data_cache, monkeypatch, clean_process_env):
+    """Step 3's loss is made NaN (the guard skips its update, and postpones its checkpoint): the EMA of
+    step 4 takes in w_4 once over the EMA of step 2, not the unchanged w_2 a second time."""
+    from armd_scale.train.loop import train
+
+    from .test_nan_guard import _poison
+
+    _poison(monkeypatch, {3})
+    overrides = [*TINY, f"data.cache_dir={data_cache}", f"run.dir={tmp_path}", *EVERY_STEP]
+    assert train(load_config(overrides=overrides)) == 0
+    folder = {step_of(f.name): f for f in (tmp_path / CHECKPOINTS).glob("step_*")}
+    assert sorted(folder) == [1, 2, 4, 5, 6]
+    ema2, ema4 = read_weights(folder[2] / EMA_WEIGHTS), read_weights(folder[4] / EMA_WEIGHTS)
+    raw4 = read_weights(folder[4] / "model.safetensors")
+    for name, value in ema4.items():
+        expected = DECAY * ema2[name] + (1 - DECAY) * raw4[name]
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6, msg=name)
