@@ -69,7 +69,7 @@ from .layout import (
     universal_tag_dir,
 )
 from .safe_load import assert_weights_only_loadable, verify_files
-from .weights_file import EMA_WEIGHTS_KEY, WeightsRecord, read_record
+from .weights_file import EMA_WEIGHTS, EMA_WEIGHTS_KEY, WeightsRecord, read_record
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
 Scope = Literal["weights", "folder"]  # what opening a checkpoint folder verifies (module docstring)
@@ -139,6 +139,8 @@ def open_source(
     """The checkpoint at `path` (module docstring); `weights` picks a checkpoint folder's EMA or raw weights
     (default: the EMA when present, or what `preferred_weights` says)."""
     weights = weights or _PREFERRED.get()
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights={weights!r}: choose 'ema' (the default) or 'raw'")
     path = Path(path).expanduser().absolute()  # reports and config.json record where the weights came from
     if (path / "zero").is_dir() and glob.glob(str(path / "*model_states.pt")) and not (path / META).exists():
         return _bare_universal(path, check_safe)
@@ -295,7 +297,8 @@ def check_weights(folder: Path, meta: dict[str, Any], record: WeightsRecord, *, 
     listed_paths(folder, files, named_by=listed_by)
     if not isinstance(files, dict) or record.file not in files:
         raise CorruptCheckpointError(
-            f"{folder / META} key '{WEIGHTS}' names {record.file}, but its key '{FILES}' records no size and "
+            f"{folder / META} key '{EMA_WEIGHTS_KEY if record.file == EMA_WEIGHTS else WEIGHTS}' names "
+            f"{record.file}, but its key '{FILES}' records no size and "
             "SHA-256 for it",
             folder / META,
         )

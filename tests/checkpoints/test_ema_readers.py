@@ -48,6 +48,8 @@ def test_readers_take_the_ema_unless_asked_for_the_raw_weights(ema_run):
     assert loaded.averaged
     assert torch.equal(loaded.model.state_dict()["embed.weight"], ema["embed.weight"])
     assert not load_pretrained(ema_run.dir, weights="raw").averaged
+    with pytest.raises(ValueError, match="choose 'ema'"):
+        open_source(ema_run.dir, weights="Raw")  # a typo is an error, not the default
 
 
 def test_validation_reports_the_raw_and_the_ema_model(ema_run):
