@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    result = args.func(args)
+    from .checkpoints.source import preferred_weights
+
+    with preferred_weights("raw" if getattr(args, "raw_weights", False) else "ema"):  # commands/common.add_weights_arg
+        result = args.func(args)
     return int(result or 0)
 
 

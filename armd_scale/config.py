@@ -195,6 +195,10 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # Exponential moving average of the weights (train/ema.py), updated every optimizer step, saved with
+    # every checkpoint and read by eval, generate and the exports unless they ask for the raw weights
+    # (--raw-weights); validation reports both. 0 = off; the SEDD/MDLM/BD3-LM setup uses 0.9999.
+    ema_decay: float = 0.0
     seed: int = 0
     order: OrderConfig = field(default_factory=OrderConfig)
     checkpoint_every: int = 100
@@ -241,6 +245,8 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         self._validate_decay()
+        if not 0.0 <= self.ema_decay < 1.0:  # 1 would never leave the initial weights
+            raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = no EMA of the weights)")
         for name in ("beta1", "beta2"):  # Adam's moment decay rates; 1 or more never forgets, < 0 oscillates
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be in [0, 1)")

@@ -76,6 +76,8 @@ def export(
         has_tokenizer = tokenizer and copy_tokenizer(source.meta, tmp / EXPORT_TOKENIZER, notes, progress)
         if not tokenizer:
             notes.append("tokenizer left out (--no-tokenizer)")
+        if source.averaged:
+            notes.append("the EMA of the weights (ema.safetensors; --raw-weights exports model.safetensors)")
         if dtype != "fp32":
             notes.append(f"weights rounded to {dtype}: the logit difference is that rounding")
         config = {
@@ -93,6 +95,7 @@ def export(
             "wandb_run_id": source.meta.get("wandb_run_id"),
             "saved_at": source.meta.get("saved_at"),
             "source": {"path": str(source.folder), "kind": source.kind},
+            "weights": "ema" if source.averaged else "raw",  # the EMA of the weights unless --raw-weights
         }
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1))
 

@@ -111,6 +111,8 @@ def export_hf(
     progress(f"reading the full weights of {source.folder} ({source.kind}, step {source.step})")
     state = full_state(source)
     reference = model_from_state(cfg, state, str(source.folder)).float().eval()
+    if source.averaged:
+        notes.append("the EMA of the weights (ema.safetensors; --raw-weights exports model.safetensors)")
     batch = fixed_batch(cfg)
     real = real_vocab(mc)
     tokens, order, block = batch.tensors(real)  # real ids: a Llama export has no rows for padded ones

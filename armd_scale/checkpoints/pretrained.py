@@ -7,6 +7,9 @@ unpickler), and `model_io.load_weights` fits them to the saved config's model st
 tied parameters. The weights are read (and verified) before the model is built, and their names
 and shapes are compared with the saved config's model built on the meta device (`refuse_unfit`), so
 a config that claims another (a huge) model is refused before any memory is spent on it.
+
+A checkpoint that kept an EMA of the weights (train.ema_decay) is read as that EMA unless `weights="raw"`
+(or `--raw-weights`, source.preferred_weights) asks for the raw weights; `Pretrained.averaged` says which.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import nn
 from ..config import Config
 from .integrity import CorruptCheckpointError
 from .model_io import build, config_of, load_weights, parameter_count, tied_aliases
-from .source import Source, open_source, reads_newest
+from .source import Source, Weights, open_source, reads_newest
 from .weights import full_state
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ class Pretrained:
     source: Path  # the folder the weights came from
     step: int | None
     tokenizer_sha256: str | None
+    averaged: bool = False  # the EMA of the weights (ema.safetensors), not the raw ones
 
     def tokenizer(self) -> Tokenizer:
         """The run's tokenizer (any backend), or an error saying where it was expected."""
@@ -48,10 +52,15 @@ class Pretrained:
 
 @reads_newest
 def load_pretrained(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights: Weights | None = None,
 ) -> Pretrained:
-    """The model of checkpoint `path` in eval mode on `device` in `dtype`, with its config and identity."""
-    source = open_source(path)
+    """The model of checkpoint `path` in eval mode on `device` in `dtype`, with its config and identity;
+    `weights` as `open_source` takes it (default: the EMA of the weights where the checkpoint has one)."""
+    source = open_source(path, weights=weights)
     cfg = config_of(source.config, str(source.meta_file))
     # the weights first (verified, and as large as the files): the saved config is input, and a small
     # folder whose config claims a huge model must be refused before that model is built
@@ -65,6 +74,7 @@ def load_pretrained(
         source=source.folder,
         step=source.step,
         tokenizer_sha256=source.meta.get("tokenizer_sha256"),
+        averaged=source.averaged,
     )
 
 

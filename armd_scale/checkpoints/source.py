@@ -24,6 +24,13 @@ newest checkpoint fails that check resolves to the newest intact one, with a war
 damaged file; a folder given directly is an error naming it. The weights are read by
 `weights.full_state`. Nothing here writes.
 
+Which weights a checkpoint folder's Source reads (`Source.weights`) is decided here and only here: its
+EMA of the weights (`ema.safetensors`, written with train.ema_decay > 0) when it has one, else
+`model.safetensors`; `weights="raw"` (or `preferred_weights("raw")` around the call, which the
+commands' `--raw-weights` sets) takes `model.safetensors` whatever the folder holds. Only the file
+read is verified. Exports and Hugging Face folders hold one set of weights (chosen when they were
+written) and ignore the choice.
+
 A running trainer's retention may remove the checkpoint a run directory resolved to while a tool
 reads it: resolution then looks again (it never falls back to an older one for that), and readers
 decorated with `reads_newest` (load_pretrained, summarize, the conversions) read the newest again.
@@ -31,12 +38,13 @@ decorated with `reads_newest` (load_pretrained, summarize, the conversions) read
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +69,11 @@ from .layout import (
     universal_tag_dir,
 )
 from .safe_load import assert_weights_only_loadable, verify_files
-from .weights_file import WeightsRecord, read_record
+from .weights_file import EMA_WEIGHTS, EMA_WEIGHTS_KEY, WeightsRecord, read_record
 
 Kind = Literal["deepspeed", "universal", "export", "hf"]
 Scope = Literal["weights", "folder"]  # what opening a checkpoint folder verifies (module docstring)
+Weights = Literal["ema", "raw"]  # which of a checkpoint's weight files a reader gets (module docstring)
 P = ParamSpec("P")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -77,7 +86,8 @@ class Source:
     meta: dict[str, Any]  # meta.json, or an export's config.json
     run_dir: Path | None = None  # set when the path given was a run directory
     universal_dir: Path | None = None  # DeepSpeed's universal tag folder, for kind "universal"
-    weights: WeightsRecord | None = None  # the checkpoint's model.safetensors, what full_state reads
+    weights: WeightsRecord | None = None  # the checkpoint's weights file full_state reads (model or EMA)
+    averaged: bool = False  # `weights` is the EMA of the weights (ema.safetensors)
 
     @property
     def meta_file(self) -> Path:
@@ -107,7 +117,30 @@ class Source:
         return self.meta.get("tokenizer_dir")
 
 
-def open_source(path: str | Path, *, check_safe: bool = True, scope: Scope = "weights") -> Source:
+# what `open_source` takes when its caller does not say: the commands' --raw-weights sets "raw"
+_PREFERRED: ContextVar[Weights] = ContextVar("armd_scale_preferred_weights", default="ema")
+
+
+@contextlib.contextmanager
+def preferred_weights(weights: Weights) -> Iterator[None]:
+    """Inside the block, checkpoint folders opened without an explicit `weights` read `weights`."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights={weights!r}: choose 'ema' or 'raw'")
+    token = _PREFERRED.set(weights)
+    try:
+        yield
+    finally:
+        _PREFERRED.reset(token)
+
+
+def open_source(
+    path: str | Path, *, check_safe: bool = True, scope: Scope = "weights", weights: Weights | None = None
+) -> Source:
+    """The checkpoint at `path` (module docstring); `weights` picks a checkpoint folder's EMA or raw weights
+    (default: the EMA when present, or what `preferred_weights` says)."""
+    weights = weights or _PREFERRED.get()
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights={weights!r}: choose 'ema' (the default) or 'raw'")
     path = Path(path).expanduser().absolute()  # reports and config.json record where the weights came from
     if (path / "zero").is_dir() and glob.glob(str(path / "*model_states.pt")) and not (path / META).exists():
         return _bare_universal(path, check_safe)
@@ -121,8 +154,8 @@ def open_source(path: str | Path, *, check_safe: bool = True, scope: Scope = "we
     if (path / META).is_file():
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is an incomplete checkpoint (no {MARKER} marker): its save was cut short")
-        return _checkpoint(path, None, check_safe, scope)
-    source = _newest(path, check_safe, scope)
+        return _checkpoint(path, None, check_safe, scope, weights)
+    source = _newest(path, check_safe, scope, weights)
     opened = _OPENED.get()
     if source is not None and opened is not None:
         opened.append(source)
@@ -135,7 +168,9 @@ def open_source(path: str | Path, *, check_safe: bool = True, scope: Scope = "we
     )
 
 
-def _newest(path: Path, check_safe: bool, scope: Scope, *, removed: Path | None = None) -> Source | None:
+def _newest(
+    path: Path, check_safe: bool, scope: Scope, weights: Weights, *, removed: Path | None = None
+) -> Source | None:
     """The newest intact complete checkpoint of run directory `path`, None if it has none. One that
     disappears while it is checked (a running trainer's retention removed it) is looked for again
     once among the checkpoints then present: it gives way to a newer one, not to an older one."""
@@ -144,13 +179,13 @@ def _newest(path: Path, check_safe: bool, scope: Scope, *, removed: Path | None 
     for tag in reversed(tags):  # newest first; a damaged one gives way to the newest intact one
         folder = path / CHECKPOINTS / tag
         try:
-            return _checkpoint(folder, path, check_safe, scope)
+            return _checkpoint(folder, path, check_safe, scope, weights)
         except Exception as e:
             if _removed(folder, None):
                 if removed is not None:
                     raise _removed_twice(folder, removed, path) from None
                 log.warning("checkpoint %s was removed while it was read (%s); looking for the newest again", folder, e)
-                return _newest(path, check_safe, scope, removed=folder)
+                return _newest(path, check_safe, scope, weights, removed=folder)
             if not isinstance(e, CorruptCheckpointError):
                 raise
             first_error = first_error or e
@@ -262,7 +297,8 @@ def check_weights(folder: Path, meta: dict[str, Any], record: WeightsRecord, *, 
     listed_paths(folder, files, named_by=listed_by)
     if not isinstance(files, dict) or record.file not in files:
         raise CorruptCheckpointError(
-            f"{folder / META} key '{WEIGHTS}' names {record.file}, but its key '{FILES}' records no size and "
+            f"{folder / META} key '{EMA_WEIGHTS_KEY if record.file == EMA_WEIGHTS else WEIGHTS}' names "
+            f"{record.file}, but its key '{FILES}' records no size and "
             "SHA-256 for it",
             folder / META,
         )
@@ -270,9 +306,12 @@ def check_weights(folder: Path, meta: dict[str, Any], record: WeightsRecord, *, 
         verify(folder, {record.file: files[record.file]}, named_by=listed_by)
 
 
-def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool, scope: Scope) -> Source:
+def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool, scope: Scope, weights: Weights) -> Source:
     meta = read_meta(folder)
     record = read_record(meta, folder / META)
+    ema = read_record(meta, folder / META, key=EMA_WEIGHTS_KEY)
+    averaged = weights == "ema" and ema is not None and record is not None
+    record = ema if averaged else record
     if check_safe and record is not None:
         check_weights(folder, meta, record, checksum=scope == "weights")  # "folder": checked with every file next
     if check_safe and (record is None or scope == "folder"):
@@ -281,8 +320,8 @@ def _checkpoint(folder: Path, run_dir: Path | None, check_safe: bool, scope: Sco
         tag_dir = universal_tag_dir(folder)
         if tag_dir is None:
             raise FileNotFoundError(f"{folder}: meta.json says universal but {folder / UNIVERSAL} holds no tag folder")
-        return Source("universal", folder, meta, run_dir, tag_dir, weights=record)
-    return Source("deepspeed", folder, meta, run_dir, weights=record)
+        return Source("universal", folder, meta, run_dir, tag_dir, weights=record, averaged=averaged)
+    return Source("deepspeed", folder, meta, run_dir, weights=record, averaged=averaged)
 
 
 def _bare_universal(tag_dir: Path, check_safe: bool) -> Source:

@@ -61,6 +61,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
     }
     if source.weights is not None:
         info["weights"] = source.weights.to_dict()
+        info["weights_ema"] = source.averaged  # the EMA of the weights (train.ema_decay), what readers load
     if source.kind == "export":
         info["dtype"] = source.meta.get("dtype")
     if "conversion" in source.meta:
@@ -155,7 +156,9 @@ def format_summary(info: dict[str, Any]) -> str:
     ]
     if "weights" in info:
         w = info["weights"]
-        rows.append(("weights", f"{w['file']}: {w['dtype']}, {w['tensors']} tensors (what every reader loads)"))
+        ema = info.get("weights_ema")
+        what = "the EMA of the weights, what readers load unless --raw-weights" if ema else "what readers load"
+        rows.append(("weights", f"{w['file']}: {w['dtype']}, {w['tensors']} tensors ({what})"))
     if "dtype" in info:
         rows.append(("dtype", info["dtype"]))
     if "conversion" in info:

@@ -20,6 +20,7 @@ on another data-parallel size, so this refuses them and points to `--to export` 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .atomic import atomic_dir, check_out, refuse_overlap
@@ -31,7 +32,7 @@ from .source import open_source, reads_newest
 from .universal import read_universal, write_universal
 from .validate import fixed_batch, logits_of, max_abs_diff, model_from_state
 from .weights import full_state, saved_module_state
-from .weights_file import write_checkpoint_weights
+from .weights_file import EMA_WEIGHTS_KEY, read_record, write_checkpoint_weights
 
 
 @reads_newest
@@ -41,7 +42,8 @@ def to_universal(
     """Write the universal folder `out` for DeepSpeed checkpoint `path`, validated against the source."""
     progress = progress or Progress()
     out = check_out(out, overwrite=overwrite)
-    source = open_source(path, scope="folder")  # DeepSpeed's files are read: every one is checked
+    # DeepSpeed's files are read: every one is checked; the raw weights are what they hold
+    source = open_source(path, scope="folder", weights="raw")
     refuse_overlap(source.folder, out)
     if source.kind != "deepspeed":
         what = "already universal" if source.kind == "universal" else "an export"
@@ -104,6 +106,9 @@ def to_universal(
 
         aliases = tied_aliases(result_model)
         record, _ = write_checkpoint_weights(tmp, without_aliases(converted, aliases), tied=aliases)
+        ema = read_record(source.meta, source.meta_file, key=EMA_WEIGHTS_KEY)
+        if ema is not None:  # the EMA of the weights travels with them: a resume from this folder continues it
+            shutil.copyfile(source.folder / ema.file, tmp / ema.file)
         meta = {
             **source.meta,
             "topology": {**topology, "layout": UNIVERSAL},

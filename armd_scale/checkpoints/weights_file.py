@@ -14,6 +14,11 @@ shards merged, ZeRO-3 partitions gathered, each tied tensor once), and meta.json
 `weights` (`WeightsRecord`); its size and SHA-256 are in meta.json `files` with every other file's.
 Readers load only that file (source.py, weights.full_state); DeepSpeed's files serve a resume.
 
+With `train.ema_decay` > 0 a checkpoint also holds the exponential moving average of the weights
+(train/ema.py) as `ema.safetensors`, written the same way and described by a WeightsRecord of its own
+under meta.json `ema_weights` (its size and SHA-256 in `files` too); source.py decides which of the
+two a reader gets (the EMA when present, unless it asks for the raw weights).
+
 The record is versioned: `read_record` is the one place that parses it, and a version it does not
 know is an `UnsupportedWeightsError` naming meta.json (never a fallback to an older checkpoint: a
 newer format is not damage).
@@ -37,6 +42,8 @@ from .layout import MODEL_WEIGHTS, WEIGHTS
 
 WEIGHTS_VERSION = 1
 CHECKPOINT_WEIGHTS_FORMAT = "armd_scale-checkpoint-weights-1"  # the file's own safetensors metadata
+EMA_WEIGHTS = "ema.safetensors"  # the EMA of the weights (train.ema_decay > 0), beside model.safetensors
+EMA_WEIGHTS_KEY = "ema_weights"  # meta.json key of its WeightsRecord
 
 
 class UnsupportedWeightsError(ValueError):
@@ -61,14 +68,15 @@ class WeightsRecord:
 _TYPES: dict[str, type] = {"version": int, "file": str, "dtype": str, "tied": dict, "tensors": int, "parameters": int}
 
 
-def read_record(meta: dict[str, Any], meta_file: Path) -> WeightsRecord | None:
-    """The WeightsRecord in `meta` (the contents of `meta_file`), or None for a checkpoint saved before
-    checkpoints carried their weights. An unknown version is an UnsupportedWeightsError, a record that
-    is not the object a save writes a CorruptCheckpointError, both naming `meta_file`."""
-    raw = meta.get(WEIGHTS)
+def read_record(meta: dict[str, Any], meta_file: Path, *, key: str = WEIGHTS) -> WeightsRecord | None:
+    """The WeightsRecord under `key` in `meta` (the contents of `meta_file`; `weights`, or EMA_WEIGHTS_KEY
+    for the EMA), or None for a checkpoint saved without that file. An unknown version is an
+    UnsupportedWeightsError, a record that is not the object a save writes a CorruptCheckpointError,
+    both naming `meta_file` and `key`."""
+    raw = meta.get(key)
     if raw is None:
         return None
-    where = f"{meta_file} key '{WEIGHTS}'"
+    where = f"{meta_file} key '{key}'"
     if not isinstance(raw, dict):
         raise CorruptCheckpointError(f"{where} is not a JSON object", meta_file)
     version = raw.get("version")
@@ -112,13 +120,14 @@ def write_weights(tensors: dict[str, torch.Tensor], path: Path, *, metadata: dic
 
 
 def write_checkpoint_weights(
-    folder: Path, state: dict[str, torch.Tensor], *, tied: dict[str, str]
+    folder: Path, state: dict[str, torch.Tensor], *, tied: dict[str, str], file: str = MODEL_WEIGHTS
 ) -> tuple[WeightsRecord, dict[str, Any]]:
-    """Write a checkpoint's `model.safetensors` from its full fp32 `state` (each tied tensor once, under
-    the name `tied` maps its aliases to); returns its record and its digest for meta.json `files`."""
+    """Write a checkpoint's `file` (`model.safetensors`, or EMA_WEIGHTS) from its full fp32 `state` (each
+    tied tensor once, under the name `tied` maps its aliases to); returns its record and its digest for
+    meta.json `files`."""
     record = WeightsRecord(
         version=WEIGHTS_VERSION,
-        file=MODEL_WEIGHTS,
+        file=file,
         dtype="fp32",
         tied=dict(tied),
         tensors=len(state),

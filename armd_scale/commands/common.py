@@ -28,6 +28,17 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_weights_arg(parser: argparse.ArgumentParser) -> None:
+    """`--raw-weights`: a checkpoint's raw weights instead of its EMA of the weights (train.ema_decay), which
+    readers take when the checkpoint has one; cli.main applies it to every checkpoint the command opens."""
+    parser.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="read a checkpoint's raw weights (model.safetensors), not its EMA of the weights (ema.safetensors, "
+        "the default where the run kept one)",
+    )
+
+
 def chosen_device(args: argparse.Namespace, command: str):
     """Resolve `--device` (armd_scale/devices.py) and say on stderr which device the command computes on."""
     from ..devices import describe, resolve_device

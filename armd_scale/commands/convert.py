@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from .common import add_weights_arg
+
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -46,6 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="export only: dtype of model.safetensors (default fp32, validated exact)",
     )
     parser.add_argument("--no-tokenizer", action="store_true", help="export, hf: do not copy the tokenizer")
+    add_weights_arg(parser)  # export, hf; universal converts DeepSpeed's (raw) weights and copies the EMA along
     parser.add_argument(
         "--layout",
         default="auto",

@@ -57,9 +57,12 @@ def run(args: argparse.Namespace) -> int:  # only reached if a sub-subcommand fo
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from .common import add_weights_arg
+
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument("--seed", type=int, default=0)
     add_device_arg(p)
+    add_weights_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

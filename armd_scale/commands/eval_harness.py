@@ -14,7 +14,7 @@ import sys
 
 
 def add_harness_args(p: argparse.ArgumentParser) -> None:
-    from .common import add_device_arg, positive_int
+    from .common import add_device_arg, add_weights_arg, positive_int
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument("--tasks", required=True, metavar="T,T,...", help="lm_eval task or group names, comma-separated")
@@ -38,6 +38,7 @@ def add_harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and of the mdlm ELBO's masks")
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)
+    add_weights_arg(p)
     p.add_argument("--log-samples", action="store_true", help="keep every request and response in the JSON")
     p.add_argument("--json", metavar="OUT", help="write lm_eval's results here")
 

@@ -17,7 +17,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     from armd_scale.eval.zeroshot import PROTOCOLS
     from armd_scale.eval.zeroshot_data import BENCHMARKS
 
-    from .common import add_device_arg, positive_int
+    from .common import add_device_arg, add_weights_arg, positive_int
 
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
     p.add_argument(
@@ -49,6 +49,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the mdlm ELBO's masks")
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)
+    add_weights_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="OUT", help="write the result document here")
     p.add_argument("--markdown", metavar="OUT", help="write the markdown tables here")

@@ -16,7 +16,7 @@ import re
 import sys
 from typing import cast
 
-from .common import add_device_arg, chosen_device, non_negative_float, positive_int, probability
+from .common import add_device_arg, add_weights_arg, chosen_device, non_negative_float, positive_int, probability
 
 MASK_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
@@ -48,6 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true", help="forward passes and sampling softmax in float64")
     add_device_arg(parser)
+    add_weights_arg(parser)
     parser.add_argument("--json", metavar="OUT", help="also write {streams, length, forward_calls, seconds, samples}")
     parser.set_defaults(func=run)
 

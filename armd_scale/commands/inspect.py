@@ -22,6 +22,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", metavar="PATH", help="run dir, checkpoint folder or export dir")
     parser.add_argument("--diff", nargs=2, metavar=("A", "B"), help="compare two checkpoints instead")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    from .common import add_weights_arg
+
+    add_weights_arg(parser)  # which weights --diff compares and the summary names
     parser.set_defaults(func=run)
 
 

@@ -7,7 +7,8 @@ Save: every rank writes its DeepSpeed files, then hashes (SHA-256) and fsyncs th
 itself; the ranks gather the full fp32 weights one parameter at a time (full_weights.py) and rank 0
 writes them as `model.safetensors` (whole and durably: temporary sibling, fsync, rename), the file
 every reader loads; rank 0 records all of them in meta.json (the weights also under `weights`,
-checkpoints/weights_file.py) and only then writes COMPLETE (durably). A write that
+checkpoints/weights_file.py; with train.ema_decay the EMA of the weights likewise as `ema.safetensors`,
+train/ema.py) and only then writes COMPLETE (durably). A write that
 fails on any rank (a full disk, ...) fails the save on every rank with the path and the reason; the
 partial folder is removed and the previous checkpoints stay.
 
@@ -65,11 +66,12 @@ from ..checkpoints.model_io import build, tied_aliases, without_aliases
 from ..checkpoints.safe_load import assert_weights_only_loadable, verify_files, weights_only_loading
 from ..checkpoints.source import check_intact
 from ..checkpoints.universal import check_reshard, convert_to_universal
-from ..checkpoints.weights_file import write_checkpoint_weights
+from ..checkpoints.weights_file import EMA_WEIGHTS, EMA_WEIGHTS_KEY, write_checkpoint_weights
 from ..config import Config, ConfigError
 from ..data.tokenizers.ref import TokenizerRef
 from ..error_text import error_text
 from .distributed import DistInfo, barrier, broadcast_object, gather_objects
+from .ema import WeightEMA
 from .full_weights import gather_full_weights
 
 
@@ -96,6 +98,7 @@ class Checkpointer:
         self.cfg = cfg
         self.dist = dist_info
         self.tokenizer = tokenizer
+        self.ema: WeightEMA | None = None  # set by the trainer with train.ema_decay > 0: saved as ema.safetensors
 
     # -- topology ---------------------------------------------------------------------------------
     def topology(self) -> dict[str, Any]:
@@ -305,6 +308,7 @@ class Checkpointer:
             raise CheckpointWriteError(f"checkpoint {tag} not saved: {errors[0]}; the earlier checkpoints are intact")
         # every rank takes part, one parameter at a time; rank 0 holds the result on the CPU
         state = gather_full_weights(engine, tp=self.cfg.parallel.tp, keep=self.dist.is_main)
+        ema = self.ema.gather(tp=self.cfg.parallel.tp, keep=self.dist.is_main) if self.ema is not None else None
         finished: str | None = None  # rank 0's failure to write the weights, hash the rest, write meta.json, ...
         if self.dist.is_main:
             assert state is not None
@@ -318,6 +322,12 @@ class Checkpointer:
                     folder, without_aliases(state, aliases), tied=aliases
                 )
                 del state
+                if ema is not None:  # the EMA of the weights, recorded like them (train/ema.py)
+                    ema_record, files[EMA_WEIGHTS] = write_checkpoint_weights(
+                        folder, without_aliases(ema, aliases), tied=aliases, file=EMA_WEIGHTS
+                    )
+                    meta[EMA_WEIGHTS_KEY] = ema_record.to_dict()
+                    del ema
                 others = [n for n in recorded_files(folder, skip=(META, MARKER, UNIVERSAL)) if n not in files]
                 files.update(digests(folder, others, sync=True))  # written by code that bypassed the engine's writer
                 target = folder / META  # mark_complete names the file it was writing in the error it raises

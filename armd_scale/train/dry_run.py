@@ -62,20 +62,23 @@ class ModelStates:
     weights: int
     gradients: int
     optimizer: int
+    ema: int = 0  # train.ema_decay > 0: the fp32 EMA of the weights, partitioned as the master weights (train/ema.py)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer
+        return self.weights + self.gradients + self.optimizer + self.ema
 
 
-def model_state_bytes(params: int, precision: str, zero_stage: int, dp_world: int) -> ModelStates:
-    """Per-GPU model states for `params` parameters per model-parallel rank, partitioned over `dp_world`."""
+def model_state_bytes(params: int, precision: str, zero_stage: int, dp_world: int, *, ema: bool = False) -> ModelStates:
+    """Per-GPU model states for `params` parameters per model-parallel rank, partitioned over `dp_world`
+    (with `ema`, 4 more bytes per parameter, partitioned as the optimizer's master weights)."""
     sixteen = precision in ("bf16", "fp16")
     weight_bytes, grad_bytes, optim_bytes = (2, 2, 12) if sixteen else (4, 4, 8)
     return ModelStates(
         weights=params * weight_bytes // (dp_world if zero_stage >= 3 else 1),
         gradients=params * grad_bytes // (dp_world if zero_stage >= 2 else 1),
         optimizer=params * optim_bytes // (dp_world if zero_stage >= 1 else 1),
+        ema=params * 4 // (dp_world if zero_stage >= 1 else 1) if ema else 0,
     )
 
 
@@ -101,7 +104,7 @@ def dry_run(cfg: Config, world_size: int) -> dict[str, Any]:
     counts = count_parameters(cfg)
     tp, precision, stage = cfg.parallel.tp, cfg.parallel.precision, cfg.parallel.zero_stage
     per_rank = counts.per_rank(tp)
-    states = model_state_bytes(per_rank, precision, stage, layout.dp_world)
+    states = model_state_bytes(per_rank, precision, stage, layout.dp_world, ema=cfg.train.ema_decay > 0)
     multi_token = cfg.train.order.kind in ("sbp", "diffusion")
     acts = activation_bytes(
         cfg.model, layout.micro_batch, cfg.data.seq_len, precision, multi_token_blocks=multi_token, tp=tp
@@ -132,6 +135,7 @@ def dry_run(cfg: Config, world_size: int) -> dict[str, Any]:
             "weights": states.weights,
             "gradients": states.gradients,
             "optimizer": states.optimizer,
+            "ema": states.ema,
             "total": states.total,
         },
         "deepspeed_estimate_bytes": deepspeed_estimate(
@@ -173,7 +177,8 @@ def format_dry_run(cfg: Config, doc: dict[str, Any]) -> str:
         f"training FLOPs per step: {doc['train_flops_per_step']:.4g}",
         "memory per GPU:",
         f"  model states (ZeRO-{doc['zero_stage']}): {_gib(states['total'])} = weights {_gib(states['weights'])} "
-        f"+ gradients {_gib(states['gradients'])} + optimizer {_gib(states['optimizer'])}",
+        f"+ gradients {_gib(states['gradients'])} + optimizer {_gib(states['optimizer'])}"
+        + (f" + EMA of the weights {_gib(states['ema'])}" if states["ema"] else ""),
     ]
     if ds_estimate is not None:
         lines.append(f"  DeepSpeed's ZeRO-{doc['zero_stage']} estimate (no offload): {_gib(ds_estimate)}")

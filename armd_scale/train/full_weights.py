@@ -14,6 +14,9 @@ Only rank 0 keeps a copy, on the CPU. No rank ever holds more than one full para
 beyond its own shard, so the gather does not grow device memory with the model; rank 0's host memory
 holds the fp32 model once (4 bytes per parameter) while the file is written.
 
+The EMA of the weights (train/ema.py) is gathered by the same function, swapped into the master
+tensors for the duration: `ema.safetensors` is assembled exactly as `model.safetensors` is.
+
 Tied parameters are visited once, under their first name (what `model_io.tied_aliases` calls canonical);
 the saver drops any alias left (`model_io.without_aliases`, as an export does), so the file stores each
 shared tensor once and readers restore the aliases.

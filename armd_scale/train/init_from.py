@@ -76,4 +76,5 @@ def load_init_weights(model: nn.Module, cfg: Config, tokenizer: TokenizerRef | s
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
     step = checkpoint.step
-    return f"initialised weights from {checkpoint.folder}" + (f" (step {step})" if step is not None else "")
+    ema = " (its EMA of the weights)" if checkpoint.averaged else ""
+    return f"initialised weights from {checkpoint.folder}{ema}" + (f" (step {step})" if step is not None else "")

@@ -18,6 +18,7 @@ from ..model import build_model
 from . import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from .checkpoint import Checkpointer
 from .distributed import DistInfo, barrier, init_distributed
+from .ema import attach_ema
 from .engine import (
     BatchLayout,
     batch_layout,
@@ -146,6 +147,7 @@ def _set_up(
         if plan.universal:
             repair_optimizer_after_universal_load(optimizer, cfg.train)
     metrics = MetricsLogger(cfg, run_dir, is_main=dist_info.is_main, start_step=state.step, wandb_id=state.wandb_run_id)
+    ema = attach_ema(engine, optimizer, cfg, checkpointer, plan.tag, metrics.message)
     state.wandb_run_id = metrics.wandb_id
     if plan.tag is not None:
         via = " via universal checkpoint" if plan.universal else ""
@@ -186,4 +188,5 @@ def _set_up(
         state=state,
         dp_rank=dp_rank,
         dp_world=dp_world,
+        ema=ema,
     )

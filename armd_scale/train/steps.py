@@ -28,6 +28,7 @@ from ..model.flops import peak_flops, training_flops_per_token
 from . import EXIT_PREEMPTED
 from .checkpoint import Checkpointer
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum
+from .ema import WeightEMA
 from .engine import (
     BatchLayout,
     GuardedAdamW,
@@ -92,6 +93,7 @@ class TrainingRun:
     dp_rank: int
     dp_world: int
     unconfirmed_save: bool = False  # a checkpoint whose retention waits for the next finite loss
+    ema: WeightEMA | None = None  # train.ema_decay > 0: the EMA of the weights (train/ema.py)
 
     def steps(self, stop: StopRequest) -> int:
         """Optimizer steps until train.steps, a stop request or train.stop_at_step; the exit code."""
@@ -298,6 +300,12 @@ class TrainingRun:
         if val is not None:
             self.metrics.log(self.state.step, self.objective.val_metrics(val))
             self.metrics.message(f"step {self.state.step}: {self.objective.val_message(val)}")
+        if self.ema is not None:  # the same batches, computed with the EMA of the weights
+            with self.ema.in_model():
+                val = evaluate(self.engine, self.objective, self.data, self.cfg, self.dist, self.dp_rank, self.dp_world)
+            if val is not None:
+                self.metrics.log(self.state.step, {f"{k}_ema": v for k, v in self.objective.val_metrics(val).items()})
+                self.metrics.message(f"step {self.state.step}: EMA weights: {self.objective.val_message(val)}")
 
     def save_or_stop(self, stop: StopRequest) -> bool:
         """Checkpoint on schedule, at the end and before stopping; True when the run must stop now.
