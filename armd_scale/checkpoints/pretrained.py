@@ -41,6 +41,11 @@ class Pretrained:
     tokenizer_sha256: str | None
     averaged: bool = False  # the EMA of the weights (ema.safetensors), not the raw ones
 
+    @property
+    def weights(self) -> str:
+        """Which weights were loaded, as results record it: "ema" or "raw"."""
+        return "ema" if self.averaged else "raw"
+
     def tokenizer(self) -> Tokenizer:
         """The run's tokenizer (any backend), or an error saying where it was expected."""
         from ..data.tokenizers.ref import open_recorded

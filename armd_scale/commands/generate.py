@@ -149,6 +149,7 @@ def generate_samples(args: argparse.Namespace) -> dict:
         "samples": [{"tokens": row.tolist(), "text": codec.decode(row.tolist())} for row in rows],
         "checkpoint": str(pre.source),
         "step": pre.step,
+        "weights": pre.weights,
         "prompt_tokens": known_count if args.infill is None else 0,
         "known_tokens": known_count,
         "temperature": args.temperature,

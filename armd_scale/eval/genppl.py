@@ -82,6 +82,7 @@ class CheckpointJudge:
             "arch": self.pre.config.model.arch,
             "path": str(self.pre.source),
             "step": self.pre.step,
+            "weights": self.pre.weights,
             "tokenizer": tokenizer,
             "dtype": str(self.dtype).removeprefix("torch."),
         }

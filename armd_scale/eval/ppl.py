@@ -82,6 +82,7 @@ def eval_ppl(
     out.update(
         checkpoint=str(pre.source),
         step=pre.step,
+        weights=pre.weights,
         dtype=str(dtype).removeprefix("torch."),
         seed=seed,
         data=windows.sources,

@@ -117,6 +117,7 @@ def sweep(
     return {
         "checkpoint": str(pre.source),
         "step": pre.step,
+        "weights": pre.weights,
         "judge": scorer.describe(),
         "length": length,
         "num_samples": num_samples,

@@ -44,6 +44,7 @@ PPL_COMMON: dict[str, Field] = {
     "seq_len": _f(int, "tokens per window"),
     "checkpoint": _f(str, "the checkpoint folder the weights came from"),
     "step": _f((int, NoneType), "its training step (null for an export without one)"),
+    "weights": _f(str, "ema (the run's EMA of the weights, read by default where it kept one) or raw", ("ema", "raw")),
     "dtype": _f(str, "precision of the forward pass and log-softmax", ("float32", "float64")),
     "seed": _f(int, "seed of the random orders / trajectories"),
     "data": _f(list, "the --data sources, each {path, kind: shards|text, windows}", items=dict),
@@ -73,6 +74,7 @@ SAMPLE: dict[str, Field] = {
     "text": _f(str, "decoded text (ids separated by spaces for a run without a text tokenizer)"),
 }
 GENERATE: dict[str, Field] = {
+    "weights": _f(str, "ema (the run's EMA of the weights, read by default where it kept one) or raw", ("ema", "raw")),
     "streams": _f(int, "S, SBP streams (1 = left-to-right decoding)"),
     "length": _f(int, "N, tokens per sample including the prompt or the known infill tokens"),
     "forward_calls": _f(int, "model calls for one batch of samples: S + (N - P)/S - 1 with a P-token prompt"),
@@ -101,6 +103,7 @@ SBP_ROW: dict[str, Field] = {
 }
 SBP: dict[str, Field] = {
     "checkpoint": _f(str, "the generator's checkpoint folder"),
+    "weights": _f(str, "ema (the run's EMA of the weights, read by default where it kept one) or raw", ("ema", "raw")),
     "step": _f((int, NoneType), "its training step"),
     "judge": _f(
         dict,
@@ -134,6 +137,7 @@ ZEROSHOT_ROW: dict[str, Field] = {
     "bits_per_byte": _f(OPT_NUMBER, "nll in bits / bytes"),
 }
 ZEROSHOT: dict[str, Field] = {
+    "weights": _f(str, "ema (the run's EMA of the weights, read by default where it kept one) or raw", ("ema", "raw")),
     "protocol": _f(str, "sedd (raw blocks) or mdlm ([BOS] + L-2 tokens + [EOS])", ("sedd", "mdlm")),
     "checkpoint": _f(str, "the checkpoint folder the weights came from"),
     "step": _f((int, NoneType), "its training step"),

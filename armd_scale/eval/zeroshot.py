@@ -236,6 +236,7 @@ def evaluate_zeroshot(
         "protocol": protocol,
         "checkpoint": str(pre.source),
         "step": pre.step,
+        "weights": pre.weights,
         "arch": arch,
         "likelihood": "exact" if exact else "elbo",
         "method": "exact left-to-right NLL" if exact else f"negative ELBO with T={steps} steps (upper bound)",

@@ -108,3 +108,19 @@ def test_inspect_names_the_weights_readers_load(ema_run, capsys):
     assert "ema.safetensors: fp32, 26 tensors (the EMA of the weights" in capsys.readouterr().out
     assert main(["inspect", str(ema_run.dir), "--raw-weights"]) == 0
     assert "model.safetensors: fp32, 26 tensors (what readers load)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("flag", "weights"), [([], "ema"), (["--raw-weights"], "raw")])
+def test_results_record_which_weights_they_scored(ema_run, tmp_path, flag, weights):
+    """An eval result says whether the EMA or the raw weights produced it."""
+    from armd_scale.eval import validate
+    from armd_scale.train.run_facts import RunFacts
+
+    facts = RunFacts.read(ema_run.dir)
+    assert facts is not None and facts.val
+    out = tmp_path / "ppl.json"
+    args = ["eval", "ppl", "--no-progress", "--checkpoint", str(ema_run.dir), "--data", facts.val, "--json", str(out)]
+    assert main([*args, *flag]) == 0
+    doc = json.loads(out.read_text())
+    validate(doc, "ppl")
+    assert doc["weights"] == weights
