@@ -99,6 +99,33 @@ class _Decoder:
             target_positions,
         )
 
+    @torch.inference_mode()
+    def step(
+        self,
+        commit_tokens: torch.Tensor | None,
+        commit_positions: torch.Tensor | None,
+        target_positions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Commit one block and return logits [B, T, V] for the next block's target positions."""
+        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
+        c, t = cpos.shape[1], tpos.shape[1]
+        cached = self._continues(cpos_host, t)
+        self._room(self.n_committed + c + t)
+        if self._computes(c, t, cached):
+            self.forward_calls += 1
+        # each subclass pairs its model with that model's own cache (decode_cache): a pairing mypy cannot see
+        logits = self.model.decode_step(self.cache, tokens, cpos, tpos, cached)  # type: ignore[arg-type]
+        self.pending = tpos_host.clone() if t else None
+        return logits
+
+    def _continues(self, commit_host: torch.Tensor, targets: int) -> bool:
+        """Whether this step continues the last one (the model's `warm`/`reuse` flag of decode_step)."""
+        raise NotImplementedError
+
+    def _computes(self, commits: int, targets: int, cached: bool) -> bool:
+        """Whether the step runs the model (counted in forward_calls)."""
+        return True
+
     def _room(self, needed: int) -> None:
         """Refuse a step before it changes any state, rather than fail half-way through the layers."""
         if needed > self.max_len:
@@ -115,22 +142,9 @@ class ARMDDecoder(_Decoder):
         super().__init__(model, batch_size, max_len)
         self.cache = model.decode_cache(batch_size, self.max_len)
 
-    @torch.inference_mode()
-    def step(
-        self,
-        commit_tokens: torch.Tensor | None,
-        commit_positions: torch.Tensor | None,
-        target_positions: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Commit one block and return logits [B, T, V] for the next block's target positions."""
-        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
-        c, t = cpos.shape[1], tpos.shape[1]
-        warm = c == 0 or (self.pending is not None and torch.equal(self.pending, cpos_host))
-        self._room(self.n_committed + c + t)
-        self.forward_calls += 1
-        logits = self.model.decode_step(self.cache, tokens, cpos, tpos, warm)
-        self.pending = tpos_host.clone() if t else None
-        return logits
+    def _continues(self, commit_host: torch.Tensor, targets: int) -> bool:
+        """A warm step: nothing committed, or the last step's targets, whose query-stream K/V are cached."""
+        return commit_host.shape[1] == 0 or (self.pending is not None and torch.equal(self.pending, commit_host))
 
 
 class ARDecoder(_Decoder):
@@ -143,25 +157,15 @@ class ARDecoder(_Decoder):
         super().__init__(model, batch_size, max_len)
         self.cache = model.decode_cache(batch_size, self.max_len)
 
-    @torch.inference_mode()
-    def step(
-        self,
-        commit_tokens: torch.Tensor | None,
-        commit_positions: torch.Tensor | None,
-        target_positions: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Commit tokens (each its own block, in the order given) and predict at most one target."""
-        tokens, cpos, tpos, cpos_host, tpos_host = self._check(commit_tokens, commit_positions, target_positions)
-        c, t = cpos.shape[1], tpos.shape[1]
-        if t > 1:
-            raise ValueError(f"arch 'ar' predicts one token per step (single-token blocks); got {t} targets")
-        reuse = c > 0 and self.pending is not None and torch.equal(self.pending, cpos_host[:, :1])
-        self._room(self.n_committed + c + t)
-        if c + t > int(reuse):  # rows to compute: a forward call
-            self.forward_calls += 1
-        logits = self.model.decode_step(self.cache, tokens, cpos, tpos, reuse)
-        self.pending = tpos_host.clone() if t else None
-        return logits
+    def _continues(self, commit_host: torch.Tensor, targets: int) -> bool:
+        """Whether the commit starts with the token last predicted, whose row the cache already holds."""
+        if targets > 1:
+            raise ValueError(f"arch 'ar' predicts one token per step (single-token blocks); got {targets} targets")
+        pending = self.pending
+        return commit_host.shape[1] > 0 and pending is not None and torch.equal(pending, commit_host[:, :1])
+
+    def _computes(self, commits: int, targets: int, cached: bool) -> bool:
+        return commits + targets > int(cached)  # a reused row alone needs no forward call
 
 
 def make_decoder(model: Model, batch_size: int, max_len: int | None = None) -> ARMDDecoder | ARDecoder:
