@@ -183,3 +183,40 @@ def test_what_each_arch_accepts():
     with pytest.raises(ConfigError, match=r"train.eval_orders=\['random'\]: arch mdlm validates with its negative"):
         check_eval_orders(mdlm)
     check_eval_orders(load_config(overrides=[*TINY, "model.arch=mdlm"]))  # the default: its ELBO only
+
+
+def test_an_offline_wandb_run_holds_the_sample_table_and_the_any_order_metrics(tmp_path, data_cache):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from .test_wandb import read_wandb_records
+
+    run = run_train(
+        tmp_path / "run",
+        data_cache,
+        "log.wandb=offline",
+        "train.eval_every=3",
+        "train.eval_batches=1",
+        "train.eval_orders=[random]",
+        "train.eval_sample_tokens=8",
+        "train.sample_at_end=0",
+    )
+    assert run.returncode == 0, run.output
+    (path,) = sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    tables, randoms = {}, {}
+    for raw in read_wandb_records(path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+            step = int(items["_step"])
+            if "samples/_type" in items:
+                assert json.loads(items["samples/_type"]) == "table-file" and items["samples/nrows"] == "4"
+                tables[step] = path.parent / "files" / json.loads(items["samples/path"])
+            if "val/nll_random" in items:
+                randoms[step] = float(items["val/nll_random"])
+    assert sorted(tables) == [3, 6]
+    table = json.loads(tables[6].read_text())
+    assert table["columns"] == ["step", "method", "text"]
+    assert [row[:2] for row in table["data"]] == [[6, "l2r"], [6, "l2r"], [6, "sbp4"], [6, "sbp4"]]
+    logged = {r["step"]: r["val/nll_random"] for r in run.records() if "val/nll_random" in r}
+    assert randoms == logged
