@@ -206,7 +206,7 @@ class TrainConfig:
     # arch=mdlm: validation reports the negative ELBO with this many diffusion steps T (0 = continuous
     # time, the bound the training loss estimates). A bound on the NLL, logged as val/elbo.
     eval_elbo_steps: int = 0
-    # Likelihoods validation scores besides the objective's own (docs/TRAINING.md, "Validation"): `random`
+    # Likelihoods validation scores besides the objective's own (docs/TRAINING.md, "Validation in any order"): `random`
     # (uniform orders, exact) and `diffusion:T` (T-step trajectories, an ELBO: a bound). `l2r` (exact, val/nll)
     # is always scored for armd and ar; listing it changes nothing. arch mdlm takes none (its ELBO is its
     # validation), arch ar no diffusion (single-token blocks only).

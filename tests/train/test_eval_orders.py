@@ -59,6 +59,10 @@ def any_order_run(tmp_path_factory, data_cache):
         return order, block
 
     mp = pytest.MonkeyPatch()
+    # log.wandb=off must never import wandb: any import of it fails the run (None in sys.modules), whatever
+    # earlier tests of the session imported
+    imported = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "wandb" or k.startswith("wandb.")}
+    mp.setitem(sys.modules, "wandb", None)  # type: ignore[arg-type]
     mp.setattr(validation, "_order_nll", recording_nll)
     mp.setattr(ValLikelihood, "order", recording_order)
     saved_env = dict(os.environ)  # in-process train() sets launcher variables (conftest.clean_process_env)
@@ -66,6 +70,7 @@ def any_order_run(tmp_path_factory, data_cache):
         assert train_in_process(cfg) == 0
     finally:
         mp.undo()
+        sys.modules.update(imported)
         os.environ.clear()
         os.environ.update(saved_env)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -138,7 +143,7 @@ def test_samples_are_logged_at_each_validation(any_order_run):
     for r in records:
         assert r["tokens"] == 16 and isinstance(r["text"], str) and r["text"]
         assert r["forward_calls"] == (16 if r["method"] == "l2r" else 4 + 16 // 4 - 1)
-    assert "wandb" not in sys.modules  # log.wandb=off: the table is never built, wandb never imported
+    # log.wandb=off: the table is never built and wandb never imported (the run fixture blocks the import)
 
 
 def test_samples_are_reproducible_and_leave_the_global_rng_alone(tmp_path):
@@ -220,3 +225,14 @@ def test_an_offline_wandb_run_holds_the_sample_table_and_the_any_order_metrics(t
     assert [row[:2] for row in table["data"]] == [[6, "l2r"], [6, "l2r"], [6, "sbp4"], [6, "sbp4"]]
     logged = {r["step"]: r["val/nll_random"] for r in run.records() if "val/nll_random" in r}
     assert randoms == logged
+
+
+def test_mdlm_samples_come_from_its_ancestral_sampler(tmp_path):
+    from armd_scale.model import build_model
+    from armd_scale.train.eval_samples import EvalSamples
+
+    cfg = load_config(overrides=[*TINY, "model.arch=mdlm", "train.eval_samples=1", "train.eval_sample_tokens=8"])
+    samples = EvalSamples(cfg, tmp_path, None, type("Main", (), {"is_main": True})())  # type: ignore[arg-type]
+    records = samples.draw(build_model(cfg.model), 3)
+    assert [(r["method"], len(r["ids"])) for r in records] == [("ancestral8", 8)]
+    assert 1 <= records[0]["forward_calls"] <= 8  # a step that unmasks nothing needs no call
