@@ -12,7 +12,8 @@ text, or the ids for a tokenizer without text), and to wandb as a table (step, m
 Reproducible and harmless to training: the samples of step s are drawn from a CPU generator seeded by
 (train.seed, s) (armd_scale/rng.py), nothing draws from torch's global generators, and the model's
 train/eval mode is restored. So a run logs the same samples at a step whether or not it was resumed, and
-its losses are the same with or without samples.
+its losses are the same with or without samples. A resumed run that repeats a validation (stopped after it,
+before the next checkpoint) appends the same records again, as it does to metrics.jsonl.
 
 Only where rank 0 holds the whole model (no tensor parallelism, ZeRO below 3), like the end-of-run sample:
 elsewhere the weights are spread over ranks and a sampler on rank 0 alone cannot run; the run says so once.

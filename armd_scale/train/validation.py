@@ -14,8 +14,8 @@ kinds, orders and exact/elbo labels of `armd eval ppl` (model/generation_orders.
                             sample, an unbiased estimate of the discrete-time ELBO (an upper bound on the NLL)
 
 Orders are a pure function of (train.seed, kind, the sample's position in the validation order): the same
-sample gets the same order at every evaluation, so a curve compares like with like, and the numbers do not
-depend on the number of ranks. Each kind costs one forward pass per validation micro-batch, like l2r.
+sample gets the same order at every evaluation, so a curve compares like with like, and a sample's order
+does not depend on which rank scores it. Each kind costs one forward pass per validation micro-batch, like l2r.
 
 What a model cannot score is refused before training starts (`check_eval_orders`):
 - arch ar takes single-token blocks only (`multi_token_blocks` False): no diffusion.

@@ -88,7 +88,7 @@ def test_every_likelihood_is_logged_under_its_name_and_label(any_order_run):
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("val/nll", "val/nll_random", "val/elbo_diffusion4"))
 
 
-def test_the_console_line_says_exact_or_bound(any_order_run, capsys):
+def test_the_console_line_says_exact_or_bound():
     kinds = [ValLikelihood("random"), ValLikelihood("diffusion", 4)]
     assert [k.likelihood for k in kinds] == ["exact", "elbo"]
     assert "(exact)" in kinds[0].message(4.8) and "(a bound)" in kinds[1].message(5.0)
