@@ -236,3 +236,16 @@ def test_mdlm_samples_come_from_its_ancestral_sampler(tmp_path):
     records = samples.draw(build_model(cfg.model), 3)
     assert [(r["method"], len(r["ids"])) for r in records] == [("ancestral8", 8)]
     assert 1 <= records[0]["forward_calls"] <= 8  # a step that unmasks nothing needs no call
+
+
+def test_without_the_whole_model_on_rank_0_the_run_says_once_why_there_are_no_samples(tmp_path):
+    from armd_scale.train.eval_samples import EvalSamples
+
+    said: list[str] = []
+    logger = type("Main", (), {"is_main": True, "message": lambda self, text: said.append(text)})()
+    cfg = load_config(overrides=[*TINY, "parallel.zero_stage=3"])
+    samples = EvalSamples(cfg, tmp_path, None, logger)  # type: ignore[arg-type]
+    samples.log(None, 3)
+    samples.log(None, 6)
+    assert len(said) == 1 and "parallel.zero_stage=3" in said[0] and "armd generate" in said[0]
+    assert not (tmp_path / "samples.jsonl").exists()
