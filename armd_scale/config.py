@@ -210,6 +210,15 @@ class TrainConfig:
     # arch=mdlm: validation reports the negative ELBO with this many diffusion steps T (0 = continuous
     # time, the bound the training loss estimates). A bound on the NLL, logged as val/elbo.
     eval_elbo_steps: int = 0
+    # Likelihoods validation scores besides the objective's own (docs/TRAINING.md, "Validation in any order"): `random`
+    # (uniform orders, exact) and `diffusion:T` (T-step trajectories, an ELBO: a bound). `l2r` (exact, val/nll)
+    # is always scored for armd and ar; listing it changes nothing. arch mdlm takes none (its ELBO is its
+    # validation), arch ar no diffusion (single-token blocks only).
+    eval_orders: list[str] = field(default_factory=list)
+    # Samples per method (left to right; SBP with 4 streams where the model decodes blocks in parallel) at each
+    # validation, of min(eval_sample_tokens, data.seq_len) tokens, to RUN_DIR/samples.jsonl and wandb (0 = off).
+    eval_samples: int = 2
+    eval_sample_tokens: int = 64
     # Start a *new* run from these weights (a run dir, checkpoint folder or export dir; e.g. SBP
     # fine-tuning from a pretrained run). Only weights are taken: optimizer, LR schedule, step and data
     # cursor start fresh. Ignored once run.dir has its own checkpoint (resuming wins).
@@ -253,7 +262,11 @@ class TrainConfig:
         # grad_clip: 0 = no clipping; a negative norm is not a limit (DeepSpeed's ZeRO-0 path would turn it into
         # gradient ascent, ZeRO-1 into no clipping)
         _at_least(self, 0, "warmup_steps", "eval_every", "max_minutes", "eval_elbo_steps", "weight_decay", "grad_clip")
-        _at_least(self, 0, "seed", "keep_every", "sample_at_end", "stop_at_step")
+        _at_least(self, 0, "seed", "keep_every", "sample_at_end", "stop_at_step", "eval_samples")
+        _positive(self, "eval_sample_tokens")
+        specs = [parse_eval_order(spec) for spec in self.eval_orders]
+        if len(set(specs)) < len(specs):
+            raise ConfigError(f"train.eval_orders={self.eval_orders} names a likelihood twice; give each once")
         _at_least(self, 1, "spike_factor")
         _at_least(self, 0, "diverge_steps", "diverge_margin", "diverge_ratio")
         self.order.validate()
@@ -272,6 +285,19 @@ class TrainConfig:
                 f"train.decay_start={self.decay_start} must be 0 (off) or a step before train.steps={self.steps}: "
                 "to cool down a stopped stable phase, resume it with a larger train.steps"
             )
+
+
+def parse_eval_order(spec: str) -> tuple[str, int | None]:
+    """(kind, diffusion steps or None) of one `train.eval_orders` entry: `l2r`, `random` or `diffusion:T`."""
+    kind, _, steps = str(spec).partition(":")
+    if kind in ("l2r", "random") and not steps:
+        return kind, None
+    if kind == "diffusion" and steps.isdigit() and int(steps) >= 1:
+        return kind, int(steps)
+    raise ConfigError(
+        f"train.eval_orders entry {spec!r} is not a likelihood; give l2r, random or diffusion:T with T >= 1 steps "
+        "(e.g. train.eval_orders=[l2r,random,diffusion:64])"
+    )
 
 
 @dataclass

@@ -48,40 +48,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..model.generation_orders import diffusion_order, l2r_order, random_order
-from ..rng import seeded
+# The kinds, their orders and their exact/elbo labels live with the orders (one home, shared with
+# validation during training); re-exported here for the eval API.
+from ..model.generation_orders import LIKELIHOOD_KINDS as LIKELIHOOD_KINDS
+from ..model.generation_orders import LIKELIHOOD_SCHEDULES as SCHEDULES
+from ..model.generation_orders import draw_orders as draw_orders
+from ..model.generation_orders import likelihood_label
 from .text import bits_per_byte
 
-LIKELIHOOD_KINDS = ("l2r", "random", "diffusion")
-SCHEDULES = ("loglinear", "cosine")
 Order = tuple[torch.Tensor, torch.Tensor]  # (order [N], block [N])
-
-
-def draw_orders(
-    kind: str, count: int, seq_len: int, *, seed: int = 0, steps: int | None = None, schedule: str = "loglinear"
-) -> list[Order]:
-    """The K orders (random) or trajectories (diffusion) an evaluation uses; l2r has exactly one.
-
-    Deterministic in `seed`, so two evaluations with the same seed score the same orders.
-    """
-    if kind not in LIKELIHOOD_KINDS:
-        raise ValueError(f"likelihood kind '{kind}' is not one of {', '.join(LIKELIHOOD_KINDS)}")
-    if kind == "l2r":
-        order, block = l2r_order(1, seq_len)
-        return [(order[0], block[0])]
-    if count < 1:
-        raise ValueError(f"need at least one order/trajectory, got {count}")
-    gen = seeded(seed)
-    out = []
-    for _ in range(count):
-        if kind == "random":
-            order, block = random_order(1, seq_len, generator=gen)
-        else:
-            if steps is None or steps < 1:
-                raise ValueError(f"diffusion needs steps >= 1, got {steps}")
-            order, block = diffusion_order(1, seq_len, steps=steps, schedule=schedule, generator=gen)
-        out.append((order[0], block[0]))
-    return out
 
 
 @torch.no_grad()
@@ -132,7 +107,7 @@ class LikelihoodResult:
 
     @property
     def likelihood(self) -> str:
-        return "elbo" if self.kind == "diffusion" else "exact"
+        return likelihood_label(self.kind)
 
     @property
     def per_order(self) -> np.ndarray:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..rng import permutation, uniform
+from ..rng import permutation, seeded, uniform
 
 OrderFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 ORDER_KINDS = ("l2r", "random", "progressive", "sbp", "diffusion")
@@ -205,3 +205,59 @@ def validate_order(order: torch.Tensor, block: torch.Tensor, seq_len: int | None
         raise ValueError("order must be a permutation of 0..seq_len-1 in every row")
     if (block[:, 0] != 0).any() or (block[:, 1:] < block[:, :-1]).any():
         raise ValueError("block must start at 0 and be non-decreasing along each row")
+
+
+# -- orders that score a likelihood (`armd eval ppl` and validation during training) ------------------
+#
+# One home for what a likelihood kind draws and what its number is, so `armd eval ppl` (eval/likelihood.py)
+# and validation during training (train/validation.py) label the same computation the same way:
+# - l2r: the left-to-right factorization, an exact likelihood;
+# - random: a uniform permutation with one token per block, an exact likelihood of that order's model;
+# - diffusion(T): a T-step forward masking trajectory, whose token NLLs sum to an unbiased estimate of the
+#   discrete-time ELBO (an upper bound on the NLL; derivation in eval/likelihood.py).
+
+LIKELIHOOD_KINDS = ("l2r", "random", "diffusion")
+LIKELIHOOD_SCHEDULES = ("loglinear", "cosine")
+
+
+def likelihood_label(kind: str) -> str:
+    """'exact' or 'elbo': what a likelihood kind's number is (the `likelihood` field of `armd eval ppl`)."""
+    if kind not in LIKELIHOOD_KINDS:
+        raise ValueError(f"likelihood kind '{kind}' is not one of {', '.join(LIKELIHOOD_KINDS)}")
+    return "elbo" if kind == "diffusion" else "exact"
+
+
+def likelihood_order(
+    kind: str,
+    seq_len: int,
+    *,
+    generator: torch.Generator | None = None,
+    steps: int | None = None,
+    schedule: str = "loglinear",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (order [N], block [N]) a likelihood kind scores, drawn from `generator` (l2r draws nothing)."""
+    if kind not in LIKELIHOOD_KINDS:
+        raise ValueError(f"likelihood kind '{kind}' is not one of {', '.join(LIKELIHOOD_KINDS)}")
+    if kind == "l2r":
+        order, block = l2r_order(1, seq_len)
+    elif kind == "random":
+        order, block = random_order(1, seq_len, generator=generator)
+    else:
+        if steps is None or steps < 1:
+            raise ValueError(f"diffusion needs steps >= 1, got {steps}")
+        order, block = diffusion_order(1, seq_len, steps=steps, schedule=schedule, generator=generator)
+    return order[0], block[0]
+
+
+def draw_orders(
+    kind: str, count: int, seq_len: int, *, seed: int = 0, steps: int | None = None, schedule: str = "loglinear"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The K orders (random) or trajectories (diffusion) an evaluation shares over all windows; l2r has
+    exactly one. Deterministic in `seed`, so two evaluations with the same seed score the same orders."""
+    likelihood_label(kind)  # refuses an unknown kind before anything else
+    if kind == "l2r":
+        return [likelihood_order(kind, seq_len)]
+    if count < 1:
+        raise ValueError(f"need at least one order/trajectory, got {count}")
+    gen = seeded(seed)
+    return [likelihood_order(kind, seq_len, generator=gen, steps=steps, schedule=schedule) for _ in range(count)]

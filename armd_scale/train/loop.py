@@ -38,6 +38,7 @@ from .run_status import finish_run, write_exit_status
 from .sample_report import print_final_sample
 from .schedule import set_lr_for_step
 from .steps import TrainerState, TrainingDiverged, TrainingRun
+from .validation import check_eval_orders
 
 __all__ = ["TrainingDiverged", "train"]  # TrainingDiverged: what `armd train` and tests catch
 
@@ -56,6 +57,7 @@ def train(cfg: Config, stop: StopRequest | None = None, sources: DataSources | N
     try:
         dist_info = init_distributed(cfg.parallel)
         layout = batch_layout(cfg, dist_info.world_size)
+        check_eval_orders(cfg)  # a likelihood the model cannot score fails now, not at the first validation
         run_dir = Path(cfg.run.dir).expanduser()
         _refuse_a_file_in_the_way(run_dir)
         with run_dir_lock(run_dir, dist_info, say=print if dist_info.is_main else lambda _: None):

@@ -164,6 +164,15 @@ class MetricsLogger:
         if self.bar is not None and "loss" in values:
             self.bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
+    def log_table(self, step: int, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A wandb table (e.g. the validation samples) at `step`; nothing without wandb, which is then never
+        imported. The rows' own record goes to a file of the run directory (train/eval_samples.py)."""
+        if not self.is_main or self.wandb_run is None or not rows:
+            return
+        import wandb
+
+        self.wandb_run.log({key: wandb.Table(columns=list[str | int](columns), data=rows)}, step=step)
+
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(steps)

@@ -100,7 +100,7 @@ class OrderObjective(Objective):
         return {"val/nll": mean, "val/ppl": math.exp(min(mean, 50.0))}
 
     def val_message(self, mean: float) -> str:
-        return f"validation l2r NLL {mean:.4f}, perplexity {math.exp(min(mean, 50.0)):.2f}"
+        return f"l2r NLL {mean:.4f} (exact), perplexity {math.exp(min(mean, 50.0)):.2f}"
 
     def describe(self) -> str:
         return f"order={self.cfg.train.order.kind}"
@@ -154,7 +154,7 @@ class MaskedDiffusionObjective(Objective):
 
     def val_message(self, mean: float) -> str:
         return (
-            f"validation {self.bound_name} {mean:.4f} nats/token, perplexity <= {math.exp(min(mean, 50.0)):.2f} "
+            f"{self.bound_name} {mean:.4f} nats/token, perplexity <= {math.exp(min(mean, 50.0)):.2f} "
             "(a bound, not an exact NLL)"
         )
 

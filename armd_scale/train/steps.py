@@ -34,12 +34,13 @@ from .engine import (
     GuardedAdamW,
     first_nonfinite,
 )
+from .eval_samples import EvalSamples
 from .metrics import MetricsLogger
 from .objective import Objective
 from .preemption import StopRequest
 from .profiler import StepProfiler
 from .run_data import TrainData, loader_state_of_all_ranks
-from .validation import evaluate
+from .validation import evaluate, validation_report
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,6 +95,7 @@ class TrainingRun:
     dp_world: int
     unconfirmed_save: bool = False  # a checkpoint whose retention waits for the next finite loss
     ema: WeightEMA | None = None  # train.ema_decay > 0: the EMA of the weights (train/ema.py)
+    samples: EvalSamples | None = None  # the validation samples' writer, made at the first validation
 
     def steps(self, stop: StopRequest) -> int:
         """Optimizer steps until train.steps, a stop request or train.stop_at_step; the exit code."""
@@ -296,16 +298,23 @@ class TrainingRun:
         return values
 
     def validate(self) -> None:
+        """The objective's validation and `train.eval_orders`' likelihoods, then the samples (train/eval_samples.py)."""
         val = evaluate(self.engine, self.objective, self.data, self.cfg, self.dist, self.dp_rank, self.dp_world)
         if val is not None:
-            self.metrics.log(self.state.step, self.objective.val_metrics(val))
-            self.metrics.message(f"step {self.state.step}: {self.objective.val_message(val)}")
-        if self.ema is not None:  # the same batches, computed with the EMA of the weights
+            values, line = validation_report(self.objective, self.cfg, val)
+            self.metrics.log(self.state.step, values)
+            self.metrics.message(f"step {self.state.step}: validation {line}")
+        if self.ema is not None:  # the same batches and orders, computed with the EMA of the weights
             with self.ema.in_model():
                 val = evaluate(self.engine, self.objective, self.data, self.cfg, self.dist, self.dp_rank, self.dp_world)
             if val is not None:
-                self.metrics.log(self.state.step, {f"{k}_ema": v for k, v in self.objective.val_metrics(val).items()})
-                self.metrics.message(f"step {self.state.step}: EMA weights: {self.objective.val_message(val)}")
+                values, line = validation_report(self.objective, self.cfg, val)
+                self.metrics.log(self.state.step, {f"{k}_ema": v for k, v in values.items()})
+                self.metrics.message(f"step {self.state.step}: validation, EMA weights: {line}")
+        if self.samples is None:
+            run_dir = self.checkpointer.dir.parent
+            self.samples = EvalSamples(self.cfg, run_dir, self.data.tokenizer.location, self.metrics)
+        self.samples.log(self.engine.module, self.state.step)
 
     def save_or_stop(self, stop: StopRequest) -> bool:
         """Checkpoint on schedule, at the end and before stopping; True when the run must stop now.
