@@ -80,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if not hasattr(args, "raw_weights"):  # reads no checkpoint: nothing to import (armd shards stays torch-free)
+        return int(args.func(args) or 0)
     from .checkpoints.source import preferred_weights
 
-    with preferred_weights("raw" if getattr(args, "raw_weights", False) else "ema"):  # commands/common.add_weights_arg
+    with preferred_weights("raw" if args.raw_weights else "ema"):  # commands/common.add_weights_arg
         result = args.func(args)
     return int(result or 0)
 
