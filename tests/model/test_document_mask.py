@@ -200,3 +200,22 @@ def test_doc_of_another_shape_is_refused():
     order, block = draw_order("l2r", {}, None, batch=1, n=8)
     with pytest.raises(ValueError, match="doc"):
         model(torch.zeros(1, 8, dtype=torch.long), order, block, torch.zeros(1, 7, dtype=torch.long))
+
+
+def test_chunked_recomputed_g0_with_documents_keeps_values_and_gradients():
+    """In training G0 is computed a chunk of query rows at a time under activation checkpointing
+    (model/query_input.py); the document ids travel with the chunks, so values and gradients equal one
+    dense chunk's."""
+    tokens = packed_tokens()
+    doc = document_ids(tokens, EOS)
+    order, block = draw_order("random", {}, None, batch=2, n=N, seed=6)
+    grads = []
+    for rows in (N, 5):
+        model = tiny_model(randomise=True, **ALL_TERMS).double().train()
+        model.query_chunk_rows = rows
+        loss = model(tokens, order, block, doc).logsumexp(-1).sum()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b)
