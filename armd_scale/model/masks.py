@@ -18,8 +18,8 @@ Document masking (`data.document_mask`, docs/ARCHITECTURE.md, Document masking) 
 comparison: with per-query and per-key document ids a key is visible iff `k_block <= q_limit` AND
 `k_doc == q_doc`, so every rule above holds inside each document and nothing crosses a boundary.
 Document ids come from the window's EOS tokens (`document_ids`). A spec with documents never claims
-`single_token_blocks` or `full`: the fused causal and unmasked kernels cannot take the extra rule, so
-backends fall back to a mask they build (model/attention.py, `choose_backend`).
+`single_token_blocks`: the fused causal kernels cannot take the extra rule, so backends fall back to
+a mask they build (model/attention.py, `choose_backend`).
 """
 
 from __future__ import annotations
@@ -86,14 +86,6 @@ class BlockMaskSpec:
             self.k_block.detach().cpu().numpy().tobytes(),
             *docs,
         )
-
-    def with_documents(self, q_doc: torch.Tensor | None, k_doc: torch.Tensor | None) -> BlockMaskSpec:
-        """This spec restricted to same-document pairs (itself when q_doc is None). The fused kernels'
-        facts (single_token_blocks, full) no longer hold, so the pattern is kept only for reading."""
-        if q_doc is None or k_doc is None:
-            return self
-        pattern: Pattern = "general" if self.pattern == "full" else self.pattern
-        return BlockMaskSpec(self.q_limit, self.k_block, pattern, False, q_doc, k_doc)
 
 
 def is_single_token_blocks(block: torch.Tensor) -> bool:

@@ -219,3 +219,12 @@ def test_chunked_recomputed_g0_with_documents_keeps_values_and_gradients():
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_masks_are_cached_per_document_pattern():
+    """The flex BlockMask cache is keyed by content: two windows with other boundaries must not share one."""
+    _, block = draw_order("l2r", {}, None, batch=1, n=8)
+    a, b = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])
+    assert causal_spec(block, a).cache_key() != causal_spec(block, b).cache_key()
+    assert causal_spec(block, a).cache_key() == causal_spec(block.clone(), a.clone()).cache_key()
+    assert causal_spec(block, a).cache_key() != causal_spec(block).cache_key()
