@@ -138,6 +138,10 @@ class DataConfig:
     # ranks and jobs (None: no cache), and its size bound in GiB (docs/DATA.md, "Chunk cache").
     chunk_cache_dir: str | None = None
     chunk_cache_gb: float = 20.0
+    # Intra-document masking in packed windows (docs/ARCHITECTURE.md, Document masking): documents are
+    # found after each EOS of the window (the shards need nothing new) and each is its own any-order
+    # problem; nothing attends, aggregates or reads across a boundary. arch armd only.
+    document_mask: bool = False
 
     def validate(self) -> None:
         _positive(self, "seq_len", "vocab_size", "shuffle_chunks", "chunk_cache_gb")
@@ -362,6 +366,11 @@ class Config:
             raise ConfigError(
                 f"parallel.tp={self.parallel.tp} must divide model.n_heads={self.model.n_heads} (tensor parallelism "
                 "splits attention by heads)"
+            )
+        if self.data.document_mask and self.model.arch != "armd":
+            raise ConfigError(
+                f"data.document_mask=true needs model.arch=armd (got {self.model.arch!r}): only the ARMD forward takes "
+                "document ids; set data.document_mask=false"
             )
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")

@@ -20,6 +20,11 @@ Forward pass, top to bottom:
    The X output of the last two-stream layer is never read, so that layer runs the G stream only.
 4. Block-causal layers on G (Mc), final norm, LM head tied to the embedding.
 
+With document ids (`forward(..., doc=)`, data.document_mask) every mask and G0 term above also
+requires the same document, and positions count from each document's first token, so a document's
+logits equal those of the document alone in a window (docs/ARCHITECTURE.md, Document masking).
+Decoding a packed window with the cache is decoding each document with its own cache.
+
 Cached decoding (`decode_step`, docs/GENERATION.md) runs these same modules on the new rows of one
 step with a `kv_cache.ARMDCache`: the layers append their keys to it and G0 reads the running state
 of `query_input.QueryInputCache`. generate/cache.py only checks inputs and keeps the step's books.
@@ -39,7 +44,7 @@ from .flops import armd_forward_flops, transformer_forward_flops
 from .generation_orders import l2r_order
 from .kv_cache import ARCache, ARMDCache, block_mask
 from .layers import Block, init_weights
-from .masks import causal_spec, strict_spec, two_stream_spec
+from .masks import causal_spec, document_positions, strict_spec, two_stream_spec
 from .memory import ActivationEstimate, activation_bytes
 from .neighbour import NeighbourAttention
 from .pe_init import initial_pos_table
@@ -220,24 +225,37 @@ class ARMDModel(_Transformer):
         """The optional per-query normalisation of the prefix-aggregation sum."""
         return agg if self.prefix_norm is None else self.prefix_norm(agg)
 
-    def prefix_aggregate(self, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    def prefix_aggregate(
+        self, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, doc: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """G0 = start(pos n) + agg over strictly earlier blocks of <PE[pos n], PE[pos i]> X0[i]
         (+ neighbour attention over the same tokens), `query_chunk_rows` query rows at a time and, in
         training, recomputed in the backward pass so no N x N term is kept (model/query_input.py)."""
-        return query_input(self, x, pos, block)
+        return query_input(self, x, pos, block, doc)
 
-    def forward(self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, order: torch.Tensor, block: torch.Tensor, doc: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """logits [B, N, V] (module docstring). doc [B, N] or None: the document index of each window
+        position (`masks.document_ids`, contiguous runs); with it each document is its own any-order
+        problem: no attention, prefix-aggregation or query-input term crosses a boundary, and positions
+        count from the document's first token (docs/ARCHITECTURE.md, Document masking)."""
         self._check_inputs(tokens, order, block)
-        pos = order
+        pos, doc_g = order, None
+        if doc is not None:
+            if doc.shape != tokens.shape:
+                raise ValueError(f"doc {tuple(doc.shape)} must match tokens {tuple(tokens.shape)}: [batch, seq_len]")
+            pos = torch.gather(document_positions(doc), 1, order)
+            doc_g = torch.gather(doc, 1, order)
         x = self.embed(torch.gather(tokens, 1, order))
-        g = self.prefix_aggregate(x, pos, block)
+        g = self.prefix_aggregate(x, pos, block) if doc_g is None else self.prefix_aggregate(x, pos, block, doc_g)
         rope = self.rope.tables(pos, x.dtype)
         rope2 = (torch.cat([rope[0], rope[0]], dim=2), torch.cat([rope[1], rope[1]], dim=2))
 
         n = tokens.shape[1]
-        both = self._mask(two_stream_spec(block), x)
-        strict = self._mask(strict_spec(block), x)
-        causal = self._mask(causal_spec(block), x)
+        both = self._mask(two_stream_spec(block, doc_g), x)
+        strict = self._mask(strict_spec(block, doc_g), x)
+        causal = self._mask(causal_spec(block, doc_g), x)
         for i, layer in enumerate(self.layers):
             if i < self.n_two_stream - 1:
                 xg = self._run_layer(layer, torch.cat([x, g], dim=1), x, rope2, rope, both)

@@ -12,7 +12,9 @@
 Every backend computes the same function, so a backend is a speed choice, never a model property:
 a model trained with `flash` is evaluated in fp32 on a GPU, on a CPU, or in random orders by the
 backend `auto` would choose there (one warning says so), instead of failing. `choose_backend` is the
-whole decision as a table of its inputs.
+whole decision as a table of its inputs. A spec with document ids (data.document_mask) is never given
+to flash or to sdpa's fused causal/unmasked kernels, which cannot AND in another rule: it runs sdpa
+with a dense mask (CPU, fp64) or flex (CUDA).
 
 The `full` pattern (bidirectional, arch `mdlm`) runs every backend's unmasked kernel.
 
@@ -71,6 +73,8 @@ def _flash_applies(spec: BlockMaskSpec, device_type: str, dtype: torch.dtype) ->
         return f"it needs CUDA (device {device_type})"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"it needs 16-bit inputs (dtype {str(dtype).replace('torch.', '')})"
+    if spec.has_documents:
+        return "it cannot take document masks (data.document_mask)"
     if spec.pattern == "general" or not (spec.single_token_blocks or spec.pattern == "full"):
         return "it supports single-token blocks and bidirectional attention only"
     return None

@@ -60,33 +60,49 @@ class QueryInputModel(Protocol):
 QUERY_CHUNK_ROWS = 256
 
 
-def query_input(model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+def query_input(
+    model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, doc: torch.Tensor | None = None
+) -> torch.Tensor:
     """G0 [B, N, d] for embeddings x [B, N, d] in generation order, positions pos and blocks block
-    [B, N], evaluated `model.query_chunk_rows` query rows at a time (module docstring)."""
+    [B, N], evaluated `model.query_chunk_rows` query rows at a time (module docstring). doc [B, N]
+    (generation order) or None: with it every term reads only keys of the query's own document."""
     n, rows = x.shape[1], max(1, int(model.query_chunk_rows))
     recompute = model.training and torch.is_grad_enabled()
+    docs = () if doc is None else (doc,)  # without documents, the call is exactly the one before they existed
     chunks = []
     for start in range(0, n, rows):
         stop = min(n, start + rows)
         if recompute:
             # No randomness in G0, so no RNG state needs stashing for the recomputation.
             out = checkpoint(
-                query_rows, model, x, pos, block, start, stop, use_reentrant=False, preserve_rng_state=False
+                query_rows, model, x, pos, block, start, stop, *docs, use_reentrant=False, preserve_rng_state=False
             )
         else:
-            out = query_rows(model, x, pos, block, start, stop)
+            out = query_rows(model, x, pos, block, start, stop, *docs)
         chunks.append(out)
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 def query_rows(
-    model: QueryInputModel, x: torch.Tensor, pos: torch.Tensor, block: torch.Tensor, start: int, stop: int
+    model: QueryInputModel,
+    x: torch.Tensor,
+    pos: torch.Tensor,
+    block: torch.Tensor,
+    start: int,
+    stop: int,
+    doc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rows start..stop-1 of G0 over all N keys: [B, stop - start, d]. With start = 0 and stop = N this
-    is the dense evaluation of G0."""
+    is the dense evaluation of G0. With doc, a key outside the query's document is not visible to any
+    term (prefix sum, count, neighbour attention, previous block), and a document's first block gets
+    the empty-prefix start, as the first block of a window does."""
     cfg = model.cfg
     q_pos, q_block = pos[:, start:stop], block[:, start:stop]
     visible = block[:, None, :] < q_block[:, :, None]  # [B, C (queries), N (keys)]: strictly earlier blocks
+    same_doc = None
+    if doc is not None:
+        same_doc = doc[:, None, :] == doc[:, start:stop, None]
+        visible = visible & same_doc
     agg = count = neighbour = previous = None
     if cfg.prefix_agg != "none":
         pe = model.pe(pos)  # [B, N, d_pe], the keys' rows
@@ -95,7 +111,11 @@ def query_rows(
     if model.neighbour is not None:
         neighbour = model.neighbour(x, q_pos, pos, visible)
     if cfg.previous_block_input:
-        prev = (block[:, None, :] == q_block[:, :, None] - 1).to(x.dtype)  # [B, C, N]
+        prev_mask = block[:, None, :] == q_block[:, :, None] - 1
+        if same_doc is not None:  # the document's latest earlier block: block q - 1 may hold other documents only
+            seen = torch.where(visible, block[:, None, :], torch.full_like(prev_mask, -1, dtype=block.dtype))
+            prev_mask = visible & (block[:, None, :] == seen.max(dim=-1, keepdim=True).values)
+        prev = prev_mask.to(x.dtype)  # [B, C, N]
         previous = torch.bmm(prev / prev.sum(dim=-1, keepdim=True).clamp(min=1), x)
     return query_terms(model, q_pos, ~visible.any(dim=-1), agg, count, neighbour, previous, x.dtype)
 

@@ -156,7 +156,7 @@ def _set_up(
         metrics.message(f"resumed from {plan.tag} (step {state.step}){via}")
     if init_message:
         metrics.message(init_message)
-    objective = make_objective(cfg, layout.global_batch)
+    objective = make_objective(cfg, layout.global_batch, eos_id=data.eos_id)
     query_input = f" query_input={cfg.model.query_input}" if cfg.model.arch == "armd" else ""
     metrics.message(
         f"armd_scale: arch={cfg.model.arch}{query_input} params={model.num_params() / 1e6:.2f}M "

@@ -28,6 +28,7 @@ import torch
 from ..config import Config
 from ..model import masked_diffusion as md
 from ..model import model_class, order_loss, token_nll
+from ..model.masks import document_ids
 from ..rng import uniform
 from .step_orders import draw_step_orders, step_generator
 
@@ -52,6 +53,10 @@ class Objective(ABC):
         """(summed loss in nats, token count) of one validation batch whose first sample has position
         `first_index` in the validation order."""
 
+    def forward_kwargs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra model arguments for a batch of windows (the document ids with data.document_mask)."""
+        return {}
+
     @abstractmethod
     def val_metrics(self, mean: float) -> dict[str, float]:
         """Metrics to log for a mean validation loss per token."""
@@ -69,11 +74,19 @@ class OrderObjective(Objective):
     """armd and ar: teacher-forced conditionals of the step's orders in one forward pass
     (docs/TRAINING.md, What happens in a step). Validation is the exact left-to-right NLL."""
 
-    def __init__(self, cfg: Config, global_batch: int):
+    def __init__(self, cfg: Config, global_batch: int, eos_id: int | None = None):
         self.cfg = cfg
         self.global_batch = global_batch
         self.order: torch.Tensor | None = None  # this rank's rows of the step (begin_step)
         self.block: torch.Tensor | None = None
+        if cfg.data.document_mask and eos_id is None:
+            raise ValueError("data.document_mask=true needs the shard set's eos_id (run_data.document_separator)")
+        self.eos_id = eos_id if cfg.data.document_mask else None
+
+    def forward_kwargs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """With data.document_mask, the document ids of each window, found on the device from its EOS
+        tokens (model/masks.py, document_ids): the loader's windows need no new field."""
+        return {} if self.eos_id is None else {"doc": document_ids(tokens, self.eos_id)}
 
     def begin_step(self, step: int, rows: slice, device: torch.device) -> dict[str, float]:
         t = self.cfg.train
@@ -89,12 +102,13 @@ class OrderObjective(Objective):
         if self.order is None or self.block is None:
             raise RuntimeError("micro_loss before begin_step: the step's orders were not drawn")
         order = self.order[micro]
-        return order_loss(engine(tokens, order, self.block[micro]), tokens, order)
+        return order_loss(engine(tokens, order, self.block[micro], **self.forward_kwargs(tokens)), tokens, order)
 
     def eval_batch(self, engine, tokens: torch.Tensor, first_index: int) -> tuple[float, int]:
         order = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         block = order  # l2r: one token per block
-        return float(token_nll(engine(tokens, order, block), tokens, order).sum()), tokens.numel()
+        logits = engine(tokens, order, block, **self.forward_kwargs(tokens))  # documents scored apart, as trained
+        return float(token_nll(logits, tokens, order).sum()), tokens.numel()
 
     def val_metrics(self, mean: float) -> dict[str, float]:
         return {"val/nll": mean, "val/ppl": math.exp(min(mean, 50.0))}
@@ -103,7 +117,8 @@ class OrderObjective(Objective):
         return f"l2r NLL {mean:.4f} (exact), perplexity {math.exp(min(mean, 50.0)):.2f}"
 
     def describe(self) -> str:
-        return f"order={self.cfg.train.order.kind}"
+        documents = " document_mask=on" if self.eos_id is not None else ""
+        return f"order={self.cfg.train.order.kind}{documents}"
 
 
 class MaskedDiffusionObjective(Objective):
@@ -162,8 +177,9 @@ class MaskedDiffusionObjective(Objective):
         return "objective=mdlm (continuous-time MDLM loss; train.order ignored)"
 
 
-def make_objective(cfg: Config, global_batch: int) -> Objective:
-    """The objective the model class declares (`objective`): the order loss, or masked diffusion."""
+def make_objective(cfg: Config, global_batch: int, eos_id: int | None = None) -> Objective:
+    """The objective the model class declares (`objective`): the order loss, or masked diffusion.
+    eos_id: the shard set's document separator, read with data.document_mask."""
     if model_class(cfg.model).objective == "masked_diffusion":
         return MaskedDiffusionObjective(cfg, global_batch, mask_id=cfg.model.vocab_size)
-    return OrderObjective(cfg, global_batch)
+    return OrderObjective(cfg, global_batch, eos_id)

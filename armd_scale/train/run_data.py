@@ -33,6 +33,7 @@ class TrainData:
     val_url: str | None
     tokenizer: TokenizerRef  # location None when the run names no tokenizer (shards built elsewhere)
     vocab_size: int  # the tokenizer's ids, from the shards' manifest
+    eos_id: int | None = None  # the document separator, from the manifest; read only with data.document_mask
 
     def model_config(self) -> Config:
         """The config the model is built from: the run's config with the padded-vocabulary fact from
@@ -157,7 +158,22 @@ def open_train_data(cfg: Config, dist_info: DistInfo, sources: DataSources | Non
                 f"validation shards {sources.val} were built with tokenizer {val.tokenizer_sha256[:12]} but the "
                 f"training shards with {manifest.tokenizer_sha256[:12]}"
             )
-    return TrainData(cfg, mixture, sources.val, tokenizer, manifest.vocab_size)
+    eos_id = document_separator(manifest.build, train_url) if cfg.data.document_mask else None
+    return TrainData(cfg, mixture, sources.val, tokenizer, manifest.vocab_size, eos_id)
+
+
+def document_separator(build: dict[str, Any], where: str) -> int:
+    """The EOS id packed after every document of a shard set (its manifest's build.eos_id), which
+    data.document_mask finds documents by. Shard sets have always recorded it, so old ones need nothing
+    new; a tokenizer without an EOS id (id-only corpora) packs no separator and is refused."""
+    eos_id = build.get("eos_id")
+    if not isinstance(eos_id, int) or isinstance(eos_id, bool):
+        raise ConfigError(
+            f"data.document_mask=true finds documents by the EOS id packed after each one, but the shard set at "
+            f"{where} records eos_id={eos_id!r} (its tokenizer has no EOS id, so its windows have no boundaries); "
+            "set data.document_mask=false or rebuild the shards with a tokenizer that has one"
+        )
+    return eos_id
 
 
 def with_tokenizer_vocab(cfg: Config, tokenizer_vocab: int, where: str = "the shards") -> Config:

@@ -132,7 +132,9 @@ def evaluate(
             sums[0] += batch_nll
             sums[-1] += batch_count
             for k, kind in enumerate(extra):
-                sums[k + 1] += _order_nll(engine, tokens, kind, first_index, cfg.train.seed)
+                sums[k + 1] += _order_nll(
+                    engine, tokens, kind, first_index, cfg.train.seed, objective.forward_kwargs(tokens)
+                )
     finally:
         loader.close()
         engine.train()
@@ -143,13 +145,16 @@ def evaluate(
     return {OBJECTIVE: means[0], **{kind.name: mean for kind, mean in zip(extra, means[1:], strict=True)}}
 
 
-def _order_nll(engine, tokens: torch.Tensor, kind: ValLikelihood, first_index: int, seed: int) -> torch.Tensor:
-    """Summed NLL (nats) of a batch, each row under its own sample's order: one forward pass."""
+def _order_nll(
+    engine, tokens: torch.Tensor, kind: ValLikelihood, first_index: int, seed: int, extra: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Summed NLL (nats) of a batch, each row under its own sample's order: one forward pass (`extra`: the
+    objective's model arguments, e.g. document ids)."""
     b, n = tokens.shape
     rows = [kind.order(first_index + r, n, seed) for r in range(b)]
     order = torch.stack([o for o, _ in rows]).to(tokens.device, non_blocking=True)
     block = torch.stack([k for _, k in rows]).to(tokens.device, non_blocking=True)
-    return token_nll(engine(tokens, order, block), tokens, order).double().sum()
+    return token_nll(engine(tokens, order, block, **extra), tokens, order).double().sum()
 
 
 def validation_report(objective: Objective, cfg: Config, result: dict[str, float]) -> tuple[dict[str, float], str]:

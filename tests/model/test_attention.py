@@ -110,6 +110,7 @@ def test_auto_backend_resolution_on_cpu_and_errors():
 SINGLE = draw_order("l2r", {}, None, batch=1, n=8)[1]
 MULTI = draw_order("sbp", dict(streams=2), None, batch=1, n=8)[1]
 BF16, FP32, FP64 = torch.bfloat16, torch.float32, torch.float64
+DOCS = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2]])
 # (name, spec, device type, dtype, flash imports) -> expected backend. Written out, not derived: this is
 # the decision the docs state (ARCHITECTURE.md, "Attention backends").
 CHOICES = [
@@ -138,6 +139,12 @@ CHOICES = [
     ("flash", causal_spec(SINGLE), "cpu", FP32, False, "sdpa"),  # ... and on the CPU
     ("flash", strict_spec(MULTI), "cuda", BF16, True, "flex"),  # random-order blocks
     ("flash", causal_spec(SINGLE), "cuda", BF16, False, "sdpa"),  # flash_attn missing or broken
+    # document masks (data.document_mask): never flash nor sdpa's fused kernels, which take no extra rule
+    ("auto", causal_spec(SINGLE, DOCS), "cuda", BF16, True, "flex"),
+    ("auto", two_stream_spec(SINGLE, DOCS), "cuda", BF16, False, "flex"),
+    ("auto", causal_spec(SINGLE, DOCS), "cuda", FP64, True, "sdpa"),
+    ("auto", strict_spec(MULTI, DOCS), "cpu", FP32, True, "sdpa"),
+    ("flash", causal_spec(SINGLE, DOCS), "cuda", BF16, True, "flex"),
 ]
 
 
