@@ -137,7 +137,24 @@ def clean_process_env():
     os.environ.update(saved)
 
 
-__all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY", "clean_process_env"]
+def scale_loss(monkeypatch, steps: set[int], factor: float) -> None:
+    """Multiply the loss of every micro-batch of the given optimizer steps (1-based) by `factor` (NaN: a
+    non-finite step for the NaN guard; a large finite factor: a spike): in-process runs of the tiny layout."""
+    import armd_scale.train.objective as objective  # computes the armd/ar micro-batch loss for the loop
+
+    real = objective.order_loss
+    calls = {"n": 0}
+
+    def scaled(logits, tokens, order, **kw):
+        calls["n"] += 1
+        step = (calls["n"] - 1) // 4 + 1  # 4 micro-batches per step in the tiny layout
+        loss = real(logits, tokens, order, **kw)
+        return loss * factor if step in steps else loss
+
+    monkeypatch.setattr(objective, "order_loss", scaled)
+
+
+__all__ = ["Run", "run_train", "start_train", "wait_for", "signal", "TINY", "clean_process_env", "scale_loss"]
 
 
 def train_in_process(cfg) -> int:

@@ -11,23 +11,12 @@ from armd_scale.checkpoints.layout import complete_tags
 from armd_scale.checkpoints.safe_load import safe_torch_load
 from armd_scale.config import load_config
 
-from .conftest import TINY, train_in_process
+from .conftest import TINY, scale_loss, train_in_process
 
 
 def _poison(monkeypatch, bad_steps):
     """Make the loss non-finite on the micro-batches of the given optimizer steps (1-based)."""
-    import armd_scale.train.objective as objective  # computes the armd/ar micro-batch loss for the loop
-
-    real = objective.order_loss
-    calls = {"n": 0}
-
-    def poisoned(logits, tokens, order, **kw):
-        calls["n"] += 1
-        step = (calls["n"] - 1) // 4 + 1  # 4 micro-batches per step in the tiny layout
-        loss = real(logits, tokens, order, **kw)
-        return loss * float("nan") if step in bad_steps else loss
-
-    monkeypatch.setattr(objective, "order_loss", poisoned)
+    scale_loss(monkeypatch, bad_steps, float("nan"))
 
 
 def test_bad_steps_are_skipped_and_training_continues(tmp_path, data_cache, monkeypatch, clean_process_env):

@@ -16,27 +16,11 @@ from safetensors.torch import load_file
 from armd_scale.checkpoints.layout import complete_tags
 from armd_scale.config import load_config
 
-from .conftest import TINY, train_in_process
+from .conftest import TINY, scale_loss, train_in_process
 
 
 def _cfg(run_dir: Path, cache: Path, *overrides: str):
     return load_config(overrides=[*TINY, f"data.cache_dir={cache}", f"run.dir={run_dir}", *overrides])
-
-
-def _scale_loss(monkeypatch, steps: set[int], factor: float) -> None:
-    """Multiply the loss of every micro-batch of the given optimizer steps (1-based) by `factor`."""
-    import armd_scale.train.objective as objective
-
-    real = objective.order_loss
-    calls = {"n": 0}
-
-    def scaled(logits, tokens, order, **kw):
-        calls["n"] += 1
-        step = (calls["n"] - 1) // 4 + 1  # 4 micro-batches per step in the tiny layout
-        loss = real(logits, tokens, order, **kw)
-        return loss * factor if step in steps else loss
-
-    monkeypatch.setattr(objective, "order_loss", scaled)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -58,7 +42,7 @@ def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache
         ("applied", {4}, 50.0, "log"),
     ):
         monkeypatch.undo()
-        _scale_loss(monkeypatch, steps, factor)
+        scale_loss(monkeypatch, steps, factor)
         run_dir = tmp_path / name
         assert train_in_process(_cfg(run_dir, data_cache, f"train.spike_action={action}", "train.sample_at_end=0")) == 0
         runs[name] = run_dir
