@@ -71,7 +71,7 @@ class WeightEMA:
         return _master_tensors(self.engine, self.optimizer)
 
     def _stepping(self, step, *args, **kwargs):
-        skip = bool(getattr(self.optimizer, "skip_next", False))  # GuardedAdamW resets it inside its step
+        skip = bool(getattr(self.optimizer, "skip_next", False))  # the trainer clears it after this step
         result = step(*args, **kwargs)
         if not skip and not getattr(self.engine.optimizer, "overflow", False):
             self.update()

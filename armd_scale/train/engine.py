@@ -136,7 +136,10 @@ def merge_user_deepspeed(generated: dict[str, Any], extra: dict[str, Any], prefi
 
 
 class GuardedAdamW(torch.optim.AdamW):
-    """AdamW that can skip one update when the ranks agreed the step's loss was not finite.
+    """AdamW that skips its updates while `skip_next` is set: the ranks agreed the step's loss was not
+    finite or a spike (train/steps.py). The trainer clears the flag after the engine's step, not this
+    method: DeepSpeed's ZeRO optimizers call it once per parameter group (ZeRO-1/2) or sub-group (ZeRO-3)
+    within one optimizer step, and every one of those calls must skip.
 
     `clip`, when set, clips gradients and returns their global norm before each step (used where
     DeepSpeed would clip without recording the norm: ZeRO stage 0 in fp32).
@@ -151,7 +154,6 @@ class GuardedAdamW(torch.optim.AdamW):
         if self.clip is not None:
             self._global_grad_norm = float(self.clip())
         if self.skip_next:
-            self.skip_next = False
             return None
         return super().step(closure)
 

@@ -152,6 +152,7 @@ class TrainingRun:
                 step_loss = total_nll / total_tokens
                 self.optimizer.skip_next = not math.isfinite(step_loss) or self.skips(step_loss)
             self.engine.step()
+        self.optimizer.skip_next = False  # after every inner call of the step (GuardedAdamW)
         return step_loss, step_info, data_wait
 
     def is_spike(self, step_loss: float) -> bool:

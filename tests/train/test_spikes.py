@@ -93,3 +93,30 @@ def test_a_spike_streak_stops_the_run_and_keeps_the_checkpoints_before_it(tmp_pa
 
     assert train_in_process(_cfg(tmp_path, data_cache, "train.steps=22", *every)) == 0  # the sane lr, from step 20
     assert complete_tags(ckpts)[-1] == "step_00000022"
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_skipped_step_moves_no_parameter_group_under_zero(
+    stage, tmp_path, data_cache, monkeypatch, clean_process_env
+):
+    """DeepSpeed's ZeRO optimizers call the inner optimizer once per parameter group (ZeRO-1/2: the decay and
+    no-decay groups) or per sub-group (ZeRO-3): a skipped step must skip every one of those calls, so the
+    weights after the spike step equal those before it, every tensor (the skip used to end at the first
+    call, and the no-decay group moved)."""
+    scale_loss(monkeypatch, {4}, 50.0)
+    overrides = [
+        f"parallel.zero_stage={stage}",
+        "train.checkpoint_every=1",
+        "train.keep_last=10",
+        "train.sample_at_end=0",
+    ]
+    if stage == 3:  # several sub-groups, so the inner optimizer runs more than once per step
+        overrides.append('parallel.deepspeed={"zero_optimization": {"sub_group_size": 2000}}')
+    assert train_in_process(_cfg(tmp_path, data_cache, *overrides)) == 0
+    ckpts = tmp_path / "checkpoints"
+    before = load_file(str(ckpts / "step_00000003" / "model.safetensors"))
+    after = load_file(str(ckpts / "step_00000004" / "model.safetensors"))
+    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert not moved, f"parameters changed by a skipped step: {moved}"
+    later = load_file(str(ckpts / "step_00000005" / "model.safetensors"))
+    assert any(not torch.equal(after[k], later[k]) for k in after)  # the next step trains again
