@@ -367,11 +367,6 @@ class Config:
                 f"parallel.tp={self.parallel.tp} must divide model.n_heads={self.model.n_heads} (tensor parallelism "
                 "splits attention by heads)"
             )
-        if self.data.document_mask and self.model.arch != "armd":
-            raise ConfigError(
-                f"data.document_mask=true needs model.arch=armd (got {self.model.arch!r}): only the ARMD forward takes "
-                "document ids; set data.document_mask=false"
-            )
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.train.global_batch_size % self.train.micro_batch_size:

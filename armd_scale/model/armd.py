@@ -116,6 +116,8 @@ class _Transformer(nn.Module):
     # Whether stock causal-LM code can run it (a transformers LlamaForCausalLM: plain causal attention over
     # the tokens before, see checkpoints/hf_mapping.py): the AR baseline only.
     causal_lm: ClassVar[bool] = False
+    # Whether forward takes document ids (`doc`) and keeps every term inside its document (data.document_mask).
+    documents: ClassVar[bool] = False
 
     @property
     def parallel_decoding(self) -> bool:
@@ -160,6 +162,8 @@ class _Transformer(nn.Module):
 
 class ARMDModel(_Transformer):
     """Two-stream strictly causal bottom half + block-causal top half (docs/ARCHITECTURE.md, Forward pass)."""
+
+    documents = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

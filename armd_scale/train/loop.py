@@ -28,7 +28,7 @@ from .engine import (
 )
 from .init_from import initialize_from
 from .metrics import MetricsLogger
-from .objective import make_objective
+from .objective import check_documents, make_objective
 from .preemption import StopDuringSetup, StopRequest
 from .profiler import StepProfiler
 from .run_data import DataSources, TrainData, open_train_data
@@ -57,7 +57,10 @@ def train(cfg: Config, stop: StopRequest | None = None, sources: DataSources | N
     try:
         dist_info = init_distributed(cfg.parallel)
         layout = batch_layout(cfg, dist_info.world_size)
-        check_eval_orders(cfg)  # a likelihood the model cannot score fails now, not at the first validation
+        unscored = check_eval_orders(cfg)  # a likelihood the model cannot score fails now, not at the first validation
+        if unscored and dist_info.is_main:
+            print(unscored, flush=True)
+        check_documents(cfg)
         run_dir = Path(cfg.run.dir).expanduser()
         _refuse_a_file_in_the_way(run_dir)
         with run_dir_lock(run_dir, dist_info, say=print if dist_info.is_main else lambda _: None):

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..model import masked_diffusion as md
 from ..model import model_class, order_loss, token_nll
 from ..model.masks import document_ids
@@ -175,6 +175,15 @@ class MaskedDiffusionObjective(Objective):
 
     def describe(self) -> str:
         return "objective=mdlm (continuous-time MDLM loss; train.order ignored)"
+
+
+def check_documents(cfg: Config) -> None:
+    """Refuse, before training, data.document_mask for a model whose forward takes no document ids."""
+    if cfg.data.document_mask and not model_class(cfg.model).documents:
+        raise ConfigError(
+            f"data.document_mask=true needs model.arch=armd (got {cfg.model.arch!r}): only the ARMD forward takes "
+            "document ids; set data.document_mask=false"
+        )
 
 
 def make_objective(cfg: Config, global_batch: int, eos_id: int | None = None) -> Objective:

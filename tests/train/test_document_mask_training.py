@@ -26,8 +26,14 @@ def test_the_separator_comes_from_the_manifest_and_a_set_without_one_is_refused(
 
 
 def test_document_mask_needs_the_armd_arch():
-    with pytest.raises(ConfigError, match="data.document_mask=true needs model.arch=armd"):
-        load_config("tiny-cpu", ["model.arch=ar", "data.document_mask=true"])
+    """The model class says whether its forward takes document ids; training refuses the option before it
+    starts for one that does not (train/objective.py, check_documents, called by train())."""
+    from armd_scale.train.objective import check_documents
+
+    for arch in ("ar", "mdlm"):
+        with pytest.raises(ConfigError, match="data.document_mask=true needs model.arch=armd"):
+            check_documents(load_config("tiny-cpu", [f"model.arch={arch}", "data.document_mask=true"]))
+    check_documents(load_config("tiny-cpu", ["data.document_mask=true"]))  # armd takes them
 
 
 def test_the_objective_passes_document_ids_from_eos():
