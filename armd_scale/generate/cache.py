@@ -39,6 +39,8 @@ of the last targets), and the forward-call count. tests/generate/test_one_forwar
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from ..model import Model
@@ -46,7 +48,7 @@ from ..model.armd import ARMDModel, ARModel
 from ..model.kv_cache import ARCache, ARMDCache
 
 
-class _Decoder:
+class _Decoder(ABC):
     """Shared bookkeeping: shapes, input checks, the forward-call counter."""
 
     def __init__(self, model: ARMDModel | ARModel, batch_size: int, max_len: int | None):
@@ -118,9 +120,9 @@ class _Decoder:
         self.pending = tpos_host.clone() if t else None
         return logits
 
+    @abstractmethod
     def _continues(self, commit_host: torch.Tensor, targets: int) -> bool:
         """Whether this step continues the last one (the model's `warm`/`reuse` flag of decode_step)."""
-        raise NotImplementedError
 
     def _computes(self, commits: int, targets: int, cached: bool) -> bool:
         """Whether the step runs the model (counted in forward_calls)."""
