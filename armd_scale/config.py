@@ -243,6 +243,13 @@ class TrainConfig:
     spike_factor: float = 3.0
     spike_action: Literal["skip", "log"] = "skip"
     max_spike_skips: int = 5
+    # The same guard on the global gradient norm (pre-clip): a norm more than grad_spike_sigma standard
+    # deviations above the mean of the last grad_spike_window accepted norms is a spike (OLMo-core's
+    # skip-step rule: 6 sigma over 128 steps, active once half the window is filled). Norms swing far more
+    # than losses early in a run, so the guard waits for a window and measures spread, not a ratio.
+    # 0 = off. It shares spike_action and the max_spike_skips streak with the loss guard.
+    grad_spike_sigma: float = 6.0
+    grad_spike_window: int = 128
     # Finite-divergence guard (docs/RELIABILITY.md): a loss more than max(diverge_margin nats,
     # diverge_ratio x its best running mean) above that mean holds checkpoint retention; diverge_steps
     # such steps in a row stop the run as failed and set aside the checkpoints since (0 = off, e.g. for a
@@ -272,6 +279,8 @@ class TrainConfig:
         if len(set(specs)) < len(specs):
             raise ConfigError(f"train.eval_orders={self.eval_orders} names a likelihood twice; give each once")
         _at_least(self, 1, "spike_factor")
+        _at_least(self, 0, "grad_spike_sigma")
+        _at_least(self, 2, "grad_spike_window")  # a spread needs two norms
         _at_least(self, 0, "diverge_steps", "diverge_margin", "diverge_ratio")
         self.order.validate()
         self.profile.validate()

@@ -13,8 +13,9 @@ bf16/fp16 (DeepSpeed's FP16_UnfusedOptimizer) is refused: its masters are not re
 partitioned exactly as the master weights are (under ZeRO-1/2/3 each rank holds 1/dp of it, no rank a
 full copy) and costs 4 bytes per parameter divided by the data-parallel size, on the device. It is
 updated right after the wrapper's step (the engine calls it once per optimizer step, at the gradient
-accumulation boundary; the step is wrapped on the instance), unless the NaN or spike guard skipped that step
-(GuardedAdamW.skip_next) or the fp16 loss scaler dropped it (`overflow`): the weights did not move.
+accumulation boundary; the step is wrapped on the instance), unless the NaN or spike guards skipped that step
+(GuardedAdamW.skipping, read after the step: the gradient-norm guard decides inside it) or the fp16 loss
+scaler dropped it (`overflow`): the weights did not move.
 
 Reading and writing it without a second code path: the average and the master weights are swapped
 in place (`swapped`), the code that reads or writes master weights runs, and they are swapped back.
@@ -71,8 +72,8 @@ class WeightEMA:
         return _master_tensors(self.engine, self.optimizer)
 
     def _stepping(self, step, *args, **kwargs):
-        skip = bool(getattr(self.optimizer, "skip_next", False))  # the trainer clears it after this step
         result = step(*args, **kwargs)
+        skip = bool(getattr(self.optimizer, "skipping", False))  # the trainer clears it after this step
         if not skip and not getattr(self.engine.optimizer, "overflow", False):
             self.update()
         return result

@@ -10,6 +10,7 @@ Choices:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,10 +137,19 @@ def merge_user_deepspeed(generated: dict[str, Any], extra: dict[str, Any], prefi
 
 
 class GuardedAdamW(torch.optim.AdamW):
-    """AdamW that skips its updates while `skip_next` is set: the ranks agreed the step's loss was not
-    finite or a spike (train/steps.py). The trainer clears the flag after the engine's step, not this
-    method: DeepSpeed's ZeRO optimizers call it once per parameter group (ZeRO-1/2) or sub-group (ZeRO-3)
-    within one optimizer step, and every one of those calls must skip.
+    """AdamW that skips its updates for the rest of an optimizer step once told to, by either of two guards.
+
+    - `skip_next`, set by the trainer before the step: the ranks agreed the step's loss was not finite or a
+      spike (train/steps.py).
+    - `norm_guard`, asked at the first inner call of a step with the step's global gradient norm (pre-clip,
+      `norm_source`): the gradient-norm spike guard. DeepSpeed computes that norm inside its own step, after
+      the point where the trainer could still act, but every wrapper (ZeRO-1/2 and ZeRO-3 optimizers,
+      BF16_Optimizer, the fp16 optimizers) stores it as `_global_grad_norm` *before* it calls this
+      optimizer, and the norm is already reduced over every rank, so all ranks decide alike here.
+
+    The trainer ends the step (`end_step`) after the engine's step, not this method: DeepSpeed's ZeRO
+    optimizers call it once per parameter group (ZeRO-1/2) or sub-group (ZeRO-3) within one optimizer
+    step, and every one of those calls must skip.
 
     `clip`, when set, clips gradients and returns their global norm before each step (used where
     DeepSpeed would clip without recording the norm: ZeRO stage 0 in fp32).
@@ -147,15 +157,35 @@ class GuardedAdamW(torch.optim.AdamW):
 
     skip_next: bool = False
     clip: Callable[[], torch.Tensor | float] | None = None
+    norm_source: Callable[[], Any] | None = None
+    norm_guard: Callable[[float], bool] | None = None
     _global_grad_norm: float | None = None
+    _norm_seen: float | None = None  # this step's gradient norm, read at its first inner call
+    _norm_skip: bool = False  # the gradient-norm guard's decision for this step
 
     @torch.no_grad()
     def step(self, closure=None):
         if self.clip is not None:
             self._global_grad_norm = float(self.clip())
-        if self.skip_next:
+        if self._norm_seen is None and self.norm_source is not None:
+            norm = self.norm_source()
+            self._norm_seen = float(norm) if norm is not None else math.nan
+            self._norm_skip = self.norm_guard is not None and self.norm_guard(self._norm_seen)
+        if self.skip_next or self._norm_skip:
             return None
         return super().step(closure)
+
+    @property
+    def skipping(self) -> bool:
+        """Whether this optimizer step's update is (being) skipped, by either guard."""
+        return self.skip_next or self._norm_skip
+
+    def end_step(self) -> tuple[float | None, bool]:
+        """(the step's gradient norm as the guard saw it, whether that guard skipped the step); resets both
+        guards for the next step. The norm is None where no inner call happened (an fp16 overflow)."""
+        seen, skipped = self._norm_seen, self._norm_skip
+        self.skip_next, self._norm_seen, self._norm_skip = False, None, False
+        return (None if seen is None or math.isnan(seen) else seen), skipped
 
 
 def param_groups(model: Model, weight_decay: float) -> list[dict[str, Any]]:
@@ -194,6 +224,9 @@ def build_engine(cfg: Config, model: Model, dist_info: DistInfo, layout: BatchLa
 
         params = [p for p in engine.module.parameters() if p.requires_grad]
         optimizer.clip = lambda: clip_grad_norm_(params, max_norm=cfg.train.grad_clip or float("inf"), mpu=engine.mpu)
+    # The step's global gradient norm as the wrapper (or, at ZeRO-0 fp32, `clip` above) stored it before
+    # calling the inner optimizer: what the gradient-norm spike guard reads (GuardedAdamW).
+    optimizer.norm_source = lambda: getattr(engine.optimizer, "_global_grad_norm", None)
     if cfg.model.compile:
         # DeepSpeed's own path: torch.compile of the module in place (inductor), so parameter names,
         # checkpoints and ZeRO hooks are those of the eager module.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,6 +58,7 @@ class TrainerState:
     high_since: int = 0  # the first step of that streak (0: none)
     spike_steps: int = 0  # consecutive spikes whose updates were skipped (train.spike_action=skip)
     spike_since: int = 0  # the first step of that streak (0: none)
+    grad_norms: list[float] = field(default_factory=list)  # the last train.grad_spike_window accepted norms
 
     def to_dict(self) -> dict:
         return dict(
@@ -70,6 +71,7 @@ class TrainerState:
             high_since=self.high_since,
             spike_steps=self.spike_steps,
             spike_since=self.spike_since,
+            grad_norms=list(self.grad_norms),
         )
 
 
@@ -108,11 +110,11 @@ class TrainingRun:
         self.profiler.start()
         while self.state.step < cfg.train.steps:
             t0 = time.perf_counter()
-            step_loss, step_info, data_wait = self.optimizer_step()
+            step_loss, step_info, data_wait, grad = self.optimizer_step()
             self.state.step += 1
             self.metrics.advance()
             self.profiler.step()
-            self.record(step_loss, {**step_info, "data_wait_s": data_wait}, time.perf_counter() - t0)
+            self.record(step_loss, {**step_info, "data_wait_s": data_wait}, time.perf_counter() - t0, grad)
             if cfg.train.eval_every and (self.state.step % cfg.train.eval_every == 0 or self.finished):
                 self.validate()
             if self.save_or_stop(stop):
@@ -123,9 +125,10 @@ class TrainingRun:
     def finished(self) -> bool:
         return self.state.step >= self.cfg.train.steps
 
-    def optimizer_step(self) -> tuple[float, dict[str, float], float]:
+    def optimizer_step(self) -> tuple[float, dict[str, float], float, tuple[float | None, bool]]:
         """One optimizer step over `grad_accum` micro-batches: (mean loss over the global batch, the
-        objective's schedule state, seconds waited for data)."""
+        objective's schedule state, seconds waited for data, (the global gradient norm the step saw,
+        whether the gradient-norm guard skipped it))."""
         layout, device = self.layout, self.dist.device
         rows = slice(self.dp_rank * layout.local_batch, (self.dp_rank + 1) * layout.local_batch)
         step_info = self.objective.begin_step(self.state.step, rows, device)  # orders or noise, this rank's rows
@@ -151,9 +154,10 @@ class TrainingRun:
                 total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens_per_micro * layout.grad_accum], device)
                 step_loss = total_nll / total_tokens
                 self.optimizer.skip_next = not math.isfinite(step_loss) or self.skips(step_loss)
+                self.optimizer.norm_guard = self.skips_grad_norm
             self.engine.step()
-        self.optimizer.skip_next = False  # after every inner call of the step (GuardedAdamW)
-        return step_loss, step_info, data_wait
+        grad = self.optimizer.end_step()  # after every inner call of the step (GuardedAdamW)
+        return step_loss, step_info, data_wait, grad
 
     def is_spike(self, step_loss: float) -> bool:
         """A finite loss above train.spike_factor x the running mean of the losses before it."""
@@ -164,9 +168,34 @@ class TrainingRun:
         """Whether this step's update is skipped as a spike (train.spike_action=skip)."""
         return self.cfg.train.spike_action == "skip" and self.is_spike(step_loss)
 
-    def record(self, step_loss: float, extra: dict[str, Any], seconds: float) -> None:
-        """The NaN/inf count, the spike check and the running mean; metrics on logging steps."""
+    def is_grad_spike(self, norm: float) -> bool:
+        """A finite gradient norm more than train.grad_spike_sigma standard deviations above the mean of the
+        last accepted norms, once half of train.grad_spike_window of them are known (0 sigma: off)."""
+        train_cfg, window = self.cfg.train, self.state.grad_norms
+        if not train_cfg.grad_spike_sigma or not math.isfinite(norm):
+            return False
+        if len(window) < max(2, train_cfg.grad_spike_window // 2):
+            return False
+        mean = math.fsum(window) / len(window)
+        std = math.sqrt(math.fsum((n - mean) ** 2 for n in window) / (len(window) - 1))
+        return norm - mean > train_cfg.grad_spike_sigma * std
+
+    def skips_grad_norm(self, norm: float) -> bool:
+        """The gradient-norm guard, asked inside the optimizer step (GuardedAdamW.norm_guard)."""
+        return self.cfg.train.spike_action == "skip" and self.is_grad_spike(norm)
+
+    def grad_norm_summary(self) -> str:
+        window = self.state.grad_norms
+        mean = math.fsum(window) / len(window)
+        std = math.sqrt(math.fsum((n - mean) ** 2 for n in window) / max(1, len(window) - 1))
+        return f"mean {mean:.4g} and std {std:.3g} of the last {len(window)} accepted norms"
+
+    def record(
+        self, step_loss: float, extra: dict[str, Any], seconds: float, grad: tuple[float | None, bool] = (None, False)
+    ) -> None:
+        """The NaN/inf count, the spike checks and the running means; metrics on logging steps."""
         cfg, state = self.cfg, self.state
+        norm, norm_skipped = grad
         if not math.isfinite(step_loss):
             state.bad_steps += 1
             self.metrics.message(
@@ -192,9 +221,26 @@ class TrainingRun:
             return
         state.bad_steps = 0
         if self.skips(step_loss):
-            self.skipped_spike(step_loss, seconds, extra)
+            self.skipped_spike(
+                f"loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}", step_loss, seconds, extra
+            )
+            return
+        if norm_skipped:
+            assert norm is not None  # the guard only skips on a finite norm
+            self.skipped_spike(
+                f"gradient norm spike {norm:.4g} vs the {self.grad_norm_summary()}",
+                step_loss,
+                seconds,
+                extra | {"grad_norm_spike": True},
+            )
             return
         state.spike_steps, state.spike_since = 0, 0
+        grad_spike = norm is not None and self.is_grad_spike(norm)  # only logged (spike_action=log)
+        if grad_spike:
+            self.metrics.message(f"step {state.step}: gradient norm spike {norm:.4g} vs the {self.grad_norm_summary()}")
+            extra = extra | {"grad_norm_spike": True}
+        if norm is not None and math.isfinite(norm):
+            state.grad_norms = (state.grad_norms + [norm])[-cfg.train.grad_spike_window :]
         far = self.far_above_best(step_loss)
         if far:
             state.high_steps += 1
@@ -215,33 +261,41 @@ class TrainingRun:
         state.loss_ema = step_loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * step_loss
         if state.best_loss_ema is None or state.loss_ema < state.best_loss_ema:
             state.best_loss_ema = state.loss_ema
-        if state.step % cfg.train.log_every == 0 or self.finished or spike:
+        if state.step % cfg.train.log_every == 0 or self.finished or spike or grad_spike:
             self.metrics.log(state.step, self.step_metrics(step_loss, spike, seconds) | extra)
         window = cfg.train.diverge_steps
         if far and window and state.high_steps >= window:
             self.diverged(step_loss)
 
-    def skipped_spike(self, step_loss: float, seconds: float, extra: dict[str, Any]) -> None:
-        """A spike whose update was skipped: logged, kept out of the running means; `max_spike_skips` in a
-        row stop the run. The weights then give a spike on every batch, so they are bad themselves: the
-        checkpoints of the weights that produced the first spike and since are set aside (`step_N.diverged`),
-        and the newest checkpoint is again one from before it (saves during the streak kept older ones)."""
+    def skipped_spike(self, what: str, step_loss: float, seconds: float, extra: dict[str, Any]) -> None:
+        """A spike (`what`: of the loss or of the gradient norm) whose update was skipped: logged, kept out of
+        the running means and the gradient-norm window; `max_spike_skips` in a row, of either kind, stop the
+        run. The weights then give a spike on every batch, so they are bad themselves: the checkpoints of the
+        weights that produced the first spike and since are set aside (`step_N.diverged`), and the newest
+        checkpoint is again one from before it (saves during the streak kept older ones)."""
         state, train_cfg = self.state, self.cfg.train
         state.spike_steps += 1
         state.spike_since = state.spike_since or state.step
         self.metrics.message(
-            f"step {state.step}: loss spike {step_loss:.4f} vs running mean {state.loss_ema:.4f}; update skipped "
-            f"({state.spike_steps}/{train_cfg.max_spike_skips})"
+            f"step {state.step}: {what}; update skipped ({state.spike_steps}/{train_cfg.max_spike_skips})"
         )
-        self.metrics.log(state.step, self.step_metrics(step_loss, True, seconds) | extra | {"update_skipped": True})
+        loss_spike = self.is_spike(step_loss)
+        self.metrics.log(
+            state.step, self.step_metrics(step_loss, loss_spike, seconds) | extra | {"update_skipped": True}
+        )
         if state.spike_steps < train_cfg.max_spike_skips:
             return
         first = state.spike_since
         aside = self.checkpointer.set_aside_since(first - 1, DIVERGED_SUFFIX)
         tags = complete_tags(self.checkpointer.dir)
+        spiked = (
+            f"loss spiked above {train_cfg.spike_factor:g}x its running mean {state.loss_ema:.4f}"
+            if loss_spike
+            else f"gradient norm spiked above {train_cfg.grad_spike_sigma:g} sigma over its mean"
+        )
         raise TrainingDiverged(
-            f"loss spiked above {train_cfg.spike_factor:g}x its running mean {state.loss_ema:.4f} on "
-            f"{state.spike_steps} consecutive steps, from step {first} to step {state.step} (updates skipped): "
+            f"{spiked} on {state.spike_steps} consecutive steps, from step {first} to step "
+            f"{state.step} (updates skipped): "
             "the weights themselves are bad; "
             + (f"checkpoints set aside: {', '.join(a.name for a in aside)}; " if aside else "")
             + (f"the newest checkpoint is {tags[-1]}, from before the spikes; " if tags else "")

@@ -137,9 +137,12 @@ def clean_process_env():
     os.environ.update(saved)
 
 
-def scale_loss(monkeypatch, steps: set[int], factor: float) -> None:
+def scale_loss(monkeypatch, steps: set[int], factor: float, *, gradient_only: bool = False) -> None:
     """Multiply the loss of every micro-batch of the given optimizer steps (1-based) by `factor` (NaN: a
-    non-finite step for the NaN guard; a large finite factor: a spike): in-process runs of the tiny layout."""
+    non-finite step for the NaN guard; a large finite factor: a spike): in-process runs of the tiny layout.
+
+    `gradient_only`: the loss keeps its value (bit for bit: `loss + 0`) and only its gradient is scaled, a
+    gradient-norm spike that no loss statistic can see."""
     import armd_scale.train.objective as objective  # computes the armd/ar micro-batch loss for the loop
 
     real = objective.order_loss
@@ -149,7 +152,11 @@ def scale_loss(monkeypatch, steps: set[int], factor: float) -> None:
         calls["n"] += 1
         step = (calls["n"] - 1) // 4 + 1  # 4 micro-batches per step in the tiny layout
         loss = real(logits, tokens, order, **kw)
-        return loss * factor if step in steps else loss
+        if step not in steps:
+            return loss
+        if gradient_only:
+            return loss.detach() + factor * (loss - loss.detach())
+        return loss * factor
 
     monkeypatch.setattr(objective, "order_loss", scaled)
 

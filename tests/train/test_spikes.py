@@ -2,7 +2,7 @@
 and a streak of them stops the run before it can cost the checkpoints from before it.
 
 In-process runs, as tests/train/test_nan_guard.py: the injected spike scales the loss of chosen steps (finite),
-the finite divergence is a real lr typo."""
+or only its gradient (the gradient-norm guard); the finite divergence is a real lr typo."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoints" / complete_tags(run_dir / "checkpoints")[-1] / "model.safetensors"))
+def _final_weights(run_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / complete_tags(run_dir / "checkpoints")[-1] / name))
 
 
 def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache, monkeypatch, clean_process_env):
@@ -120,3 +120,72 @@ def test_a_skipped_step_moves_no_parameter_group_under_zero(
     assert not moved, f"parameters changed by a skipped step: {moved}"
     later = load_file(str(ckpts / "step_00000005" / "model.safetensors"))
     assert any(not torch.equal(after[k], later[k]) for k in after)  # the next step trains again
+
+
+# The gradient-norm guard's window in these tests: 8 accepted norms, active from the 4th.
+GRAD_WINDOW = ("train.grad_spike_window=8", "train.sample_at_end=0")
+
+
+def _grad_norms(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["grad_norm"] for r in _records(run_dir) if "grad_norm" in r}
+
+
+def test_a_gradient_norm_spike_with_a_normal_loss_is_skipped(tmp_path, data_cache, monkeypatch, clean_process_env):
+    """Step 8's gradient is scaled 1000x while its loss keeps its value to the bit: the loss guard cannot see
+    it, the gradient-norm guard does. The step is logged as a skipped gradient-norm spike (not a loss spike),
+    and the run ends with the weights of a run whose step-8 update the NaN guard skipped; with the guard off
+    (train.grad_spike_sigma=0) the clipped update is applied and the weights differ."""
+    runs = {}
+    for name, factor, gradient_only, sigma in (
+        ("grad", 1000.0, True, 6.0),
+        ("nan", float("nan"), False, 6.0),
+        ("off", 1000.0, True, 0.0),
+    ):
+        monkeypatch.undo()
+        scale_loss(monkeypatch, {8}, factor, gradient_only=gradient_only)
+        run_dir = tmp_path / name
+        overrides = (*GRAD_WINDOW, f"train.grad_spike_sigma={sigma}", "train.steps=10", "train.ema_decay=0.9")
+        assert train_in_process(_cfg(run_dir, data_cache, *overrides)) == 0
+        runs[name] = run_dir
+
+    step8 = [r for r in _records(runs["grad"]) if r.get("step") == 8 and "loss" in r]
+    assert len(step8) == 1 and step8[0]["update_skipped"] and step8[0]["grad_norm_spike"], step8
+    assert not step8[0]["loss_spike"]
+    norms = _grad_norms(runs["grad"])
+    assert norms[8] > 100 * max(norms[s] for s in range(1, 8))  # the spike the guard saw, pre-clip
+    off8 = [r for r in _records(runs["off"]) if r.get("step") == 8 and "loss" in r][0]
+    assert off8["loss"] == step8[0]["loss"]  # the loss the loss guard saw was the same in both runs
+    assert "update_skipped" not in off8 and not any(r.get("update_skipped") for r in _records(runs["grad"])[:-3])
+    grad, skipped, applied = (_final_weights(runs[n]) for n in ("grad", "nan", "off"))
+    assert all(torch.equal(grad[k], skipped[k]) for k in grad)
+    assert any(not torch.equal(grad[k], applied[k]) for k in grad)
+    # The EMA skips the step too (it is not averaged in again): it equals the NaN-skipped run's EMA.
+    grad_ema, skipped_ema = (_final_weights(runs[n], "ema.safetensors") for n in ("grad", "nan"))
+    assert all(torch.equal(grad_ema[k], skipped_ema[k]) for k in grad_ema)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_gradient_norm_spike_moves_no_parameter_under_zero(
+    stage, tmp_path, data_cache, monkeypatch, clean_process_env
+):
+    """Under ZeRO the norm is computed inside DeepSpeed's optimizer step, before the inner optimizer runs once
+    per group or sub-group: the guard decides at the first of those calls, and none of them moves a weight."""
+    scale_loss(monkeypatch, {8}, 1000.0, gradient_only=True)
+    overrides = [
+        *GRAD_WINDOW,
+        f"parallel.zero_stage={stage}",
+        "train.steps=9",
+        "train.checkpoint_every=1",
+        "train.keep_last=10",
+    ]
+    if stage == 3:
+        overrides.append('parallel.deepspeed={"zero_optimization": {"sub_group_size": 2000}}')
+    assert train_in_process(_cfg(tmp_path, data_cache, *overrides)) == 0
+    ckpts = tmp_path / "checkpoints"
+    before = load_file(str(ckpts / "step_00000007" / "model.safetensors"))
+    after = load_file(str(ckpts / "step_00000008" / "model.safetensors"))
+    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert not moved, f"parameters changed by a skipped step: {moved}"
+    later = load_file(str(ckpts / "step_00000009" / "model.safetensors"))
+    assert any(not torch.equal(after[k], later[k]) for k in after)
+    assert [r["step"] for r in _records(tmp_path) if r.get("update_skipped")] == [8]
