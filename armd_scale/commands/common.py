@@ -39,6 +39,18 @@ def add_weights_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def say_weights(command: str, weights: str) -> None:
+    """Say on stderr which weights produced a result (its document records `weights` too): the EMA of the
+    weights is read by default where the run kept one, so a user comparing with raw weights must know."""
+    if weights == "ema":
+        print(
+            f"armd {command}: used the EMA of the weights (ema.safetensors); --raw-weights reads the raw ones",
+            file=sys.stderr,
+        )
+    else:
+        print(f"armd {command}: used the raw weights (model.safetensors)", file=sys.stderr)
+
+
 def chosen_device(args: argparse.Namespace, command: str):
     """Resolve `--device` (armd_scale/devices.py) and say on stderr which device the command computes on."""
     from ..devices import describe, resolve_device

@@ -11,7 +11,16 @@ import sys
 
 from ..data.prepare.formats import INPUT_FORMATS
 from ..data.prepare.readers import DOC_SPLITS
-from .common import add_device_arg, chosen_device, fail, non_negative_float, positive_int, probability, write_json
+from .common import (
+    add_device_arg,
+    chosen_device,
+    fail,
+    non_negative_float,
+    positive_int,
+    probability,
+    say_weights,
+    write_json,
+)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +198,7 @@ def run_ppl(args: argparse.Namespace) -> int:
         f"{label}: {doc['nll_per_token']:.4f} nats/token, ppl {doc['ppl']:.3f}, bits/byte {bpb} "
         f"over {doc['tokens']} tokens{spread}"
     )
+    say_weights("eval ppl", doc["weights"])
     if args.json:
         write_json(args.json, doc)
     return 0
@@ -223,4 +233,5 @@ def run_sbp(args: argparse.Namespace) -> int:
 
     print(markdown_table(doc), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png")
+    say_weights("eval sbp", doc["weights"])
     return 0

@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         f"[{doc['forward_calls']} forward calls, {doc['seconds']:.2f} s, {doc['tokens_per_s']:.1f} tokens/s]",
         file=sys.stderr,
     )
+    from .common import say_weights
+
+    say_weights("generate", doc["weights"])
     if args.json:
         from .common import write_json
 

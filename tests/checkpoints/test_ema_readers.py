@@ -111,8 +111,8 @@ def test_inspect_names_the_weights_readers_load(ema_run, capsys):
 
 
 @pytest.mark.parametrize(("flag", "weights"), [([], "ema"), (["--raw-weights"], "raw")])
-def test_results_record_which_weights_they_scored(ema_run, tmp_path, flag, weights):
-    """An eval result says whether the EMA or the raw weights produced it."""
+def test_results_record_which_weights_they_scored(ema_run, tmp_path, capsys, flag, weights):
+    """An eval result says whether the EMA or the raw weights produced it, in its document and on stderr."""
     from armd_scale.eval import validate
     from armd_scale.train.run_facts import RunFacts
 
@@ -124,3 +124,5 @@ def test_results_record_which_weights_they_scored(ema_run, tmp_path, flag, weigh
     doc = json.loads(out.read_text())
     validate(doc, "ppl")
     assert doc["weights"] == weights
+    said = {"ema": "used the EMA of the weights (ema.safetensors)", "raw": "used the raw weights"}[weights]
+    assert f"armd eval ppl: {said}" in capsys.readouterr().err
