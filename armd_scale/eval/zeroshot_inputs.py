@@ -181,9 +181,10 @@ PUBLISHED: dict[str, tuple[PublishedSet, ...]] = {
             "lambada_test.jsonl",
             "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl",
             5153,
-            "EleutherAI's `lambada_openai` dataset card (test: num_examples 5153)",
+            "the Hugging Face hub's EleutherAI/lambada_openai dataset card (default/en test: num_examples 5153)",
             file_sha256=_LAMBADA_SHA256,
-            digest_source="EleutherAI/lm-evaluation-harness@0601d0bb lm_eval/tasks/lambada.py (download_file sha256)",
+            digest_source="EleutherAI/lm-evaluation-harness@0601d0bb lm_eval/tasks/lambada.py (download_file sha256); "
+            "the same sha256 in the EleutherAI/lambada_openai dataset card's checksum table",
         ),
     ),
     "wikitext2": tuple(
