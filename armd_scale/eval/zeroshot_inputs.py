@@ -28,8 +28,8 @@ from .zeroshot_data import _file_format, read_rows
 
 ROW_ENCODING = "sha256 over the rows in order, each as its UTF-8 byte length (8 bytes, big-endian) then its UTF-8 bytes"
 
-# The protocols' code (cited per row) evaluates these splits. SEDD/RADD: RADD's `get_valid_dataloaders`
-# (ML-GSAI/RADD, `data.py`) reads the test split of every set except WikiText-2, whose train split it reads.
+# The protocols' code (cited per row) evaluates these splits. SEDD/RADD: ML-GSAI/RADD@60b772d
+# `data.py:get_valid_dataloaders` reads the test split of every set except WikiText-2, whose train split it reads.
 # MDLM: kuleshov-group/mdlm@c112c52 `dataloader.py:get_dataloaders` uses split "test" for text8, lm1b and
 # ag_news and "validation" for every other set; LAMBADA is the one OpenAI test file (`get_lambada_test_dataset`).
 # BD3-LM: kuleshov-group/bd3lms@1c3e8f4 `dataloader.py:get_dataloaders` (lines 603-606) has the same rule, and
