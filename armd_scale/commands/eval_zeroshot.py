@@ -4,7 +4,10 @@
         --task lambada --data lambada_test.jsonl --json zs.json --markdown zs.md
 
 Each `--task` takes the files of the following `--data` (one `--data` per `--task`, in order).
-Nothing is downloaded. Prints the Table-1 style markdown; see docs/EVALUATION.md.
+Nothing is downloaded. Every input is checked against the published set the protocol evaluates and
+refused unless it is that set (`--allow-unverified` scores it anyway, labelled unverified);
+`--fingerprint-only` prints the fingerprints and verdicts without a checkpoint. Prints the Table-1
+style markdown; see docs/EVALUATION.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
 
     from .common import add_device_arg, add_weights_arg, positive_int
 
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="run dir, checkpoint folder or export dir")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="run dir, checkpoint folder or export dir (required unless --fingerprint-only)",
+    )
     p.add_argument(
         "--task",
         action="append",
@@ -50,6 +57,16 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)
     add_weights_arg(p)
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="score files that are not the published set the protocol evaluates (labelled 'unverified: ...')",
+    )
+    p.add_argument(
+        "--fingerprint-only",
+        action="store_true",
+        help="print each task's input fingerprint and verdict as JSON; no checkpoint, nothing scored",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="OUT", help="write the result document here")
     p.add_argument("--markdown", metavar="OUT", help="write the markdown tables here")
@@ -67,6 +84,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.fingerprint_only:
+        return _fingerprint_only(args)
+    if not args.checkpoint:
+        print("armd eval zeroshot: error: --checkpoint is required (unless --fingerprint-only)", file=sys.stderr)
+        return 2
     try:
         device = chosen_device(args, "eval zeroshot")
         doc = evaluate_zeroshot(
@@ -80,6 +102,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             float64=args.float64,
             device=device,
             progress=not args.no_progress,
+            allow_unverified=args.allow_unverified,
         )
     except (ValueError, FileNotFoundError, OSError) as e:
         return fail("eval zeroshot", e)
@@ -89,4 +112,28 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         write_json(args.json, doc)
     if args.markdown:
         write_text(args.markdown, table)
+    return 0
+
+
+def _fingerprint_only(args: argparse.Namespace) -> int:
+    """Each task's fingerprint and what verify says of it under --protocol; refusals are reported, not raised."""
+    import json
+
+    from armd_scale.eval.zeroshot_data import benchmark
+    from armd_scale.eval.zeroshot_inputs import fingerprint, verify
+
+    from .common import fail, write_json
+
+    inputs = []
+    try:
+        for task, paths in zip(args.task, args.data, strict=True):
+            fp = fingerprint(paths, task, benchmark(task))
+            check = verify(task, args.protocol, fp, allow_unverified=True)
+            inputs.append({"task": task, "split": check.label, "verified": check.verified, "fingerprint": fp.as_dict()})
+    except (ValueError, FileNotFoundError, OSError) as e:
+        return fail("eval zeroshot", e)
+    doc = {"protocol": args.protocol, "inputs": inputs}
+    print(json.dumps(doc, indent=2))
+    if args.json:
+        write_json(args.json, doc)
     return 0

@@ -121,7 +121,15 @@ SBP: dict[str, Field] = {
 ZEROSHOT_ROW: dict[str, Field] = {
     "task": _f(str, "benchmark: lambada, wikitext2, ptb, wikitext103 or lm1b"),
     "title": _f(str, "its column in Table 1"),
-    "split": _f(str, "the split the protocol's public code evaluates (the files given are the user's)"),
+    "split": _f(
+        str,
+        "the split the files were verified to be, with how (digest or row count); 'unverified: <why>' when a "
+        "refused input was scored with --allow-unverified",
+    ),
+    "verified": _f(bool, "true when the files are the published set the protocol evaluates (eval/zeroshot_inputs.py)"),
+    "fingerprint": _f(
+        dict, "{content_sha256, row_encoding, rows, tokens, files: [{path, bytes, sha256}]} of the input"
+    ),
     "data": _f(list, "the files read, in order", items=str),
     "rows": _f(int, "dataset rows read (every row is a document and gets a separator)"),
     "blocks": _f(int, "blocks of block_len tokens scored"),

@@ -40,6 +40,7 @@ from ..rng import seeded
 from .likelihood import position_nll
 from .text import bits_per_byte, codec_for
 from .zeroshot_data import BENCHMARKS, Benchmark, benchmark, read_rows
+from .zeroshot_inputs import Fingerprint, Verification, fingerprint, verify
 
 PROTOCOLS = ("sedd", "mdlm")
 AGGREGATION = "token-weighted: exp(total NLL / scored tokens) over all blocks of a benchmark"
@@ -144,7 +145,14 @@ def score_blocks(
 
 
 def _task_result(
-    bench: Benchmark, paths: Sequence[str], blocks: Blocks, nll: float, first: int, codec: Tokenizer, protocol: str
+    bench: Benchmark,
+    paths: Sequence[str],
+    blocks: Blocks,
+    nll: float,
+    first: int,
+    codec: Tokenizer,
+    check: Verification,
+    fp: Fingerprint,
 ) -> dict[str, Any]:
     scored = blocks.tokens[:, first:]
     tokens = int(scored.size)
@@ -154,7 +162,9 @@ def _task_result(
     return {
         "task": bench.name,
         "title": bench.title,
-        "split": bench.splits[protocol],
+        "split": check.label,  # what verify established about the files, never the protocol's constant
+        "verified": check.verified,
+        "fingerprint": fp.as_dict(),
         "data": list(paths),
         "rows": blocks.rows,
         "blocks": int(blocks.tokens.shape[0]),
@@ -183,8 +193,13 @@ def evaluate_zeroshot(
     float64: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    allow_unverified: bool = False,
 ) -> dict[str, Any]:
-    """The `armd eval zeroshot` document: `tasks` is [(benchmark name, [files])], in table order or not."""
+    """The `armd eval zeroshot` document: `tasks` is [(benchmark name, [files])], in table order or not.
+
+    Every task's files are fingerprinted and checked against the published set its protocol evaluates
+    (eval/zeroshot_inputs.py) before anything is scored; `allow_unverified` scores a refused input anyway,
+    labelled "unverified: ..."."""
     from ..checkpoints.pretrained import load_pretrained
 
     if protocol not in PROTOCOLS:
@@ -214,12 +229,17 @@ def evaluate_zeroshot(
         raise DataError(f"--block-len {length} exceeds the model's max_seq_len={max_len}")
     codec = codec_for(pre)
     first = scored_from(protocol, exact)
-    results = []
+    checked = []
     for bench, paths in benches:
         if not paths:
             raise DataError(f"--task {bench.name} has no --data files")
+        fp = fingerprint(paths, bench.name, bench)
+        checked.append((bench, paths, fp, verify(bench.name, protocol, fp, allow_unverified=allow_unverified)))
+    results = []
+    for bench, paths, fp, check in checked:
         rows = (row for path in paths for row in read_rows(path, bench))
         blocks = wrap_blocks(rows, bench, codec, length, protocol)
+        fp.tokens = blocks.stream_tokens - blocks.rows  # the rows' tokens, without the separators
         nll = score_blocks(
             model,
             blocks.tokens,
@@ -231,7 +251,7 @@ def evaluate_zeroshot(
             progress=progress,
             desc=f"zeroshot {bench.name}",
         )
-        results.append(_task_result(bench, paths, blocks, nll, first, codec, protocol))
+        results.append(_task_result(bench, paths, blocks, nll, first, codec, check, fp))
     return {
         "protocol": protocol,
         "checkpoint": str(pre.source),
@@ -269,7 +289,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "|---" * (len(titles) + 1) + "|",
         f"| {model} | " + " | ".join(cells) + " |",
         "",
-        "| task | split the protocol uses | rows | blocks | scored tokens | dropped | NLL/token | PPL | "
+        "| task | split (as checked) | rows | blocks | scored tokens | dropped | NLL/token | PPL | "
         "word PPL | bits/byte |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -132,7 +132,7 @@ def _l2r_nll(model, blocks, first):
 
 
 def _zeroshot(capsys, run_dir, *args):
-    code = main(["eval", "zeroshot", "--checkpoint", str(run_dir), "--no-progress", *args])
+    code = main(["eval", "zeroshot", "--checkpoint", str(run_dir), "--no-progress", "--allow-unverified", *args])
     out, err = capsys.readouterr()
     assert code == 0, err
     return out
@@ -168,6 +168,9 @@ def test_wrapped_block_nll_equals_an_independent_computation(text_bpe_run, tmp_p
     r = doc["results"][0]
     assert doc["likelihood"] == "exact" and doc["protocol"] == protocol and doc["block_len"] == 32
     assert (r["blocks"], r["tokens"], r["rows"]) == (blocks.shape[0], blocks[:, first:].numel(), len(rows))
+    # synthetic rows are no published set: scored only because --allow-unverified was given, and labelled so
+    assert r["verified"] is False and r["split"].startswith(f"unverified: {len(rows):,} rows")
+    assert r["fingerprint"]["rows"] == len(rows) and r["fingerprint"]["tokens"] == r["stream_tokens"] - len(rows)
     assert r["nll"] == pytest.approx(expected, rel=1e-6)
     assert r["ppl"] == pytest.approx(math.exp(expected / blocks[:, first:].numel()), rel=1e-6)
     assert r["bytes"] == int(tok.byte_lengths()[blocks[:, first:].numpy()].sum())
