@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,44 +35,13 @@ from .engine import (
     first_nonfinite,
 )
 from .eval_samples import EvalSamples
+from .guards import TrainerState, TrainingDiverged
 from .metrics import MetricsLogger
 from .objective import Objective
 from .preemption import StopRequest
 from .profiler import StepProfiler
 from .run_data import TrainData, loader_state_of_all_ranks
 from .validation import evaluate, validation_report
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with a non-finite loss, or with a loss far above its best level."""
-
-
-@dataclass
-class TrainerState:
-    step: int = 0  # optimizer steps completed
-    bad_steps: int = 0  # consecutive non-finite steps
-    loss_ema: float | None = None
-    wandb_run_id: str | None = None
-    best_loss_ema: float | None = None  # the lowest running mean so far: the sane level of the loss
-    high_steps: int = 0  # consecutive finite steps with a loss far above best_loss_ema
-    high_since: int = 0  # the first step of that streak (0: none)
-    spike_steps: int = 0  # consecutive spikes whose updates were skipped (train.spike_action=skip)
-    spike_since: int = 0  # the first step of that streak (0: none)
-    grad_norms: list[float] = field(default_factory=list)  # the last train.grad_spike_window accepted norms
-
-    def to_dict(self) -> dict:
-        return dict(
-            step=self.step,
-            bad_steps=self.bad_steps,
-            loss_ema=self.loss_ema,
-            wandb_run_id=self.wandb_run_id,
-            best_loss_ema=self.best_loss_ema,
-            high_steps=self.high_steps,
-            high_since=self.high_since,
-            spike_steps=self.spike_steps,
-            spike_since=self.spike_since,
-            grad_norms=list(self.grad_norms),
-        )
 
 
 @dataclass
@@ -160,35 +129,18 @@ class TrainingRun:
         return step_loss, step_info, data_wait, grad
 
     def is_spike(self, step_loss: float) -> bool:
-        """A finite loss above train.spike_factor x the running mean of the losses before it."""
-        ema = self.state.loss_ema
-        return ema is not None and math.isfinite(step_loss) and step_loss > self.cfg.train.spike_factor * ema
+        return self.state.is_loss_spike(step_loss, self.cfg.train)
 
     def skips(self, step_loss: float) -> bool:
         """Whether this step's update is skipped as a spike (train.spike_action=skip)."""
         return self.cfg.train.spike_action == "skip" and self.is_spike(step_loss)
 
     def is_grad_spike(self, norm: float) -> bool:
-        """A finite gradient norm more than train.grad_spike_sigma standard deviations above the mean of the
-        last accepted norms, once half of train.grad_spike_window of them are known (0 sigma: off)."""
-        train_cfg, window = self.cfg.train, self.state.grad_norms
-        if not train_cfg.grad_spike_sigma or not math.isfinite(norm):
-            return False
-        if len(window) < max(2, train_cfg.grad_spike_window // 2):
-            return False
-        mean = math.fsum(window) / len(window)
-        std = math.sqrt(math.fsum((n - mean) ** 2 for n in window) / (len(window) - 1))
-        return norm - mean > train_cfg.grad_spike_sigma * std
+        return self.state.is_grad_norm_spike(norm, self.cfg.train)
 
     def skips_grad_norm(self, norm: float) -> bool:
         """The gradient-norm guard, asked inside the optimizer step (GuardedAdamW.norm_guard)."""
         return self.cfg.train.spike_action == "skip" and self.is_grad_spike(norm)
-
-    def grad_norm_summary(self) -> str:
-        window = self.state.grad_norms
-        mean = math.fsum(window) / len(window)
-        std = math.sqrt(math.fsum((n - mean) ** 2 for n in window) / max(1, len(window) - 1))
-        return f"mean {mean:.4g} and std {std:.3g} of the last {len(window)} accepted norms"
 
     def record(
         self, step_loss: float, extra: dict[str, Any], seconds: float, grad: tuple[float | None, bool] = (None, False)
@@ -228,7 +180,7 @@ class TrainingRun:
         if norm_skipped:
             assert norm is not None  # the guard only skips on a finite norm
             self.skipped_spike(
-                f"gradient norm spike {norm:.4g} vs the {self.grad_norm_summary()}",
+                f"gradient norm spike {norm:.4g} vs the {state.grad_norm_summary()}",
                 step_loss,
                 seconds,
                 extra | {"grad_norm_spike": True},
@@ -237,10 +189,12 @@ class TrainingRun:
         state.spike_steps, state.spike_since = 0, 0
         grad_spike = norm is not None and self.is_grad_spike(norm)  # only logged (spike_action=log)
         if grad_spike:
-            self.metrics.message(f"step {state.step}: gradient norm spike {norm:.4g} vs the {self.grad_norm_summary()}")
+            self.metrics.message(
+                f"step {state.step}: gradient norm spike {norm:.4g} vs the {state.grad_norm_summary()}"
+            )
             extra = extra | {"grad_norm_spike": True}
         if norm is not None and math.isfinite(norm):
-            state.grad_norms = (state.grad_norms + [norm])[-cfg.train.grad_spike_window :]
+            state.grad_norms = (state.grad_norms + [norm])[-cfg.train.grad_spike_window :]  # the accepted ones
         far = self.far_above_best(step_loss)
         if far:
             state.high_steps += 1
@@ -303,15 +257,7 @@ class TrainingRun:
         )
 
     def far_above_best(self, step_loss: float) -> bool:
-        """Whether a finite loss is far above the sane level of this run: its best running mean so far plus
-        max(train.diverge_margin nats, train.diverge_ratio x that mean). One such step is noise or a spike;
-        `diverge_steps` of them in a row are a divergence (see `diverged`)."""
-        best = self.state.best_loss_ema
-        if best is None or not self.cfg.train.diverge_steps:
-            return False
-        margin = self.cfg.train.diverge_margin
-        ratio = self.cfg.train.diverge_ratio
-        return step_loss > best + max(margin, ratio * abs(best))
+        return self.state.is_far_above_best(step_loss, self.cfg.train)
 
     def diverged(self, step_loss: float) -> None:
         """Stop a finite divergence: the checkpoints of the weights that produced it and of every later step
