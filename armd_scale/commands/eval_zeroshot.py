@@ -1,4 +1,4 @@
-"""`armd eval zeroshot`: the zero-shot perplexity suite of SEDD / RADD / MDLM on local files.
+"""`armd eval zeroshot`: the zero-shot perplexity suite of SEDD / RADD, MDLM and BD3-LM on local files.
 
     armd eval zeroshot --checkpoint runs/owt-small --task wikitext2 --data wiki.train.raw \
         --task lambada --data lambada_test.jsonl --json zs.json --markdown zs.md
@@ -39,7 +39,16 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default="sedd",
-        help="sedd (default): raw blocks of L tokens, SEDD/RADD; mdlm: [BOS] + L-2 tokens + [EOS]",
+        help="sedd (default), SEDD/RADD's Table 1 protocol: raw blocks of L tokens; mdlm, MDLM's Tables 1/3 "
+        "protocol: [BOS] + L-2 tokens + [EOS]; bd3lm, BD3-LM's zero-shot table: the same blocks, no separator "
+        "between rows, BOS never scored",
+    )
+    p.add_argument(
+        "--num-proc",
+        type=positive_int,
+        metavar="N",
+        help="join rows as the published code does with datasets.map(batched=True, num_proc=N): per 1000-row "
+        "batch of N contiguous shards, each batch's remainder dropped (default: one stream, one remainder)",
     )
     p.add_argument("--block-len", type=positive_int, metavar="L", help="tokens per block (default: the run's seq_len)")
     p.add_argument(
@@ -80,6 +89,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             float64=args.float64,
             device=device,
             progress=not args.no_progress,
+            num_proc=args.num_proc,
         )
     except (ValueError, FileNotFoundError, OSError) as e:
         return fail("eval zeroshot", e)
