@@ -33,7 +33,8 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="the files of the matching --task (.raw/.txt lines, .jsonl, .parquet; compressed or not)",
+        help="the files of the matching --task (.raw/.txt lines, .jsonl, .parquet, AG News' .csv, the "
+        "scientific papers' val.txt; compressed or not)",
     )
     p.add_argument(
         "--protocol",
