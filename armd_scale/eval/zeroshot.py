@@ -120,10 +120,10 @@ def join_groups(rows: int, num_proc: int | None) -> list[tuple[int, int]]:
     ]
 
 
-def _count_words(pieces: Iterable[Sequence[int]], codec: Tokenizer) -> int:
+def _count_words(pieces: Iterable[np.ndarray], codec: Tokenizer) -> int:
     """Words of the text the pieces (each a row's kept tokens, without separator) stand for: decoded
     row by row, so two documents never merge into one word."""
-    return sum(len(codec.decode(list(piece)).split()) for piece in pieces if len(piece))
+    return sum(len(codec.decode(piece).split()) for piece in pieces if len(piece))
 
 
 def wrap_blocks(
@@ -145,34 +145,34 @@ def wrap_blocks(
     content = block_len if protocol == "sedd" else block_len - 2
     if content < 1:
         raise DataError(f"block length {block_len} leaves no room for text under protocol {protocol}")
-    texts = list(rows)
-    encoded = [codec.encode(bench.detokenize(text)) for text in texts]
-    tail = [] if protocol == "bd3lm" else [separator]
-    stream_tokens = sum(len(ids) + len(tail) for ids in encoded)
-    groups = join_groups(len(texts), num_proc)
+    # every row's ids, the row's tail (the separator; none for bd3lm) included: a row is one document
+    tail = np.asarray([] if protocol == "bd3lm" else [separator], dtype=np.int64)
+    encoded = [
+        np.concatenate([np.asarray(codec.encode(bench.detokenize(text)), dtype=np.int64), tail]) for text in rows
+    ]
+    stream_tokens = sum(len(ids) for ids in encoded)
+    groups = join_groups(len(encoded), num_proc)
     chunks: list[np.ndarray] = []
     dropped = words = 0
     for start, end in groups:
-        stream: list[int] = []
-        for ids in encoded[start:end]:
-            stream.extend(ids)
-            stream.extend(tail)
-        n = len(stream) // content
+        group = encoded[start:end]
+        total = sum(len(ids) for ids in group)
+        n = total // content
         kept = n * content
-        dropped += len(stream) - kept
+        dropped += total - kept
         if n:
-            chunks.append(np.asarray(stream[:kept], dtype=np.int64).reshape(n, content))
+            chunks.append(np.concatenate(group)[:kept].reshape(n, content))
         pieces, offset = [], 0
-        for ids in encoded[start:end]:
+        for ids in group:  # the kept part of each row, without its tail
             if offset >= kept:
                 break
-            pieces.append(ids[: kept - offset])
-            offset += len(ids) + len(tail)
+            pieces.append(ids[: min(len(ids) - len(tail), kept - offset)])
+            offset += len(ids)
         words += _count_words(pieces, codec)
     if not chunks:
         per = "" if num_proc is None else f" (joined per {MAP_BATCH_SIZE}-row batch of {len(groups)} groups)"
         raise DataError(
-            f"{bench.name}: {len(texts)} rows give {stream_tokens} tokens{per}, less than one block of {block_len}; "
+            f"{bench.name}: {len(encoded)} rows give {stream_tokens} tokens{per}, less than one block of {block_len}; "
             "pass more text or a smaller --block-len"
         )
     kept_blocks = np.concatenate(chunks, axis=0)
@@ -181,7 +181,7 @@ def wrap_blocks(
         bos = _bos_id(codec)
         n = kept_blocks.shape[0]
         kept_blocks = np.concatenate([np.full((n, 1), bos), kept_blocks, np.full((n, 1), separator)], axis=1)
-    return Blocks(kept_blocks, len(texts), stream_tokens, dropped, words, bos, num_proc, len(groups))
+    return Blocks(kept_blocks, len(encoded), stream_tokens, dropped, words, bos, num_proc, len(groups))
 
 
 def scored_from(protocol: str, exact: bool) -> int:
