@@ -44,9 +44,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     sbp.set_defaults(func=run_sbp)
     zeroshot = sub.add_parser(
         "zeroshot",
-        help="zero-shot perplexity suite of SEDD/RADD/MDLM (Table 1) on local files",
-        description="LAMBADA, WikiText-2/103, PTB and LM1B under the published protocol: detokenizers, blocks, "
-        "exact l2r NLL (armd, ar) or the T-step ELBO (mdlm).",
+        help="zero-shot perplexity suite of SEDD/RADD, MDLM and BD3-LM (Table 1, MDLM's Table 3) on local files",
+        description="LAMBADA, WikiText-2/103, PTB, LM1B, AG News, PubMed and ArXiv under a published protocol "
+        "(sedd, mdlm or bd3lm): detokenizers, blocks, exact l2r NLL (armd, ar) or the T-step ELBO (mdlm).",
     )
     add_zeroshot_args(zeroshot)
     zeroshot.set_defaults(func=run_zeroshot)

@@ -1,4 +1,4 @@
-"""`armd eval zeroshot`: the zero-shot perplexity suite of SEDD / RADD / MDLM on local files.
+"""`armd eval zeroshot`: the zero-shot perplexity suite of SEDD / RADD, MDLM and BD3-LM on local files.
 
     armd eval zeroshot --checkpoint runs/owt-small --task wikitext2 --data wiki.train.raw \
         --task lambada --data lambada_test.jsonl --json zs.json --markdown zs.md
@@ -40,13 +40,23 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="the files of the matching --task (.raw/.txt lines, .jsonl, .parquet; compressed or not)",
+        help="the files of the matching --task (.raw/.txt lines, .jsonl, .parquet, AG News' .csv, the "
+        "scientific papers' val.txt; compressed or not)",
     )
     p.add_argument(
         "--protocol",
         choices=PROTOCOLS,
         default="sedd",
-        help="sedd (default): raw blocks of L tokens, SEDD/RADD; mdlm: [BOS] + L-2 tokens + [EOS]",
+        help="sedd (default), SEDD/RADD's Table 1 protocol: raw blocks of L tokens; mdlm, MDLM's Tables 1/3 "
+        "protocol: [BOS] + L-2 tokens + [EOS]; bd3lm, BD3-LM's zero-shot table: the same blocks, no separator "
+        "between rows, BOS never scored",
+    )
+    p.add_argument(
+        "--num-proc",
+        type=positive_int,
+        metavar="N",
+        help="join rows as the published code does with datasets.map(batched=True, num_proc=N): per 1000-row "
+        "batch of N contiguous shards, each batch's remainder dropped (default: one stream, one remainder)",
     )
     p.add_argument("--block-len", type=positive_int, metavar="L", help="tokens per block (default: the run's seq_len)")
     p.add_argument(
@@ -103,6 +113,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             device=device,
             progress=not args.no_progress,
             allow_unverified=args.allow_unverified,
+            num_proc=args.num_proc,
         )
     except (ValueError, FileNotFoundError, OSError) as e:
         return fail("eval zeroshot", e)

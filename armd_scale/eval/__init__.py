@@ -2,8 +2,8 @@
 
 Submodules: `likelihood` (l2r / random-order NLL, diffusion ELBO), `data` (evaluation windows from
 shards or text), `text` (token <-> text, bytes), `genppl` (judges, entropy), `sbp` (the sweep),
-`ppl` (the `armd eval ppl` function), `zeroshot` and `zeroshot_data` (the SEDD/MDLM zero-shot
-perplexity suite), `harness` (the lm-evaluation-harness model; imports lm_eval), `schema` (the JSON
+`ppl` (the `armd eval ppl` function), `zeroshot` and `zeroshot_data` (the SEDD/MDLM/BD3-LM
+zero-shot perplexity suite), `harness` (the lm-evaluation-harness model; imports lm_eval), `schema` (the JSON
 the commands write).
 """
 

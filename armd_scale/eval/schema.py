@@ -119,8 +119,8 @@ SBP: dict[str, Field] = {
 }
 
 ZEROSHOT_ROW: dict[str, Field] = {
-    "task": _f(str, "benchmark: lambada, wikitext2, ptb, wikitext103 or lm1b"),
-    "title": _f(str, "its column in Table 1"),
+    "task": _f(str, "benchmark: lambada, wikitext2, ptb, wikitext103, lm1b, ag_news, pubmed or arxiv"),
+    "title": _f(str, "its column in the published table (Table 1; MDLM's Table 3 for ag_news, pubmed, arxiv)"),
     "split": _f(
         str,
         "the split the files were verified to be, with how (digest or row count); 'unverified: <why>' when a "
@@ -131,10 +131,10 @@ ZEROSHOT_ROW: dict[str, Field] = {
         dict, "{content_sha256, row_encoding, rows, tokens, files: [{path, bytes, sha256}]} of the input"
     ),
     "data": _f(list, "the files read, in order", items=str),
-    "rows": _f(int, "dataset rows read (every row is a document and gets a separator)"),
+    "rows": _f(int, "dataset rows read (every row is a document; sedd and mdlm append a separator to each)"),
     "blocks": _f(int, "blocks of block_len tokens scored"),
     "stream_tokens": _f(int, "tokens of all rows, separators included"),
-    "dropped_tokens": _f(int, "tokens of the remainder that fills no block"),
+    "dropped_tokens": _f(int, "tokens of the remainders that fill no block (one per joined group)"),
     "tokens": _f(int, "scored tokens (the denominator of nll_per_token)"),
     "nll": _f(NUMBER, "total NLL in nats (an upper bound for elbo)"),
     "nll_per_token": _f(NUMBER, "nll / tokens"),
@@ -146,7 +146,14 @@ ZEROSHOT_ROW: dict[str, Field] = {
 }
 ZEROSHOT: dict[str, Field] = {
     "weights": _f(str, "ema (the run's EMA of the weights, read by default where it kept one) or raw", ("ema", "raw")),
-    "protocol": _f(str, "sedd (raw blocks) or mdlm ([BOS] + L-2 tokens + [EOS])", ("sedd", "mdlm")),
+    "protocol": _f(
+        str,
+        "sedd (raw blocks), mdlm ([BOS] + L-2 tokens + [EOS]) or bd3lm (the same, no separator between rows)",
+        ("sedd", "mdlm", "bd3lm"),
+    ),
+    "protocol_table": _f(str, "the published table the protocol reproduces"),
+    "num_proc": _f((int, NoneType), "null: rows joined into one stream; N: per 1000-row batch of N contiguous shards"),
+    "joining": _f(str, "how rows are joined before the cut, in words"),
     "checkpoint": _f(str, "the checkpoint folder the weights came from"),
     "step": _f((int, NoneType), "its training step"),
     "arch": _f(str, "armd, ar or mdlm"),
@@ -155,8 +162,8 @@ ZEROSHOT: dict[str, Field] = {
     "steps": _f((int, NoneType), "mdlm: T of the ELBO; null for exact"),
     "block_len": _f(int, "L, tokens per block"),
     "scored_positions": _f(str, "which positions of a block are scored"),
-    "bos_id": _f((int, NoneType), "mdlm protocol: the BOS id blocks start with"),
-    "separator_id": _f(int, "the id appended to every row (and ending mdlm-protocol blocks)"),
+    "bos_id": _f((int, NoneType), "mdlm and bd3lm protocols: the BOS id blocks start with"),
+    "separator_id": _f(int, "the EOS id: appended to every row (sedd, mdlm) and ending mdlm and bd3lm blocks"),
     "tokenizer_sha256": _f((str, NoneType), "the checkpoint's tokenizer"),
     "dtype": _f(str, "precision of the forward pass", ("float32", "float64")),
     "seed": _f(int, "seed of the mdlm ELBO's masks"),

@@ -1,23 +1,36 @@
-"""`armd eval zeroshot`: the zero-shot perplexity protocol of SEDD / RADD / MDLM (the paper's Table 1).
+"""`armd eval zeroshot`: the zero-shot perplexity protocols of SEDD / RADD, MDLM and BD3-LM.
 
 Per benchmark, from the user's local files (eval/zeroshot_data.py): rows -> the benchmark's
-detokenizer -> the checkpoint's tokenizer -> the separator appended to every row -> all rows
-concatenated in file order (globally, not per 1000-row `datasets.map` batch as the published code
-does) -> cut into blocks of L tokens (L = the run's training length unless `block_len` is given),
-the remainder dropped. Two named protocols (docs/EVALUATION.md lists every difference):
+detokenizer -> the checkpoint's tokenizer -> (sedd, mdlm) the separator appended to every row ->
+rows joined -> cut into blocks of L tokens (L = the run's training length unless `block_len` is
+given), the remainder dropped. Three named protocols, each after the table it matches
+(docs/EVALUATION.md lists every difference):
 
-- `sedd` (SEDD/RADD, `data.py:get_dataset`): blocks are L consecutive tokens, no BOS; every
-  position is scored.
-- `mdlm` (MDLM, `dataloader.py:_group_texts` with `wrap=True`): blocks are [BOS] + L-2 tokens +
-  [EOS]. A left-to-right model scores positions 1..L-1 (BOS is context, as MDLM's AR rows);
-  the diffusion baseline scores all L positions, BOS and EOS included, as MDLM's `_loss` does.
+- `sedd`, SEDD/RADD's Table 1 protocol (SEDD `data.py:get_dataset`): blocks are L consecutive
+  tokens, no BOS; every position is scored.
+- `mdlm`, MDLM's Tables 1/3 protocol (MDLM `dataloader.py:_group_texts`, `wrap=True`): blocks are
+  [BOS] + L-2 tokens + [EOS]. A left-to-right model scores positions 1..L-1 (BOS is context, as
+  MDLM's AR rows); the diffusion baseline scores all L positions, BOS and EOS included, as MDLM's
+  `_loss` does.
+- `bd3lm`, BD3-LM's zero-shot table (bd3lms `scripts/zs_ppl/*.sh` with `data.insert_valid_eos=False`,
+  `dataloader.py:get_dataset` and `_group_texts`): no separator after a row (rows run into each
+  other), blocks are [BOS] + L-2 tokens + [EOS], and BOS is never scored: left-to-right models score
+  1..L-1 as above, and the diffusion bound keeps BOS unmasked and unscored (`algo.ignore_bos=True`
+  in `diffusion.py:_forward_pass_diffusion` and `_loss`), so it scores 1..L-1 too.
+
+Joining: with `num_proc=None` (the clean form) all rows of a benchmark form one stream, in file
+order. With `num_proc=N` the published per-batch joining is reproduced: their grouping runs in
+`datasets.map(batched=True, num_proc=N)`, which splits the rows into min(N, rows) contiguous shards
+(`Dataset.shard(contiguous=True)`) and hands each shard's rows to the grouping function 1000 at a
+time (map's default batch_size); every batch is joined and cut separately and drops its own
+remainder (`join_groups`).
 
 Scores: `armd` and `ar` give the exact left-to-right NLL of each block (one forward pass); `mdlm`
 gives the T-step negative ELBO (`MDLMModel.elbo`, T forward passes per block), an upper bound,
 labelled `elbo` everywhere. Aggregation is token-weighted: PPL = exp(sum of NLL over all blocks /
 scored tokens), per benchmark. Per-word and per-byte figures divide the same total NLL by the words
-(whitespace-separated, of the detokenized text the blocks cover) and the UTF-8 bytes of the scored
-tokens.
+(whitespace-separated, of the detokenized rows the blocks cover, counted row by row) and the UTF-8
+bytes of the scored tokens.
 """
 
 from __future__ import annotations
@@ -39,10 +52,18 @@ from ..model.masked_diffusion import discrete_nelbo
 from ..rng import seeded
 from .likelihood import position_nll
 from .text import bits_per_byte, codec_for
-from .zeroshot_data import BENCHMARKS, Benchmark, benchmark, read_rows
+from .zeroshot_data import BENCHMARKS, TABLE_1, TABLE_3_EXTRA, Benchmark, benchmark, read_rows
 from .zeroshot_inputs import Fingerprint, Verification, fingerprint, verify
 
-PROTOCOLS = ("sedd", "mdlm")
+PROTOCOLS = ("sedd", "mdlm", "bd3lm")
+# the published table each protocol reproduces: docstrings, CLI help, the markdown and docs name it so
+PROTOCOL_TABLES = {
+    "sedd": "SEDD/RADD's Table 1 protocol",
+    "mdlm": "MDLM's Tables 1/3 protocol",
+    "bd3lm": "BD3-LM's zero-shot table",
+}
+# `datasets.Dataset.map(batched=True)`'s default batch_size: the rows one grouping call joins
+MAP_BATCH_SIZE = 1000
 AGGREGATION = "token-weighted: exp(total NLL / scored tokens) over all blocks of a benchmark"
 
 
@@ -53,9 +74,12 @@ class Blocks:
     tokens: np.ndarray  # [n, L] int64
     rows: int  # dataset rows read
     stream_tokens: int  # tokens of all rows, separators included
-    dropped: int  # tokens of the remainder that fills no block
-    words: int  # whitespace-separated words of the text the blocks cover
-    bos: int | None  # the BOS id the mdlm protocol wraps with (None for sedd)
+    text_tokens: int  # tokens of all rows, without the separators
+    dropped: int  # tokens of the remainders that fill no block (summed over the joined groups)
+    words: int  # whitespace-separated words of the detokenized rows the blocks cover
+    bos: int | None  # the BOS id the mdlm and bd3lm protocols wrap with (None for sedd)
+    num_proc: int | None = None  # None: one stream; N: per 1000-row batch of N contiguous shards
+    groups: int = 1  # row ranges joined separately
 
 
 def _separator(codec: Tokenizer) -> int:
@@ -65,53 +89,113 @@ def _separator(codec: Tokenizer) -> int:
 
 
 def _bos_id(codec: Tokenizer) -> int:
-    """MDLM wraps blocks with `tokenizer.bos_token` (GPT-2: <|endoftext|>, the separator itself)."""
+    """MDLM and BD3-LM wrap blocks with `tokenizer.bos_token` (GPT-2: <|endoftext|>, the separator itself)."""
     return _separator(codec) if codec.bos_id is None else int(codec.bos_id)
 
 
-def _count_words(stream: Sequence[int], codec: Tokenizer) -> int:
-    """Words of the text `stream` stands for: decoded between separators, so two documents never
-    merge into one word."""
-    words, start = 0, 0
-    for end in [i for i, t in enumerate(stream) if t == codec.eos_id] + [len(stream)]:
-        if end > start:
-            words += len(codec.decode(stream[start:end]).split())
-        start = end + 1
-    return words
+def shard_bounds(rows: int, num_proc: int) -> list[tuple[int, int]]:
+    """The row ranges `datasets.Dataset.map(num_proc=num_proc)` gives its workers: num_proc is cut to
+    the row count, and shard i of k is `Dataset.shard(k, i, contiguous=True)`: with d, m = divmod(rows, k)
+    it starts at d*i + min(i, m) and holds d rows, plus one for the first m shards."""
+    if num_proc < 1:
+        raise ValueError(f"--num-proc {num_proc} must be >= 1")
+    k = min(num_proc, rows) or 1
+    div, mod = divmod(rows, k)
+    bounds = []
+    for i in range(k):
+        start = div * i + min(i, mod)
+        bounds.append((start, start + div + (1 if i < mod else 0)))
+    return bounds
 
 
-def wrap_blocks(rows: Iterable[str], bench: Benchmark, codec: Tokenizer, block_len: int, protocol: str) -> Blocks:
-    """Detokenize, tokenize, append the separator to every row, concatenate, cut into blocks."""
+def join_groups(rows: int, num_proc: int | None) -> list[tuple[int, int]]:
+    """The row ranges whose tokens are joined into one stream and cut separately. None: all rows, one
+    stream. N: each contiguous shard of N (`shard_bounds`) in batches of MAP_BATCH_SIZE rows from the
+    shard's start (the last batch of a shard may be shorter), as `datasets.map(batched=True)` calls
+    the grouping function; with N = 1 that is still one call per 1000 rows."""
+    if num_proc is None:
+        return [(0, rows)]
+    return [
+        (b, min(b + MAP_BATCH_SIZE, end))
+        for start, end in shard_bounds(rows, num_proc)
+        for b in range(start, end, MAP_BATCH_SIZE)
+    ]
+
+
+def _count_words(pieces: Iterable[np.ndarray], codec: Tokenizer) -> int:
+    """Words of the text the pieces (each a row's kept tokens, without separator) stand for: decoded
+    row by row, so two documents never merge into one word."""
+    return sum(len(codec.decode(piece).split()) for piece in pieces if len(piece))
+
+
+def wrap_blocks(
+    rows: Iterable[str],
+    bench: Benchmark,
+    codec: Tokenizer,
+    block_len: int,
+    protocol: str,
+    num_proc: int | None = None,
+) -> Blocks:
+    """Detokenize and tokenize every row, append the separator (sedd, mdlm; not bd3lm), join the rows
+    of each group (`join_groups`), cut each group into blocks (mdlm, bd3lm: wrapped in BOS ... EOS) and
+    drop each group's remainder."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if num_proc is not None and num_proc < 1:
+        raise ValueError(f"--num-proc {num_proc} must be >= 1 (or left out for one stream)")
     separator = _separator(codec)
-    stream: list[int] = []
-    count = 0
-    for row in rows:
-        stream.extend(codec.encode(bench.detokenize(row)))
-        stream.append(separator)
-        count += 1
     content = block_len if protocol == "sedd" else block_len - 2
     if content < 1:
         raise DataError(f"block length {block_len} leaves no room for text under protocol {protocol}")
-    n = len(stream) // content
-    if n == 0:
+    # every row's ids, the row's tail (the separator; none for bd3lm) included: a row is one document
+    tail = np.asarray([] if protocol == "bd3lm" else [separator], dtype=np.int64)
+    encoded = [
+        np.concatenate([np.asarray(codec.encode(bench.detokenize(text)), dtype=np.int64), tail]) for text in rows
+    ]
+    stream_tokens = sum(len(ids) for ids in encoded)
+    groups = join_groups(len(encoded), num_proc)
+    chunks: list[np.ndarray] = []
+    dropped = words = 0
+    for start, end in groups:
+        group = encoded[start:end]
+        total = sum(len(ids) for ids in group)
+        n = total // content
+        kept = n * content
+        dropped += total - kept
+        if n:
+            chunks.append(np.concatenate(group)[:kept].reshape(n, content))
+        pieces, offset = [], 0
+        for ids in group:  # the kept part of each row, without its tail
+            if offset >= kept:
+                break
+            pieces.append(ids[: min(len(ids) - len(tail), kept - offset)])
+            offset += len(ids)
+        words += _count_words(pieces, codec)
+    if not chunks:
+        per = "" if num_proc is None else f" (joined per {MAP_BATCH_SIZE}-row batch of {len(groups)} groups)"
         raise DataError(
-            f"{bench.name}: {count} rows give {len(stream)} tokens, less than one block of {block_len}; "
+            f"{bench.name}: {len(encoded)} rows give {stream_tokens} tokens{per}, less than one block of {block_len}; "
             "pass more text or a smaller --block-len"
         )
-    kept = np.asarray(stream[: n * content], dtype=np.int64).reshape(n, content)
+    kept_blocks = np.concatenate(chunks, axis=0)
     bos = None
-    if protocol == "mdlm":
+    if protocol != "sedd":
         bos = _bos_id(codec)
-        kept = np.concatenate([np.full((n, 1), bos), kept, np.full((n, 1), separator)], axis=1)
-    return Blocks(kept, count, len(stream), len(stream) - n * content, _count_words(stream[: n * content], codec), bos)
+        n = kept_blocks.shape[0]
+        kept_blocks = np.concatenate([np.full((n, 1), bos), kept_blocks, np.full((n, 1), separator)], axis=1)
+    text_tokens = stream_tokens - len(tail) * len(encoded)
+    return Blocks(kept_blocks, len(encoded), stream_tokens, text_tokens, dropped, words, bos, num_proc, len(groups))
 
 
 def scored_from(protocol: str, exact: bool) -> int:
-    """First scored position of a block: the mdlm protocol gives l2r models (exact likelihoods) BOS as
-    context only; a masked-diffusion bound scores the whole block, BOS included, as MDLM does."""
-    return 1 if protocol == "mdlm" and exact else 0
+    """First scored position of a block. sedd: 0. mdlm: l2r models (exact likelihoods) take BOS as
+    context only (1); a masked-diffusion bound scores the whole block, BOS included, as MDLM does (0).
+    bd3lm: 1 for both (BD3-LM's `ignore_bos`: the bound keeps BOS unmasked and unscored)."""
+    if protocol == "sedd":
+        return 0
+    if protocol == "mdlm":
+        return 1 if exact else 0
+    return 1
 
 
 @torch.no_grad()
@@ -138,7 +222,7 @@ def score_blocks(
         x = torch.as_tensor(blocks[start : start + batch_size], dtype=torch.long, device=device)
         if model.likelihood_kind == "bound":
             assert model.mask_id is not None and steps is not None  # evaluate_zeroshot checks both
-            total += discrete_nelbo(model, x, steps, model.mask_id, generator).double().sum()
+            total += discrete_nelbo(model, x, steps, model.mask_id, generator, first).double().sum()
         else:
             total += position_nll(model, x, order[0], block[0], dtype)[:, first:].sum()
     return float(total)
@@ -194,12 +278,14 @@ def evaluate_zeroshot(
     device: str | torch.device = "cpu",
     progress: bool = True,
     allow_unverified: bool = False,
+    num_proc: int | None = None,
 ) -> dict[str, Any]:
     """The `armd eval zeroshot` document: `tasks` is [(benchmark name, [files])], in table order or not.
 
     Every task's files are fingerprinted and checked against the published set its protocol evaluates
     (eval/zeroshot_inputs.py) before anything is scored; `allow_unverified` scores a refused input anyway,
-    labelled "unverified: ..."."""
+    labelled "unverified: ...". `num_proc`: None joins each benchmark's rows into one stream; N reproduces
+    the published joining per 1000-row batch of N contiguous worker shards (`join_groups`)."""
     from ..checkpoints.pretrained import load_pretrained
 
     if protocol not in PROTOCOLS:
@@ -211,6 +297,8 @@ def evaluate_zeroshot(
         raise ValueError("a --task is given twice; pass all its files to one --data")
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size} must be >= 1")
+    if num_proc is not None and num_proc < 1:
+        raise ValueError(f"--num-proc {num_proc} must be >= 1 (or left out for one stream)")
     dtype = torch.float64 if float64 else torch.float32
     pre = load_pretrained(checkpoint, device=device, dtype=dtype)
     arch = pre.config.model.arch  # named in messages and the document; what to do is the model's to say
@@ -238,8 +326,8 @@ def evaluate_zeroshot(
     results = []
     for bench, paths, fp, check in checked:
         rows = (row for path in paths for row in read_rows(path, bench))
-        blocks = wrap_blocks(rows, bench, codec, length, protocol)
-        fp.tokens = blocks.stream_tokens - blocks.rows  # the rows' tokens, without the separators
+        blocks = wrap_blocks(rows, bench, codec, length, protocol, num_proc)
+        fp.tokens = blocks.text_tokens
         nll = score_blocks(
             model,
             blocks.tokens,
@@ -254,6 +342,9 @@ def evaluate_zeroshot(
         results.append(_task_result(bench, paths, blocks, nll, first, codec, check, fp))
     return {
         "protocol": protocol,
+        "protocol_table": PROTOCOL_TABLES[protocol],
+        "num_proc": num_proc,
+        "joining": _joining(num_proc),
         "checkpoint": str(pre.source),
         "step": pre.step,
         "weights": pre.weights,
@@ -273,15 +364,34 @@ def evaluate_zeroshot(
     }
 
 
+def _joining(num_proc: int | None) -> str:
+    if num_proc is None:
+        return "all rows of a benchmark joined into one stream, one remainder dropped"
+    return (
+        f"per {MAP_BATCH_SIZE}-row batch within each of min({num_proc}, rows) contiguous shards "
+        "(datasets.map(batched=True, num_proc)), each batch's remainder dropped"
+    )
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
-    """Table 1's layout (one row: this checkpoint), then the per-benchmark details."""
+    """The published tables' layout (one row: this checkpoint): Table 1's columns, then the ones MDLM's
+    Table 3 adds where any of them was evaluated; then the per-benchmark details."""
     by_task = {r["task"]: r for r in doc["results"]}
     bound = "≤" if doc["likelihood"] == "elbo" else ""
-    titles = [b.title for b in BENCHMARKS.values()]
-    cells = [f"{bound}{by_task[name]['ppl']:.2f}" if name in by_task else "–" for name in BENCHMARKS]
+    columns = TABLE_1 + (TABLE_3_EXTRA if any(name in by_task for name in TABLE_3_EXTRA) else ())
+    titles = [BENCHMARKS[name].title for name in columns]
+    cells = [f"{bound}{by_task[name]['ppl']:.2f}" if name in by_task else "–" for name in columns]
     model = f"{doc['arch']} (step {doc['step']})"
+    protocol = doc["protocol"]
+    label = PROTOCOL_TABLES.get(protocol, protocol)
+    num_proc = doc.get("num_proc")
+    joining = (
+        "rows joined into one stream"
+        if num_proc is None
+        else f"rows joined per {MAP_BATCH_SIZE}-row batch of {num_proc} contiguous shards"
+    )
     lines = [
-        f"Zero-shot perplexity, protocol `{doc['protocol']}`, blocks of {doc['block_len']} tokens: "
+        f"Zero-shot perplexity, protocol `{protocol}` ({label}), blocks of {doc['block_len']} tokens, {joining}: "
         f"`{doc['checkpoint']}`, {doc['method']} ({doc['dtype']}). PPL is {AGGREGATION}"
         + ("; ≤ marks an ELBO bound." if bound else "."),
         "",

@@ -2,8 +2,9 @@
 detokenizers the published protocol applies to them.
 
 SEDD (louaaron/Score-Entropy-Discrete-Diffusion @ 0605786, `data.py`), RADD (ML-GSAI/RADD, the same
-`data.py`) and MDLM (kuleshov-group/mdlm, `dataloader.py`) read each benchmark through Hugging Face
-`datasets` and treat every dataset row as one document. Nothing here downloads: the user supplies
+`data.py`), MDLM (kuleshov-group/mdlm @ c112c52, `dataloader.py`) and BD3-LM (kuleshov-group/bd3lms
+@ 1c3e8f4, `dataloader.py`) read each benchmark through Hugging Face `datasets` and treat every
+dataset row as one document. Nothing here downloads: the user supplies
 the files, and `read_rows` turns them into exactly the rows `datasets` would give:
 
 - WikiText (`wikitext-2-raw-v1`, `wikitext-103-raw-v1`, file `wiki.{valid,test,train}.raw`): every
@@ -13,14 +14,24 @@ the files, and `read_rows` turns them into exactly the rows `datasets` would giv
   stripped (`line.strip()`), blank lines included as `""`.
 - LAMBADA (OpenAI's `lambada_test.jsonl`, GPT-2's test file): one passage per JSON record (`text`);
   a plain-text copy gives one passage per non-empty line.
+- AG News (`ag_news`, test split; MDLM's Table 3): the hub's Parquet/JSON lines (`text`), or the
+  original `test.csv` (class, title, description; the `datasets` builder reads it with
+  `csv.reader(quotechar='"', delimiter=",", quoting=QUOTE_ALL, skipinitialspace=True)` and makes
+  the row `title + " " + description`).
+- PubMed and ArXiv (`scientific_papers`, configs `pubmed` and `arxiv`, validation split; MDLM's
+  Table 3): MDLM reads the `article` column. The hub's Parquet/JSON lines hold it; the original
+  `val.txt` is JSON lines whose `article_text` is a list of paragraphs, which the builder joins with
+  line breaks (`"\n".join(d["article_text"])`), and so does `read_rows`.
 
 JSON lines and Parquet files (what the hub serves today) are rows already: each record's or row's
-field is taken verbatim (`text`, or `sentence` for PTB).
+field is taken verbatim (`text`, `sentence` for PTB, `article` for the scientific papers).
 
 The detokenizers undo the benchmarks' Moses-style tokenization so that a GPT-2-style tokenizer sees
-ordinary text. They are the published functions (identical in SEDD, RADD and MDLM), rule for rule
-and in order; docs/EVALUATION.md lists them and tests/eval/test_zeroshot.py checks them on fixed
-examples.
+ordinary text. They are the published functions (identical in SEDD, RADD, MDLM and BD3-LM), rule
+for rule and in order; MDLM and BD3-LM apply no detokenizer to AG News and, to the scientific papers,
+the WikiText one followed by the LM1B one (`scientific_papers_detokenizer`). docs/EVALUATION.md lists
+them; tests/eval/test_zeroshot.py checks them on fixed examples and tests/eval/zeroshot_reference.py
+transcribes the published code to compare against, row by row.
 """
 
 from __future__ import annotations
@@ -91,17 +102,35 @@ def lambada_detokenize(text: str) -> str:
     return "\n" + text.replace("\u201c", '"').replace("\u201d", '"').strip()
 
 
+def scientific_papers_detokenize(text: str) -> str:
+    """`scientific_papers_detokenizer` of MDLM/BD3-LM (PubMed, ArXiv): the WikiText detokenizer, then
+    the LM1B one."""
+    return lm1b_detokenize(wikitext_detokenize(text))
+
+
+def no_detokenize(text: str) -> str:
+    """AG News: MDLM and BD3-LM apply no detokenizer (`detokenizer = None`)."""
+    return text
+
+
 @dataclass(frozen=True)
 class Benchmark:
-    """One column of the paper's Table 1."""
+    """One column of the papers' zero-shot tables (Table 1 of SEDD/RADD, Table 3 of MDLM)."""
 
     name: str  # the --task value
-    title: str  # the column heading of Table 1
+    title: str  # the column heading in the published table
     detokenize: Callable[[str], str]
-    line_rule: str  # how a plain-text line becomes a row: "wikitext", "strip" or "passage"
+    # how a plain-text file becomes rows: per line "wikitext", "strip" or "passage"; "json" (every
+    # non-blank line is a JSON record, as the scientific papers' original val.txt); "csv" (the whole
+    # file is AG News' original CSV)
+    line_rule: str
     fields: tuple[str, ...]  # JSON / Parquet field holding the text, first found wins
     splits: dict[str, str]  # protocol -> the split its public code evaluates
+    list_fields: tuple[str, ...] = ()  # JSON fields holding a list of paragraphs, joined with "\n"
 
+
+_TEST_JSONL = "test (OpenAI's lambada_test.jsonl)"
+_NOT_IN_SEDD = " (SEDD/RADD's code does not evaluate it; MDLM's split)"
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
@@ -112,7 +141,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             lambada_detokenize,
             "passage",
             ("text",),
-            {"sedd": "test (OpenAI's lambada_test.jsonl)", "mdlm": "test (OpenAI's lambada_test.jsonl)"},
+            {"sedd": _TEST_JSONL, "mdlm": _TEST_JSONL, "bd3lm": _TEST_JSONL},
         ),
         Benchmark(
             "wikitext2",
@@ -120,16 +149,27 @@ BENCHMARKS: dict[str, Benchmark] = {
             wikitext_detokenize,
             "wikitext",
             ("text",),
-            {"sedd": "train (RADD's evaluation code; test for every other set)", "mdlm": "validation"},
+            {
+                "sedd": "train (RADD's evaluation code; test for every other set)",
+                "mdlm": "validation",
+                "bd3lm": "validation",
+            },
         ),
-        Benchmark("ptb", "PTB", ptb_detokenize, "strip", ("sentence", "text"), {"sedd": "test", "mdlm": "validation"}),
+        Benchmark(
+            "ptb",
+            "PTB",
+            ptb_detokenize,
+            "strip",
+            ("sentence", "text"),
+            {"sedd": "test", "mdlm": "validation", "bd3lm": "validation"},
+        ),
         Benchmark(
             "wikitext103",
             "WikiText103",
             wikitext_detokenize,
             "wikitext",
             ("text",),
-            {"sedd": "test", "mdlm": "validation"},
+            {"sedd": "test", "mdlm": "validation", "bd3lm": "validation"},
         ),
         Benchmark(
             "lm1b",
@@ -137,10 +177,44 @@ BENCHMARKS: dict[str, Benchmark] = {
             lm1b_detokenize,
             "strip",
             ("text",),
-            {"sedd": "test (all 50 held-out shards)", "mdlm": "test (all 50 held-out shards)"},
+            {
+                "sedd": "test (all 50 held-out shards)",
+                "mdlm": "test (all 50 held-out shards)",
+                "bd3lm": "test (all 50 held-out shards)",
+            },
+        ),
+        Benchmark(
+            "ag_news",
+            "AG News",
+            no_detokenize,
+            "csv",
+            ("text",),
+            {"sedd": "test" + _NOT_IN_SEDD, "mdlm": "test", "bd3lm": "test"},
+        ),
+        Benchmark(
+            "pubmed",
+            "Pubmed",
+            scientific_papers_detokenize,
+            "json",
+            ("article",),
+            {"sedd": "validation" + _NOT_IN_SEDD, "mdlm": "validation", "bd3lm": "validation"},
+            list_fields=("article_text",),
+        ),
+        Benchmark(
+            "arxiv",
+            "Arxiv",
+            scientific_papers_detokenize,
+            "json",
+            ("article",),
+            {"sedd": "validation" + _NOT_IN_SEDD, "mdlm": "validation", "bd3lm": "validation"},
+            list_fields=("article_text",),
         ),
     )
 }
+
+# the column order of the papers' tables: SEDD/RADD's Table 1, then the columns MDLM's Table 3 adds
+TABLE_1 = ("lambada", "wikitext2", "ptb", "wikitext103", "lm1b")
+TABLE_3_EXTRA = ("ag_news", "pubmed", "arxiv")
 
 
 def benchmark(name: str) -> Benchmark:
@@ -167,14 +241,50 @@ def _line_row(line: str, rule: str) -> str | None:
     return line if line.strip() else None  # passage: blank lines hold no passage
 
 
-def _field(record: dict, fields: Sequence[str], where: str) -> str:
-    for name in fields:
+def _field(record: dict, bench: Benchmark, where: str) -> str:
+    for name in bench.fields:
         if name in record:
             value = record[name]
             if not isinstance(value, str):
                 raise DataError(f"{where}: field '{name}' is {type(value).__name__}, expected a string")
             return value
-    raise DataError(f"{where}: no field {' or '.join(repr(f) for f in fields)} (it has: {', '.join(sorted(record))})")
+    for name in bench.list_fields:
+        if name in record:
+            value = record[name]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise DataError(f"{where}: field '{name}' is {type(value).__name__}, expected a list of strings")
+            return "\n".join(value)
+    names = " or ".join(repr(f) for f in bench.fields + bench.list_fields)
+    raise DataError(f"{where}: no field {names} (it has: {', '.join(sorted(record))})")
+
+
+def _json_record(line: str, bench: Benchmark, where: str) -> str:
+    import json
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return _field(record, bench, where)
+
+
+def _csv_rows(path: str, compression: str | None) -> Iterator[str]:
+    """AG News' original CSV: `title + " " + description` of every (class, title, description) record,
+    read as the `datasets` builder reads it (universal newlines, `QUOTE_ALL`, `skipinitialspace`)."""
+    import csv
+    import io
+
+    with open_stream(path, compression) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8")
+        reader = csv.reader(text, quotechar='"', delimiter=",", quoting=csv.QUOTE_ALL, skipinitialspace=True)
+        for number, record in enumerate(reader, start=1):
+            if len(record) != 3:
+                raise DataError(
+                    f"{path}: CSV record {number} has {len(record)} fields, expected 3 (class, title, description)"
+                )
+            yield record[1] + " " + record[2]
 
 
 def _parquet_rows(path: str, fields: Sequence[str]) -> Iterator[str]:
@@ -197,28 +307,23 @@ def _parquet_rows(path: str, fields: Sequence[str]) -> Iterator[str]:
 
 def read_rows(path: str, bench: Benchmark) -> Iterator[str]:
     """The rows of one benchmark file, in file order, as `datasets` would give them (module docstring)."""
-    import json
-
     fmt = _file_format(path)
     if fmt.kind == "parquet":
         yield from _parquet_rows(path, bench.fields)
         return
+    if fmt.kind == "text" and bench.line_rule == "csv":
+        yield from _csv_rows(path, fmt.compression)
+        return
+    as_json = fmt.kind == "jsonl" or bench.line_rule == "json"
     issues = ReadIssues(path)
     with open_stream(path, fmt.compression) as stream:
         lines = iter_lines(iter_text_blocks(stream, issues))
         for number, (line, terminated) in enumerate(lines, start=1):
             if not terminated and line == "":
                 break  # the end of a file that ends with a line break: no row, as `for line in f`
-            if fmt.kind == "jsonl":
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-                yield _field(record, bench.fields, f"{path}:{number}")
+            if as_json:
+                if line.strip():
+                    yield _json_record(line, bench, f"{path}:{number}")
                 continue
             row = _line_row(line, bench.line_rule)
             if row is not None:

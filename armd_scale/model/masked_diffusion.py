@@ -98,17 +98,29 @@ def nelbo_estimate(
 
 
 def discrete_nelbo(
-    denoise: Denoiser, tokens: torch.Tensor, steps: int, mask_id: int, generator: torch.Generator | None = None
+    denoise: Denoiser,
+    tokens: torch.Tensor,
+    steps: int,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
     """NELBO_T estimated with every step's term (one z_t per step): T forward calls, lower variance than
-    `nelbo_estimate`. [B] nats per sequence."""
+    `nelbo_estimate`. [B] nats per sequence. Positions before `first` are never masked and never
+    scored (context only: the bound of tokens[:, first:] given tokens[:, :first]); the masks are drawn
+    for every position all the same, so `first` changes no other position's draw."""
     if steps < 1:
         raise ValueError(f"discrete_nelbo needs steps >= 1, got {steps}")
+    if not 0 <= first < tokens.shape[1]:
+        raise ValueError(f"discrete_nelbo needs 0 <= first < {tokens.shape[1]}, got {first}")
     total = torch.zeros(tokens.shape[0], dtype=torch.float64, device=tokens.device)
     for t in range(1, steps + 1):
         rates = torch.full((tokens.shape[0],), t / steps, dtype=torch.float64)
         uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
+        if first:
+            masked[:, :first] = False
+            noisy[:, :first] = tokens[:, :first]
         total += masked_nll(denoise(noisy), tokens, masked).sum(dim=1) / t
     return total
 

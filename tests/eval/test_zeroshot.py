@@ -1,9 +1,10 @@
-"""`armd eval zeroshot`: the SEDD/RADD/MDLM zero-shot protocol.
+"""`armd eval zeroshot`: the SEDD/RADD, MDLM and BD3-LM zero-shot protocols.
 
 The detokenizers are checked on fixed examples whose expected output was worked out by hand from the
 published rules; the rows of each file kind against the `datasets` builders' rules; and the whole
-pipeline (rows -> detokenizer -> tokenizer + separator -> global concatenation -> blocks -> NLL)
-against an independent computation that calls the model directly.
+pipeline (rows -> detokenizer -> tokenizer (+ separator) -> joining -> blocks -> NLL) against the
+blocks of the reference transcription (zeroshot_reference.py, which shares no code with the package)
+scored by calling the model directly. test_zeroshot_reference.py compares the blocks themselves.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from armd_scale.cli import main
 from armd_scale.data.tokenizers.load import load_tokenizer
 from armd_scale.eval import validate
-from armd_scale.eval.zeroshot import markdown_table
+from armd_scale.eval.zeroshot import markdown_table, scored_from
 from armd_scale.eval.zeroshot_data import (
     BENCHMARKS,
     lambada_detokenize,
@@ -27,8 +28,11 @@ from armd_scale.eval.zeroshot_data import (
     read_rows,
     wikitext_detokenize,
 )
+from armd_scale.model.masked_diffusion import discrete_nelbo
 from armd_scale.pretrained import load_pretrained
 from armd_scale.rng import seeded
+
+from . import zeroshot_reference as ref
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 
@@ -109,18 +113,23 @@ def test_rows_follow_the_datasets_builders(tmp_path):
         list(read_rows(str(bad), BENCHMARKS["lambada"]))
 
 
-def _independent_blocks(text_rows, detok, tokenizer, block_len, protocol):
-    """The protocol from its description, with the tokenizer called directly."""
-    stream = []
-    for row in text_rows:
-        stream += tokenizer.encode(detok(row)) + [tokenizer.eos_id]
-    if protocol == "sedd":
-        n = len(stream) // block_len
-        return torch.tensor(stream[: n * block_len]).view(n, block_len)
+def _reference_blocks(text_rows, task, tokenizer, block_len, protocol, num_proc=None):
+    """The reference transcription's blocks (detokenizer, row tail and grouping all from
+    zeroshot_reference.py), the tokenizer called directly. num_proc None: one stream, as `map` makes
+    it with one process and batch_size=None."""
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    step = block_len - 2
-    n = len(stream) // step
-    return torch.tensor([[bos] + stream[i * step : (i + 1) * step] + [tokenizer.eos_id] for i in range(n)])
+    blocks, _ = ref.reference_blocks(
+        text_rows,
+        task,
+        lambda text: list(tokenizer.encode(text)),
+        bos=bos,
+        eos=tokenizer.eos_id,
+        block_len=block_len,
+        protocol=protocol,
+        num_proc=num_proc or 1,
+        batch_size=1000 if num_proc else None,
+    )
+    return torch.tensor(blocks)
 
 
 @torch.no_grad()
@@ -138,11 +147,14 @@ def _zeroshot(capsys, run_dir, *args):
     return out
 
 
-@pytest.mark.parametrize("protocol, first", [("sedd", 0), ("mdlm", 1)])
-def test_wrapped_block_nll_equals_an_independent_computation(text_bpe_run, tmp_path, capsys, protocol, first):
+@pytest.mark.parametrize(
+    "protocol, first, num_proc", [("sedd", 0, None), ("mdlm", 1, None), ("bd3lm", 1, None), ("mdlm", 1, 2)]
+)
+def test_wrapped_block_nll_equals_the_reference(text_bpe_run, tmp_path, capsys, protocol, first, num_proc):
     """Byte-level BPE (GPT-2's kind of tokenizer): the armd run's exact l2r NLL of the wrapped blocks."""
     wiki = tmp_path / "wiki.test.raw"
     wiki.write_text(WIKI * 3)
+    extra = [] if num_proc is None else ["--num-proc", str(num_proc)]
     out_json = tmp_path / "zs.json"
     md = _zeroshot(
         capsys,
@@ -157,26 +169,31 @@ def test_wrapped_block_nll_equals_an_independent_computation(text_bpe_run, tmp_p
         "3",
         "--json",
         str(out_json),
+        *extra,
     )
     doc = json.loads(out_json.read_text())
     validate(doc, "zeroshot")
     pre = load_pretrained(text_bpe_run.dir)
     tok = load_tokenizer(pre.tokenizer_dir)
     rows = [line + "\n" if line.strip() else "" for line in (WIKI * 3).split("\n")[:-1]]
-    blocks = _independent_blocks(rows, wikitext_detokenize, tok, 32, protocol)
+    blocks = _reference_blocks(rows, "wikitext103", tok, 32, protocol, num_proc)
     expected = _l2r_nll(pre.model, blocks, first)
     r = doc["results"][0]
     assert doc["likelihood"] == "exact" and doc["protocol"] == protocol and doc["block_len"] == 32
+    assert doc["num_proc"] == num_proc and doc["scored_positions"] == f"{first}..31 of each block"
     assert (r["blocks"], r["tokens"], r["rows"]) == (blocks.shape[0], blocks[:, first:].numel(), len(rows))
     # synthetic rows are no published set: scored only because --allow-unverified was given, and labelled so
     assert r["verified"] is False and r["split"].startswith(f"unverified: {len(rows):,} rows")
-    assert r["fingerprint"]["rows"] == len(rows) and r["fingerprint"]["tokens"] == r["stream_tokens"] - len(rows)
+    separators = 0 if protocol == "bd3lm" else len(rows)  # bd3lm appends no separator to a row
+    assert r["fingerprint"]["rows"] == len(rows) and r["fingerprint"]["tokens"] == r["stream_tokens"] - separators
     assert r["nll"] == pytest.approx(expected, rel=1e-6)
     assert r["ppl"] == pytest.approx(math.exp(expected / blocks[:, first:].numel()), rel=1e-6)
     assert r["bytes"] == int(tok.byte_lengths()[blocks[:, first:].numpy()].sum())
     assert r["bits_per_byte"] == pytest.approx(expected / math.log(2) / r["bytes"], rel=1e-6)
-    if protocol == "mdlm":
+    if protocol != "sedd":
         assert doc["bos_id"] == tok.eos_id == int(blocks[0, 0]) == int(blocks[0, -1])  # GPT-2 style: BOS = EOS
+    if protocol == "bd3lm":  # no separator between rows: EOS only at the block ends
+        assert not (blocks[:, 1:-1] == tok.eos_id).any()
     assert "| armd (step 20) | – | – | – | " in md and f"{r['ppl']:.2f} | – |" in md  # WikiText103 column
 
 
@@ -213,12 +230,13 @@ def test_ar_baseline_and_sentencepiece(text_ar_run, tmp_path, capsys):
     _zeroshot(capsys, text_ar_run.dir, "--task", "ptb", "--data", str(ptb), "--json", str(out))
     pre = load_pretrained(text_ar_run.dir)
     rows = [line.strip() for line in ptb.read_text().split("\n")[:-1]]
-    blocks = _independent_blocks(rows, ptb_detokenize, load_tokenizer(pre.tokenizer_dir), 32, "sedd")
+    blocks = _reference_blocks(rows, "ptb", load_tokenizer(pre.tokenizer_dir), 32, "sedd")
     doc = json.loads(out.read_text())
     assert doc["arch"] == "ar" and doc["results"][0]["nll"] == pytest.approx(_l2r_nll(pre.model, blocks, 0), rel=1e-6)
 
 
-def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys):
+@pytest.mark.parametrize("protocol", ["mdlm", "bd3lm"])
+def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys, protocol):
     lm1b = tmp_path / "news.en.heldout-00000-of-00050"
     lm1b.write_text("The module returns a list .\nIt 's the object of the class , said he .\n" * 5)
     out = tmp_path / "zs.json"
@@ -230,7 +248,7 @@ def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys):
         "--data",
         str(lm1b),
         "--protocol",
-        "mdlm",
+        protocol,
         "--steps",
         "4",
         "--seed",
@@ -242,14 +260,24 @@ def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys):
     )
     pre = load_pretrained(text_mdlm_run.dir)
     rows = [line.strip() for line in lm1b.read_text().split("\n")[:-1]]
-    blocks = _independent_blocks(rows, lm1b_detokenize, load_tokenizer(pre.tokenizer_dir), 32, "mdlm")
+    blocks = _reference_blocks(rows, "lm1b", load_tokenizer(pre.tokenizer_dir), 32, protocol)
     gen = seeded(3)
-    expected = sum(float(pre.model.elbo(blocks[i : i + 2], 4, gen).double().sum()) for i in range(0, len(blocks), 2))
+    if protocol == "mdlm":
+        expected = sum(
+            float(pre.model.elbo(blocks[i : i + 2], 4, gen).double().sum()) for i in range(0, len(blocks), 2)
+        )
+    else:  # BD3-LM's ignore_bos: BOS is context, never masked, never scored
+        with torch.no_grad():
+            expected = sum(
+                float(discrete_nelbo(pre.model, blocks[i : i + 2], 4, pre.model.mask_id, gen, first=1).double().sum())
+                for i in range(0, len(blocks), 2)
+            )
     doc = json.loads(out.read_text())
     validate(doc, "zeroshot")
     r = doc["results"][0]
     assert doc["likelihood"] == "elbo" and doc["steps"] == 4 and "ELBO" in doc["method"]
-    assert r["tokens"] == blocks.numel()  # MDLM counts every position of a diffusion block, BOS and EOS too
+    first = 0 if protocol == "mdlm" else 1
+    assert r["tokens"] == blocks[:, first:].numel()  # MDLM counts every position of a diffusion block, BOS too
     assert r["nll"] == pytest.approx(expected, rel=1e-9)
     assert f"≤{r['ppl']:.2f}" in md
 
@@ -323,8 +351,41 @@ def test_table_layout_follows_table_1():
         ],
     }
     lines = markdown_table(doc).splitlines()
+    assert "protocol `sedd` (SEDD/RADD's Table 1 protocol)" in lines[0] and "one stream" in lines[0]
     assert lines[2] == "| Model | LAMBADA | WikiText2 | PTB | WikiText103 | 1BW |"
     assert lines[4] == "| armd (step 5) | 7.39 | – | – | – | 20.09 |"
+    # a benchmark of MDLM's Table 3 adds its columns; the protocol and the joining are named
+    doc = {**doc, "protocol": "bd3lm", "num_proc": 2}
+    doc["results"] = [*doc["results"], {**doc["results"][0], "task": "pubmed", "title": "Pubmed", "ppl": 30.0}]
+    lines = markdown_table(doc).splitlines()
+    assert "protocol `bd3lm` (BD3-LM's zero-shot table)" in lines[0] and "of 2 contiguous shards" in lines[0]
+    assert lines[2] == "| Model | LAMBADA | WikiText2 | PTB | WikiText103 | 1BW | AG News | Pubmed | Arxiv |"
+    assert lines[4] == "| armd (step 5) | 7.39 | – | – | – | 20.09 | – | 30.00 | – |"
+
+
+def test_scored_positions_per_protocol():
+    """sedd scores every position; mdlm gives l2r models BOS as context and scores a diffusion bound's
+    BOS too (MDLM's `_loss`); bd3lm never scores BOS (BD3-LM's `ignore_bos`, AR shift)."""
+    assert [scored_from(p, exact) for p in ("sedd", "mdlm", "bd3lm") for exact in (True, False)] == [0, 0, 1, 0, 1, 1]
+
+
+def test_the_bound_keeps_positions_before_first_as_context():
+    """discrete_nelbo(first=1): BOS is never masked and never scored (BD3-LM's `ignore_bos`)."""
+    vocab, mask_id, steps = 7, 6, 5
+    seen = []
+
+    def denoise(noisy):
+        seen.append(noisy.clone())
+        return torch.zeros(*noisy.shape, vocab)  # uniform: every masked token costs log(vocab)
+
+    tokens = torch.tensor([[5, 1, 2, 3, 4, 0, 1, 2]] * 3)
+    total = discrete_nelbo(denoise, tokens, steps, mask_id, seeded(0), first=1)
+    assert len(seen) == steps and all(not (z[:, 0] == mask_id).any() for z in seen)
+    expected = sum(float((z[:, 1:] == mask_id).sum(dim=1).double().sum()) / t for t, z in enumerate(seen, 1))
+    assert float(total.sum()) == pytest.approx(expected * math.log(vocab))
+    seen.clear()
+    masked_everywhere = discrete_nelbo(denoise, tokens, steps, mask_id, seeded(0))
+    assert any((z[:, 0] == mask_id).any() for z in seen) and float(masked_everywhere.sum()) >= float(total.sum())
 
 
 def test_shared_corpora_through_the_protocol(text_bpe_run, tmp_path, capsys):
@@ -339,7 +400,7 @@ def test_shared_corpora_through_the_protocol(text_bpe_run, tmp_path, capsys):
     pre = load_pretrained(text_bpe_run.dir)
     tok = load_tokenizer(pre.tokenizer_dir)
     rows = [line + "\n" if line.strip() else "" for line in head.read_text().split("\n")[:-1]]
-    blocks = _independent_blocks(rows, wikitext_detokenize, tok, 32, "sedd")
+    blocks = _reference_blocks(rows, "wikitext2", tok, 32, "sedd")
     r = json.loads(out.read_text())["results"][0]
     assert r["nll"] == pytest.approx(_l2r_nll(pre.model, blocks, 0), rel=1e-6)
     # the detokenized text is ordinary text: no " @-@ " or " , " left, so GPT-2-style BPE sees what it was made for
