@@ -91,6 +91,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means something (`--steps 0`: continuous time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
 def _float_in(text: str, ok, expected: str) -> float:
     """`text` as a float that satisfies `ok`, else an argparse error saying what was `expected`."""
     try:

@@ -20,7 +20,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     from armd_scale.eval.zeroshot import PROTOCOLS
     from armd_scale.eval.zeroshot_data import BENCHMARKS
 
-    from .common import add_device_arg, add_weights_arg, positive_int
+    from .common import add_device_arg, add_weights_arg, non_negative_int, positive_int
 
     p.add_argument(
         "--checkpoint",
@@ -60,10 +60,20 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--block-len", type=positive_int, metavar="L", help="tokens per block (default: the run's seq_len)")
     p.add_argument(
-        "--steps", type=positive_int, metavar="T", help="arch mdlm: diffusion steps of its ELBO (required there)"
+        "--steps",
+        type=non_negative_int,
+        metavar="T",
+        help="arch mdlm: 0 (default) = the continuous-time ELBO, MDLM's reported bound; T >= 1 = the T-step "
+        "ELBO (T forward passes per block)",
+    )
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        metavar="K",
+        help="arch mdlm, continuous time: draws of the time per block, averaged (default 1; K forward passes)",
     )
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="blocks per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mdlm ELBO's masks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mdlm ELBO's times and masks")
     p.add_argument("--float64", action="store_true", help="model and log-softmax in float64 (default float32)")
     add_device_arg(p)
     add_weights_arg(p)
@@ -107,6 +117,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             block_len=args.block_len,
             steps=args.steps,
+            samples=args.samples,
             batch_size=args.batch_size,
             seed=args.seed,
             float64=args.float64,

@@ -16,6 +16,23 @@ Both are upper bounds on -log p(x) (NELBO_T >= NELBO >= NLL; T=1 is the product 
 all-masked marginals). The single-draw estimator `(1/s) * masked NLL` is unbiased for both: for
 NELBO_T draw s on the grid {1/T, ..., 1} instead of the interval, since T * (1/t) = 1/(t/T).
 
+Where the continuous-time weight comes from: MDLM's bound is int_0^1 (alpha'(s) / (1 - alpha(s)))
+E_{z_s}[ sum_{j masked} log p(x_j | z_s) ] ds, and with alpha(s) = 1 - s the weight is
+-alpha'/(1 - alpha) = 1/s. Training draws s ~ U(EPS, 1) (MDLM's `sampling_eps`): near s = 0 a draw
+masks about one token and weighs it by 1/s, so without the floor the variance of `(1/s) * masked NLL`
+is infinite (it grows like log(1/eps)). The floor moves its expectation to (1/(1-eps)) int_eps^1 g(s) ds,
+g(s) = (1/s) E_{z_s}[masked NLL], O(eps) away from the bound int_0^1 g, on either side of it. MDLM's
+code does the same with t ~ U(eps, 1), weight 1/t and mask rate (1-eps) t (`diffusion.py:_sample_t`,
+`noise_schedule.py:LogLinearNoise`).
+
+Evaluation (`continuous_nelbo`) needs no floor. The denoiser does not see s (SUBS, no time input), so
+given the mask M of a draw the loss S(M) does not depend on s, and 1/s can be replaced by its
+conditional mean given M (Rao-Blackwell): with s ~ U(0, 1) and each of N tokens masked with
+probability s, s given k = |M| masked tokens is Beta(k+1, N-k+1), so E[1/s | M] = (N+1)/k. The draw
+(N+1)/k * S(M) (0 when k = 0) has exactly the expectation int_0^1 g (= `exact_nelbo(steps=0)`) and a
+finite variance: it is at most (N+1) * max_j -log p(x_j | z). Where k is large it is close to the 1/s
+draw (k/(N+1) is near s); the two differ where few tokens are masked, which is where 1/s blows up.
+
 The reverse process (MDLM's ancestral sampler) is decoding and lives with the other samplers in
 `generate/mdlm.py`.
 
@@ -28,12 +45,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from ..rng import uniform
+from ..rng import seeded, uniform
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -95,6 +112,69 @@ def nelbo_estimate(
     noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
     nll = masked_nll(denoise(noisy), tokens, masked).sum(dim=1)
     return nll / rates.to(tokens.device, nll.dtype)
+
+
+def sequence_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of sequence `index` of an evaluation: a function of (seed, index) alone, so a
+    sequence gets the same noise however the sequences are batched."""
+    return seeded((seed * 1_000_003 + index) % 2**63)
+
+
+def continuous_draws(seed: int, indices: Iterable[int], samples: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise of `continuous_nelbo` for the sequences `indices` (positions in the evaluation, not in a
+    batch): mask rates [B, K] in [0, 1) and mask uniforms [B, K, N], float64 on the CPU, K = `samples`.
+
+    Sequence i draws from `sequence_generator(seed, i)`: first one uniform u, from which its K rates are
+    stratified (`stratified_rates` with no floor: s_k = (u + k/K) mod 1), then K rows of N mask
+    uniforms. Each s_k alone is uniform on [0, 1) (a shift mod 1 of a uniform), so each draw is the
+    one-draw estimator and their mean is unbiased; the K rates cover [0, 1) evenly, one per stratum.
+    """
+    if samples < 1:
+        raise ValueError(f"samples={samples} must be >= 1 (draws of the time per sequence)")
+    rates, uniforms = [], []
+    for index in indices:
+        gen = sequence_generator(seed, index)
+        rates.append(stratified_rates(samples, 0, gen, eps=0.0))
+        uniforms.append(uniform(samples, length, generator=gen, dtype=torch.float64))
+    if not rates:
+        raise ValueError("continuous_draws needs at least one sequence index")
+    return torch.stack(rates), torch.stack(uniforms)
+
+
+def continuous_nelbo(
+    denoise: Denoiser,
+    tokens: torch.Tensor,
+    rates: torch.Tensor,
+    uniforms: torch.Tensor,
+    mask_id: int,
+    first: int = 0,
+) -> torch.Tensor:
+    """Continuous-time NELBO per sequence, [B] nats, float64: the mean over K draws of
+    (N+1)/k * sum_{j masked} -log p(x_j | z), k the number of masked tokens (the Rao-Blackwellized
+    one-draw estimator, module docstring), for rates [B, K] and uniforms [B, K, L] from
+    `continuous_draws` (or injected). Unbiased for int_0^1 g with s ~ U(0, 1). K forward calls.
+
+    Positions before `first` are never masked and never scored (context only, as `discrete_nelbo`):
+    the bound of tokens[:, first:] given tokens[:, :first], so N = L - first maskable positions."""
+    b, n = tokens.shape
+    if not 0 <= first < n:
+        raise ValueError(f"continuous_nelbo needs 0 <= first < {n}, got {first}")
+    maskable = n - first
+    if rates.dim() != 2 or rates.shape[0] != b or uniforms.shape != (b, rates.shape[1], n):
+        raise ValueError(
+            f"rates must be [B, K] and uniforms [B, K, N] for tokens {tuple(tokens.shape)}, "
+            f"got {tuple(rates.shape)} and {tuple(uniforms.shape)}"
+        )
+    total = torch.zeros(b, dtype=torch.float64, device=tokens.device)
+    for k in range(rates.shape[1]):
+        noisy, masked = corrupt(tokens, rates[:, k], uniforms[:, k], mask_id)
+        if first:
+            masked[:, :first] = False
+            noisy[:, :first] = tokens[:, :first]
+        loss = masked_nll(denoise(noisy), tokens, masked).sum(dim=1).double()
+        count = masked.sum(dim=1)
+        total += torch.where(count > 0, loss * (maskable + 1) / count.clamp(min=1), 0.0)
+    return total / rates.shape[1]
 
 
 def discrete_nelbo(

@@ -108,3 +108,14 @@ class MDLMModel(_Transformer):
         """Negative T-step ELBO per sequence [B] (nats, an upper bound on -log p(x)), summing every
         step's term: T forward calls (see masked_diffusion.discrete_nelbo)."""
         return md.discrete_nelbo(self, tokens, steps, self.mask_id, generator)
+
+    @torch.no_grad()
+    def continuous_elbo(
+        self, tokens: torch.Tensor, *, samples: int = 1, seed: int = 0, first_index: int = 0
+    ) -> torch.Tensor:
+        """Negative continuous-time ELBO per sequence [B] (nats, an upper bound on -log p(x) in
+        expectation; see masked_diffusion): `samples` stratified draws of the time per sequence, K forward
+        calls. Row i's noise depends only on (seed, first_index + i), not on the batch it is in."""
+        indices = range(first_index, first_index + tokens.shape[0])
+        rates, uniforms = md.continuous_draws(seed, indices, samples, tokens.shape[1])
+        return md.continuous_nelbo(self, tokens, rates, uniforms, self.mask_id)

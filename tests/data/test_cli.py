@@ -125,6 +125,8 @@ def test_synthetic_shards_need_no_tokenizer(tmp_path: Path) -> None:
         (["eval", "zeroshot", "--checkpoint", "x", "--batch-size", "0"], "--batch-size: 0 must be >= 1"),
         (["eval", "zeroshot", "--checkpoint", "x", "--block-len", "-8"], "--block-len: -8 must be >= 1"),
         (["eval", "zeroshot", "--checkpoint", "x", "--num-proc", "0"], "--num-proc: 0 must be >= 1"),
+        (["eval", "zeroshot", "--checkpoint", "x", "--steps", "-1"], "--steps: -1 must be >= 0"),
+        (["eval", "zeroshot", "--checkpoint", "x", "--samples", "0"], "--samples: 0 must be >= 1"),
         (["eval", "harness", "--checkpoint", "x", "--tasks", "t", "--streams", "0"], "--streams: 0 must be >= 1"),
         (
             ["eval", "sbp", "--checkpoint", "x", "--out", "o", "--length", "8", "--judge-batch-size", "0"],

@@ -303,10 +303,14 @@ def test_refusals(text_run, text_mdlm_run, tmp_path, capsys):
         == 2
     )
     assert "2 --task but 1 --data" in capsys.readouterr().err
-    assert _zeroshot_ptb(text_mdlm_run, data) == 1
-    assert "pass --steps T" in capsys.readouterr().err
+    assert _zeroshot_ptb(text_mdlm_run, data, "--steps", "3", "--samples", "2") == 1
+    assert "--samples 2 sets the draws of the continuous-time bound (--steps 0)" in capsys.readouterr().err
     assert _zeroshot_ptb(text_run, data, "--steps", "3") == 1
-    assert "--steps applies to arch mdlm only" in capsys.readouterr().err
+    assert "--steps applies to a model whose likelihood is a bound" in capsys.readouterr().err
+    assert _zeroshot_ptb(text_run, data, "--samples", "2") == 1
+    assert "--samples applies to a model whose likelihood is a bound" in capsys.readouterr().err
+    assert _zeroshot_ptb(text_run, data, "--steps", "0") == 1  # 0 is a value for bounds too, not "unset"
+    assert "drop --steps" in capsys.readouterr().err
     assert _zeroshot_ptb(text_run, data, "--block-len", "64") == 1
     assert "exceeds the model's max_seq_len=32" in capsys.readouterr().err
 
