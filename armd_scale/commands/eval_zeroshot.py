@@ -17,7 +17,7 @@ import sys
 
 
 def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
-    from armd_scale.eval.zeroshot import PROTOCOLS
+    from armd_scale.eval.zeroshot_blocks import PROTOCOLS
     from armd_scale.eval.zeroshot_data import BENCHMARKS
 
     from .common import add_device_arg, add_weights_arg, non_negative_int, positive_int
@@ -95,7 +95,7 @@ def add_zeroshot_args(p: argparse.ArgumentParser) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     from armd_scale.eval.zeroshot import evaluate_zeroshot, markdown_table
 
-    from .common import chosen_device, fail, write_json, write_text
+    from .common import chosen_device, fail, say_weights, write_json, write_text
 
     if len(args.task) != len(args.data):
         print(
@@ -130,6 +130,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         return fail("eval zeroshot", e)
     table = markdown_table(doc)
     print(table, end="")
+    say_weights("eval zeroshot", doc["weights"])
     if args.json:
         write_json(args.json, doc)
     if args.markdown:

@@ -13,7 +13,8 @@ the files, and `read_rows` turns them into exactly the rows `datasets` would giv
 - PTB (`ptb_text_only`, `ptb.{valid,test}.txt`) and LM1B (`lm1b`, `news.en.heldout-*`): every line,
   stripped (`line.strip()`), blank lines included as `""`.
 - LAMBADA (OpenAI's `lambada_test.jsonl`, GPT-2's test file): one passage per JSON record (`text`);
-  a plain-text copy gives one passage per non-empty line.
+  a plain-text copy gives one passage per non-empty line (and is refused by the input check,
+  eval/zeroshot_inputs.py, unless the user allows unverified inputs).
 - AG News (`ag_news`, test split; MDLM's Table 3): the hub's Parquet/JSON lines (`text`), or the
   original `test.csv` (class, title, description; the `datasets` builder reads it with
   `csv.reader(quotechar='"', delimiter=",", quoting=QUOTE_ALL, skipinitialspace=True)` and makes
@@ -125,90 +126,27 @@ class Benchmark:
     # file is AG News' original CSV)
     line_rule: str
     fields: tuple[str, ...]  # JSON / Parquet field holding the text, first found wins
-    splits: dict[str, str]  # protocol -> the split its public code evaluates
     list_fields: tuple[str, ...] = ()  # JSON fields holding a list of paragraphs, joined with "\n"
 
-
-_TEST_JSONL = "test (OpenAI's lambada_test.jsonl)"
-_NOT_IN_SEDD = " (SEDD/RADD's code does not evaluate it; MDLM's split)"
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark(
-            "lambada",
-            "LAMBADA",
-            lambada_detokenize,
-            "passage",
-            ("text",),
-            {"sedd": _TEST_JSONL, "mdlm": _TEST_JSONL, "bd3lm": _TEST_JSONL},
-        ),
-        Benchmark(
-            "wikitext2",
-            "WikiText2",
-            wikitext_detokenize,
-            "wikitext",
-            ("text",),
-            {
-                "sedd": "train (RADD's evaluation code; test for every other set)",
-                "mdlm": "validation",
-                "bd3lm": "validation",
-            },
-        ),
-        Benchmark(
-            "ptb",
-            "PTB",
-            ptb_detokenize,
-            "strip",
-            ("sentence", "text"),
-            {"sedd": "test", "mdlm": "validation", "bd3lm": "validation"},
-        ),
-        Benchmark(
-            "wikitext103",
-            "WikiText103",
-            wikitext_detokenize,
-            "wikitext",
-            ("text",),
-            {"sedd": "test", "mdlm": "validation", "bd3lm": "validation"},
-        ),
-        Benchmark(
-            "lm1b",
-            "1BW",
-            lm1b_detokenize,
-            "strip",
-            ("text",),
-            {
-                "sedd": "test (all 50 held-out shards)",
-                "mdlm": "test (all 50 held-out shards)",
-                "bd3lm": "test (all 50 held-out shards)",
-            },
-        ),
-        Benchmark(
-            "ag_news",
-            "AG News",
-            no_detokenize,
-            "csv",
-            ("text",),
-            {"sedd": "test" + _NOT_IN_SEDD, "mdlm": "test", "bd3lm": "test"},
-        ),
+        Benchmark("lambada", "LAMBADA", lambada_detokenize, "passage", ("text",)),
+        Benchmark("wikitext2", "WikiText2", wikitext_detokenize, "wikitext", ("text",)),
+        Benchmark("ptb", "PTB", ptb_detokenize, "strip", ("sentence", "text")),
+        Benchmark("wikitext103", "WikiText103", wikitext_detokenize, "wikitext", ("text",)),
+        Benchmark("lm1b", "1BW", lm1b_detokenize, "strip", ("text",)),
+        Benchmark("ag_news", "AG News", no_detokenize, "csv", ("text",)),
         Benchmark(
             "pubmed",
             "Pubmed",
             scientific_papers_detokenize,
             "json",
             ("article",),
-            {"sedd": "validation" + _NOT_IN_SEDD, "mdlm": "validation", "bd3lm": "validation"},
             list_fields=("article_text",),
         ),
-        Benchmark(
-            "arxiv",
-            "Arxiv",
-            scientific_papers_detokenize,
-            "json",
-            ("article",),
-            {"sedd": "validation" + _NOT_IN_SEDD, "mdlm": "validation", "bd3lm": "validation"},
-            list_fields=("article_text",),
-        ),
+        Benchmark("arxiv", "Arxiv", scientific_papers_detokenize, "json", ("article",), list_fields=("article_text",)),
     )
 }
 

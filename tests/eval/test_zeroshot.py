@@ -19,7 +19,8 @@ import torch
 from armd_scale.cli import main
 from armd_scale.data.tokenizers.load import load_tokenizer
 from armd_scale.eval import validate
-from armd_scale.eval.zeroshot import markdown_table, scored_from
+from armd_scale.eval.zeroshot import markdown_table
+from armd_scale.eval.zeroshot_blocks import scored_from
 from armd_scale.eval.zeroshot_data import (
     BENCHMARKS,
     lambada_detokenize,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from armd_scale.data.tokenizers.load import load_tokenizer
-from armd_scale.eval.zeroshot import PROTOCOLS, join_groups, shard_bounds, wrap_blocks
+from armd_scale.eval.zeroshot_blocks import PROTOCOLS, join_groups, shard_bounds, wrap_blocks
 from armd_scale.eval.zeroshot_data import BENCHMARKS, read_rows
 
 from . import zeroshot_reference as ref
