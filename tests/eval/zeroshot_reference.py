@@ -2,7 +2,7 @@
 the package never imports it, and it imports nothing from the package).
 
 It writes down the published rules themselves, so that armd_scale's implementation
-(armd_scale/eval/zeroshot_data.py, armd_scale/eval/zeroshot.py) can be compared with them:
+(armd_scale/eval/zeroshot_data.py, armd_scale/eval/zeroshot_blocks.py) can be compared with them:
 
 - every detokenizer as a table of its rules, one entry per statement of the published function, in
   order, applied by a small interpreter (`detokenize`), with the function it transcribes;
