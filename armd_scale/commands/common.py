@@ -80,26 +80,24 @@ def fail(command: str, e: Exception) -> int:
     return 1
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: 0 or less is an error, never a silent "use the default"."""
+def _int_at_least(text: str, floor: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < floor:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {floor}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: 0 or less is an error, never a silent "use the default"."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for counts where 0 means something (`--steps 0`: continuous time)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
+    return _int_at_least(text, 0)
 
 
 def _float_in(text: str, ok, expected: str) -> float:

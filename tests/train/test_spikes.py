@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from armd_scale.checkpoints.layout import complete_tags
+from armd_scale.checkpoints.layout import complete_tags, tag_for
 from armd_scale.config import load_config
 
 from .conftest import TINY, scale_loss, train_in_process
@@ -29,6 +29,17 @@ def _records(run_dir: Path) -> list[dict]:
 
 def _final_weights(run_dir: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / complete_tags(run_dir / "checkpoints")[-1] / name))
+
+
+def _assert_only_step_skipped(ckpts: Path, step: int) -> None:
+    """Every weight after `step` equals the one before it (checkpoints of every step), and the next step
+    trains again."""
+    before, after, later = (
+        load_file(str(ckpts / tag_for(s) / "model.safetensors")) for s in (step - 1, step, step + 1)
+    )
+    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert not moved, f"parameters changed by a skipped step: {moved}"
+    assert any(not torch.equal(after[k], later[k]) for k in after)  # the next step trains again
 
 
 def test_an_injected_spike_is_logged_and_its_update_skipped(tmp_path, data_cache, monkeypatch, clean_process_env):
@@ -113,13 +124,7 @@ def test_a_skipped_step_moves_no_parameter_group_under_zero(
     if stage == 3:  # several sub-groups, so the inner optimizer runs more than once per step
         overrides.append('parallel.deepspeed={"zero_optimization": {"sub_group_size": 2000}}')
     assert train_in_process(_cfg(tmp_path, data_cache, *overrides)) == 0
-    ckpts = tmp_path / "checkpoints"
-    before = load_file(str(ckpts / "step_00000003" / "model.safetensors"))
-    after = load_file(str(ckpts / "step_00000004" / "model.safetensors"))
-    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    assert not moved, f"parameters changed by a skipped step: {moved}"
-    later = load_file(str(ckpts / "step_00000005" / "model.safetensors"))
-    assert any(not torch.equal(after[k], later[k]) for k in after)  # the next step trains again
+    _assert_only_step_skipped(tmp_path / "checkpoints", 4)
 
 
 # The gradient-norm guard's window in these tests: 8 accepted norms, active from the 4th.
@@ -181,11 +186,5 @@ def test_a_gradient_norm_spike_moves_no_parameter_under_zero(
     if stage == 3:
         overrides.append('parallel.deepspeed={"zero_optimization": {"sub_group_size": 2000}}')
     assert train_in_process(_cfg(tmp_path, data_cache, *overrides)) == 0
-    ckpts = tmp_path / "checkpoints"
-    before = load_file(str(ckpts / "step_00000007" / "model.safetensors"))
-    after = load_file(str(ckpts / "step_00000008" / "model.safetensors"))
-    moved = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    assert not moved, f"parameters changed by a skipped step: {moved}"
-    later = load_file(str(ckpts / "step_00000009" / "model.safetensors"))
-    assert any(not torch.equal(after[k], later[k]) for k in after)
+    _assert_only_step_skipped(tmp_path / "checkpoints", 8)
     assert [r["step"] for r in _records(tmp_path) if r.get("update_skipped")] == [8]
