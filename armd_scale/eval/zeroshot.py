@@ -24,8 +24,7 @@ from ..data.errors import DataError
 from ..data.tokenizers.base import Tokenizer
 from ..model import Model
 from ..model.generation_orders import l2r_order
-from ..model.masked_diffusion import continuous_draws, continuous_nelbo, discrete_nelbo
-from ..rng import seeded
+from ..model.masked_diffusion import continuous_draws, continuous_nelbo, discrete_nelbo, sequence_generator
 from .likelihood import position_nll
 from .text import bits_per_byte, codec_for
 from .zeroshot_blocks import (
@@ -59,11 +58,11 @@ def score_blocks(
     desc: str = "",
 ) -> float:
     """Total NLL (nats) of positions first.. of every block: exact l2r, or (a model whose likelihood is a
-    bound) the negative ELBO: continuous time with `samples` draws per block (steps=0; block i's noise is
-    a function of (seed, i), whatever the batch size), or the T-step bound (steps=T)."""
+    bound) the negative ELBO: continuous time with `samples` draws per block (steps=0), or the T-step
+    bound (steps=T). Either way block i's noise comes from `sequence_generator(seed, i)`, so the number
+    does not depend on the batch size."""
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64, device=device)
-    generator = seeded(seed)
     n, length = blocks.shape
     order, block = l2r_order(1, length)
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
@@ -74,7 +73,8 @@ def score_blocks(
                 rates, uniforms = continuous_draws(seed, range(start, start + x.shape[0]), samples, length)
                 total += continuous_nelbo(model, x, rates, uniforms, model.mask_id, first).sum()
             else:
-                total += discrete_nelbo(model, x, steps, model.mask_id, generator, first).double().sum()
+                generators = [sequence_generator(seed, i) for i in range(start, start + x.shape[0])]
+                total += discrete_nelbo(model, x, steps, model.mask_id, generators, first).double().sum()
         else:
             total += position_nll(model, x, order[0], block[0], dtype)[:, first:].sum()
     return float(total)

@@ -45,12 +45,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..rng import seeded, uniform
+from ..rng import seeded, to_device, uniform
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -182,13 +182,19 @@ def discrete_nelbo(
     tokens: torch.Tensor,
     steps: int,
     mask_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     first: int = 0,
 ) -> torch.Tensor:
     """NELBO_T estimated with every step's term (one z_t per step): T forward calls, lower variance than
     `nelbo_estimate`. [B] nats per sequence. Positions before `first` are never masked and never
     scored (context only: the bound of tokens[:, first:] given tokens[:, :first]); the masks are drawn
-    for every position all the same, so `first` changes no other position's draw."""
+    for every position all the same, so `first` changes no other position's draw.
+
+    `generator`: one for the batch (each step draws a [B, N] block of uniforms from it), or one per
+    sequence (each step draws sequence b's N uniforms from generator b: an evaluation passes
+    `sequence_generator(seed, i)` for sequence i, so a sequence's noise does not depend on the batching)."""
+    if isinstance(generator, Sequence) and len(generator) != tokens.shape[0]:
+        raise ValueError(f"discrete_nelbo got {len(generator)} generators for {tokens.shape[0]} sequences")
     if steps < 1:
         raise ValueError(f"discrete_nelbo needs steps >= 1, got {steps}")
     if not 0 <= first < tokens.shape[1]:
@@ -196,7 +202,11 @@ def discrete_nelbo(
     total = torch.zeros(tokens.shape[0], dtype=torch.float64, device=tokens.device)
     for t in range(1, steps + 1):
         rates = torch.full((tokens.shape[0],), t / steps, dtype=torch.float64)
-        uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
+        if isinstance(generator, Sequence):
+            draws = [uniform(tokens.shape[1], generator=g, dtype=torch.float64) for g in generator]
+            uniforms = to_device(torch.stack(draws), tokens.device)
+        else:
+            uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
         noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
         if first:
             masked[:, :first] = False

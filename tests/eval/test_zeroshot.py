@@ -29,7 +29,7 @@ from armd_scale.eval.zeroshot_data import (
     read_rows,
     wikitext_detokenize,
 )
-from armd_scale.model.masked_diffusion import discrete_nelbo
+from armd_scale.model.masked_diffusion import discrete_nelbo, sequence_generator
 from armd_scale.pretrained import load_pretrained
 from armd_scale.rng import seeded
 
@@ -237,19 +237,17 @@ def test_ar_baseline_and_sentencepiece(text_ar_run, tmp_path, capsys):
 
 
 @torch.no_grad()
-def _t_step_nelbo(model, blocks, *, steps: int, seed: int, batch: int, first: int) -> float:
+def _t_step_nelbo(model, blocks, *, steps: int, seed: int, first: int) -> float:
     """The T-step negative ELBO written out from its definition, sum over t = 1..T of (1/t) x the NLL of the
-    tokens masked at rate t/T: for every batch of `batch` blocks and every step t, one U[0, 1) float64 draw per
-    position from one generator seeded with `seed` (the draws the command documents), a position masked
-    where its draw is below t/T (positions before `first` never), and -log softmax of the model's logits at
-    the masked positions."""
-    gen = torch.Generator().manual_seed(seed)
+    tokens masked at rate t/T, with the command's documented noise: block i's generator is
+    `sequence_generator(seed, i)` and gives, step after step, one U[0, 1) float64 draw per position; a
+    position is masked where its draw is below t/T (positions before `first` never), and scored with
+    -log softmax of the model's logits there."""
     total = 0.0
-    for i in range(0, len(blocks), batch):
-        x = blocks[i : i + batch]
+    for i in range(len(blocks)):
+        gen, x = sequence_generator(seed, i), blocks[i : i + 1]
         for t in range(1, steps + 1):
-            draws = torch.rand(x.shape, generator=gen, dtype=torch.float64)
-            masked = draws < t / steps
+            masked = torch.rand(x.shape[1], generator=gen, dtype=torch.float64)[None] < t / steps
             masked[:, :first] = False
             logp = torch.log_softmax(model(x.masked_fill(masked, model.mask_id)).double(), dim=-1)
             nll = -logp.gather(-1, x[..., None])[..., 0]
@@ -284,7 +282,8 @@ def test_mdlm_is_scored_with_its_t_step_elbo(text_mdlm_run, tmp_path, capsys, pr
     rows = [line.strip() for line in lm1b.read_text().split("\n")[:-1]]
     blocks = _reference_blocks(rows, "lm1b", load_tokenizer(pre.tokenizer_dir), 32, protocol)
     first = 0 if protocol == "mdlm" else 1  # BD3-LM's ignore_bos: BOS is context, never masked, never scored
-    expected = _t_step_nelbo(pre.model, blocks, steps=4, seed=3, batch=2, first=first)
+    expected = _t_step_nelbo(pre.model, blocks, steps=4, seed=3, first=first)  # one block at a time: the
+    # command's batches of 2 give the same number, as its noise is per block
     doc = json.loads(out.read_text())
     validate(doc, "zeroshot")
     r = doc["results"][0]

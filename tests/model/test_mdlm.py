@@ -231,3 +231,19 @@ def test_contract_scores_like_armd_on_an_order():
     with torch.no_grad():
         logp = -token_nll(model(seqs, order, block), seqs, order).sum(dim=1)
     assert abs(logp.exp().sum().item() - 1.0) <= 1e-6
+
+
+def test_per_sequence_generators_make_the_t_step_noise_independent_of_the_batch():
+    """discrete_nelbo with one generator per sequence: a batch of three gives each sequence exactly what it
+    gets alone from a fresh generator of the same seed (its noise is its own), and a wrong count is refused."""
+    model = tiny_model("mdlm", vocab_size=5).double()
+    tokens = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(0))
+    batch = md.discrete_nelbo(model, tokens, 3, model.mask_id, [md.sequence_generator(7, i) for i in range(3)])
+    alone = [
+        md.discrete_nelbo(model, tokens[i : i + 1], 3, model.mask_id, [md.sequence_generator(7, i)]) for i in range(3)
+    ]
+    torch.testing.assert_close(batch, torch.cat(alone), rtol=1e-12, atol=1e-12)
+    shared = md.discrete_nelbo(model, tokens, 3, model.mask_id, md.sequence_generator(7, 0))  # one stream for all
+    assert not torch.allclose(batch[1:], shared[1:])
+    with pytest.raises(ValueError, match="2 generators for 3 sequences"):
+        md.discrete_nelbo(model, tokens, 3, model.mask_id, [md.sequence_generator(7, i) for i in range(2)])
