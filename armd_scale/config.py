@@ -245,9 +245,8 @@ class TrainConfig:
     max_spike_skips: int = 5
     # The same guard on the global gradient norm (pre-clip): a norm more than grad_spike_sigma standard
     # deviations above the mean of the last grad_spike_window accepted norms is a spike (OLMo-core's
-    # skip-step rule: 6 sigma over 128 steps, active once half the window is filled). Norms swing far more
-    # than losses early in a run, so the guard waits for a window and measures spread, not a ratio.
-    # 0 = off. It shares spike_action and the max_spike_skips streak with the loss guard.
+    # skip-step rule: 6 sigma over 128 steps, active once half the window is filled). 0 = off. It shares
+    # spike_action and the max_spike_skips streak with the loss guard.
     grad_spike_sigma: float = 6.0
     grad_spike_window: int = 128
     # Finite-divergence guard (docs/RELIABILITY.md): a loss more than max(diverge_margin nats,
