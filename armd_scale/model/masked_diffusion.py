@@ -87,10 +87,13 @@ def kronecker_rate(index: int, offset: float, steps: int, eps: float = EPS) -> t
 
 
 def corrupt(
-    tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int
+    tokens: torch.Tensor, rates: torch.Tensor, uniforms: torch.Tensor, mask_id: int, first: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """z_s: token j of row b is masked iff uniforms[b, j] < rates[b]. Returns (noisy tokens, masked)."""
+    """z_s: token j of row b is masked iff uniforms[b, j] < rates[b] and j >= first (positions before
+    `first` are context: never masked). Returns (noisy tokens, masked)."""
     masked = uniforms.to(tokens.device) < rates.to(tokens.device, torch.float64)[:, None]
+    if first:
+        masked[:, :first] = False
     return tokens.masked_fill(masked, mask_id), masked
 
 
@@ -167,10 +170,7 @@ def continuous_nelbo(
         )
     total = torch.zeros(b, dtype=torch.float64, device=tokens.device)
     for k in range(rates.shape[1]):
-        noisy, masked = corrupt(tokens, rates[:, k], uniforms[:, k], mask_id)
-        if first:
-            masked[:, :first] = False
-            noisy[:, :first] = tokens[:, :first]
+        noisy, masked = corrupt(tokens, rates[:, k], uniforms[:, k], mask_id, first)
         loss = masked_nll(denoise(noisy), tokens, masked).sum(dim=1).double()
         count = masked.sum(dim=1)
         total += torch.where(count > 0, loss * (maskable + 1) / count.clamp(min=1), 0.0)
@@ -207,10 +207,7 @@ def discrete_nelbo(
             uniforms = to_device(torch.stack(draws), tokens.device)
         else:
             uniforms = uniform(*tokens.shape, generator=generator, device=tokens.device, dtype=torch.float64)
-        noisy, masked = corrupt(tokens, rates, uniforms, mask_id)
-        if first:
-            masked[:, :first] = False
-            noisy[:, :first] = tokens[:, :first]
+        noisy, masked = corrupt(tokens, rates, uniforms, mask_id, first)
         total += masked_nll(denoise(noisy), tokens, masked).sum(dim=1) / t
     return total
 
