@@ -1,9 +1,9 @@
 """What the published zero-shot inputs are, and whether the files given to `armd eval zeroshot` are one of them.
 
 A zero-shot perplexity is only comparable with a paper's Table 1 when it is computed on the same rows:
-another split moves it by a few percent, another file version (WikiText's tokenized `wiki.*.tokens`
-with `<unk>` instead of the raw `wiki.*.raw`, a plain-text LAMBADA instead of OpenAI's JSON lines)
-by ten percent or more, and two shards of LM1B's fifty are a different benchmark. The files are the
+another split, another file version (WikiText's tokenized `wiki.*.tokens` with `<unk>` instead of the
+raw `wiki.*.raw`, a plain-text LAMBADA instead of OpenAI's JSON lines) or two shards of LM1B's fifty
+are other text, so their number is not the table's (by how much was not measured here). The files are the
 user's (nothing is downloaded), so every input is fingerprinted and checked against this registry
 before it is scored; the split a result reports is what the check established, never a constant.
 
@@ -393,7 +393,7 @@ def _problems(task: str, protocol: str, fp: Fingerprint) -> tuple[PublishedSet |
             "",
             [
                 "a plain-text LAMBADA (one passage per line) is not OpenAI's lambada_test.jsonl, whose passages the "
-                f"papers read (a text copy splits or merges passages differently); {get}, or a JSON-lines/Parquet "
+                f"papers read; {get}, or a JSON-lines/Parquet "
                 "conversion of it"
             ],
         )
