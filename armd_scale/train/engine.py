@@ -167,10 +167,10 @@ class GuardedAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         if self.clip is not None:
             self._global_grad_norm = float(self.clip())
-        if self._norm_seen is None and self.norm_source is not None:
-            norm = self.norm_source()
+        if self._norm_seen is None and self.norm_source is not None and self.norm_guard is not None:
+            norm = self.norm_source()  # read (a host sync on a GPU) only when a guard will judge it
             self._norm_seen = float(norm) if norm is not None else math.nan
-            self._norm_skip = self.norm_guard is not None and self.norm_guard(self._norm_seen)
+            self._norm_skip = self.norm_guard(self._norm_seen)
         if self.skip_next or self._norm_skip:
             return None
         return super().step(closure)

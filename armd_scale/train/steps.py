@@ -68,6 +68,10 @@ class TrainingRun:
     ema: WeightEMA | None = None  # train.ema_decay > 0: the EMA of the weights (train/ema.py)
     samples: EvalSamples | None = None  # the validation samples' writer, made at the first validation
 
+    def __post_init__(self) -> None:
+        if self.cfg.train.grad_spike_sigma:  # asked inside every optimizer step (0: no gradient-norm guard)
+            self.optimizer.norm_guard = self.skips_grad_norm
+
     def steps(self, stop: StopRequest) -> int:
         """Optimizer steps until train.steps, a stop request or train.stop_at_step; the exit code."""
         cfg = self.cfg
@@ -123,7 +127,6 @@ class TrainingRun:
                 total_nll, total_tokens = all_reduce_sum([float(nll_sum), tokens_per_micro * layout.grad_accum], device)
                 step_loss = total_nll / total_tokens
                 self.optimizer.skip_next = not math.isfinite(step_loss) or self.skips(step_loss)
-                self.optimizer.norm_guard = self.skips_grad_norm
             self.engine.step()
         grad = self.optimizer.end_step()  # after every inner call of the step (GuardedAdamW)
         return step_loss, step_info, data_wait, grad
